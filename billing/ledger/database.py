@@ -1,0 +1,81 @@
+"""Where the ledger lives: a configured PostgreSQL server, or the embedded one.
+
+``resolve_database(database_url, data_dir)`` returns a :class:`Database` whatever the input form:
+
+- ``None``: start (or reuse) the embedded PostgreSQL under ``data_dir`` (see :mod:`.embedded`).
+- a libpq URI (``postgresql://user@host:5432/db``, ``postgres://…``) or key/value conninfo
+  (``host=… dbname=…``);
+- a SQLAlchemy URL (``postgresql+psycopg://…``, ``postgresql+psycopg2://…``): the driver part is dropped,
+  spanmeter always drives PostgreSQL with psycopg 3.
+
+``Database.conninfo`` is what psql and psycopg accept; ``Database.engine()`` is a SQLAlchemy engine on it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy import Engine, create_engine
+
+__all__ = ["Database", "DatabaseUrlError", "normalize_database_url", "resolve_database"]
+
+_DRIVER = re.compile(r"^(postgres(?:ql)?)\+[a-z0-9_]+://", re.IGNORECASE)
+
+
+class DatabaseUrlError(ValueError):
+    pass
+
+
+def normalize_database_url(url: str) -> str:
+    """A libpq conninfo for ``url``; raises DatabaseUrlError with the reason when libpq would refuse it."""
+    url = url.strip()
+    if not url:
+        raise DatabaseUrlError("the database URL is empty")
+    url = _DRIVER.sub(lambda m: m.group(1) + "://", url)
+    if "://" in url and not url.lower().startswith(("postgresql://", "postgres://")):
+        raise DatabaseUrlError(f"unsupported scheme in {url.split('://')[0]!r}: use postgresql://")
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise DatabaseUrlError(str(exc).strip()) from exc
+    return url
+
+
+@dataclass(frozen=True)
+class Database:
+    conninfo: str
+    embedded: bool
+    description: str  # human-readable, without a password
+
+    def engine(self, **kwargs: object) -> Engine:
+        conninfo = self.conninfo
+        return create_engine(
+            "postgresql+psycopg://",
+            creator=lambda: psycopg.connect(conninfo, connect_timeout=10),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def connect(self, **kwargs: object) -> psycopg.Connection:
+        return psycopg.connect(self.conninfo, **kwargs)  # type: ignore[arg-type]
+
+
+def describe(conninfo: str) -> str:
+    params = conninfo_to_dict(conninfo)
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    where = host if str(host).startswith("/") else f"{host}:{port}"
+    return f"postgresql://{params.get('user') or ''}@{where}/{params.get('dbname') or ''}"
+
+
+def resolve_database(database_url: str | None, data_dir: Path) -> Database:
+    if database_url:
+        conninfo = normalize_database_url(database_url)
+        return Database(conninfo=conninfo, embedded=False, description=describe(conninfo))
+    from .embedded import EmbeddedPostgres
+
+    conninfo = EmbeddedPostgres(data_dir).start()
+    return Database(conninfo=conninfo, embedded=True, description=f"embedded PostgreSQL in {data_dir}")

@@ -1,0 +1,113 @@
+"""The ledger's write path: many usage rows and rejections in one transaction, idempotently.
+
+This is the hot path, so it speaks psycopg 3 directly (SQLAlchemy has no COPY):
+
+1. ``COPY`` the rows into a per-connection temporary staging table (``ON COMMIT DELETE ROWS``);
+2. ``INSERT INTO usage_events SELECT … FROM staging ON CONFLICT DO NOTHING RETURNING idempotency_key``:
+   a retried or replayed row conflicts with the primary key ``(occurred_at, idempotency_key)`` and is
+   skipped; the keys returned are the rows that are new.
+
+The caller owns the transaction: it commits after ``write_batch`` returns, and only then acknowledges.
+Span end times travel as integer microseconds since the epoch and become ``timestamptz`` in PostgreSQL,
+so the conversion is exact and identical at every receiver (nanoseconds are truncated to microseconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import psycopg
+
+__all__ = ["LedgerWriter", "RejectedRequestRow", "RejectedSpanRow", "UsageEventRow"]
+
+# (occurred_at_us, idempotency_key hex, account_id, job_id, plan_code, meter_code, meter_version,
+#  quantity as a decimal string, unit, trace_id hex, span_id hex, metadata JSON text)
+UsageEventRow = tuple[int, str, str, str | None, str | None, str, int, str, str, str, str, str]
+# (rejection_key hex, reason, error_message, trace_id, span_id, meter_codes, account_id, service_name,
+#  span_end_us or None, payload)
+RejectedSpanRow = tuple[str, str, str, str, str, list[str], str | None, str | None, int | None, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRequestRow:
+    request_key: str
+    reason: str
+    error_message: str
+    size_bytes: int
+    body: bytes
+    peer: str | None
+
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS usage_staging (
+    occurred_at_us bigint NOT NULL,
+    idempotency_key uuid NOT NULL,
+    account_id text NOT NULL,
+    job_id text,
+    plan_code text,
+    meter_code text NOT NULL,
+    meter_version smallint NOT NULL,
+    quantity numeric NOT NULL,
+    unit text NOT NULL,
+    trace_id text NOT NULL,
+    span_id text NOT NULL,
+    metadata text NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+_COPY = (
+    "COPY usage_staging (occurred_at_us, idempotency_key, account_id, job_id, plan_code, meter_code,"
+    " meter_version, quantity, unit, trace_id, span_id, metadata) FROM STDIN"
+)
+_INSERT = """
+INSERT INTO usage_events (occurred_at, idempotency_key, account_id, job_id, plan_code, meter_code,
+                          meter_version, quantity, unit, trace_id, span_id, metadata)
+SELECT timestamptz 'epoch' + occurred_at_us * interval '1 microsecond', idempotency_key, account_id, job_id,
+       plan_code, meter_code, meter_version, quantity, unit, trace_id, span_id, metadata::jsonb
+FROM usage_staging
+ON CONFLICT DO NOTHING
+RETURNING idempotency_key
+"""
+_INSERT_REJECTED_SPAN = """
+INSERT INTO rejected_spans (rejection_key, reason, error_message, trace_id, span_id, meter_codes, account_id,
+                            service_name, span_ended_at, payload)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, timestamptz 'epoch' + %s * interval '1 microsecond', %s)
+ON CONFLICT DO NOTHING
+"""
+_INSERT_REJECTED_REQUEST = """
+INSERT INTO rejected_requests (request_key, reason, error_message, size_bytes, stored_bytes, peer, body)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+
+
+class LedgerWriter:
+    """Writes batches on one connection. Not thread-safe: one writer per connection."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        conn.execute(_STAGING)
+        conn.commit()
+
+    def write_usage(self, rows: Sequence[UsageEventRow]) -> set[str]:
+        """Stage and insert rows; return the idempotency keys (32 hex digits) that were new."""
+        if not rows:
+            return set()
+        with self.conn.cursor() as cur:
+            with cur.copy(_COPY) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(_INSERT)
+            return {key.hex for (key,) in cur.fetchall()}
+
+    def write_rejected_spans(self, rows: Iterable[RejectedSpanRow]) -> None:
+        rows = list(rows)
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(_INSERT_REJECTED_SPAN, rows)
+
+    def write_rejected_request(self, row: RejectedRequestRow) -> None:
+        self.conn.execute(
+            _INSERT_REJECTED_REQUEST,
+            (row.request_key, row.reason, row.error_message, row.size_bytes, len(row.body), row.peer, row.body),
+        )

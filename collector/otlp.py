@@ -1,0 +1,149 @@
+"""OTLP wire helpers: decoding Export requests and building gRPC error statuses.
+
+``decode_request(body)`` parses an ``ExportTraceServiceRequest``. The protobuf runtime refuses a whole
+message when one string field holds invalid UTF-8; OTLP producers written in other languages do send that
+now and then, and one bad attribute must not lose a batch. So on a parse failure the body is parsed again
+with a lenient twin of the OTLP schema in which every ``string`` is ``bytes``; each such field is decoded
+with U+FFFD replacing invalid sequences, and the result is re-encoded and parsed strictly. Only bodies that
+are not OTLP at all raise :class:`UnparseableRequest`.
+
+``abort(context, code, message, retry_delay_seconds)`` ends an RPC with a ``google.rpc.Status``. A retry
+delay is sent twice, as OTLP clients disagree on where to read it: inside the status details
+(``grpc-status-details-bin``, read by the Go exporter and the Collector) and as the
+``google.rpc.retryinfo-bin`` trailer (read by the Python exporter).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+__all__ = ["DecodedRequest", "UnparseableRequest", "abort", "decode_request"]
+
+SERVICE_NAME = "opentelemetry.proto.collector.trace.v1.TraceService"
+_FieldType = descriptor_pb2.FieldDescriptorProto
+
+
+class UnparseableRequest(ValueError):
+    pass
+
+
+DecodedRequest = collections.namedtuple("DecodedRequest", "request replaced_strings")
+
+
+def _lenient_request_class() -> type[Message]:
+    """ExportTraceServiceRequest in a private pool where every string field is bytes."""
+    pool = descriptor_pool.DescriptorPool()
+    seen: set[str] = set()
+
+    def add(file_descriptor: Any) -> None:
+        if file_descriptor.name in seen:
+            return
+        for dependency in file_descriptor.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file_descriptor.CopyToProto(proto)
+        for message in proto.message_type:
+            _stringless(message)
+        pool.Add(proto)
+        seen.add(file_descriptor.name)
+
+    add(trace_service_pb2.DESCRIPTOR)
+    descriptor = pool.FindMessageTypeByName(ExportTraceServiceRequest.DESCRIPTOR.full_name)
+    return message_factory.GetMessageClass(descriptor)
+
+
+def _stringless(message: descriptor_pb2.DescriptorProto) -> None:
+    for f in message.field:
+        if f.type == _FieldType.TYPE_STRING:
+            f.type = _FieldType.TYPE_BYTES
+    for nested in message.nested_type:
+        _stringless(nested)
+
+
+_LenientRequest = _lenient_request_class()
+
+
+def _string_fields(descriptor: Any) -> frozenset[str]:
+    original = ExportTraceServiceRequest.DESCRIPTOR.file.pool.FindMessageTypeByName(descriptor.full_name)
+    return frozenset(f.name for f in original.fields if f.type == f.TYPE_STRING)
+
+
+def _repair(message: Message, cache: dict[str, frozenset[str]]) -> int:
+    """Replace invalid UTF-8 in former string fields; return how many values changed."""
+    changed = 0
+    name = message.DESCRIPTOR.full_name
+    if name not in cache:
+        cache[name] = _string_fields(message.DESCRIPTOR)
+    strings = cache[name]
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_MESSAGE:
+            if field.is_repeated:
+                for item in value:
+                    changed += _repair(item, cache)
+            else:
+                changed += _repair(value, cache)
+        elif field.name in strings:
+            if field.is_repeated:
+                for index, item in enumerate(value):
+                    fixed = item.decode("utf-8", "replace").encode("utf-8")
+                    if fixed != item:
+                        value[index] = fixed
+                        changed += 1
+            else:
+                fixed = value.decode("utf-8", "replace").encode("utf-8")
+                if fixed != value:
+                    setattr(message, field.name, fixed)
+                    changed += 1
+    return changed
+
+
+def decode_request(body: bytes) -> DecodedRequest:
+    try:
+        return DecodedRequest(ExportTraceServiceRequest.FromString(body), 0)
+    except DecodeError:
+        pass
+    try:
+        lenient = _LenientRequest.FromString(body)
+    except DecodeError as exc:
+        raise UnparseableRequest(f"not an OTLP ExportTraceServiceRequest: {exc}") from None
+    replaced = _repair(lenient, {})
+    try:
+        return DecodedRequest(ExportTraceServiceRequest.FromString(lenient.SerializeToString()), replaced)
+    except DecodeError as exc:  # pragma: no cover - the repaired message is valid by construction
+        raise UnparseableRequest(f"not an OTLP ExportTraceServiceRequest: {exc}") from None
+
+
+class _Status(collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status):
+    pass
+
+
+def abort(
+    context: grpc.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    retry_delay_seconds: float | None = None,
+    bad_request: bool = False,
+) -> NoReturn:
+    status = status_pb2.Status(code=code.value[0], message=message)
+    metadata: list[tuple[str, bytes]] = []
+    if retry_delay_seconds is not None:
+        seconds = int(retry_delay_seconds)
+        delay = Duration(seconds=seconds, nanos=int((retry_delay_seconds - seconds) * 1e9))
+        retry_info = error_details_pb2.RetryInfo(retry_delay=delay)
+        status.details.add().Pack(retry_info)
+        metadata.append(("google.rpc.retryinfo-bin", retry_info.SerializeToString()))
+    if bad_request:
+        violation = error_details_pb2.BadRequest.FieldViolation(field="request", description=message)
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    metadata.append(("grpc-status-details-bin", status.SerializeToString()))
+    context.abort_with_status(_Status(code, message, tuple(metadata)))
+    raise AssertionError("unreachable")  # abort_with_status raises

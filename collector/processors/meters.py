@@ -1,0 +1,101 @@
+"""Meter definitions: which spans bill what, in which unit, under which version.
+
+A meter definition is frozen once it has billed anyone. To change what a meter counts, add a new
+``MeterDefinition`` with a higher ``version`` and point ``CURRENT_METERS`` at it; the old one stays in
+``ALL_METERS`` so rows written under it remain explainable. Every usage row records ``meter_version``.
+
+| meter_code      | unit        | matches                                                                  | quantity                                   | on_unattributed | failed spans |
+|-----------------|-------------|--------------------------------------------------------------------------|--------------------------------------------|-----------------|--------------|
+| worker_seconds  | ``s``       | Celery task runs (``celery.action = run``) or ``spanmeter.work_unit=true`` | duration rounded up to 100 ms              | reject          | billed       |
+| gpu_seconds     | ``s``       | spans with ``gpu.count``                                                 | duration rounded up to 100 ms × gpu.count  | reject          | billed       |
+| input_tokens    | ``{token}`` | GenAI spans with input tokens, operation absent or a model call          | ``gen_ai.usage.input_tokens``              | reject          | billed       |
+| output_tokens   | ``{token}`` | GenAI spans with output tokens, operation absent or a model call         | ``gen_ai.usage.output_tokens``             | reject          | billed       |
+| api_requests    | ``{request}`` | SERVER spans with ``http.request.method`` / ``http.method``            | 1                                          | count_only      | billed       |
+
+Failed attempts (span status ERROR) bill by default for every meter: the compute, the tokens and the
+request were consumed, and each Celery retry is its own span (its own row). The row's metadata carries
+``"status": "error"`` so rating can treat failures differently without touching the ledger. A meter with
+``bill_failed=False`` would count failed spans in ``spanmeter_spans_unbilled_total{reason="failed"}``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = [
+    "ALL_METERS",
+    "API_REQUESTS",
+    "CURRENT_METERS",
+    "GPU_SECONDS",
+    "INPUT_TOKENS",
+    "METER_CODES",
+    "OUTPUT_TOKENS",
+    "WORKER_SECONDS",
+    "MeterDefinition",
+    "OnUnattributed",
+]
+
+
+class OnUnattributed(enum.Enum):
+    """What happens to a span that matches a meter but carries no ``account_id``."""
+
+    REJECT = "reject"  # the whole span goes to rejected_spans (reason ``unattributed``)
+    COUNT_ONLY = "count_only"  # counted in spanmeter_spans_unattributed_total{meter}, not stored
+
+
+@dataclass(frozen=True, slots=True)
+class MeterDefinition:
+    code: str
+    version: int
+    unit: str  # UCUM, as OpenTelemetry writes units
+    description: str
+    on_unattributed: OnUnattributed
+    bill_failed: bool = True
+
+
+WORKER_SECONDS = MeterDefinition(
+    code="worker_seconds",
+    version=1,
+    unit="s",
+    description="Worker time of Celery task runs and spanmeter.work_unit spans, rounded up to 100 ms",
+    on_unattributed=OnUnattributed.REJECT,
+)
+GPU_SECONDS = MeterDefinition(
+    code="gpu_seconds",
+    version=1,
+    unit="s",
+    description="GPU time: span duration rounded up to 100 ms, times gpu.count",
+    on_unattributed=OnUnattributed.REJECT,
+)
+INPUT_TOKENS = MeterDefinition(
+    code="input_tokens",
+    version=1,
+    unit="{token}",
+    description="LLM input tokens of model calls (cache tokens included, never billed twice)",
+    on_unattributed=OnUnattributed.REJECT,
+)
+OUTPUT_TOKENS = MeterDefinition(
+    code="output_tokens",
+    version=1,
+    unit="{token}",
+    description="LLM output tokens of model calls (reasoning tokens included, never billed twice)",
+    on_unattributed=OnUnattributed.REJECT,
+)
+API_REQUESTS = MeterDefinition(
+    code="api_requests",
+    version=1,
+    unit="{request}",
+    description="One per HTTP SERVER span",
+    on_unattributed=OnUnattributed.COUNT_ONLY,
+)
+
+# Every definition that ever billed, keyed by (code, version). Never remove or edit an entry.
+ALL_METERS: dict[tuple[str, int], MeterDefinition] = {
+    (m.code, m.version): m for m in (WORKER_SECONDS, GPU_SECONDS, INPUT_TOKENS, OUTPUT_TOKENS, API_REQUESTS)
+}
+# The definitions new usage is metered with.
+CURRENT_METERS: dict[str, MeterDefinition] = {
+    m.code: m for m in (WORKER_SECONDS, GPU_SECONDS, INPUT_TOKENS, OUTPUT_TOKENS, API_REQUESTS)
+}
+METER_CODES: tuple[str, ...] = tuple(CURRENT_METERS)

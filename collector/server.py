@@ -1,0 +1,157 @@
+"""The collector process: database, migrations, ledger exporter, gRPC receiver, metrics and health.
+
+``CollectorServer(config).start()`` resolves the database (embedded by default), applies migrations under
+the advisory lock, starts the ledger writers, the gRPC server and the HTTP server on the metrics port:
+
+- ``/metrics``: Prometheus text exposition of every ``spanmeter_*`` metric (see :mod:`.metrics`);
+- ``/healthz``: 200 while the process runs;
+- ``/readyz``: 200 when the database answers and its schema is at the head migration, else 503.
+
+``shutdown()`` (safe without ``start()``) stops accepting Export calls, lets in-flight ones finish (they
+wait for their commit), drains the ledger writers, then stops the HTTP server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from spanmeter.billing.ledger import migrate
+from spanmeter.billing.ledger.database import Database, resolve_database
+
+from .config import CollectorConfig
+from .exporters.ledger import LedgerExporter
+from .metrics import CollectorMetrics
+from .receiver import TraceReceiver
+
+__all__ = ["CollectorServer", "ListenAddresses"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ListenAddresses:
+    otlp: str
+    metrics: str | None
+    database: str
+
+
+class CollectorServer:
+    def __init__(self, config: CollectorConfig, database: Database | None = None) -> None:
+        self.config = config
+        self._database = database
+        self._grpc: grpc.Server | None = None
+        self._http: ThreadingHTTPServer | None = None
+        self._exporter: LedgerExporter | None = None
+        self.registry = CollectorRegistry(auto_describe=True)
+
+    def start(self) -> ListenAddresses:
+        config = self.config
+        database = self._database or resolve_database(config.database_url, config.data_dir)
+        self._database = database
+        before, after = migrate.upgrade(database)
+        if before != after:
+            log.info("ledger schema migrated from %s to %s", before, after)
+        exporter: LedgerExporter | None = None  # the gauges below read it once it exists
+        metrics = CollectorMetrics(
+            self.registry, config.plan_codes, config.gpu_models,
+            oldest_pending_age_seconds=lambda: exporter.oldest_pending_age_seconds() if exporter else 0.0,
+            pending_requests=lambda: exporter.pending_requests() if exporter else 0,
+        )
+        exporter = LedgerExporter(database, metrics, batch_max_rows=config.ledger_batch_max_rows,
+                                  writers=config.ledger_writers)
+        exporter.start()
+        self._exporter = exporter
+
+        receiver = TraceReceiver(config, exporter, metrics)
+        limit = config.max_receive_message_bytes
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.grpc_max_workers, thread_name_prefix="otlp"),
+            handlers=[receiver.handler()],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", 4 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=None,
+        )
+        host, port = config.otlp_host, config.otlp_port
+        try:
+            bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen for OTLP on {config.otlp_endpoint}: {exc}") from exc
+        if not bound:
+            raise OSError(f"cannot listen for OTLP on {config.otlp_endpoint} (address in use?)")
+        server.start()
+        self._grpc = server
+
+        metrics_address = None
+        if config.metrics_port or config.metrics_port == 0:
+            self._http = _health_server(config.metrics_bind_host, config.metrics_port, self.registry, database)
+            threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True).start()
+            metrics_address = f"{config.metrics_bind_host}:{self._http.server_address[1]}"
+        return ListenAddresses(otlp=f"{host}:{bound}", metrics=metrics_address, database=database.description)
+
+    def shutdown(self, grace_seconds: float | None = None) -> None:
+        grace = grace_seconds if grace_seconds is not None else self.config.ledger_write_timeout_seconds + 1
+        if self._grpc is not None:
+            self._grpc.stop(grace).wait()
+            self._grpc = None
+        if self._exporter is not None:
+            self._exporter.shutdown()
+            self._exporter = None
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+def _readiness(database: Database) -> tuple[bool, str]:
+    try:
+        engine = database.engine()
+        try:
+            with engine.connect() as connection:
+                current = migrate.current_revision(connection)
+        finally:
+            engine.dispose()
+    except Exception as exc:
+        return False, f"database unreachable: {str(exc).strip().splitlines()[0] if str(exc) else exc}"
+    head = migrate.head_revision()
+    if current != head:
+        return False, f"schema at {current}, expected {head}: run `spanmeter db upgrade`"
+    return True, f"ready (schema {head})"
+
+
+def _health_server(host: str, port: int, registry: CollectorRegistry, database: Database) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._send(200, b"ok\n")
+            elif path == "/readyz":
+                ready, detail = _readiness(database)
+                self._send(200 if ready else 503, (detail + "\n").encode())
+            else:
+                self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+        def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server

@@ -1,0 +1,194 @@
+"""The ``spanmeter`` command line.
+
+    spanmeter serve [--otlp-endpoint HOST:PORT] [--metrics-port N] [--database-url URL] [--data-dir DIR]
+    spanmeter db upgrade | url | stop
+    spanmeter usage --account ID [--from DATE] [--to DATE] [--format table|json|csv]
+
+Every command reads the same ``SPANMETER_*`` variables (see :mod:`spanmeter.collector.config`); flags win.
+Bad configuration exits with status 2 and one message naming every bad setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from spanmeter import __version__
+
+__all__ = ["main"]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: the embedded database)")
+    parser.add_argument("--data-dir", help="embedded database directory (default: ./.spanmeter)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spanmeter", description="Usage metering from OpenTelemetry spans.")
+    parser.add_argument("--version", action="version", version=f"spanmeter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the OTLP/gRPC receiver that writes the usage ledger")
+    serve.add_argument("--otlp-endpoint", help="HOST:PORT to listen on (default 127.0.0.1:4317)")
+    serve.add_argument("--metrics-port", type=str, help="port for /metrics, /healthz, /readyz (default 9464)")
+    _common(serve)
+
+    db = sub.add_parser("db", help="manage the ledger database")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    for name, text in (
+        ("upgrade", "apply schema migrations"),
+        ("url", "print a URL psql and psycopg accept (starts the embedded server if needed)"),
+        ("stop", "stop the embedded server"),
+    ):
+        _common(db_sub.add_parser(name, help=text))
+
+    usage = sub.add_parser("usage", help="usage totals per meter for one account, from the ledger")
+    usage.add_argument("--account", required=True, help="account_id")
+    usage.add_argument("--from", dest="start", help="start, inclusive: YYYY-MM-DD or ISO time (default: month start, UTC)")
+    usage.add_argument("--to", dest="end", help="end, exclusive: YYYY-MM-DD or ISO time (default: next month start)")
+    usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    _common(usage)
+    return parser
+
+
+def _config(args: argparse.Namespace, **extra: Any) -> Any:
+    from spanmeter.collector.config import load_config
+
+    overrides = {"database_url": args.database_url, "data_dir": args.data_dir, **extra}
+    return load_config(os.environ, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from spanmeter.collector.config import ConfigError
+
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "db":
+            return _db(args)
+        if args.command == "usage":
+            return _usage(args)
+    except ConfigError as exc:
+        print(f"spanmeter: {exc}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"spanmeter: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from spanmeter.collector.server import CollectorServer
+    from spanmeter.logs import configure_logging
+
+    config = _config(args, otlp_endpoint=args.otlp_endpoint, metrics_port=args.metrics_port)
+    configure_logging(config.log_level, config.log_format)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server = CollectorServer(config)
+    try:
+        addresses = server.start()
+    except OSError as exc:
+        print(f"spanmeter: {exc}", file=sys.stderr)
+        server.shutdown(0)
+        return 1
+    print(f"spanmeter {__version__} serving", flush=True)
+    print(f"  OTLP/gRPC  {addresses.otlp}  (TraceService/Export, compression gzip or none)", flush=True)
+    if addresses.metrics:
+        print(f"  metrics    http://{addresses.metrics}/metrics  (/healthz, /readyz)", flush=True)
+    print(f"  ledger     {addresses.database}", flush=True)
+    print(f"listening otlp={addresses.otlp} metrics={addresses.metrics or '-'}", flush=True)
+    while not stop.wait(3600):
+        pass
+    print("spanmeter: stopping: no new requests; committing in-flight ones", flush=True)
+    server.shutdown()
+    print("spanmeter: stopped", flush=True)
+    return 0
+
+
+def _db(args: argparse.Namespace) -> int:
+    from spanmeter.billing.ledger import migrate
+    from spanmeter.billing.ledger.database import resolve_database
+    from spanmeter.billing.ledger.embedded import EmbeddedPostgres
+
+    config = _config(args)
+    if args.db_command == "stop":
+        if config.database_url:
+            raise UsageError("`db stop` stops the embedded database; a configured server is not spanmeter's to stop")
+        stopped = EmbeddedPostgres(config.data_dir).stop()
+        print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+        return 0
+    database = resolve_database(config.database_url, config.data_dir)
+    if args.db_command == "upgrade":
+        before, after = migrate.upgrade(database)
+        print(f"ledger schema: {before or 'empty'} -> {after}" if before != after else f"ledger schema current: {after}")
+        return 0
+    print(f"# {database.description}")
+    print(database.conninfo)
+    return 0
+
+
+def _parse_time(text: str, flag: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: write YYYY-MM-DD or an ISO 8601 time such as 2026-11-01T00:00:00Z") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from spanmeter.billing.ledger.database import resolve_database
+    from spanmeter.billing.usage import usage_totals
+
+    config = _config(args)
+    now = datetime.now(UTC)
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    start = _parse_time(args.start, "--from") if args.start else month_start
+    end = _parse_time(args.end, "--to") if args.end else (month_start + timedelta(days=32)).replace(day=1)
+    if end <= start:
+        raise UsageError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
+    database = resolve_database(config.database_url, config.data_dir)
+    engine = database.engine()
+    try:
+        totals = usage_totals(engine, args.account, start, end)
+    finally:
+        engine.dispose()
+    iso = lambda t: t.isoformat().replace("+00:00", "Z")  # noqa: E731
+    if args.format == "json":
+        doc = {
+            "account_id": args.account,
+            "from": iso(start),
+            "to": iso(end),
+            "meters": [
+                {"meter_code": t.meter_code, "unit": t.unit, "quantity": str(t.quantity), "events": t.events}
+                for t in totals
+            ],
+        }
+        print(json.dumps(doc, indent=2))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["account_id", "from", "to", "meter_code", "unit", "quantity", "events"])
+        for t in totals:
+            writer.writerow([args.account, iso(start), iso(end), t.meter_code, t.unit, t.quantity, t.events])
+    else:
+        print(f"account {args.account}: usage from {iso(start)} to {iso(end)} (end exclusive)")
+        if not totals:
+            print("  no usage in this period")
+        else:
+            print(f"  {'meter':<16} {'quantity':>16}  {'unit':<10} {'events':>8}")
+            for t in totals:
+                print(f"  {t.meter_code:<16} {t.quantity!s:>16}  {t.unit:<10} {t.events:>8}")
+    return 0
