@@ -1,0 +1,184 @@
+"""Test helpers: spans built with the real OpenTelemetry SDK, raw OTLP requests, ledger queries."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+import psycopg
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+SECOND = 1_000_000_000
+EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+SPANMETER = str(Path(sys.executable).with_name("spanmeter"))
+
+
+class SpanFactory:
+    """Finished SDK spans (ReadableSpan) with exact times, as the official exporter would send them."""
+
+    def __init__(self, resource: dict | None = None) -> None:
+        self.memory = InMemorySpanExporter()
+        self.provider = TracerProvider(resource=Resource.create(resource or {"service.name": "test-svc"}))
+        self.provider.add_span_processor(SimpleSpanProcessor(self.memory))
+        self.tracer = self.provider.get_tracer("spanmeter.tests")
+
+    def span(
+        self,
+        name: str,
+        attributes: dict,
+        duration_ns: int,
+        kind: SpanKind = SpanKind.INTERNAL,
+        end_ns: int | None = None,
+        error: bool = False,
+    ) -> ReadableSpan:
+        end = end_ns if end_ns is not None else time.time_ns() - SECOND
+        span = self.tracer.start_span(name, kind=kind, attributes=attributes, start_time=end - duration_ns)
+        if error:
+            span.set_status(Status(StatusCode.ERROR, "boom"))
+        span.end(end_time=end)
+        finished = self.memory.get_finished_spans()
+        self.memory.clear()
+        return finished[-1]
+
+
+def request_bytes(spans: list[ReadableSpan]) -> bytes:
+    return encode_spans(spans).SerializeToString()
+
+
+def exporter(endpoint: str, **kwargs) -> OTLPSpanExporter:
+    kwargs.setdefault("timeout", 30)
+    return OTLPSpanExporter(endpoint=f"http://{endpoint}", insecure=True, **kwargs)
+
+
+@dataclass
+class RawResult:
+    code: grpc.StatusCode
+    response: ExportTraceServiceResponse | None
+    details: str
+    trailers: dict
+
+
+def raw_export(endpoint: str, body: bytes, compression: grpc.Compression | None = None, timeout: float = 30) -> RawResult:
+    """Send raw bytes to Export and return the status, response and trailing metadata."""
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    with grpc.insecure_channel(endpoint, options=options, compression=compression) as channel:
+        call = channel.unary_unary(
+            EXPORT_METHOD, request_serializer=None, response_deserializer=ExportTraceServiceResponse.FromString
+        )
+        try:
+            response, state = call.with_call(body, timeout=timeout)
+            return RawResult(grpc.StatusCode.OK, response, "", dict(state.trailing_metadata() or ()))
+        except grpc.RpcError as err:
+            return RawResult(err.code(), None, err.details() or "", dict(err.trailing_metadata() or ()))
+
+
+def ledger(conninfo: str, sql: str, params: tuple = ()) -> list[tuple]:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def totals(conninfo: str, account_id: str) -> dict[str, Decimal]:
+    rows = ledger(
+        conninfo,
+        "SELECT meter_code, sum(quantity) FROM usage_events WHERE account_id = %s GROUP BY meter_code",
+        (account_id,),
+    )
+    return {code: total for code, total in rows}
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match:
+            samples[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return samples
+
+
+@dataclass
+class Collector:
+    """A `spanmeter serve` subprocess."""
+
+    database_url: str
+    env: dict = field(default_factory=dict)
+    otlp_endpoint: str = "127.0.0.1:0"
+    proc: subprocess.Popen | None = None
+    output: list[str] = field(default_factory=list)
+    metrics_address: str = ""
+
+    def start(self, timeout: float = 60) -> Collector:
+        env = {**os.environ, **self.env}
+        self.proc = subprocess.Popen(
+            [SPANMETER, "serve", "--database-url", self.database_url, "--otlp-endpoint", self.otlp_endpoint,
+             "--metrics-port", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        ready = threading.Event()
+
+        def drain() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.output.append(line.rstrip("\n"))
+                if line.startswith("listening "):
+                    fields = dict(part.split("=", 1) for part in line.split()[1:])
+                    self.otlp_endpoint = fields["otlp"]
+                    self.metrics_address = fields["metrics"]
+                    ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("spanmeter serve did not start:\n" + "\n".join(self.output))
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return self.otlp_endpoint
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://{self.metrics_address}/metrics", timeout=10) as response:
+            return parse_metrics(response.read().decode())
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{self.metrics_address}{path}", timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
