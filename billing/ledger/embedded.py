@@ -42,6 +42,9 @@ class EmbeddedPostgres:
             import pgserver
 
             server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+            if not self.is_running():  # pgserver caches handles per directory: restart a stopped server
+                with server._lock:
+                    server.ensure_postgres_running()
         admin_uri = server.get_uri()
         self._ensure_database(admin_uri)
         return server.get_uri(DATABASE_NAME)
