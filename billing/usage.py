@@ -34,4 +34,6 @@ def usage_totals(engine: Engine, account_id: str, start: datetime, end: datetime
         .order_by(UsageEvent.meter_code)
     )
     with engine.connect() as connection:
-        return [MeterTotal(code, unit, Decimal(total), count) for code, unit, total, count in connection.execute(statement)]
+        return [
+            MeterTotal(code, unit, Decimal(total), count) for code, unit, total, count in connection.execute(statement)
+        ]

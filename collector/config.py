@@ -201,9 +201,9 @@ def load_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None 
         raise ConfigError(problems)
     config = CollectorConfig(**values)
     if config.metrics_port and config.metrics_port == config.otlp_port and config.metrics_bind_host == config.otlp_host:
-        raise ConfigError([
-            f"SPANMETER_METRICS_PORT={config.metrics_port} is the OTLP port too: pick another metrics port"
-        ])
+        raise ConfigError(
+            [f"SPANMETER_METRICS_PORT={config.metrics_port} is the OTLP port too: pick another metrics port"]
+        )
     return config
 
 

@@ -48,7 +48,7 @@ class LabelCap:
     """Maps free-form values onto a fixed list plus ``other`` (case-insensitive)."""
 
     def __init__(self, allowed: Iterable[str]) -> None:
-        self.values = tuple(dict.fromkeys(v.lower() for v in allowed)) + (OTHER,)
+        self.values = (*dict.fromkeys(v.lower() for v in allowed), OTHER)
         self._allowed = frozenset(self.values[:-1])
 
     def __call__(self, value: str | None) -> str:
@@ -72,48 +72,71 @@ class CollectorMetrics:
         self.plan_cap = LabelCap(plan_codes)
         self.gpu_cap = LabelCap(gpu_models)
         r = registry
-        self.spans_received = Counter(
-            "spanmeter_spans_received", "Spans in parsed Export requests.", registry=r)
+        self.spans_received = Counter("spanmeter_spans_received", "Spans in parsed Export requests.", registry=r)
         self.spans_rejected = Counter(
-            "spanmeter_spans_rejected", "Billable spans rejected, kept in rejected_spans.", ["reason"], registry=r)
+            "spanmeter_spans_rejected", "Billable spans rejected, kept in rejected_spans.", ["reason"], registry=r
+        )
         self.spans_billed = Counter(
-            "spanmeter_spans_billed", "Usage rows newly committed to the ledger.", ["meter"], registry=r)
+            "spanmeter_spans_billed", "Usage rows newly committed to the ledger.", ["meter"], registry=r
+        )
         self.duplicates = Counter(
-            "spanmeter_usage_events_duplicate", "Usage rows already in the ledger (retries, replays).",
-            ["meter"], registry=r)
+            "spanmeter_usage_events_duplicate",
+            "Usage rows already in the ledger (retries, replays).",
+            ["meter"],
+            registry=r,
+        )
         self.unattributed = Counter(
-            "spanmeter_spans_unattributed", "Spans of count-only meters without account_id (not stored).",
-            ["meter"], registry=r)
+            "spanmeter_spans_unattributed",
+            "Spans of count-only meters without account_id (not stored).",
+            ["meter"],
+            registry=r,
+        )
         self.synthetic = Counter(
-            "spanmeter_synthetic_spans", "Synthetic usage rows metered but never billed.", ["meter"], registry=r)
+            "spanmeter_synthetic_spans", "Synthetic usage rows metered but never billed.", ["meter"], registry=r
+        )
         self.export_requests = Counter(
-            "spanmeter_export_requests", "Export responses by gRPC status code.", ["grpc_code"], registry=r)
+            "spanmeter_export_requests", "Export responses by gRPC status code.", ["grpc_code"], registry=r
+        )
         self.ledger_write_duration = Histogram(
-            "spanmeter_ledger_write_duration_seconds", "Duration of one group commit to the ledger.",
-            buckets=WRITE_BUCKETS_SECONDS, registry=r)
+            "spanmeter_ledger_write_duration_seconds",
+            "Duration of one group commit to the ledger.",
+            buckets=WRITE_BUCKETS_SECONDS,
+            registry=r,
+        )
         self.ledger_write_errors = Counter(
-            "spanmeter_ledger_write_errors", "Failed ledger writes.", ["kind"], registry=r)
+            "spanmeter_ledger_write_errors", "Failed ledger writes.", ["kind"], registry=r
+        )
         self.pipeline_lag = Histogram(
-            "spanmeter_pipeline_lag_seconds", "Ledger commit time minus span end time, per committed row.",
-            buckets=LAG_BUCKETS_SECONDS, registry=r)
+            "spanmeter_pipeline_lag_seconds",
+            "Ledger commit time minus span end time, per committed row.",
+            buckets=LAG_BUCKETS_SECONDS,
+            registry=r,
+        )
         self.last_commit = Gauge(
-            "spanmeter_ledger_last_commit_timestamp_seconds", "Unix time of the last ledger commit.", registry=r)
+            "spanmeter_ledger_last_commit_timestamp_seconds", "Unix time of the last ledger commit.", registry=r
+        )
         self.oldest_pending = Gauge(
             "spanmeter_oldest_pending_span_age_seconds",
-            "Age of the oldest received request whose spans are not committed yet.", registry=r)
+            "Age of the oldest received request whose spans are not committed yet.",
+            registry=r,
+        )
         self.oldest_pending.set_function(oldest_pending_age_seconds)
         self.pending_requests = Gauge(
-            "spanmeter_ledger_pending_requests", "Export requests waiting for their commit.", registry=r)
+            "spanmeter_ledger_pending_requests", "Export requests waiting for their commit.", registry=r
+        )
         self.pending_requests.set_function(pending_requests)
         self.billable_worker_seconds = Counter(
-            "spanmeter_billable_worker_seconds", "Billable worker seconds committed.", ["plan_code"], registry=r)
+            "spanmeter_billable_worker_seconds", "Billable worker seconds committed.", ["plan_code"], registry=r
+        )
         self.billable_gpu_seconds = Counter(
-            "spanmeter_billable_gpu_seconds", "Billable GPU seconds committed.", ["plan_code", "gpu_model"],
-            registry=r)
+            "spanmeter_billable_gpu_seconds", "Billable GPU seconds committed.", ["plan_code", "gpu_model"], registry=r
+        )
         self.billable_tokens = Counter(
-            "spanmeter_billable_tokens", "Billable LLM tokens committed.", ["plan_code", "direction"], registry=r)
+            "spanmeter_billable_tokens", "Billable LLM tokens committed.", ["plan_code", "direction"], registry=r
+        )
         self.billable_api_requests = Counter(
-            "spanmeter_billable_api_requests", "Billable API requests committed.", ["plan_code"], registry=r)
+            "spanmeter_billable_api_requests", "Billable API requests committed.", ["plan_code"], registry=r
+        )
         ProcessCollector(registry=r)
         self._initialise_labels()
 

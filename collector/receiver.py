@@ -28,7 +28,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceResponse,
 )
-
 from spanmeter.billing.ledger.writer import RejectedRequestRow
 
 from .config import CollectorConfig
@@ -83,8 +82,11 @@ class TraceReceiver:
         limit = self._config.max_receive_message_bytes
         if len(body) > limit:
             self._count("RESOURCE_EXHAUSTED")
-            abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                  f"request of {len(body)} bytes exceeds the {limit}-byte limit; send smaller batches")
+            abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request of {len(body)} bytes exceeds the {limit}-byte limit; send smaller batches",
+            )
         if not body:
             return _EMPTY_RESPONSE
         try:
@@ -97,8 +99,7 @@ class TraceReceiver:
         m = self._metrics
         m.spans_received.inc(result.spans_received)
         if decoded.replaced_strings:
-            log.warning("replaced invalid UTF-8 in %d string fields from %s", decoded.replaced_strings,
-                        context.peer())
+            log.warning("replaced invalid UTF-8 in %d string fields from %s", decoded.replaced_strings, context.peer())
         if result.rows or result.rejections:
             pending = self._exporter.submit(PendingWrite(rows=result.rows, rejections=result.rejections))
             try:

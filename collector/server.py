@@ -21,7 +21,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
 from spanmeter.billing.ledger import migrate
 from spanmeter.billing.ledger.database import Database, resolve_database
 
@@ -60,12 +59,15 @@ class CollectorServer:
             log.info("ledger schema migrated from %s to %s", before, after)
         exporter: LedgerExporter | None = None  # the gauges below read it once it exists
         metrics = CollectorMetrics(
-            self.registry, config.plan_codes, config.gpu_models,
+            self.registry,
+            config.plan_codes,
+            config.gpu_models,
             oldest_pending_age_seconds=lambda: exporter.oldest_pending_age_seconds() if exporter else 0.0,
             pending_requests=lambda: exporter.pending_requests() if exporter else 0,
         )
-        exporter = LedgerExporter(database, metrics, batch_max_rows=config.ledger_batch_max_rows,
-                                  writers=config.ledger_writers)
+        exporter = LedgerExporter(
+            database, metrics, batch_max_rows=config.ledger_batch_max_rows, writers=config.ledger_writers
+        )
         exporter.start()
         self._exporter = exporter
 

@@ -27,19 +27,38 @@ def main() -> None:
     tracer = provider.get_tracer("spanmeter.example")
     now = time.time_ns()
     attribution = {"account_id": "acme", "job_id": "job-42"}
-    with tracer.start_as_current_span("POST /documents", kind=SpanKind.SERVER, start_time=now - 3_000_000_000,
-                                      attributes={**attribution, "http.request.method": "POST"}, end_on_exit=False) as s:
+    with tracer.start_as_current_span(
+        "POST /documents",
+        kind=SpanKind.SERVER,
+        start_time=now - 3_000_000_000,
+        attributes={**attribution, "http.request.method": "POST"},
+        end_on_exit=False,
+    ) as s:
         s.end(end_time=now - 2_900_000_000)
-    task = tracer.start_span("run/extract_text", kind=SpanKind.CONSUMER, start_time=now - 2_000_000_000,
-                             attributes={**attribution, "celery.action": "run", "celery.task_name": "extract_text"})
+    task = tracer.start_span(
+        "run/extract_text",
+        kind=SpanKind.CONSUMER,
+        start_time=now - 2_000_000_000,
+        attributes={**attribution, "celery.action": "run", "celery.task_name": "extract_text"},
+    )
     task.end(end_time=now - 2_000_000_000 + 1_230_000_000)
-    gpu = tracer.start_span("detect_tables", start_time=now - 4_000_000_000,
-                            attributes={**attribution, "gpu.count": 2, "gpu.model": "l4"})
+    gpu = tracer.start_span(
+        "detect_tables", start_time=now - 4_000_000_000, attributes={**attribution, "gpu.count": 2, "gpu.model": "l4"}
+    )
     gpu.end(end_time=now - 2_000_000_000)
-    llm = tracer.start_span("chat gpt-4o-mini", kind=SpanKind.CLIENT, start_time=now - 1_000_000_000,
-                            attributes={**attribution, "gen_ai.operation.name": "chat",
-                                        "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o-mini",
-                                        "gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 300})
+    llm = tracer.start_span(
+        "chat gpt-4o-mini",
+        kind=SpanKind.CLIENT,
+        start_time=now - 1_000_000_000,
+        attributes={
+            **attribution,
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.usage.input_tokens": 1200,
+            "gen_ai.usage.output_tokens": 300,
+        },
+    )
     llm.end(end_time=now - 500_000_000)
     provider.shutdown()  # flushes; the exporter returns once the collector has committed
     print(f"sent 4 spans for account acme to {endpoint}")

@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
     usage = sub.add_parser("usage", help="usage totals per meter for one account, from the ledger")
     usage.add_argument("--account", required=True, help="account_id")
-    usage.add_argument("--from", dest="start", help="start, inclusive: YYYY-MM-DD or ISO time (default: month start, UTC)")
+    usage.add_argument(
+        "--from", dest="start", help="start, inclusive: YYYY-MM-DD or ISO time (default: month start, UTC)"
+    )
     usage.add_argument("--to", dest="end", help="end, exclusive: YYYY-MM-DD or ISO time (default: next month start)")
     usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
     _common(usage)
@@ -134,7 +136,9 @@ def _db(args: argparse.Namespace) -> int:
     database = resolve_database(config.database_url, config.data_dir)
     if args.db_command == "upgrade":
         before, after = migrate.upgrade(database)
-        print(f"ledger schema: {before or 'empty'} -> {after}" if before != after else f"ledger schema current: {after}")
+        print(
+            f"ledger schema: {before or 'empty'} -> {after}" if before != after else f"ledger schema current: {after}"
+        )
         return 0
     print(f"# {database.description}")
     print(database.conninfo)
@@ -145,7 +149,9 @@ def _parse_time(text: str, flag: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"{flag} {text!r}: write YYYY-MM-DD or an ISO 8601 time such as 2026-11-01T00:00:00Z") from None
+        raise UsageError(
+            f"{flag} {text!r}: write YYYY-MM-DD or an ISO 8601 time such as 2026-11-01T00:00:00Z"
+        ) from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 

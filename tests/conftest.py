@@ -12,9 +12,8 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from support import Collector
-
 from spanmeter.billing.ledger.embedded import EmbeddedPostgres
+from support import Collector
 
 
 @pytest.fixture(scope="session")

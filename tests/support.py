@@ -19,7 +19,6 @@ import psycopg
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.sdk.resources import Resource
@@ -78,7 +77,9 @@ class RawResult:
     trailers: dict
 
 
-def raw_export(endpoint: str, body: bytes, compression: grpc.Compression | None = None, timeout: float = 30) -> RawResult:
+def raw_export(
+    endpoint: str, body: bytes, compression: grpc.Compression | None = None, timeout: float = 30
+) -> RawResult:
     """Send raw bytes to Export and return the status, response and trailing metadata."""
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
     with grpc.insecure_channel(endpoint, options=options, compression=compression) as channel:
@@ -134,9 +135,20 @@ class Collector:
     def start(self, timeout: float = 60) -> Collector:
         env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(
-            [SPANMETER, "serve", "--database-url", self.database_url, "--otlp-endpoint", self.otlp_endpoint,
-             "--metrics-port", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            [
+                SPANMETER,
+                "serve",
+                "--database-url",
+                self.database_url,
+                "--otlp-endpoint",
+                self.otlp_endpoint,
+                "--metrics-port",
+                "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
         ready = threading.Event()
 

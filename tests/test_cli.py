@@ -15,17 +15,17 @@ from pathlib import Path
 import grpc
 import psycopg
 from opentelemetry.sdk.trace.export import SpanExportResult
-from support import SPANMETER, Collector, SpanFactory, exporter, raw_export, request_bytes
-
 from spanmeter.billing.ledger.embedded import EmbeddedPostgres
+from support import SPANMETER, Collector, SpanFactory, exporter, raw_export, request_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 MS = 1_000_000
 
 
 def run(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([SPANMETER, *args], capture_output=True, text=True, timeout=120, check=check,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [SPANMETER, *args], capture_output=True, text=True, timeout=120, check=check, env={**os.environ, **(env or {})}
+    )
 
 
 def test_embedded_default_serve_example_and_usage(tmp_path):
@@ -34,7 +34,10 @@ def test_embedded_default_serve_example_and_usage(tmp_path):
     env = {"SPANMETER_DATA_DIR": str(data_dir)}
     serve = subprocess.Popen(
         [SPANMETER, "serve", "--otlp-endpoint", "127.0.0.1:0", "--metrics-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **env},
     )
     try:
         lines = []
@@ -45,11 +48,18 @@ def test_embedded_default_serve_example_and_usage(tmp_path):
         text = "".join(lines)
         assert f"embedded PostgreSQL in {data_dir}" in text
         endpoint = line.split()[1].split("=", 1)[1]
-        subprocess.run([sys.executable, str(ROOT / "examples" / "send_spans.py")], check=True, timeout=60,
-                       env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{endpoint}"})
+        subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "send_spans.py")],
+            check=True,
+            timeout=60,
+            env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{endpoint}"},
+        )
         usage = json.loads(run("usage", "--account", "acme", "--format", "json", env=env).stdout)
         assert {m["meter_code"]: m["quantity"] for m in usage["meters"]} == {
-            "api_requests": "1", "gpu_seconds": "4.0", "input_tokens": "1200", "output_tokens": "300",
+            "api_requests": "1",
+            "gpu_seconds": "4.0",
+            "input_tokens": "1200",
+            "output_tokens": "300",
             "worker_seconds": "1.3",
         }
     finally:
@@ -57,8 +67,9 @@ def test_embedded_default_serve_example_and_usage(tmp_path):
         assert serve.wait(60) == 0
     url = run("db", "url", env=env).stdout.strip().splitlines()[-1]
     psql = Path(EmbeddedPostgres._bin("psql"))
-    out = subprocess.run([str(psql), url, "-tAc", "SELECT count(*) FROM usage_events"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [str(psql), url, "-tAc", "SELECT count(*) FROM usage_events"], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "5"
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM usage_events").fetchone() == (5,)
@@ -75,34 +86,55 @@ def test_usage_table_and_csv(collector, module_db):
     assert table[1].split() == ["meter", "quantity", "unit", "events"]
     assert table[2].split() == ["gpu_seconds", "3.0", "s", "1"]
     assert table[3].split() == ["worker_seconds", "3.0", "s", "2"]
-    csv_lines = run("usage", "--account", "acct-cli", "--database-url", module_db, "--format", "csv",
-                    "--from", "2020-01-01", "--to", "2100-01-01").stdout.splitlines()
+    csv_lines = run(
+        "usage",
+        "--account",
+        "acct-cli",
+        "--database-url",
+        module_db,
+        "--format",
+        "csv",
+        "--from",
+        "2020-01-01",
+        "--to",
+        "2100-01-01",
+    ).stdout.splitlines()
     assert csv_lines == [
         "account_id,from,to,meter_code,unit,quantity,events",
         "acct-cli,2020-01-01T00:00:00Z,2100-01-01T00:00:00Z,gpu_seconds,s,3.0,1",
         "acct-cli,2020-01-01T00:00:00Z,2100-01-01T00:00:00Z,worker_seconds,s,3.0,2",
     ]
-    empty = run("usage", "--account", "acct-cli", "--database-url", module_db, "--from", "2020-01-01",
-                "--to", "2020-02-01").stdout
+    empty = run(
+        "usage", "--account", "acct-cli", "--database-url", module_db, "--from", "2020-01-01", "--to", "2020-02-01"
+    ).stdout
     assert "no usage in this period" in empty
 
 
 def test_bad_configuration_names_every_bad_setting(tmp_path):
-    result = run("serve", env={
-        "SPANMETER_OTLP_ENDPOINT": "nowhere",
-        "SPANMETER_METRICS_PORT": "abc",
-        "SPANMETER_LEDGER_WRITE_TIMEOUT_SECONDS": "-1",
-        "SPANMETER_DATABASE_URL": "mysql://x@y/z",
-        "SPANMETER_DATA_DIR": str(tmp_path),
-    }, check=False)
+    result = run(
+        "serve",
+        env={
+            "SPANMETER_OTLP_ENDPOINT": "nowhere",
+            "SPANMETER_METRICS_PORT": "abc",
+            "SPANMETER_LEDGER_WRITE_TIMEOUT_SECONDS": "-1",
+            "SPANMETER_DATABASE_URL": "mysql://x@y/z",
+            "SPANMETER_DATA_DIR": str(tmp_path),
+        },
+        check=False,
+    )
     assert result.returncode == 2
-    for name in ("SPANMETER_OTLP_ENDPOINT", "SPANMETER_METRICS_PORT", "SPANMETER_LEDGER_WRITE_TIMEOUT_SECONDS",
-                 "SPANMETER_DATABASE_URL"):
+    for name in (
+        "SPANMETER_OTLP_ENDPOINT",
+        "SPANMETER_METRICS_PORT",
+        "SPANMETER_LEDGER_WRITE_TIMEOUT_SECONDS",
+        "SPANMETER_DATABASE_URL",
+    ):
         assert name in result.stderr
     assert "HOST:PORT" in result.stderr
     assert not (tmp_path / "postgres").exists()  # failed before touching anything
-    bad_date = run("usage", "--account", "a", "--from", "yesterday", env={"SPANMETER_DATA_DIR": str(tmp_path)},
-                   check=False)
+    bad_date = run(
+        "usage", "--account", "a", "--from", "yesterday", env={"SPANMETER_DATA_DIR": str(tmp_path)}, check=False
+    )
     assert bad_date.returncode == 2 and "--from 'yesterday'" in bad_date.stderr
 
 
@@ -128,5 +160,6 @@ def test_sigterm_commits_in_flight_and_exits_zero(fresh_db):
     assert c.proc.wait(30) == 0
     assert "spanmeter: stopped" in "\n".join(c.output)
     with psycopg.connect(fresh_db) as conn:
-        assert conn.execute("SELECT sum(quantity) FROM usage_events WHERE account_id = 'acct-term'").fetchone() \
-            == (Decimal("0.7"),)
+        assert conn.execute("SELECT sum(quantity) FROM usage_events WHERE account_id = 'acct-term'").fetchone() == (
+            Decimal("0.7"),
+        )

@@ -7,14 +7,25 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from support import SPANMETER
-
 from spanmeter.billing.ledger import migrate
 from spanmeter.billing.ledger.database import DatabaseUrlError, normalize_database_url, resolve_database
 from spanmeter.billing.ledger.writer import LedgerWriter
+from support import SPANMETER
 
-ROW = (1_795_000_000_000_000, "0" * 31 + "1", "acct", None, "starter", "worker_seconds", 1, "1.5", "s",
-       "ab" * 16, "cd" * 8, '{"service.name": "x"}')
+ROW = (
+    1_795_000_000_000_000,
+    "0" * 31 + "1",
+    "acct",
+    None,
+    "starter",
+    "worker_seconds",
+    1,
+    "1.5",
+    "s",
+    "ab" * 16,
+    "cd" * 8,
+    '{"service.name": "x"}',
+)
 
 
 @pytest.fixture
@@ -58,8 +69,15 @@ def test_writer_is_idempotent_and_reports_new_keys(migrated):
 
 
 def test_two_processes_migrating_at_once_both_succeed(fresh_db):
-    procs = [subprocess.Popen([SPANMETER, "db", "upgrade", "--database-url", fresh_db],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [SPANMETER, "db", "upgrade", "--database-url", fresh_db],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     assert sum("-> 0001_ledger" in out for out in outputs) == 1  # exactly one applied it

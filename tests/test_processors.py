@@ -8,7 +8,6 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
 from spanmeter.collector.processors import MeteringLimits, meter_request
 from spanmeter.collector.processors.usage import idempotency_key, rounded_tenths_of_second
 
@@ -27,8 +26,13 @@ def value(v) -> AnyValue:
     return AnyValue(string_value=v)
 
 
-def request(attrs: dict, duration_ns: int = 100 * MS, resource: dict | None = None,
-            kind: int = Span.SPAN_KIND_INTERNAL, span_id: bytes = b"\x01" * 8) -> ExportTraceServiceRequest:
+def request(
+    attrs: dict,
+    duration_ns: int = 100 * MS,
+    resource: dict | None = None,
+    kind: int = Span.SPAN_KIND_INTERNAL,
+    span_id: bytes = b"\x01" * 8,
+) -> ExportTraceServiceRequest:
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
     for k, v in (resource or {}).items():
@@ -72,14 +76,32 @@ def test_durations_round_up_to_100ms(nanos, tenths):
         ({**A, "celery.action": "apply_async"}, {}, {}),
         ({**A, "gpu.count": 3}, {"duration_ns": 150 * MS}, {"gpu_seconds": Decimal("0.6")}),
         ({**A, "gpu.count": 2.0}, {"duration_ns": 100 * MS}, {"gpu_seconds": Decimal("0.2")}),
-        ({**A, "celery.action": "run", "gpu.count": 1}, {"duration_ns": 50 * MS},
-         {"worker_seconds": Decimal("0.1"), "gpu_seconds": Decimal("0.1")}),
-        ({**A, "gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 0}, {},
-         {"input_tokens": Decimal(10), "output_tokens": Decimal(0)}),
+        (
+            {**A, "celery.action": "run", "gpu.count": 1},
+            {"duration_ns": 50 * MS},
+            {"worker_seconds": Decimal("0.1"), "gpu_seconds": Decimal("0.1")},
+        ),
+        (
+            {**A, "gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 0},
+            {},
+            {"input_tokens": Decimal(10), "output_tokens": Decimal(0)},
+        ),
         ({**A, "gen_ai.usage.prompt_tokens": 4}, {}, {"input_tokens": Decimal(4)}),
-        ({**A, "gen_ai.usage.completion_tokens": 6, "gen_ai.usage.output_tokens": 5}, {}, {"output_tokens": Decimal(5)}),
-        ({**A, "gen_ai.operation.name": "text_completion", "gen_ai.usage.input_tokens": 1}, {}, {"input_tokens": Decimal(1)}),
-        ({**A, "gen_ai.operation.name": "generate_content", "gen_ai.usage.output_tokens": 2}, {}, {"output_tokens": Decimal(2)}),
+        (
+            {**A, "gen_ai.usage.completion_tokens": 6, "gen_ai.usage.output_tokens": 5},
+            {},
+            {"output_tokens": Decimal(5)},
+        ),
+        (
+            {**A, "gen_ai.operation.name": "text_completion", "gen_ai.usage.input_tokens": 1},
+            {},
+            {"input_tokens": Decimal(1)},
+        ),
+        (
+            {**A, "gen_ai.operation.name": "generate_content", "gen_ai.usage.output_tokens": 2},
+            {},
+            {"output_tokens": Decimal(2)},
+        ),
         ({**A, "gen_ai.operation.name": "invoke_agent", "gen_ai.usage.input_tokens": 9}, {}, {}),
         ({**A, "gen_ai.operation.name": "execute_tool", "gen_ai.usage.input_tokens": 9}, {}, {}),
         ({**A, "http.request.method": "POST"}, {"kind": Span.SPAN_KIND_SERVER}, {"api_requests": Decimal(1)}),
@@ -137,7 +159,9 @@ def test_timestamps_outside_the_window_are_rejected():
 def test_count_only_and_synthetic_and_non_billable():
     result = meter_request(request({"http.method": "GET"}, kind=Span.SPAN_KIND_SERVER), LIMITS, NOW)
     assert (result.rows, result.rejections, dict(result.unattributed)) == ([], [], {"api_requests": 1})
-    synthetic = meter_request(request({**A, "celery.action": "run"}, resource={"spanmeter.synthetic": True}), LIMITS, NOW)
+    synthetic = meter_request(
+        request({**A, "celery.action": "run"}, resource={"spanmeter.synthetic": True}), LIMITS, NOW
+    )
     assert synthetic.rows == [] and [r.meter.code for r in synthetic.synthetic_rows] == ["worker_seconds"]
     plain = meter_request(request({"db.system": "postgresql"}), LIMITS, NOW)
     assert (plain.spans_received, plain.rows, plain.rejections) == (1, [], [])

@@ -29,8 +29,12 @@ def test_every_meter_and_rounding_rule(collector, module_db):
     acct = {"account_id": "acct-meters", "job_id": "job-1"}
     spans = [
         # worker_seconds: Celery task runs and work units, rounded UP to the next 100 ms
-        f.span("run/extract", {**acct, "celery.action": "run", "celery.task_name": "extract"}, 1230 * MS,
-               kind=SpanKind.CONSUMER),
+        f.span(
+            "run/extract",
+            {**acct, "celery.action": "run", "celery.task_name": "extract"},
+            1230 * MS,
+            kind=SpanKind.CONSUMER,
+        ),
         f.span("unit", {**acct, "spanmeter.work_unit": True}, 100 * MS),  # exactly 0.1
         f.span("unit", {**acct, "spanmeter.work_unit": True}, 100 * MS + 1),  # 1 ns over → 0.2
         f.span("apply_async/extract", {**acct, "celery.action": "apply_async"}, 50 * MS, kind=SpanKind.PRODUCER),
@@ -39,16 +43,47 @@ def test_every_meter_and_rounding_rule(collector, module_db):
         f.span("detect", {**acct, "gpu.count": 2, "gpu.model": "h100"}, 2050 * MS),  # 2.1 × 2
         f.span("detect", {**acct, "gpu.count": 1}, 1 * MS),  # 0.1
         # tokens: current names; legacy names; both (current wins); agent spans never bill
-        f.span("chat", {**acct, "gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 1000,
-                        "gen_ai.usage.output_tokens": 250, "gen_ai.usage.cache_read.input_tokens": 400,
-                        "gen_ai.usage.reasoning.output_tokens": 50, "gen_ai.response.model": "gpt-4o",
-                        "gen_ai.provider.name": "openai"}, 10 * MS, kind=SpanKind.CLIENT),
-        f.span("legacy", {**acct, "gen_ai.usage.prompt_tokens": 7, "gen_ai.usage.completion_tokens": 3,
-                          "gen_ai.system": "openai"}, 10 * MS),
-        f.span("both", {**acct, "gen_ai.usage.input_tokens": 11, "gen_ai.usage.prompt_tokens": 99999,
-                        "gen_ai.usage.output_tokens": 5, "gen_ai.usage.completion_tokens": 99999}, 10 * MS),
-        f.span("agent", {**acct, "gen_ai.operation.name": "invoke_agent", "gen_ai.usage.input_tokens": 5000,
-                         "gen_ai.usage.output_tokens": 5000}, 10 * MS),
+        f.span(
+            "chat",
+            {
+                **acct,
+                "gen_ai.operation.name": "chat",
+                "gen_ai.usage.input_tokens": 1000,
+                "gen_ai.usage.output_tokens": 250,
+                "gen_ai.usage.cache_read.input_tokens": 400,
+                "gen_ai.usage.reasoning.output_tokens": 50,
+                "gen_ai.response.model": "gpt-4o",
+                "gen_ai.provider.name": "openai",
+            },
+            10 * MS,
+            kind=SpanKind.CLIENT,
+        ),
+        f.span(
+            "legacy",
+            {**acct, "gen_ai.usage.prompt_tokens": 7, "gen_ai.usage.completion_tokens": 3, "gen_ai.system": "openai"},
+            10 * MS,
+        ),
+        f.span(
+            "both",
+            {
+                **acct,
+                "gen_ai.usage.input_tokens": 11,
+                "gen_ai.usage.prompt_tokens": 99999,
+                "gen_ai.usage.output_tokens": 5,
+                "gen_ai.usage.completion_tokens": 99999,
+            },
+            10 * MS,
+        ),
+        f.span(
+            "agent",
+            {
+                **acct,
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.usage.input_tokens": 5000,
+                "gen_ai.usage.output_tokens": 5000,
+            },
+            10 * MS,
+        ),
         f.span("embed", {**acct, "gen_ai.operation.name": "embeddings", "gen_ai.usage.input_tokens": 64}, 10 * MS),
         # api_requests: SERVER spans with an HTTP method (stable or legacy name); CLIENT spans never
         f.span("GET /a", {**acct, "http.request.method": "GET"}, 5 * MS, kind=SpanKind.SERVER),
@@ -66,26 +101,44 @@ def test_every_meter_and_rounding_rule(collector, module_db):
         "output_tokens": Decimal("258"),  # 250 + 3 + 5
         "api_requests": Decimal("2"),
     }
-    rows = ledger(module_db, "SELECT meter_code, meter_version, unit, job_id, plan_code, metadata FROM usage_events "
-                             "WHERE account_id = 'acct-meters' AND metadata->>'span.name' = 'chat' ORDER BY 1")
+    rows = ledger(
+        module_db,
+        "SELECT meter_code, meter_version, unit, job_id, plan_code, metadata FROM usage_events "
+        "WHERE account_id = 'acct-meters' AND metadata->>'span.name' = 'chat' ORDER BY 1",
+    )
     (_, v_in, unit_in, job, plan, meta_in), (_, _, _, _, _, meta_out) = rows
     assert (v_in, unit_in, job, plan) == (1, "{token}", "job-1", "growth")
     assert meta_in["gen_ai.usage.cache_read.input_tokens"] == 400  # kept, not billed again
     assert meta_in["gen_ai.model"] == "gpt-4o" and meta_in["gen_ai.provider.name"] == "openai"
     assert meta_out["gen_ai.usage.reasoning.output_tokens"] == 50
-    failed = ledger(module_db, "SELECT metadata->>'status' FROM usage_events WHERE account_id = 'acct-meters' "
-                               "AND metadata->>'span.name' = 'run/flaky'")
+    failed = ledger(
+        module_db,
+        "SELECT metadata->>'status' FROM usage_events WHERE account_id = 'acct-meters' "
+        "AND metadata->>'span.name' = 'run/flaky'",
+    )
     assert failed == [("error",)]
     # keys are lower-case hex, rows carry their span's ids
-    ids = ledger(module_db, "SELECT DISTINCT length(trace_id), length(span_id), trace_id = lower(trace_id) "
-                            "FROM usage_events WHERE account_id = 'acct-meters'")
+    ids = ledger(
+        module_db,
+        "SELECT DISTINCT length(trace_id), length(span_id), trace_id = lower(trace_id) "
+        "FROM usage_events WHERE account_id = 'acct-meters'",
+    )
     assert ids == [(32, 16, True)]
 
-    out = subprocess.run([SPANMETER, "usage", "--account", "acct-meters", "--database-url", module_db,
-                          "--format", "json"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [SPANMETER, "usage", "--account", "acct-meters", "--database-url", module_db, "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     meters = {m["meter_code"]: m["quantity"] for m in json.loads(out)["meters"]}
-    assert meters == {"api_requests": "2", "gpu_seconds": "4.3", "input_tokens": "1082",
-                      "output_tokens": "258", "worker_seconds": "2.0"}
+    assert meters == {
+        "api_requests": "2",
+        "gpu_seconds": "4.3",
+        "input_tokens": "1082",
+        "output_tokens": "258",
+        "worker_seconds": "2.0",
+    }
 
 
 def test_attribution_from_span_then_resource(collector, module_db):
@@ -102,8 +155,9 @@ def test_attribution_from_span_then_resource(collector, module_db):
 
 def test_same_batch_exported_three_times_bills_once(collector, module_db):
     f = SpanFactory()
-    batch = [f.span(f"run/{i}", {"account_id": "acct-thrice", "celery.action": "run"}, (i + 1) * 100 * MS)
-             for i in range(50)]
+    batch = [
+        f.span(f"run/{i}", {"account_id": "acct-thrice", "celery.action": "run"}, (i + 1) * 100 * MS) for i in range(50)
+    ]
     before = collector.metrics()
     exp = exporter(collector.endpoint)
     for _ in range(3):
@@ -178,18 +232,23 @@ def test_unparseable_request_is_invalid_argument_counted_and_kept(collector, mod
 
 def test_invalid_utf8_is_replaced_not_fatal(collector, module_db):
     f = SpanFactory()
-    body = request_bytes([
-        f.span("run", {"account_id": "acct-utf8", "celery.action": "run", "note": "MARK"}, 200 * MS),
-        f.span("run", {"account_id": "acct-utf8", "celery.action": "run", "celery.task_name": "MARK"}, 300 * MS),
-    ])
+    body = request_bytes(
+        [
+            f.span("run", {"account_id": "acct-utf8", "celery.action": "run", "note": "MARK"}, 200 * MS),
+            f.span("run", {"account_id": "acct-utf8", "celery.action": "run", "celery.task_name": "MARK"}, 300 * MS),
+        ]
+    )
     body = body.replace(b"MARK", b"M\xffRK")  # same length: invalid UTF-8 inside string fields
     result = raw_export(collector.endpoint, body)
     assert result.code == grpc.StatusCode.OK
     assert result.response.partial_success.rejected_spans == 0
     assert "invalid UTF-8" in result.response.partial_success.error_message
     assert totals(module_db, "acct-utf8") == {"worker_seconds": Decimal("0.5")}
-    names = ledger(module_db, "SELECT metadata->>'celery.task_name' FROM usage_events "
-                              "WHERE account_id = 'acct-utf8' AND metadata ? 'celery.task_name'")
+    names = ledger(
+        module_db,
+        "SELECT metadata->>'celery.task_name' FROM usage_events "
+        "WHERE account_id = 'acct-utf8' AND metadata ? 'celery.task_name'",
+    )
     assert names == [("M\ufffdRK",)]
 
 
@@ -218,7 +277,8 @@ def test_every_reject_reason_is_kept_counted_and_reported(collector, module_db):
     }
     request = ExportTraceServiceRequest.FromString(request_bytes(list(spans.values())))
     zero_ids = ExportTraceServiceRequest.FromString(
-        _with_ids(request_bytes([f.span("r", ok, 100 * MS)]), trace_id=bytes(16)))
+        _with_ids(request_bytes([f.span("r", ok, 100 * MS)]), trace_id=bytes(16))
+    )
     request.resource_spans[0].scope_spans[0].spans.append(zero_ids.resource_spans[0].scope_spans[0].spans[0])
     good = f.span("fine", ok, 100 * MS)
     good_request = ExportTraceServiceRequest.FromString(request_bytes([good]))
@@ -242,9 +302,13 @@ def test_every_reject_reason_is_kept_counted_and_reported(collector, module_db):
         assert after[key] - before[key] == 2
     assert totals(module_db, "acct-rej") == {"worker_seconds": Decimal("0.1")}  # the good span only
     # the whole span is kept and decodes as OTLP
-    payload = ledger(module_db, "SELECT payload, meter_codes FROM rejected_spans WHERE reason = 'invalid_gpu_count' "
-                                "AND service_name = 'rejects'")[0]
+    payload = ledger(
+        module_db,
+        "SELECT payload, meter_codes FROM rejected_spans WHERE reason = 'invalid_gpu_count' "
+        "AND service_name = 'rejects'",
+    )[0]
     from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+
     kept = ResourceSpans.FromString(payload[0])
     assert kept.scope_spans[0].spans[0].name == "r" and payload[1] == ["gpu_seconds"]
     assert {kv.key for kv in kept.resource.attributes} >= {"service.name"}
@@ -263,8 +327,10 @@ def test_unattributed_api_requests_are_counted_not_stored(collector, module_db):
 def test_synthetic_traffic_is_metered_in_metrics_never_billed(collector, module_db):
     f = SpanFactory({"service.name": "probe"})
     before = collector.metrics()['spanmeter_synthetic_spans_total{meter="worker_seconds"}']
-    spans = [f.span("run", {"account_id": "acct-synth", "celery.action": "run", "spanmeter.synthetic": True}, MS)
-             for _ in range(3)]
+    spans = [
+        f.span("run", {"account_id": "acct-synth", "celery.action": "run", "spanmeter.synthetic": True}, MS)
+        for _ in range(3)
+    ]
     assert exporter(collector.endpoint).export(spans) == SpanExportResult.SUCCESS
     assert collector.metrics()['spanmeter_synthetic_spans_total{meter="worker_seconds"}'] == before + 3
     assert totals(module_db, "acct-synth") == {}

@@ -12,9 +12,8 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.sdk.trace.export import SpanExportResult
 from psycopg.conninfo import make_conninfo
-from support import Collector, SpanFactory, exporter, ledger, raw_export, request_bytes, totals
-
 from spanmeter.billing.ledger.embedded import EmbeddedPostgres
+from support import Collector, SpanFactory, exporter, ledger, raw_export, request_bytes, totals
 
 MS = 1_000_000
 
@@ -67,8 +66,9 @@ def test_database_stopped_mid_stream(tmp_path: Path):
 
         # 30 batches × sum(0.1 … 2.0) = 30 × 21.0
         assert totals(url, "acct-outage") == {"worker_seconds": Decimal("630.0")}
-        assert ledger(url, "SELECT count(*), count(DISTINCT span_id) FROM usage_events "
-                           "WHERE account_id = 'acct-outage'") == [(600, 600)]
+        assert ledger(
+            url, "SELECT count(*), count(DISTINCT span_id) FROM usage_events WHERE account_id = 'acct-outage'"
+        ) == [(600, 600)]
         m = collector.metrics()
         assert m['spanmeter_export_requests_total{grpc_code="UNAVAILABLE"}'] >= 1
         assert m['spanmeter_ledger_write_errors_total{kind="database"}'] >= 1
@@ -111,8 +111,10 @@ def test_receiver_killed_mid_stream(postgres_admin: str, fresh_db: str):
         assert acked_at_kill <= acknowledged
         # 40 batches × sum(0.1 … 2.5) = 40 × 32.5; every span exactly once
         assert totals(fresh_db, "acct-kill") == {"worker_seconds": Decimal("1300.0")}
-        assert ledger(fresh_db, "SELECT count(*), count(DISTINCT (trace_id, span_id)) FROM usage_events "
-                                "WHERE account_id = 'acct-kill'") == [(1000, 1000)]
+        assert ledger(
+            fresh_db,
+            "SELECT count(*), count(DISTINCT (trace_id, span_id)) FROM usage_events WHERE account_id = 'acct-kill'",
+        ) == [(1000, 1000)]
     finally:
         restarted.kill()
     assert make_conninfo(postgres_admin)  # the session server was untouched

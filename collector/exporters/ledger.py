@@ -29,7 +29,6 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import psycopg
-
 from spanmeter.billing.ledger.database import Database
 from spanmeter.billing.ledger.writer import LedgerWriter, RejectedRequestRow, UsageEventRow
 

@@ -85,13 +85,29 @@ _STATUS_ERROR = Status.StatusCode.STATUS_CODE_ERROR
 # The only span attribute keys the metering loop looks at; everything else is skipped in one set lookup.
 _SPAN_KEYS = frozenset(
     {
-        A.ACCOUNT_ID, A.JOB_ID, A.PLAN_CODE, A.WORK_UNIT, A.SYNTHETIC, A.GPU_COUNT, A.GPU_MODEL,
-        A.CELERY_ACTION, A.CELERY_TASK_NAME, A.HTTP_REQUEST_METHOD, A.HTTP_METHOD,
-        A.GEN_AI_OPERATION_NAME, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_OUTPUT_TOKENS,
-        A.GEN_AI_USAGE_PROMPT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS,
-        A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
-        A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, A.GEN_AI_RESPONSE_MODEL, A.GEN_AI_REQUEST_MODEL,
-        A.GEN_AI_PROVIDER_NAME, A.GEN_AI_SYSTEM,
+        A.ACCOUNT_ID,
+        A.JOB_ID,
+        A.PLAN_CODE,
+        A.WORK_UNIT,
+        A.SYNTHETIC,
+        A.GPU_COUNT,
+        A.GPU_MODEL,
+        A.CELERY_ACTION,
+        A.CELERY_TASK_NAME,
+        A.HTTP_REQUEST_METHOD,
+        A.HTTP_METHOD,
+        A.GEN_AI_OPERATION_NAME,
+        A.GEN_AI_USAGE_INPUT_TOKENS,
+        A.GEN_AI_USAGE_OUTPUT_TOKENS,
+        A.GEN_AI_USAGE_PROMPT_TOKENS,
+        A.GEN_AI_USAGE_COMPLETION_TOKENS,
+        A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+        A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+        A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+        A.GEN_AI_RESPONSE_MODEL,
+        A.GEN_AI_REQUEST_MODEL,
+        A.GEN_AI_PROVIDER_NAME,
+        A.GEN_AI_SYSTEM,
     }
 )
 _RESOURCE_KEYS = frozenset({A.ACCOUNT_ID, A.JOB_ID, A.PLAN_CODE, A.SERVICE_NAME, A.SYNTHETIC})
@@ -229,9 +245,7 @@ def _payload(resource_spans: ResourceSpans, scope_spans: ScopeSpans, span: Span)
     return single.SerializeToString(deterministic=True)
 
 
-def meter_request(
-    request: ExportTraceServiceRequest, limits: MeteringLimits, now_unix_nano: int
-) -> MeteringResult:
+def meter_request(request: ExportTraceServiceRequest, limits: MeteringLimits, now_unix_nano: int) -> MeteringResult:
     """Meter every span of one Export request. Pure: same input, same output."""
     result = MeteringResult()
     max_duration_ns = limits.max_span_duration_seconds * 1_000_000_000
@@ -255,8 +269,16 @@ def meter_request(
                 if resource is None:
                     resource = _resource_attributes(resource_spans)
                 _meter_span(
-                    result, resource_spans, scope_spans, span, attrs, resource, matched,
-                    max_duration_ns, oldest_end_ns, newest_end_ns,
+                    result,
+                    resource_spans,
+                    scope_spans,
+                    span,
+                    attrs,
+                    resource,
+                    matched,
+                    max_duration_ns,
+                    oldest_end_ns,
+                    newest_end_ns,
                 )
     result.spans_received = received
     return result
@@ -332,10 +354,10 @@ def _meter_span(
                     message = f"{meter.code} must be a whole number from 0 to {MAX_TOKENS_PER_SPAN}"
                     break
                 tokens[meter.code] = count
-        if reason is None and account_id is None:
-            if any(m.on_unattributed is OnUnattributed.REJECT for m in matched):
-                codes = ", ".join(m.code for m in matched if m.on_unattributed is OnUnattributed.REJECT)
-                reason, message = "unattributed", f"no account_id on the span or its resource ({codes} requires one)"
+        must_attribute = [m.code for m in matched if m.on_unattributed is OnUnattributed.REJECT]
+        if reason is None and account_id is None and must_attribute:
+            reason = "unattributed"
+            message = f"no account_id on the span or its resource ({', '.join(must_attribute)} requires one)"
 
     service_name = _string(resource.get(A.SERVICE_NAME))
     trace_hex = trace_id.hex()
