@@ -1,0 +1,20 @@
+# One entry point for routine tasks. The README's two commands are ./scripts/run.sh and ./scripts/test.sh.
+.PHONY: run test lint fmt bench clean-db
+
+run:
+	./scripts/run.sh
+
+test:
+	./scripts/test.sh
+
+lint:
+	./scripts/bootstrap.sh && .venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+fmt:
+	./scripts/bootstrap.sh && .venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+bench:
+	./scripts/bootstrap.sh && .venv/bin/python bench/ingest_bench.py
+
+clean-db:
+	.venv/bin/spanmeter db stop; rm -rf .spanmeter
