@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
 from spanmeter.billing.ledger.embedded import EmbeddedPostgres
 from support import Collector
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import psycopg
 from opentelemetry.sdk.trace.export import SpanExportResult
+
 from spanmeter.billing.ledger.embedded import EmbeddedPostgres
 from support import SPANMETER, Collector, SpanFactory, exporter, raw_export, request_bytes
 

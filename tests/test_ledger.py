@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+
 from spanmeter.billing.ledger import migrate
 from spanmeter.billing.ledger.database import DatabaseUrlError, normalize_database_url, resolve_database
 from spanmeter.billing.ledger.writer import LedgerWriter

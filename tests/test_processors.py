@@ -8,6 +8,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
 from spanmeter.collector.processors import MeteringLimits, meter_request
 from spanmeter.collector.processors.usage import idempotency_key, rounded_tenths_of_second
 

@@ -19,6 +19,7 @@ from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind
+
 from support import SECOND, SPANMETER, SpanFactory, exporter, ledger, raw_export, request_bytes, totals
 
 MS = 1_000_000

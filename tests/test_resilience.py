@@ -12,6 +12,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.sdk.trace.export import SpanExportResult
 from psycopg.conninfo import make_conninfo
+
 from spanmeter.billing.ledger.embedded import EmbeddedPostgres
 from support import Collector, SpanFactory, exporter, ledger, raw_export, request_bytes, totals
 
