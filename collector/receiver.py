@@ -28,6 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceResponse,
 )
+
 from spanmeter.billing.ledger.writer import RejectedRequestRow
 
 from .config import CollectorConfig

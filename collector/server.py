@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
 from spanmeter.billing.ledger import migrate
 from spanmeter.billing.ledger.database import Database, resolve_database
 

@@ -29,6 +29,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import psycopg
+
 from spanmeter.billing.ledger.database import Database
 from spanmeter.billing.ledger.writer import LedgerWriter, RejectedRequestRow, UsageEventRow
 
@@ -248,9 +249,12 @@ class LedgerExporter:
                 writer.write_rejected_request(pending.rejected_request)
         conn.commit()
         committed_at = time.time()
-        self._metrics.ledger_write_duration.observe(time.perf_counter() - started)
-        self._metrics.last_commit.set(committed_at)
-        self._record(rows, inserted, committed_at)
+        try:  # the rows are durable now: nothing below may turn that into an error for the client
+            self._metrics.ledger_write_duration.observe(time.perf_counter() - started)
+            self._metrics.last_commit.set(committed_at)
+            self._record(rows, inserted, committed_at)
+        except Exception:
+            log.exception("updating metrics after a commit failed")
         with self._cond:
             for pending in batch:
                 pending.inserted = sum(1 for row in pending.rows if row.idempotency_key in inserted)

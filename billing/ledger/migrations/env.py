@@ -1,6 +1,7 @@
 """Alembic environment: always handed an open connection by spanmeter.billing.ledger.migrate."""
 
 from alembic import context
+
 from spanmeter.billing.ledger.models import Base
 
 connection = context.config.attributes["connection"]
