@@ -27,7 +27,6 @@ each bad setting and how to fix it; after start-up nothing re-reads the environm
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +155,8 @@ def _parse(kind: str, raw: Any) -> Any:
             raise ValueError("'other' is reserved for values outside the list")
         return items
     if kind == "database_url":
-        return normalize_database_url(text) and text
+        normalize_database_url(text)  # raises DatabaseUrlError with libpq's reason
+        return text
     if kind == "log_level":
         if text.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
@@ -205,7 +205,3 @@ def load_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None 
             [f"SPANMETER_METRICS_PORT={config.metrics_port} is the OTLP port too: pick another metrics port"]
         )
     return config
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(CollectorConfig)]
