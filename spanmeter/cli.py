@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--to", dest="end", help="end, exclusive: YYYY-MM-DD or ISO time (default: next month start)")
     usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
     _common(usage)
+
+    ingest = sub.add_parser("ingest", help="backfill OTLP trace files into the ledger (idempotent, safe to re-run)")
+    ingest.add_argument(
+        "--otlp-file", required=True, nargs="+", help="OTLP JSON lines or length-prefixed protobuf, gzip ok"
+    )
+    ingest.add_argument("--format", choices=("auto", "json", "proto"), default="auto")
+    _common(ingest)
     return parser
 
 
@@ -78,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             return _db(args)
         if args.command == "usage":
             return _usage(args)
+        if args.command == "ingest":
+            return _ingest(args)
     except ConfigError as exc:
         print(f"spanmeter: {exc}", file=sys.stderr)
         return 2
@@ -198,3 +207,45 @@ def _usage(args: argparse.Namespace) -> int:
             for t in totals:
                 print(f"  {t.meter_code:<16} {t.quantity!s:>16}  {t.unit:<10} {t.events:>8}")
     return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from spanmeter.billing.ledger import migrate
+    from spanmeter.billing.ledger.database import resolve_database
+    from spanmeter.collector.backfill import ingest_file
+    from spanmeter.collector.otlp_files import OtlpFileError
+
+    config = _config(args)
+    files = [Path(f) for f in args.otlp_file]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise UsageError(f"no such file: {', '.join(missing)}")
+    database = resolve_database(config.database_url, config.data_dir)
+    migrate.upgrade(database)
+    last_print = 0.0
+
+    def progress(totals) -> None:
+        nonlocal last_print
+        now = time.monotonic()
+        if now - last_print >= 1.0:
+            last_print = now
+            print(f"  ... {totals.line()}", file=sys.stderr, flush=True)
+
+    status = 0
+    for path in files:
+        try:
+            totals = ingest_file(database, path, config.limits, args.format, progress)
+        except OtlpFileError as exc:
+            print(
+                f"spanmeter: {exc} (messages before it are committed; fix the file and re-run: nothing is doubled)",
+                file=sys.stderr,
+            )
+            status = 1
+            continue
+        print(f"{path}: {totals.line()}")
+        for reason, count in sorted(totals.rejected.items()):
+            print(f"  rejected {reason}: {count} (see `spanmeter dead-letter list --reason {reason}`)")
+    return status
