@@ -64,6 +64,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("--format", choices=("auto", "json", "proto"), default="auto")
     _common(ingest)
+
+    dead = sub.add_parser("dead-letter", help="inspect and replay rejected spans")
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True)
+    listing = dead_sub.add_parser("list", help="rejected spans, oldest first, with their replay status")
+    listing.add_argument("--reason", help="only this reject reason")
+    listing.add_argument("--since", help="rejected at or after: YYYY-MM-DD or ISO time")
+    listing.add_argument("--limit", type=int, default=1000)
+    listing.add_argument("--format", choices=("table", "json"), default="table")
+    _common(listing)
+    show = dead_sub.add_parser("show", help="one rejected span, decoded")
+    show.add_argument("id", help="rejection key (from `dead-letter list`)")
+    _common(show)
+    rerun = dead_sub.add_parser("replay", help="re-meter rejected spans into the ledger, exactly once")
+    which = rerun.add_mutually_exclusive_group(required=True)
+    which.add_argument("--reason", help="every pending span rejected for this reason")
+    which.add_argument("--id", help="one rejected span")
+    rerun.add_argument(
+        "--patch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="supply attribution the span lacked (account_id, job_id, plan_code); repeatable",
+    )
+    rerun.add_argument("--by", default=None, help="who is replaying (default: $USER)")
+    rerun.add_argument("--why", default="", help="why; required with --patch; recorded with the usage rows")
+    _common(rerun)
     return parser
 
 
@@ -87,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             return _usage(args)
         if args.command == "ingest":
             return _ingest(args)
+        if args.command == "dead-letter":
+            return _dead_letter(args)
     except ConfigError as exc:
         print(f"spanmeter: {exc}", file=sys.stderr)
         return 2
@@ -249,3 +277,88 @@ def _ingest(args: argparse.Namespace) -> int:
         for reason, count in sorted(totals.rejected.items()):
             print(f"  rejected {reason}: {count} (see `spanmeter dead-letter list --reason {reason}`)")
     return status
+
+
+def _dead_letter(args: argparse.Namespace) -> int:
+    from spanmeter.billing.deadletters import get_dead_letter, list_dead_letters
+    from spanmeter.billing.ledger import migrate
+    from spanmeter.billing.ledger.database import resolve_database
+    from spanmeter.collector.replay import ReplayError, replay
+
+    config = _config(args)
+    database = resolve_database(config.database_url, config.data_dir)
+    migrate.upgrade(database)
+    if args.dead_command == "replay":
+        patch = {}
+        for item in args.patch:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip() or not value:
+                raise UsageError(f"--patch {item!r}: write KEY=VALUE, e.g. --patch account_id=acme")
+            patch[key.strip()] = value
+        by = args.by or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+        try:
+            report = replay(
+                database,
+                reason=args.reason,
+                rejection_key=args.id,
+                patch=patch,
+                replayed_by=by,
+                why=args.why,
+                limits=config.limits,
+            )
+        except ReplayError as exc:
+            raise UsageError(str(exc)) from None
+        print(report.line())
+        return 0
+    engine = database.engine()
+    try:
+        if args.dead_command == "show":
+            found = get_dead_letter(engine, args.id)
+            if found is None:
+                raise UsageError(f"no rejected span with id {args.id!r} (ids come from `spanmeter dead-letter list`)")
+            print(json.dumps(_dead_letter_document(found, with_span=True), indent=2))
+            return 0
+        since = _parse_time(args.since, "--since") if args.since else None
+        rows = list_dead_letters(engine, reason=args.reason, since=since, limit=args.limit)
+    finally:
+        engine.dispose()
+    if args.format == "json":
+        print(json.dumps([_dead_letter_document(r, with_span=False) for r in rows], indent=2))
+        return 0
+    if not rows:
+        print("no rejected spans" + (f" with reason {args.reason}" if args.reason else ""))
+        return 0
+    print(
+        f"{'id':<36}  {'rejected_at (UTC)':<19}  {'reason':<18}  {'status':<8}  {'service':<16}  {'account':<12}  meters"
+    )
+    for r in rows:
+        print(
+            f"{r.rejection_key:<36}  {r.rejected_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}  {r.reason:<18}  "
+            f"{r.status:<8}  {(r.service_name or '-')[:16]:<16}  {(r.account_id or '-')[:12]:<12}  "
+            f"{','.join(r.meter_codes)}"
+        )
+    return 0
+
+
+def _dead_letter_document(r, with_span: bool) -> dict:
+    iso = lambda t: t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None  # noqa: E731
+    doc = {
+        "id": r.rejection_key,
+        "rejected_at": iso(r.rejected_at),
+        "reason": r.reason,
+        "message": r.error_message,
+        "status": r.status,
+        "service_name": r.service_name,
+        "account_id": r.account_id,
+        "meters": r.meter_codes,
+        "trace_id": r.trace_id,
+        "span_id": r.span_id,
+        "span_ended_at": iso(r.span_ended_at),
+    }
+    if r.replayed_at:
+        doc["replay"] = {"at": iso(r.replayed_at), "by": r.replayed_by, "why": r.replay_reason, "patch": r.replay_patch}
+    if with_span and r.payload is not None:
+        from spanmeter.collector.otlp_json import resource_spans_to_json
+
+        doc["span"] = resource_spans_to_json(r.payload)
+    return doc

@@ -81,7 +81,7 @@ def test_two_processes_migrating_at_once_both_succeed(fresh_db):
     ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
-    assert sum("-> 0001_ledger" in out for out in outputs) == 1  # exactly one applied it
+    assert sum(f"-> {migrate.head_revision()}" in out for out in outputs) == 1  # exactly one applied them
     with psycopg.connect(fresh_db) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(migrate.head_revision(),)]
 

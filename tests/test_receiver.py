@@ -358,4 +358,6 @@ def test_metrics_are_declared_and_initialised(collector):
         assert name in m, name
     assert not any("account_id" in key for key in m)
     assert collector.get("/healthz")[0] == 200
-    assert collector.get("/readyz") == (200, "ready (schema 0001_ledger)\n")
+    from spanmeter.billing.ledger.migrate import head_revision
+
+    assert collector.get("/readyz") == (200, f"ready (schema {head_revision()})\n")

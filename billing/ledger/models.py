@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "RejectedRequest", "RejectedSpan", "UsageEvent"]
+__all__ = ["Base", "DeadLetterReplay", "RejectedRequest", "RejectedSpan", "UsageEvent"]
 
 
 class Base(DeclarativeBase):
@@ -90,3 +90,17 @@ class RejectedRequest(Base):
     stored_bytes: Mapped[int] = mapped_column(Integer)
     peer: Mapped[str | None] = mapped_column(Text)
     body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class DeadLetterReplay(Base):
+    """A rejected span that ``spanmeter dead-letter replay`` billed (at most one row per rejected span)."""
+
+    __tablename__ = "dead_letter_replays"
+
+    rejection_key: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    replayed_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    replayed_by: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    patch: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    usage_rows: Mapped[int] = mapped_column(Integer)
+    idempotency_keys: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)))

@@ -1,0 +1,86 @@
+"""Reading the dead-letter tables: rejected spans, with whether a replay has billed them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from .ledger.models import DeadLetterReplay, RejectedSpan
+
+__all__ = ["DeadLetter", "get_dead_letter", "list_dead_letters"]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    rejection_key: str
+    rejected_at: datetime
+    reason: str
+    error_message: str
+    service_name: str | None
+    account_id: str | None
+    meter_codes: list[str]
+    trace_id: str
+    span_id: str
+    span_ended_at: datetime | None
+    replayed_at: datetime | None
+    replayed_by: str | None
+    replay_reason: str | None
+    replay_patch: dict[str, Any] | None
+    payload: bytes | None = None
+
+    @property
+    def status(self) -> str:
+        return "replayed" if self.replayed_at else "pending"
+
+
+def _query():
+    return select(RejectedSpan, DeadLetterReplay).outerjoin(
+        DeadLetterReplay, DeadLetterReplay.rejection_key == RejectedSpan.rejection_key
+    )
+
+
+def _row(span: RejectedSpan, replay: DeadLetterReplay | None, with_payload: bool) -> DeadLetter:
+    return DeadLetter(
+        rejection_key=str(span.rejection_key),
+        rejected_at=span.rejected_at,
+        reason=span.reason,
+        error_message=span.error_message,
+        service_name=span.service_name,
+        account_id=span.account_id,
+        meter_codes=list(span.meter_codes),
+        trace_id=span.trace_id,
+        span_id=span.span_id,
+        span_ended_at=span.span_ended_at,
+        replayed_at=replay.replayed_at if replay else None,
+        replayed_by=replay.replayed_by if replay else None,
+        replay_reason=replay.reason if replay else None,
+        replay_patch=replay.patch if replay else None,
+        payload=span.payload if with_payload else None,
+    )
+
+
+def list_dead_letters(
+    engine: Engine, reason: str | None = None, since: datetime | None = None, limit: int = 1000
+) -> list[DeadLetter]:
+    statement = _query().order_by(RejectedSpan.rejected_at, RejectedSpan.rejection_key).limit(limit)
+    if reason is not None:
+        statement = statement.where(RejectedSpan.reason == reason)
+    if since is not None:
+        statement = statement.where(RejectedSpan.rejected_at >= since)
+    with Session(engine) as session:
+        return [_row(span, replay, False) for span, replay in session.execute(statement).tuples()]
+
+
+def get_dead_letter(engine: Engine, rejection_key: str) -> DeadLetter | None:
+    try:
+        key = uuid.UUID(rejection_key)
+    except ValueError:
+        return None
+    with Session(engine) as session:
+        found = session.execute(_query().where(RejectedSpan.rejection_key == key)).tuples().first()
+        return _row(found[0], found[1], True) if found else None
