@@ -4,6 +4,8 @@
 #   docker run --rm -p 4317:4317 -p 9464:9464 \
 #       -e SPANMETER_DATABASE_URL=postgresql://user:password@db-host:5432/spanmeter spanmeter
 #
+# Listening on 0.0.0.0 needs producer authentication (SPANMETER_AUTH_FILE, or mTLS) or an explicit
+# SPANMETER_INSECURE_LISTEN=true behind a private network: unauthenticated, anyone could bill anyone.
 # Without SPANMETER_DATABASE_URL the process falls back to the embedded PostgreSQL under
 # SPANMETER_DATA_DIR (a volume you must mount); docker-compose.yml uses a real postgres service instead.
 

@@ -14,7 +14,12 @@ each bad setting and how to fix it; after start-up nothing re-reads the environm
 | ``SPANMETER_LEDGER_BATCH_MAX_ROWS`` | ``20000`` | most usage rows one group commit writes |
 | ``SPANMETER_LEDGER_WRITERS`` | ``2`` | ledger connections writing in parallel |
 | ``SPANMETER_MAX_RECEIVE_MESSAGE_BYTES`` | ``67108864`` (64 MiB) | Export size limit, after decompression |
-| ``SPANMETER_GRPC_MAX_WORKERS`` | ``16`` | concurrent Export handlers |
+| ``SPANMETER_MAX_INFLIGHT_REQUESTS`` | ``32`` | Export calls handled at once; more are answered UNAVAILABLE + RetryInfo |
+| ``SPANMETER_MAX_INFLIGHT_SPANS`` | ``262144`` | spans held at once; beyond it UNAVAILABLE + RetryInfo |
+| ``SPANMETER_AUTH_FILE`` | unset | producers file (TOML, see :mod:`.auth`): tokens, allowed services and meters |
+| ``SPANMETER_TLS_CERT_FILE`` / ``SPANMETER_TLS_KEY_FILE`` | unset | serve OTLP over TLS with this certificate and key |
+| ``SPANMETER_TLS_CLIENT_CA_FILE`` | unset | require client certificates signed by this CA (mTLS) |
+| ``SPANMETER_INSECURE_LISTEN`` | ``false`` | allow a non-loopback listen address without authentication |
 | ``SPANMETER_MAX_SPAN_DURATION_SECONDS`` | ``604800`` (7 d) | longer spans are rejected ``duration_too_long`` |
 | ``SPANMETER_MAX_SPAN_AGE_SECONDS`` | ``2592000`` (30 d) | spans that ended earlier are rejected ``stale_timestamp`` |
 | ``SPANMETER_MAX_CLOCK_SKEW_SECONDS`` | ``300`` | spans ending later than now + skew are ``future_timestamp`` |
@@ -27,6 +32,7 @@ each bad setting and how to fix it; after start-up nothing re-reads the environm
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +42,7 @@ from spanmeter.billing.ledger.database import DatabaseUrlError, normalize_databa
 
 from .processors.usage import MeteringLimits
 
-__all__ = ["CollectorConfig", "ConfigError", "load_config", "parse_endpoint"]
+__all__ = ["CollectorConfig", "ConfigError", "listen_problem", "load_config", "parse_endpoint"]
 
 
 class ConfigError(ValueError):
@@ -58,7 +64,13 @@ class CollectorConfig:
     ledger_batch_max_rows: int = 20_000
     ledger_writers: int = 2
     max_receive_message_bytes: int = 64 * 1024 * 1024
-    grpc_max_workers: int = 16
+    max_inflight_requests: int = 32
+    max_inflight_spans: int = 262_144
+    auth_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    insecure_listen: bool = False
     max_span_duration_seconds: int = 7 * 86_400
     max_span_age_seconds: int = 30 * 86_400
     max_clock_skew_seconds: int = 300
@@ -79,6 +91,11 @@ class CollectorConfig:
     @property
     def metrics_bind_host(self) -> str:
         return self.metrics_host or self.otlp_host
+
+    @property
+    def authenticated(self) -> bool:
+        """True when callers must prove who they are (a producers file, or mTLS client certificates)."""
+        return self.auth_file is not None or self.tls_client_ca_file is not None
 
     @property
     def limits(self) -> MeteringLimits:
@@ -107,7 +124,13 @@ _ENV: dict[str, tuple[str, str]] = {
     "ledger_batch_max_rows": ("SPANMETER_LEDGER_BATCH_MAX_ROWS", "positive_int"),
     "ledger_writers": ("SPANMETER_LEDGER_WRITERS", "positive_int"),
     "max_receive_message_bytes": ("SPANMETER_MAX_RECEIVE_MESSAGE_BYTES", "positive_int"),
-    "grpc_max_workers": ("SPANMETER_GRPC_MAX_WORKERS", "positive_int"),
+    "max_inflight_requests": ("SPANMETER_MAX_INFLIGHT_REQUESTS", "positive_int"),
+    "max_inflight_spans": ("SPANMETER_MAX_INFLIGHT_SPANS", "positive_int"),
+    "auth_file": ("SPANMETER_AUTH_FILE", "file"),
+    "tls_cert_file": ("SPANMETER_TLS_CERT_FILE", "file"),
+    "tls_key_file": ("SPANMETER_TLS_KEY_FILE", "file"),
+    "tls_client_ca_file": ("SPANMETER_TLS_CLIENT_CA_FILE", "file"),
+    "insecure_listen": ("SPANMETER_INSECURE_LISTEN", "bool"),
     "max_span_duration_seconds": ("SPANMETER_MAX_SPAN_DURATION_SECONDS", "positive_int"),
     "max_span_age_seconds": ("SPANMETER_MAX_SPAN_AGE_SECONDS", "positive_int"),
     "max_clock_skew_seconds": ("SPANMETER_MAX_CLOCK_SKEW_SECONDS", "nonnegative_int"),
@@ -149,6 +172,18 @@ def _parse(kind: str, raw: Any) -> Any:
         return value
     if kind == "path":
         return Path(text)
+    if kind == "file":
+        if not Path(text).is_file():
+            raise ValueError("no such file")
+        return Path(text)
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if text.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if text.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError("not a boolean")
     if kind == "list":
         items = tuple(item.strip().lower() for item in text.split(",") if item.strip())
         if "other" in items:
@@ -178,6 +213,8 @@ _HOW = {
     "database_url": "write e.g. postgresql://user:password@host:5432/spanmeter, or unset it for the embedded database",
     "log_level": "write DEBUG, INFO, WARNING or ERROR",
     "log_format": "write text or json",
+    "file": "give the path of an existing, readable file",
+    "bool": "write true or false",
 }
 
 
@@ -200,8 +237,38 @@ def load_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None 
     if problems:
         raise ConfigError(problems)
     config = CollectorConfig(**values)
+    if (config.tls_cert_file is None) != (config.tls_key_file is None):
+        problems.append("SPANMETER_TLS_CERT_FILE and SPANMETER_TLS_KEY_FILE go together: set both, or neither")
+    if config.tls_client_ca_file is not None and config.tls_cert_file is None:
+        problems.append("SPANMETER_TLS_CLIENT_CA_FILE (mTLS) needs SPANMETER_TLS_CERT_FILE and SPANMETER_TLS_KEY_FILE")
+    if problems:
+        raise ConfigError(problems)
     if config.metrics_port and config.metrics_port == config.otlp_port and config.metrics_bind_host == config.otlp_host:
         raise ConfigError(
             [f"SPANMETER_METRICS_PORT={config.metrics_port} is the OTLP port too: pick another metrics port"]
         )
     return config
+
+
+def listen_problem(config: CollectorConfig) -> str | None:
+    """Why serving ``config`` as given would be unsafe, or None.
+
+    Without authentication, anyone who can reach the OTLP port can bill any account; so an unauthenticated
+    collector listens on loopback only, unless the operator says ``--insecure-listen`` (for example behind
+    an OpenTelemetry Collector on a private network).
+    """
+    if config.authenticated or config.insecure_listen:
+        return None
+    host = config.otlp_host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"refusing to listen on {config.otlp_endpoint} without authentication: anyone who can reach it could "
+        "bill any account. Configure producers (SPANMETER_AUTH_FILE) or mTLS (SPANMETER_TLS_CLIENT_CA_FILE), "
+        "listen on 127.0.0.1, or pass --insecure-listen (SPANMETER_INSECURE_LISTEN=true) if a private "
+        "network stands in front of it."
+    )

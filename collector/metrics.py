@@ -14,6 +14,8 @@ and absences behave from the first scrape.
 | ``spanmeter_spans_unattributed_total`` | counter | meter | spans of count-only meters without account_id (not stored) |
 | ``spanmeter_synthetic_spans_total`` | counter | meter | synthetic usage metered but never billed |
 | ``spanmeter_export_requests_total`` | counter | grpc_code | Export responses by gRPC status |
+| ``spanmeter_export_throttled_total`` | counter | limit | calls answered UNAVAILABLE for an in-flight bound (``requests``, ``spans``) |
+| ``spanmeter_auth_reloads_total`` | counter | outcome | producers-file reloads (``ok``, ``failed``: previous producers kept) |
 | ``spanmeter_ledger_write_duration_seconds`` | histogram | | one group commit: stage, insert, commit |
 | ``spanmeter_ledger_write_errors_total`` | counter | kind | failed group commits (``database``, ``timeout``) |
 | ``spanmeter_pipeline_lag_seconds`` | histogram | | commit time minus span end, per committed row |
@@ -38,7 +40,15 @@ from .processors.usage import REJECT_REASONS
 
 __all__ = ["GRPC_CODES", "CollectorMetrics", "LabelCap"]
 
-GRPC_CODES = ("OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "UNIMPLEMENTED", "INTERNAL")
+GRPC_CODES = (
+    "OK",
+    "INVALID_ARGUMENT",
+    "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE",
+    "UNAUTHENTICATED",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+)
 OTHER = "other"
 LAG_BUCKETS_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 WRITE_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -97,6 +107,15 @@ class CollectorMetrics:
         self.export_requests = Counter(
             "spanmeter_export_requests", "Export responses by gRPC status code.", ["grpc_code"], registry=r
         )
+        self.overload = Counter(
+            "spanmeter_export_throttled",
+            "Export calls answered UNAVAILABLE because an in-flight bound was reached.",
+            ["limit"],
+            registry=r,
+        )
+        self.auth_reloads = Counter(
+            "spanmeter_auth_reloads", "Producers-file reloads by outcome.", ["outcome"], registry=r
+        )
         self.ledger_write_duration = Histogram(
             "spanmeter_ledger_write_duration_seconds",
             "Duration of one group commit to the ledger.",
@@ -152,6 +171,10 @@ class CollectorMetrics:
             self.export_requests.labels(code)
         for kind in ("database", "timeout"):
             self.ledger_write_errors.labels(kind)
+        for limit in ("requests", "spans"):
+            self.overload.labels(limit)
+        for outcome in ("ok", "failed"):
+            self.auth_reloads.labels(outcome)
         for plan in self.plan_cap.values:
             self.billable_worker_seconds.labels(plan)
             self.billable_api_requests.labels(plan)

@@ -2,6 +2,10 @@
 
 For each request:
 
+0. Who: with authentication configured (see :mod:`.auth`), a call without valid credentials is answered
+   UNAUTHENTICATED; the producer it identifies travels with the request and limits what it may bill.
+   Bounds: more than ``max_inflight_requests`` calls, or ``max_inflight_spans`` spans, held at once is
+   answered UNAVAILABLE with a RetryInfo, so a burst becomes back-pressure instead of memory growth.
 1. Size: more than ``max_receive_message_bytes`` after decompression is RESOURCE_EXHAUSTED without a
    RetryInfo (OTLP: not retryable). gRPC itself enforces the same limit on the decompressed message.
 2. Empty body: success, nothing to do.
@@ -12,13 +16,15 @@ For each request:
    when spans were rejected (``rejected_spans`` and an English ``error_message``). A write that fails or
    does not commit within ``ledger_write_timeout_seconds`` is answered UNAVAILABLE with a 1 s RetryInfo.
 
-Requests with nothing billable in them never touch the database.
+Requests with nothing billable in them never touch the database. Every request that is refused or has
+rejected spans gets one log line (never one per span), with its peer, producer and counts by reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -31,6 +37,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from spanmeter.billing.ledger.writer import RejectedRequestRow
 
+from .auth import Authenticator, Producer
 from .config import CollectorConfig
 from .exporters.ledger import LedgerExporter, LedgerUnavailable, PendingWrite
 from .metrics import CollectorMetrics
@@ -51,8 +58,13 @@ class TraceReceiver:
         exporter: LedgerExporter,
         metrics: CollectorMetrics,
         clock_unix_nano: Callable[[], int] = time.time_ns,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self._config = config
+        self._authenticator = authenticator
+        self._bounds = threading.Lock()
+        self._requests_in_flight = 0
+        self._spans_in_flight = 0
         self._limits = config.limits
         self._exporter = exporter
         self._metrics = metrics
@@ -80,9 +92,11 @@ class TraceReceiver:
         self._metrics.export_requests.labels(code).inc()
 
     def _export(self, body: bytes, context: grpc.ServicerContext) -> bytes:
+        producer = self._authenticate(context)
         limit = self._config.max_receive_message_bytes
         if len(body) > limit:
             self._count("RESOURCE_EXHAUSTED")
+            self._log_refusal(context, producer, "RESOURCE_EXHAUSTED", f"{len(body)} bytes")
             abort(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -90,26 +104,98 @@ class TraceReceiver:
             )
         if not body:
             return _EMPTY_RESPONSE
+        self._acquire(context, requests=1, spans=0)
+        spans = 0
         try:
-            decoded = decode_request(body)
-        except UnparseableRequest as exc:
-            self._keep_unparseable(body, str(exc), context.peer())
-            self._count("INVALID_ARGUMENT")
-            abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), bad_request=True)
-        result = meter_request(decoded.request, self._limits, self._clock())
-        m = self._metrics
-        m.spans_received.inc(result.spans_received)
-        if decoded.replaced_strings:
-            log.warning("replaced invalid UTF-8 in %d string fields from %s", decoded.replaced_strings, context.peer())
+            try:
+                decoded = decode_request(body)
+            except UnparseableRequest as exc:
+                self._keep_unparseable(body, str(exc), context.peer())
+                self._count("INVALID_ARGUMENT")
+                self._log_refusal(context, producer, "INVALID_ARGUMENT", str(exc))
+                abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), bad_request=True)
+            spans = sum(len(ss.spans) for rs in decoded.request.resource_spans for ss in rs.scope_spans)
+            self._acquire(context, requests=0, spans=spans)
+            return self._meter_and_write(decoded, producer, context)
+        finally:
+            self._release(requests=1, spans=spans)
+
+    def _authenticate(self, context: grpc.ServicerContext) -> Producer | None:
+        if self._authenticator is None:
+            return None  # no producers file: anyone who completes the (m)TLS handshake, if any, may send
+        common_names = [
+            cn.decode(errors="replace") for cn in (context.auth_context() or {}).get("x509_common_name", [])
+        ]
+        producer = self._authenticator.identify(context.invocation_metadata() or (), common_names)
+        if producer is None:
+            self._count("UNAUTHENTICATED")
+            self._log_refusal(context, None, "UNAUTHENTICATED", "no valid bearer token or client certificate")
+            abort(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "send `authorization: Bearer <token>` of a configured producer, or a known client certificate",
+            )
+        return producer
+
+    def _acquire(self, context: grpc.ServicerContext, requests: int, spans: int) -> None:
+        config = self._config
+        with self._bounds:
+            over = self._requests_in_flight + requests > config.max_inflight_requests or (
+                spans and self._spans_in_flight + spans > config.max_inflight_spans and self._spans_in_flight
+            )
+            if not over:
+                self._requests_in_flight += requests
+                self._spans_in_flight += spans
+        if over:
+            if requests == 0:  # the request slot was taken: give it back before refusing
+                self._release(requests=1, spans=0)
+            self._count("UNAVAILABLE")
+            self._metrics.overload.labels("spans" if requests == 0 else "requests").inc()
+            abort(context, grpc.StatusCode.UNAVAILABLE, "collector at capacity; retry", RETRY_DELAY_SECONDS)
+
+    def _release(self, requests: int, spans: int) -> None:
+        with self._bounds:
+            self._requests_in_flight -= requests
+            self._spans_in_flight -= spans
+
+    def _meter_and_write(self, decoded, producer: Producer | None, context: grpc.ServicerContext) -> bytes:
+        result = meter_request(decoded.request, self._limits, self._clock(), producer)
+        self._metrics.spans_received.inc(result.spans_received)
         if result.rows or result.rejections:
             pending = self._exporter.submit(PendingWrite(rows=result.rows, rejections=result.rejections))
             try:
                 self._exporter.wait(pending, self._config.ledger_write_timeout_seconds)
             except LedgerUnavailable as exc:
                 self._count("UNAVAILABLE")
+                self._log_refusal(context, producer, "UNAVAILABLE", str(exc))
                 abort(context, grpc.StatusCode.UNAVAILABLE, f"{exc}; retry", RETRY_DELAY_SECONDS)
         self._record(result)
+        if result.rejections or decoded.replaced_strings:
+            log.warning(
+                "export partially rejected",
+                extra={
+                    "event": "export_rejected_spans",
+                    "peer": context.peer(),
+                    "producer": producer.name if producer else None,
+                    "spans": result.spans_received,
+                    "rejected": dict(Counter(r.reason for r in result.rejections)),
+                    "invalid_utf8_fields": decoded.replaced_strings,
+                },
+            )
         return self._response(result, decoded.replaced_strings)
+
+    def _log_refusal(self, context: grpc.ServicerContext, producer: Producer | None, code: str, detail: str) -> None:
+        log.warning(
+            "export refused: %s: %s",
+            code,
+            detail,
+            extra={
+                "event": "export_refused",
+                "grpc_code": code,
+                "peer": context.peer(),
+                "producer": producer.name if producer else None,
+            },
+        )
 
     def _record(self, result: MeteringResult) -> None:
         m = self._metrics
@@ -153,4 +239,3 @@ class TraceReceiver:
             self._exporter.wait(pending, self._config.ledger_write_timeout_seconds)
         except LedgerUnavailable as exc:
             log.error("could not keep an unparseable request of %d bytes from %s: %s", len(body), peer, exc)
-        log.warning("rejected an unparseable request of %d bytes from %s: %s", len(body), peer, message)

@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from spanmeter.billing.ledger import migrate
 from spanmeter.billing.ledger.database import Database, resolve_database
 
+from .auth import Authenticator
 from .config import CollectorConfig
 from .exporters.ledger import LedgerExporter
 from .metrics import CollectorMetrics
@@ -40,6 +41,13 @@ class ListenAddresses:
     otlp: str
     metrics: str | None
     database: str
+    security: str
+
+
+def _describe_security(config: CollectorConfig) -> str:
+    transport = "mTLS" if config.tls_client_ca_file else "TLS" if config.tls_cert_file else "plaintext"
+    who = f"producers from {config.auth_file}" if config.auth_file else "no producer authentication"
+    return f"{transport}, {who}"
 
 
 class CollectorServer:
@@ -49,6 +57,7 @@ class CollectorServer:
         self._grpc: grpc.Server | None = None
         self._http: ThreadingHTTPServer | None = None
         self._exporter: LedgerExporter | None = None
+        self._authenticator: Authenticator | None = None
         self.registry = CollectorRegistry(auto_describe=True)
 
     def start(self) -> ListenAddresses:
@@ -72,21 +81,37 @@ class CollectorServer:
         exporter.start()
         self._exporter = exporter
 
-        receiver = TraceReceiver(config, exporter, metrics)
+        if config.auth_file is not None:
+            self._authenticator = Authenticator(
+                config.auth_file, on_reload=lambda ok: metrics.auth_reloads.labels("ok" if ok else "failed").inc()
+            )
+            self._authenticator.start()
+        receiver = TraceReceiver(config, exporter, metrics, authenticator=self._authenticator)
         limit = config.max_receive_message_bytes
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.grpc_max_workers, thread_name_prefix="otlp"),
+            # a few threads beyond the in-flight bound, so calls over it are refused quickly (UNAVAILABLE +
+            # RetryInfo) instead of queueing; gRPC's own hard cap far above it is a last resort only
+            futures.ThreadPoolExecutor(max_workers=config.max_inflight_requests + 4, thread_name_prefix="otlp"),
             handlers=[receiver.handler()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=None,
+            maximum_concurrent_rpcs=config.max_inflight_requests * 4,
         )
         host, port = config.otlp_host, config.otlp_port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            if config.tls_cert_file is not None and config.tls_key_file is not None:
+                credentials = grpc.ssl_server_credentials(
+                    [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())],
+                    root_certificates=config.tls_client_ca_file.read_bytes() if config.tls_client_ca_file else None,
+                    require_client_auth=config.tls_client_ca_file is not None,
+                )
+                bound = server.add_secure_port(address, credentials)
+            else:
+                bound = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(f"cannot listen for OTLP on {config.otlp_endpoint}: {exc}") from exc
         if not bound:
@@ -99,7 +124,16 @@ class CollectorServer:
             self._http = _health_server(config.metrics_bind_host, config.metrics_port, self.registry, database)
             threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True).start()
             metrics_address = f"{config.metrics_bind_host}:{self._http.server_address[1]}"
-        return ListenAddresses(otlp=f"{host}:{bound}", metrics=metrics_address, database=database.description)
+        return ListenAddresses(
+            otlp=f"{host}:{bound}",
+            metrics=metrics_address,
+            database=database.description,
+            security=_describe_security(config),
+        )
+
+    def reload_auth(self) -> bool | None:
+        """Re-read the producers file now (SIGHUP); None when authentication is not configured."""
+        return self._authenticator.reload() if self._authenticator is not None else None
 
     def shutdown(self, grace_seconds: float | None = None) -> None:
         grace = grace_seconds if grace_seconds is not None else self.config.ledger_write_timeout_seconds + 1
@@ -109,6 +143,9 @@ class CollectorServer:
         if self._exporter is not None:
             self._exporter.shutdown()
             self._exporter = None
+        if self._authenticator is not None:
+            self._authenticator.shutdown()
+            self._authenticator = None
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the OTLP/gRPC receiver that writes the usage ledger")
     serve.add_argument("--otlp-endpoint", help="HOST:PORT to listen on (default 127.0.0.1:4317)")
     serve.add_argument("--metrics-port", type=str, help="port for /metrics, /healthz, /readyz (default 9464)")
+    serve.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback address without producer authentication (behind a private network only)",
+    )
     _common(serve)
 
     db = sub.add_parser("db", help="manage the ledger database")
@@ -48,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         ("stop", "stop the embedded server"),
     ):
         _common(db_sub.add_parser(name, help=text))
+
+    auth = sub.add_parser("auth", help="producer tokens for SPANMETER_AUTH_FILE")
+    auth_sub = auth.add_subparsers(dest="auth_command", required=True)
+    auth_sub.add_parser("new-token", help="print a new random token and the sha256 line for the producers file")
+    auth_sub.add_parser("hash-token", help="read a token on standard input, print its sha256 for the producers file")
 
     usage = sub.add_parser("usage", help="usage totals per meter for one account, from the ledger")
     usage.add_argument("--account", required=True, help="account_id")
@@ -115,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             return _ingest(args)
         if args.command == "dead-letter":
             return _dead_letter(args)
+        if args.command == "auth":
+            return _auth(args)
     except ConfigError as exc:
         print(f"spanmeter: {exc}", file=sys.stderr)
         return 2
@@ -129,18 +142,26 @@ class UsageError(ValueError):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from spanmeter.collector.auth import AuthConfigError
+    from spanmeter.collector.config import listen_problem
     from spanmeter.collector.server import CollectorServer
     from spanmeter.logs import configure_logging
 
-    config = _config(args, otlp_endpoint=args.otlp_endpoint, metrics_port=args.metrics_port)
+    config = _config(
+        args, otlp_endpoint=args.otlp_endpoint, metrics_port=args.metrics_port, insecure_listen=args.insecure_listen
+    )
+    problem = listen_problem(config)
+    if problem:
+        raise UsageError(problem)
     configure_logging(config.log_level, config.log_format)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = CollectorServer(config)
+    signal.signal(signal.SIGHUP, lambda *_: server.reload_auth())
     try:
         addresses = server.start()
-    except OSError as exc:
+    except (OSError, AuthConfigError) as exc:
         print(f"spanmeter: {exc}", file=sys.stderr)
         server.shutdown(0)
         return 1
@@ -149,6 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
     if addresses.metrics:
         print(f"  metrics    http://{addresses.metrics}/metrics  (/healthz, /readyz)", flush=True)
     print(f"  ledger     {addresses.database}", flush=True)
+    print(f"  security   {addresses.security}", flush=True)
     print(f"listening otlp={addresses.otlp} metrics={addresses.metrics or '-'}", flush=True)
     while not stop.wait(3600):
         pass
@@ -362,3 +384,20 @@ def _dead_letter_document(r, with_span: bool) -> dict:
 
         doc["span"] = resource_spans_to_json(r.payload)
     return doc
+
+
+def _auth(args: argparse.Namespace) -> int:
+    import secrets
+
+    from spanmeter.collector.auth import hash_token
+
+    if args.auth_command == "new-token":
+        token = secrets.token_urlsafe(32)
+        print(f"token (give it to the producer; it is not stored anywhere): {token}")
+        print(f'token_sha256 = ["{hash_token(token)}"]')
+        return 0
+    token = sys.stdin.readline().strip()
+    if not token:
+        raise UsageError('no token on standard input: echo "$TOKEN" | spanmeter auth hash-token')
+    print(hash_token(token))
+    return 0

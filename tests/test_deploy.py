@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from spanmeter.collector.config import load_config
+from spanmeter.collector.config import listen_problem, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 _DEFAULT = re.compile(r"\$\{([A-Z0-9_]+):-([^}]*)\}")
@@ -27,6 +27,7 @@ def test_compose_spanmeter_environment_is_a_valid_configuration():
     service = compose()["services"]["spanmeter"]
     env = {k: with_defaults(v) for k, v in service["environment"].items()}
     config = load_config(env)  # raises ConfigError naming any bad or unknown-format setting
+    assert listen_problem(config) is None  # `spanmeter serve` would start with this environment
     assert config.database_url == "postgresql://spanmeter:spanmeter@postgres:5432/spanmeter"
     assert (config.otlp_host, config.otlp_port, config.metrics_bind_host) == ("0.0.0.0", 4317, "0.0.0.0")
     published = {with_defaults(p).split("#")[0].strip().rsplit(":", 1)[-1] for p in service["ports"]}

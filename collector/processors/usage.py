@@ -30,9 +30,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
@@ -53,6 +54,7 @@ __all__ = [
     "REJECT_REASONS",
     "MeteringLimits",
     "MeteringResult",
+    "ProducerPolicy",
     "Rejection",
     "UsageRow",
     "idempotency_key",
@@ -68,6 +70,7 @@ MAX_METADATA_TEXT = 512
 
 REJECT_REASONS = (
     "unattributed",
+    "unauthorized_producer",
     "invalid_id",
     "negative_duration",
     "duration_too_long",
@@ -76,6 +79,15 @@ REJECT_REASONS = (
     "invalid_tokens",
     "invalid_gpu_count",
 )
+
+
+class ProducerPolicy(Protocol):
+    """What the processors need to know about an authenticated producer (see ``collector.auth``)."""
+
+    name: str
+
+    def allows(self, service_name: str | None, meter_codes: Iterable[str]) -> bool: ...
+
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -245,8 +257,17 @@ def _payload(resource_spans: ResourceSpans, scope_spans: ScopeSpans, span: Span)
     return single.SerializeToString(deterministic=True)
 
 
-def meter_request(request: ExportTraceServiceRequest, limits: MeteringLimits, now_unix_nano: int) -> MeteringResult:
-    """Meter every span of one Export request. Pure: same input, same output."""
+def meter_request(
+    request: ExportTraceServiceRequest,
+    limits: MeteringLimits,
+    now_unix_nano: int,
+    producer: ProducerPolicy | None = None,
+) -> MeteringResult:
+    """Meter every span of one Export request. Pure: same input, same output.
+
+    ``producer``, when given, is the authenticated sender: a billable span whose ``service.name`` or
+    meters it may not send is rejected ``unauthorized_producer`` before any other check.
+    """
     result = MeteringResult()
     max_duration_ns = limits.max_span_duration_seconds * 1_000_000_000
     oldest_end_ns = now_unix_nano - limits.max_span_age_seconds * 1_000_000_000
@@ -270,6 +291,7 @@ def meter_request(request: ExportTraceServiceRequest, limits: MeteringLimits, no
                     resource = _resource_attributes(resource_spans)
                 _meter_span(
                     result,
+                    producer,
                     resource_spans,
                     scope_spans,
                     span,
@@ -304,6 +326,7 @@ def _match_meters(span: Span, attrs: dict[str, Any]) -> list[MeterDefinition]:
 
 def _meter_span(
     result: MeteringResult,
+    producer: ProducerPolicy | None,
     resource_spans: ResourceSpans,
     scope_spans: ScopeSpans,
     span: Span,
@@ -320,10 +343,14 @@ def _meter_span(
     end_ns = span.end_time_unix_nano
     account_id = _attribution(attrs.get(A.ACCOUNT_ID)) or _attribution(resource.get(A.ACCOUNT_ID))
 
+    service_name = _string(resource.get(A.SERVICE_NAME))
     reason = message = None
     tokens: dict[str, int] = {}
     gpu_count = 0
-    if len(trace_id) != 16 or trace_id == _ZERO_TRACE or len(span_id) != 8 or span_id == _ZERO_SPAN:
+    if producer is not None and not producer.allows(service_name, [m.code for m in matched]):
+        reason = "unauthorized_producer"
+        message = f"producer {producer.name!r} may not send this service's spans or these meters"
+    elif len(trace_id) != 16 or trace_id == _ZERO_TRACE or len(span_id) != 8 or span_id == _ZERO_SPAN:
         reason, message = "invalid_id", "trace id must be 16 non-zero bytes and span id 8 non-zero bytes"
     elif end_ns < start_ns:
         reason, message = "negative_duration", "span ends before it starts"
@@ -359,7 +386,6 @@ def _meter_span(
             reason = "unattributed"
             message = f"no account_id on the span or its resource ({', '.join(must_attribute)} requires one)"
 
-    service_name = _string(resource.get(A.SERVICE_NAME))
     trace_hex = trace_id.hex()
     span_hex = span_id.hex()
     if reason is not None:
