@@ -78,7 +78,7 @@ class RawResult:
 
 
 def raw_export(
-    endpoint: str, body: bytes, compression: grpc.Compression | None = None, timeout: float = 30
+    endpoint: str, body: bytes, compression: grpc.Compression | None = None, timeout: float = 30, metadata=None
 ) -> RawResult:
     """Send raw bytes to Export and return the status, response and trailing metadata."""
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
@@ -87,7 +87,7 @@ def raw_export(
             EXPORT_METHOD, request_serializer=None, response_deserializer=ExportTraceServiceResponse.FromString
         )
         try:
-            response, state = call.with_call(body, timeout=timeout)
+            response, state = call.with_call(body, timeout=timeout, metadata=metadata)
             return RawResult(grpc.StatusCode.OK, response, "", dict(state.trailing_metadata() or ()))
         except grpc.RpcError as err:
             return RawResult(err.code(), None, err.details() or "", dict(err.trailing_metadata() or ()))

@@ -1,0 +1,194 @@
+"""Producer authentication end to end: only authenticated producers, within their allow-lists, create
+usage; tokens rotate without a restart; mTLS identities; no authentication means loopback only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from decimal import Decimal
+
+import grpc
+import pytest
+from certs import CertificateAuthority
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from spanmeter.collector.auth import hash_token
+from support import SPANMETER, Collector, SpanFactory, exporter, ledger, raw_export, request_bytes, totals
+
+MS = 1_000_000
+TOKEN_A, TOKEN_B, TOKEN_OPS = "token-alpha-1", "token-beta-2", "token-ops-3"
+
+
+def producers_file(path, *, docs_tokens, ops_tokens=(TOKEN_OPS,)) -> None:
+    quoted = lambda tokens: ", ".join(f'"{hash_token(t)}"' for t in tokens)  # noqa: E731
+    path.write_text(f"""
+[[producer]]
+name = "docs-workers"
+token_sha256 = [{quoted(docs_tokens)}]
+services = ["docs-worker"]
+meters = ["worker_seconds", "gpu_seconds"]
+tls_common_names = ["docs-workers.internal"]
+
+[[producer]]
+name = "ops"
+token_sha256 = [{quoted(ops_tokens)}]
+services = ["*"]
+meters = ["*"]
+""")
+
+
+def worker_spans(account: str, service: str = "docs-worker", n: int = 3) -> list:
+    f = SpanFactory({"service.name": service})
+    return [f.span("run", {"account_id": account, "celery.action": "run"}, 200 * MS) for _ in range(n)]
+
+
+def bearer(token: str) -> tuple:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+def authed(tmp_path, fresh_db):
+    path = tmp_path / "producers.toml"
+    producers_file(path, docs_tokens=[TOKEN_A])
+    collector = Collector(fresh_db, env={"SPANMETER_AUTH_FILE": str(path)}).start()
+    yield collector, path, fresh_db
+    collector.kill()
+
+
+def test_unauthenticated_and_wrong_producers_cannot_create_usage(authed):
+    collector, _, db = authed
+    assert "producers from" in "\n".join(collector.output)
+    # no credentials, a wrong token: UNAUTHENTICATED, nothing stored, counted
+    assert exporter(collector.endpoint).export(worker_spans("acct-x")) == SpanExportResult.FAILURE
+    assert (
+        exporter(collector.endpoint, headers=bearer("guess")).export(worker_spans("acct-x")) == SpanExportResult.FAILURE
+    )
+    probe = raw_export(collector.endpoint, request_bytes(worker_spans("acct-x")))
+    assert probe.code == grpc.StatusCode.UNAUTHENTICATED
+    assert collector.metrics()['spanmeter_export_requests_total{grpc_code="UNAUTHENTICATED"}'] >= 3
+    assert ledger(db, "SELECT count(*) FROM usage_events") == [(0,)]
+    assert ledger(db, "SELECT count(*) FROM rejected_spans") == [(0,)]
+
+    # right token, wrong service or wrong meter: the spans are rejected unauthorized_producer and kept
+    docs = exporter(collector.endpoint, headers=bearer(TOKEN_A))
+    assert docs.export(worker_spans("acct-x", service="billing-api")) == SpanExportResult.SUCCESS
+    llm = SpanFactory({"service.name": "docs-worker"}).span(
+        "chat", {"account_id": "acct-x", "gen_ai.usage.input_tokens": 10}, MS
+    )
+    assert docs.export([llm]) == SpanExportResult.SUCCESS
+    assert totals(db, "acct-x") == {}
+    assert ledger(db, "SELECT reason, count(*) FROM rejected_spans GROUP BY 1") == [("unauthorized_producer", 4)]
+    assert collector.metrics()['spanmeter_spans_rejected_total{reason="unauthorized_producer"}'] == 4
+
+    # within its allow-list it bills; a client's baggage header never attributes anything
+    assert docs.export(worker_spans("acct-ok")) == SpanExportResult.SUCCESS
+    assert totals(db, "acct-ok") == {"worker_seconds": Decimal("0.6")}
+    orphan = SpanFactory({"service.name": "docs-worker"}).span("run", {"celery.action": "run"}, MS)
+    headers = (*bearer(TOKEN_A), ("baggage", "account_id=acct-forged"))
+    assert exporter(collector.endpoint, headers=headers).export([orphan]) == SpanExportResult.SUCCESS
+    assert totals(db, "acct-forged") == {}
+    assert ledger(db, "SELECT count(*) FROM rejected_spans WHERE reason = 'unattributed'") == [(1,)]
+
+
+def test_token_rotation_without_restart(authed):
+    collector, path, db = authed
+    assert exporter(collector.endpoint, headers=bearer(TOKEN_A)).export(worker_spans("r1")) == SpanExportResult.SUCCESS
+    # overlap: both tokens valid (reloaded on SIGHUP)
+    producers_file(path, docs_tokens=[TOKEN_A, TOKEN_B])
+    collector.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while (
+        raw_export(collector.endpoint, request_bytes(worker_spans("r2")), metadata=bearer(TOKEN_B)).code
+        != grpc.StatusCode.OK
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert exporter(collector.endpoint, headers=bearer(TOKEN_A)).export(worker_spans("r3")) == SpanExportResult.SUCCESS
+    # the old token retired: picked up from the file change alone, no signal
+    producers_file(path, docs_tokens=[TOKEN_B])
+    deadline = time.monotonic() + 15
+    while (
+        raw_export(collector.endpoint, request_bytes(worker_spans("r4")), metadata=bearer(TOKEN_A)).code
+        != grpc.StatusCode.UNAUTHENTICATED
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert exporter(collector.endpoint, headers=bearer(TOKEN_B)).export(worker_spans("r5")) == SpanExportResult.SUCCESS
+    # a broken file is refused; the producers in force stay
+    path.write_text("[[producer]]\nname = ")
+    collector.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while collector.metrics()['spanmeter_auth_reloads_total{outcome="failed"}'] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert exporter(collector.endpoint, headers=bearer(TOKEN_B)).export(worker_spans("r6")) == SpanExportResult.SUCCESS
+    # r4 probes billed while token A was still in force, then were refused
+    assert {acct for (acct,) in ledger(db, "SELECT DISTINCT account_id FROM usage_events")} == {
+        "r1",
+        "r2",
+        "r3",
+        "r4",
+        "r5",
+        "r6",
+    }
+
+
+def test_mtls_client_certificates_identify_producers(tmp_path, fresh_db):
+    ca = CertificateAuthority(tmp_path)
+    server_cert, server_key = ca.issue("localhost", server=True)
+    client_cert, client_key = ca.issue("docs-workers.internal")
+    stranger_cert, stranger_key = ca.issue("stranger.internal")
+    path = tmp_path / "producers.toml"
+    producers_file(path, docs_tokens=[TOKEN_A])
+    collector = Collector(
+        fresh_db,
+        otlp_endpoint="localhost:0",
+        env={
+            "SPANMETER_AUTH_FILE": str(path),
+            "SPANMETER_TLS_CERT_FILE": str(server_cert),
+            "SPANMETER_TLS_KEY_FILE": str(server_key),
+            "SPANMETER_TLS_CLIENT_CA_FILE": str(ca.ca_file),
+        },
+    ).start()
+    try:
+        endpoint = collector.endpoint.replace("localhost", "localhost")
+
+        def tls_exporter(cert, key):
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            credentials = grpc.ssl_channel_credentials(
+                ca.ca_file.read_bytes(), key.read_bytes() if key else None, cert.read_bytes() if cert else None
+            )
+            return OTLPSpanExporter(endpoint=f"https://{endpoint}", credentials=credentials, timeout=10)
+
+        assert tls_exporter(client_cert, client_key).export(worker_spans("acct-tls")) == SpanExportResult.SUCCESS
+        assert totals(fresh_db, "acct-tls") == {"worker_seconds": Decimal("0.6")}
+        # a certificate from the CA whose name is no producer's: UNAUTHENTICATED; no certificate: no handshake
+        assert tls_exporter(stranger_cert, stranger_key).export(worker_spans("acct-s")) == SpanExportResult.FAILURE
+        assert collector.metrics()['spanmeter_export_requests_total{grpc_code="UNAUTHENTICATED"}'] >= 1
+        assert tls_exporter(None, None).export(worker_spans("acct-n")) == SpanExportResult.FAILURE
+        assert ledger(fresh_db, "SELECT DISTINCT account_id FROM usage_events") == [("acct-tls",)]
+    finally:
+        collector.kill()
+
+
+def test_without_authentication_only_loopback_unless_insecure_listen(fresh_db):
+    env = {**os.environ, "SPANMETER_METRICS_PORT": "0"}
+    refused = subprocess.run(
+        [SPANMETER, "serve", "--database-url", fresh_db, "--otlp-endpoint", "0.0.0.0:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert refused.returncode == 2
+    assert "refusing to listen on 0.0.0.0:0 without authentication" in refused.stderr
+    assert "--insecure-listen" in refused.stderr
+    allowed = Collector(fresh_db, otlp_endpoint="0.0.0.0:0", env={"SPANMETER_INSECURE_LISTEN": "true"}).start()
+    try:
+        port = allowed.endpoint.rsplit(":", 1)[1]
+        assert exporter(f"127.0.0.1:{port}").export(worker_spans("acct-open")) == SpanExportResult.SUCCESS
+    finally:
+        allowed.kill()
