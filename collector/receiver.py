@@ -114,8 +114,9 @@ class TraceReceiver:
                 self._count("INVALID_ARGUMENT")
                 self._log_refusal(context, producer, "INVALID_ARGUMENT", str(exc))
                 abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), bad_request=True)
-            spans = sum(len(ss.spans) for rs in decoded.request.resource_spans for ss in rs.scope_spans)
-            self._acquire(context, requests=0, spans=spans)
+            count = sum(len(ss.spans) for rs in decoded.request.resource_spans for ss in rs.scope_spans)
+            self._acquire(context, requests=0, spans=count)
+            spans = count  # acquired: released below
             return self._meter_and_write(decoded, producer, context)
         finally:
             self._release(requests=1, spans=spans)
@@ -146,9 +147,7 @@ class TraceReceiver:
             if not over:
                 self._requests_in_flight += requests
                 self._spans_in_flight += spans
-        if over:
-            if requests == 0:  # the request slot was taken: give it back before refusing
-                self._release(requests=1, spans=0)
+        if over:  # nothing was taken; what the caller already holds it releases itself
             self._count("UNAVAILABLE")
             self._metrics.overload.labels("spans" if requests == 0 else "requests").inc()
             abort(context, grpc.StatusCode.UNAVAILABLE, "collector at capacity; retry", RETRY_DELAY_SECONDS)
