@@ -10,6 +10,7 @@ Rules, in the order they are applied to each span:
 1. Match meters (see :mod:`.meters`). A span that matches no meter is not billed and not checked further:
    most spans are not billable and must cost as little as possible.
 2. Validate the matched span as a whole; the first failing check rejects the whole span:
+   ``unauthorized_producer`` (an authenticated producer sending a service or meter it may not),
    ``invalid_id`` (trace id not 16 bytes / all zero, span id not 8 bytes / all zero), ``negative_duration``,
    ``duration_too_long``, ``future_timestamp`` (end beyond now + clock skew), ``stale_timestamp``
    (end older than the maximum age), ``invalid_gpu_count`` (``gpu.count`` not an integer in 1..4096),
