@@ -21,7 +21,6 @@ then stops them.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -31,11 +30,12 @@ from dataclasses import dataclass, field
 import psycopg
 
 from spanmeter.billing.ledger.database import Database
-from spanmeter.billing.ledger.writer import LedgerWriter, RejectedRequestRow, UsageEventRow
+from spanmeter.billing.ledger.writer import LedgerWriter, RejectedRequestRow
 
 from ..metrics import CollectorMetrics
 from ..processors.meters import API_REQUESTS, GPU_SECONDS, INPUT_TOKENS, OUTPUT_TOKENS, WORKER_SECONDS
 from ..processors.usage import Rejection, UsageRow
+from .rows import rejected_span_row, usage_event_row
 
 __all__ = ["LedgerExporter", "LedgerUnavailable", "PendingWrite"]
 
@@ -56,38 +56,6 @@ class PendingWrite:
     error: str | None = None
     inserted: int = 0
     abandoned: bool = False
-
-
-def _usage_row(row: UsageRow) -> UsageEventRow:
-    return (
-        row.end_time_unix_nano // 1000,
-        row.idempotency_key,
-        row.account_id,
-        row.job_id,
-        row.plan_code,
-        row.meter.code,
-        row.meter.version,
-        str(row.quantity),
-        row.meter.unit,
-        row.trace_id,
-        row.span_id,
-        json.dumps(row.metadata, separators=(",", ":")),
-    )
-
-
-def _rejected_row(rej: Rejection) -> tuple:
-    return (
-        rej.rejection_key,
-        rej.reason,
-        rej.message,
-        rej.trace_id,
-        rej.span_id,
-        list(rej.meter_codes),
-        rej.account_id,
-        rej.service_name,
-        rej.end_time_unix_nano // 1000,
-        rej.payload,
-    )
 
 
 class LedgerExporter:
@@ -242,8 +210,8 @@ class LedgerExporter:
             return
         started = time.perf_counter()
         rows = [row for pending in batch for row in pending.rows]
-        inserted = writer.write_usage([_usage_row(row) for row in rows])
-        writer.write_rejected_spans(_rejected_row(r) for pending in batch for r in pending.rejections)
+        inserted = writer.write_usage([usage_event_row(row) for row in rows])
+        writer.write_rejected_spans(rejected_span_row(r) for pending in batch for r in pending.rejections)
         for pending in batch:
             if pending.rejected_request is not None:
                 writer.write_rejected_request(pending.rejected_request)
