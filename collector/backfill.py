@@ -52,9 +52,9 @@ class IngestTotals:
 def write_metered(writer: LedgerWriter, result: MeteringResult) -> tuple[int, int]:
     """Write one metering result (caller commits); return (new rows, rows already in the ledger)."""
     rows = [usage_event_row(row) for row in result.rows]
-    inserted = writer.write_usage(rows)
+    written = writer.write_usage(rows)
     writer.write_rejected_spans(rejected_span_row(r) for r in result.rejections)
-    return len(inserted), len(rows) - len(inserted)
+    return written.inserted, written.staged - written.inserted
 
 
 def ingest_file(

@@ -123,13 +123,13 @@ def replay(
             provenance = {"rejection_key": str(key), "by": replayed_by, "why": why, "patch": patch}
             for row in result.rows:
                 row.metadata["replay"] = provenance
-            inserted = writer.write_usage([usage_event_row(row) for row in result.rows])
+            written = writer.write_usage([usage_event_row(row) for row in result.rows])
             conn.execute(
                 _RECORD,
                 (key, replayed_by, why, json.dumps(patch), len(result.rows), [r.idempotency_key for r in result.rows]),
             )
             report.billed_spans += 1
-            report.new_rows += len(inserted)
-            report.duplicate_rows += len(result.rows) - len(inserted)
+            report.new_rows += written.inserted
+            report.duplicate_rows += written.staged - written.inserted
         conn.commit()
     return report

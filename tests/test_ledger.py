@@ -57,13 +57,22 @@ def test_usage_events_refuses_update_delete_truncate_even_for_a_superuser(migrat
 def test_writer_is_idempotent_and_reports_new_keys(migrated):
     with psycopg.connect(migrated) as conn:
         writer = LedgerWriter(conn)
-        assert writer.write_usage([ROW]) == {ROW[1]}
+        first = writer.write_usage([ROW])
+        assert (first.staged, first.inserted, first.inserted_keys) == (1, 1, None)  # all new: no key query
         conn.commit()
         other = (ROW[0] + 1, "0" * 31 + "2", *ROW[2:])
-        assert writer.write_usage([ROW, other, other]) == {other[1]}
+        again = writer.write_usage([ROW, other, other])
+        assert (again.staged, again.inserted, again.inserted_keys) == (3, 1, frozenset({other[1]}))
+        assert again.is_new(other[1]) and not again.is_new(ROW[1])
         conn.commit()
+        tricky = (ROW[0] + 2, "0" * 31 + "3", "tab\there", "new\nline", "back\\slash", *ROW[5:11], '{"a": "\\n"}')
+        assert writer.write_usage([tricky]).inserted == 1
+        conn.commit()
+        assert conn.execute(
+            "SELECT account_id, job_id, plan_code, metadata FROM usage_events WHERE idempotency_key = %s", (tricky[1],)
+        ).fetchone() == ("tab\there", "new\nline", "back\\slash", {"a": "\n"})
         rows = conn.execute("SELECT occurred_at, quantity::text, metadata FROM usage_events ORDER BY 1").fetchall()
-    assert [r[1] for r in rows] == ["1.5", "1.5"]
+    assert [r[1] for r in rows] == ["1.5", "1.5", "1.5"]
     assert rows[0][0] == datetime.fromtimestamp(1_795_000_000, UTC)  # microseconds since the epoch, exact
     assert rows[1][0] == datetime.fromtimestamp(1_795_000_000, UTC) + timedelta(microseconds=1)
     assert rows[0][2] == {"service.name": "x"}

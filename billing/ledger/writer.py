@@ -2,10 +2,12 @@
 
 This is the hot path, so it speaks psycopg 3 directly (SQLAlchemy has no COPY):
 
-1. ``COPY`` the rows into a per-connection temporary staging table (``ON COMMIT DELETE ROWS``);
-2. ``INSERT INTO usage_events SELECT … FROM staging ON CONFLICT DO NOTHING RETURNING idempotency_key``:
-   a retried or replayed row conflicts with the primary key ``(occurred_at, idempotency_key)`` and is
-   skipped; the keys returned are the rows that are new.
+1. ``COPY`` the rows into a per-connection temporary staging table (``ON COMMIT DELETE ROWS``), as COPY
+   text built here in one piece (the columns' formats are known, so only text values need escaping);
+2. ``INSERT INTO usage_events SELECT … FROM staging ON CONFLICT DO NOTHING``: a retried or replayed row
+   conflicts with the primary key ``(occurred_at, idempotency_key)`` and is skipped. When the insert
+   count equals the batch (the usual case) every row is new; otherwise the new rows are found as those
+   whose ``xmin`` is this transaction, so retries cost a second query only when they happen.
 
 The caller owns the transaction: it commits after ``write_batch`` returns, and only then acknowledges.
 Span end times travel as integer microseconds since the epoch and become ``timestamptz`` in PostgreSQL,
@@ -14,12 +16,13 @@ so the conversion is exact and identical at every receiver (nanoseconds are trun
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
 
-__all__ = ["LedgerWriter", "RejectedRequestRow", "RejectedSpanRow", "UsageEventRow"]
+__all__ = ["LedgerWriter", "RejectedRequestRow", "RejectedSpanRow", "UsageEventRow", "UsageWrite"]
 
 # (occurred_at_us, idempotency_key hex, account_id, job_id, plan_code, meter_code, meter_version,
 #  quantity as a decimal string, unit, trace_id hex, span_id hex, metadata JSON text)
@@ -66,8 +69,39 @@ SELECT timestamptz 'epoch' + occurred_at_us * interval '1 microsecond', idempote
        plan_code, meter_code, meter_version, quantity, unit, trace_id, span_id, metadata::jsonb
 FROM usage_staging
 ON CONFLICT DO NOTHING
-RETURNING idempotency_key
 """
+# Only when some rows were duplicates: which staged rows did this transaction insert?
+_NEW_KEYS = """
+SELECT replace(u.idempotency_key::text, '-', '')
+FROM usage_staging s
+JOIN usage_events u
+  ON u.occurred_at = timestamptz 'epoch' + s.occurred_at_us * interval '1 microsecond'
+ AND u.idempotency_key = s.idempotency_key
+WHERE u.xmin = pg_current_xact_id()::xid
+"""
+_NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]").search
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _text(value: str | None) -> str:
+    """A value in COPY text format."""
+    if value is None:
+        return "\\N"
+    return value.translate(_ESCAPES) if _NEEDS_ESCAPE(value) else value
+
+
+@dataclass(frozen=True, slots=True)
+class UsageWrite:
+    """What one ``write_usage`` did: how many rows were new, and which (``None``: all of them)."""
+
+    staged: int
+    inserted: int
+    inserted_keys: frozenset[str] | None
+
+    def is_new(self, idempotency_key: str) -> bool:
+        return self.inserted_keys is None or idempotency_key in self.inserted_keys
+
+
 _INSERT_REJECTED_SPAN = """
 INSERT INTO rejected_spans (rejection_key, reason, error_message, trace_id, span_id, meter_codes, account_id,
                             service_name, span_ended_at, payload)
@@ -89,16 +123,25 @@ class LedgerWriter:
         conn.execute(_STAGING)
         conn.commit()
 
-    def write_usage(self, rows: Sequence[UsageEventRow]) -> set[str]:
-        """Stage and insert rows; return the idempotency keys (32 hex digits) that were new."""
+    def write_usage(self, rows: Sequence[UsageEventRow]) -> UsageWrite:
+        """Stage and insert rows (the caller commits); say which were new to the ledger."""
         if not rows:
-            return set()
+            return UsageWrite(0, 0, None)
+        text = _text
+        lines = [
+            f"{us}\t{key}\t{text(account)}\t{text(job)}\t{text(plan)}\t{meter}\t{version}\t{quantity}\t{unit}\t"
+            f"{trace}\t{span}\t{text(metadata)}\n"
+            for us, key, account, job, plan, meter, version, quantity, unit, trace, span, metadata in rows
+        ]
         with self.conn.cursor() as cur:
             with cur.copy(_COPY) as copy:
-                for row in rows:
-                    copy.write_row(row)
+                copy.write("".join(lines))
             cur.execute(_INSERT)
-            return {key.hex for (key,) in cur.fetchall()}
+            inserted = cur.rowcount
+            if inserted == len(rows):
+                return UsageWrite(len(rows), inserted, None)
+            cur.execute(_NEW_KEYS)
+            return UsageWrite(len(rows), inserted, frozenset(key for (key,) in cur.fetchall()))
 
     def write_rejected_spans(self, rows: Iterable[RejectedSpanRow]) -> None:
         rows = list(rows)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from spanmeter.billing.ledger.database import Database
-from spanmeter.billing.ledger.writer import LedgerWriter, RejectedRequestRow
+from spanmeter.billing.ledger.writer import LedgerWriter, RejectedRequestRow, UsageWrite
 
 from ..metrics import CollectorMetrics
 from ..processors.meters import API_REQUESTS, GPU_SECONDS, INPUT_TOKENS, OUTPUT_TOKENS, WORKER_SECONDS
@@ -210,7 +210,7 @@ class LedgerExporter:
             return
         started = time.perf_counter()
         rows = [row for pending in batch for row in pending.rows]
-        inserted = writer.write_usage([usage_event_row(row) for row in rows])
+        written = writer.write_usage([usage_event_row(row) for row in rows])
         writer.write_rejected_spans(rejected_span_row(r) for pending in batch for r in pending.rejections)
         for pending in batch:
             if pending.rejected_request is not None:
@@ -220,16 +220,16 @@ class LedgerExporter:
         try:  # the rows are durable now: nothing below may turn that into an error for the client
             self._metrics.ledger_write_duration.observe(time.perf_counter() - started)
             self._metrics.last_commit.set(committed_at)
-            self._record(rows, inserted, committed_at)
+            self._record(rows, written, committed_at)
         except Exception:
             log.exception("updating metrics after a commit failed")
         with self._cond:
             for pending in batch:
-                pending.inserted = sum(1 for row in pending.rows if row.idempotency_key in inserted)
+                pending.inserted = sum(1 for row in pending.rows if written.is_new(row.idempotency_key))
                 self._in_flight.discard(pending)
                 pending.done.set()
 
-    def _record(self, rows: list[UsageRow], inserted: set[str], committed_at: float) -> None:
+    def _record(self, rows: list[UsageRow], written: UsageWrite, committed_at: float) -> None:
         m = self._metrics
         billed: Counter[str] = Counter()
         duplicate: Counter[str] = Counter()
@@ -237,7 +237,7 @@ class LedgerExporter:
         observe_lag = m.pipeline_lag.observe
         for row in rows:
             code = row.meter.code
-            if row.idempotency_key not in inserted:
+            if written.inserted_keys is not None and row.idempotency_key not in written.inserted_keys:
                 duplicate[code] += 1
                 continue
             billed[code] += 1

@@ -44,7 +44,7 @@ class OnUnattributed(enum.Enum):
     COUNT_ONLY = "count_only"  # counted in spanmeter_spans_unattributed_total{meter}, not stored
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # identity equality: definitions are module constants
 class MeterDefinition:
     code: str
     version: int

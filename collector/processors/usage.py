@@ -243,12 +243,29 @@ def _count(value: Any, upper: int) -> Any:
     return number
 
 
-def _resource_attributes(resource_spans: ResourceSpans) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _ResourceContext:
+    """What the resource contributes to every span under it, computed once per resource."""
+
+    account_id: str | None
+    job_id: str | None
+    plan_code: str | None
+    service_name: str | None
+    synthetic: bool
+
+
+def _resource_context(resource_spans: ResourceSpans) -> _ResourceContext:
     found: dict[str, Any] = {}
     for kv in resource_spans.resource.attributes:
         if kv.key in _RESOURCE_KEYS:
             found[kv.key] = kv.value
-    return found
+    return _ResourceContext(
+        account_id=_attribution(found.get(A.ACCOUNT_ID)),
+        job_id=_attribution(found.get(A.JOB_ID)),
+        plan_code=_attribution(found.get(A.PLAN_CODE)),
+        service_name=_string(found.get(A.SERVICE_NAME)),
+        synthetic=_is_true(found.get(A.SYNTHETIC)),
+    )
 
 
 def _payload(resource_spans: ResourceSpans, scope_spans: ScopeSpans, span: Span) -> bytes:
@@ -275,21 +292,22 @@ def meter_request(
     newest_end_ns = now_unix_nano + limits.max_clock_skew_seconds * 1_000_000_000
     received = 0
     for resource_spans in request.resource_spans:
-        resource: dict[str, Any] | None = None
+        resource: _ResourceContext | None = None
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 received += 1
                 attrs: dict[str, Any] = {}
                 for kv in span.attributes:
-                    if kv.key in _SPAN_KEYS:
-                        attrs[kv.key] = kv.value
+                    key = kv.key
+                    if key in _SPAN_KEYS:
+                        attrs[key] = kv.value
                 if not attrs and span.kind != _SERVER:
                     continue  # fast path: nothing here can match a meter
                 matched = _match_meters(span, attrs)
                 if not matched:
                     continue
                 if resource is None:
-                    resource = _resource_attributes(resource_spans)
+                    resource = _resource_context(resource_spans)
                 _meter_span(
                     result,
                     producer,
@@ -332,7 +350,7 @@ def _meter_span(
     scope_spans: ScopeSpans,
     span: Span,
     attrs: dict[str, Any],
-    resource: dict[str, Any],
+    resource: _ResourceContext,
     matched: list[MeterDefinition],
     max_duration_ns: int,
     oldest_end_ns: int,
@@ -342,9 +360,9 @@ def _meter_span(
     span_id = span.span_id
     start_ns = span.start_time_unix_nano
     end_ns = span.end_time_unix_nano
-    account_id = _attribution(attrs.get(A.ACCOUNT_ID)) or _attribution(resource.get(A.ACCOUNT_ID))
+    account_id = _attribution(attrs.get(A.ACCOUNT_ID)) or resource.account_id
 
-    service_name = _string(resource.get(A.SERVICE_NAME))
+    service_name = resource.service_name
     reason = message = None
     tokens: dict[str, int] = {}
     gpu_count = 0
@@ -382,10 +400,11 @@ def _meter_span(
                     message = f"{meter.code} must be a whole number from 0 to {MAX_TOKENS_PER_SPAN}"
                     break
                 tokens[meter.code] = count
-        must_attribute = [m.code for m in matched if m.on_unattributed is OnUnattributed.REJECT]
-        if reason is None and account_id is None and must_attribute:
-            reason = "unattributed"
-            message = f"no account_id on the span or its resource ({', '.join(must_attribute)} requires one)"
+        if reason is None and account_id is None:
+            must_attribute = [m.code for m in matched if m.on_unattributed is OnUnattributed.REJECT]
+            if must_attribute:
+                reason = "unattributed"
+                message = f"no account_id on the span or its resource ({', '.join(must_attribute)} requires one)"
 
     trace_hex = trace_id.hex()
     span_hex = span_id.hex()
@@ -412,9 +431,9 @@ def _meter_span(
             result.unattributed[meter.code] += 1
         return
 
-    job_id = _attribution(attrs.get(A.JOB_ID)) or _attribution(resource.get(A.JOB_ID))
-    plan_code = _attribution(attrs.get(A.PLAN_CODE)) or _attribution(resource.get(A.PLAN_CODE))
-    synthetic = _is_true(attrs.get(A.SYNTHETIC)) or _is_true(resource.get(A.SYNTHETIC))
+    job_id = _attribution(attrs.get(A.JOB_ID)) or resource.job_id
+    plan_code = _attribution(attrs.get(A.PLAN_CODE)) or resource.plan_code
+    synthetic = resource.synthetic or _is_true(attrs.get(A.SYNTHETIC))
     base_metadata: dict[str, Any] = {"span.name": _text(span.name)}
     if service_name is not None:
         base_metadata["service.name"] = service_name
