@@ -12,6 +12,28 @@ from ..processors.usage import Rejection, UsageRow
 __all__ = ["rejected_span_row", "usage_event_row"]
 
 
+_METADATA_JSON: dict[tuple, str] = {}
+_METADATA_JSON_MAX = 4096
+
+
+def _metadata_json(metadata: dict) -> str:
+    """Metadata as compact JSON, memoised: the same few shapes repeat across millions of rows.
+
+    The key is the items tuple; values are str or int from the processors (never bool or float, whose
+    equality with int would alias entries)."""
+    try:
+        key = tuple(metadata.items())
+        cached = _METADATA_JSON.get(key)
+    except TypeError:  # an unhashable value (a replay's patch dict): not memoised
+        return json.dumps(metadata, separators=(",", ":"))
+    if cached is None:
+        cached = json.dumps(metadata, separators=(",", ":"))
+        if len(_METADATA_JSON) >= _METADATA_JSON_MAX:
+            _METADATA_JSON.clear()
+        _METADATA_JSON[key] = cached
+    return cached
+
+
 def usage_event_row(row: UsageRow) -> UsageEventRow:
     return (
         row.end_time_unix_nano // 1000,
@@ -25,7 +47,7 @@ def usage_event_row(row: UsageRow) -> UsageEventRow:
         row.meter.unit,
         row.trace_id,
         row.span_id,
-        json.dumps(row.metadata, separators=(",", ":")),
+        _metadata_json(row.metadata),
     )
 
 
