@@ -14,7 +14,7 @@ fmt:
 	./scripts/bootstrap.sh && .venv/bin/ruff format . && .venv/bin/ruff check --fix .
 
 bench:
-	./scripts/bootstrap.sh && .venv/bin/python bench/ingest_bench.py
+	./scripts/bootstrap.sh && .venv/bin/pip install -q -e '.[test,bench]' && .venv/bin/python bench/ingest_bench.py --repeat 3
 
 clean-db:
 	.venv/bin/spanmeter db stop; rm -rf .spanmeter

@@ -1,0 +1,179 @@
+"""Resource accounting for one measurement window: CPU per component, Postgres activity, /metrics diffs."""
+
+from __future__ import annotations
+
+import math
+import re
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import _ledger
+import psutil
+
+
+def postgres_pids(postmaster_pid: int | None) -> list[int]:
+    if postmaster_pid is None:
+        return []
+    try:
+        master = psutil.Process(postmaster_pid)
+        return [postmaster_pid] + [c.pid for c in master.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _pg_role(proc: psutil.Process, postmaster_pid: int | None) -> str:
+    if proc.pid == postmaster_pid:
+        return "postgres: postmaster"
+    try:
+        cmd = " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "postgres: ?"
+    if not cmd.startswith("postgres:"):
+        return "postgres: other"
+    rest = cmd[len("postgres:") :].strip()
+    if "[local]" in rest or re.search(r"\d+\.\d+\.\d+\.\d+\(\d+\)", rest):
+        parts = rest.split()
+        return f"postgres backends ({parts[1] if len(parts) > 1 else '?'})"
+    if rest.startswith("autovacuum worker"):
+        return "postgres: autovacuum worker"
+    return "postgres: " + rest
+
+
+@dataclass
+class CpuSnapshot:
+    per_pid: dict[int, tuple[str, float]]  # pid -> (component, cpu seconds)
+    machine: psutil._common.scputimes  # type: ignore[name-defined]
+
+
+def pg_labels(admin_conninfo: str) -> dict[int, str]:
+    """pid -> label from pg_stat_activity (client backends by database, background processes by type)."""
+    with _ledger.connect(admin_conninfo, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid, backend_type, datname FROM pg_stat_activity").fetchall()
+    return {
+        pid: (f"postgres backends ({db})" if btype == "client backend" else f"postgres: {btype}")
+        for pid, btype, db in rows
+    }
+
+
+def cpu_snapshot(
+    components: dict[str, list[int]], postmaster_pid: int | None, labels: dict[int, str] | None = None
+) -> CpuSnapshot:
+    per_pid: dict[int, tuple[str, float]] = {}
+    for name, pids in components.items():
+        for pid in pids:
+            try:
+                t = psutil.Process(pid).cpu_times()
+                per_pid[pid] = (name, t.user + t.system)
+            except psutil.NoSuchProcess:
+                pass
+    for pid in postgres_pids(postmaster_pid):
+        try:
+            proc = psutil.Process(pid)
+            t = proc.cpu_times()
+            label = (labels or {}).get(pid) or _pg_role(proc, postmaster_pid)
+            per_pid[pid] = (label, t.user + t.system)
+        except psutil.NoSuchProcess:
+            pass
+    return CpuSnapshot(per_pid, psutil.cpu_times())
+
+
+def cpu_delta(a: CpuSnapshot, b: CpuSnapshot, wall: float) -> dict:
+    """Cores used per component over the window, machine busy/iowait cores."""
+    used: dict[str, float] = defaultdict(float)
+    for pid, (name, cpu) in b.per_pid.items():
+        before = a.per_pid[pid][1] if pid in a.per_pid else 0.0
+        used[name] += max(0.0, cpu - before)
+    total_a, total_b = sum(a.machine), sum(b.machine)
+    idle = b.machine.idle - a.machine.idle
+    iowait = getattr(b.machine, "iowait", 0.0) - getattr(a.machine, "iowait", 0.0)
+    span = max(1e-9, total_b - total_a)
+    ncpu = psutil.cpu_count() or 1
+    pg_total = sum(v for k, v in used.items() if k.startswith("postgres"))
+    busy = ncpu * (span - idle - iowait) / span
+    return {
+        "other_processes_cores": max(0.0, busy - sum(used.values()) / wall),
+        "cores": {k: v / wall for k, v in sorted(used.items(), key=lambda kv: -kv[1])},
+        "postgres_cores": pg_total / wall,
+        "machine_busy_cores": busy,
+        "machine_iowait_cores": ncpu * iowait / span,
+        "ncpu": ncpu,
+    }
+
+
+def pg_snapshot(conninfo: str, dbname: str) -> dict:
+    with _ledger.connect(conninfo, autocommit=True) as conn:
+        lsn = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0]
+        row = conn.execute(
+            "SELECT xact_commit, blks_read, blks_hit, tup_inserted FROM pg_stat_database WHERE datname = %s", (dbname,)
+        ).fetchone()
+        ckpt = conn.execute("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter").fetchone()[0]
+    return {
+        "wal_bytes": int(lsn),
+        "commits": row[0],
+        "blks_read": row[1],
+        "blks_hit": row[2],
+        "tup_inserted": row[3],
+        "checkpoints": ckpt,
+    }
+
+
+def pg_delta(a: dict, b: dict) -> dict:
+    return {k: b[k] - a[k] for k in a}
+
+
+# -- Prometheus text -----------------------------------------------------------------------------------
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if m:
+            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def metric_delta(a: dict[str, float], b: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k: b[k] - a.get(k, 0.0) for k in b if k.startswith(prefix)}
+
+
+def histogram_quantiles(a: dict[str, float], b: dict[str, float], name: str, qs=(0.5, 0.99)) -> dict:
+    """Quantiles of the observations made between scrapes a and b, by linear interpolation in buckets."""
+    buckets = []
+    for key, value in b.items():
+        if key.startswith(name + "_bucket{"):
+            le = re.search(r'le="([^"]+)"', key).group(1)
+            bound = math.inf if le == "+Inf" else float(le)
+            buckets.append((bound, value - a.get(key, 0.0)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    out = {"count": total}
+    for q in qs:
+        if total <= 0:
+            out[q] = float("nan")
+            continue
+        target = q * total
+        prev_bound, prev_count = 0.0, 0.0
+        for bound, count in buckets:
+            if count >= target:
+                if math.isinf(bound):
+                    out[q] = prev_bound  # beyond the last finite bucket
+                else:
+                    frac = (target - prev_count) / max(1e-12, count - prev_count)
+                    out[q] = prev_bound + (bound - prev_bound) * frac
+                break
+            prev_bound, prev_count = bound, count
+    return out
+
+
+@dataclass
+class Window:
+    wall: float = 0.0
+    cpu: dict = field(default_factory=dict)
+    pg: dict = field(default_factory=dict)
