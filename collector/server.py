@@ -66,7 +66,7 @@ class CollectorServer:
         self._database = database
         before, after = migrate.upgrade(database)
         if before != after:
-            log.info("ledger schema migrated from %s to %s", before, after)
+            log.info("ledger schema migrated from %s to %s", before or "empty", after)
         exporter: LedgerExporter | None = None  # the gauges below read it once it exists
         metrics = CollectorMetrics(
             self.registry,

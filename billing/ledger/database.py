@@ -77,5 +77,6 @@ def resolve_database(database_url: str | None, data_dir: Path) -> Database:
         return Database(conninfo=conninfo, embedded=False, description=describe(conninfo))
     from .embedded import EmbeddedPostgres
 
-    conninfo = EmbeddedPostgres(data_dir).start()
-    return Database(conninfo=conninfo, embedded=True, description=f"embedded PostgreSQL in {data_dir}")
+    server = EmbeddedPostgres(data_dir)
+    conninfo = server.start()
+    return Database(conninfo=conninfo, embedded=True, description=f"embedded PostgreSQL in {server.data_dir}")
