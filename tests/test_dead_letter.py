@@ -36,6 +36,9 @@ def test_replay_bills_exactly_once_with_who_and_why(fresh_db, make_collector):
     table = cli(fresh_db, "list", "--reason", "unattributed").stdout.splitlines()
     assert len(table) == 5 and all("unattributed" in line and "pending" in line for line in table[1:])
 
+    assert cli(fresh_db, "list", "--since", "2100-01-01").stdout.strip() == "no rejected spans"
+    assert len(json.loads(cli(fresh_db, "list", "--since", "2020-01-01", "--format", "json").stdout)) == 5
+
     gpu_id = next(r["id"] for r in listed if r["reason"] == "invalid_gpu_count")
     shown = json.loads(cli(fresh_db, "show", gpu_id).stdout)
     span = shown["span"]["scopeSpans"][0]["spans"][0]
