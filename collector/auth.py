@@ -90,14 +90,16 @@ def _names(
 
 def load_producers(path: Path) -> ProducerRegistry:
     try:
-        document = tomllib.loads(Path(path).read_text())
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise AuthConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise AuthConfigError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except tomllib.TOMLDecodeError as exc:
         raise AuthConfigError(f"{path} is not valid TOML: {exc}") from None
     entries = document.get("producer")
-    if not isinstance(entries, list) or not entries:
-        raise AuthConfigError(f"{path}: no [[producer]] entries")
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise AuthConfigError(f"{path}: expected one or more [[producer]] tables")
     problems: list[str] = []
     by_hash: dict[str, Producer] = {}
     by_cn: dict[str, Producer] = {}
@@ -114,6 +116,9 @@ def load_producers(path: Path) -> ProducerRegistry:
         )
         hashes = entry.get("token_sha256", [])
         names = entry.get("tls_common_names", [])
+        if not isinstance(hashes, list) or not isinstance(names, list):
+            problems.append(f"{where}: token_sha256 and tls_common_names are lists")
+            continue
         if not hashes and not names:
             problems.append(f"{where}: give token_sha256 or tls_common_names")
         for digest in hashes:
@@ -128,6 +133,8 @@ def load_producers(path: Path) -> ProducerRegistry:
         for common_name in names:
             if not isinstance(common_name, str) or not common_name:
                 problems.append(f"{where}: tls_common_names entries are non-empty strings")
+            elif common_name in by_cn:
+                problems.append(f"{where}: certificate name {common_name!r} is also given to {by_cn[common_name].name}")
             else:
                 by_cn[common_name] = producer
     if problems:
@@ -179,7 +186,7 @@ class Authenticator:
             stamp = self._file_stamp()
             try:
                 registry = load_producers(self.path)
-            except AuthConfigError as exc:
+            except Exception as exc:  # never let a bad file stop the watcher or the process (SIGHUP)
                 self._stamp = stamp
                 self._on_reload(False)
                 log.error("producers file not reloaded, the previous producers stay in force: %s", exc)

@@ -79,9 +79,11 @@ WHERE NOT EXISTS (SELECT 1 FROM dead_letter_replays d WHERE d.rejection_key = r.
 ORDER BY r.rejected_at, r.rejection_key
 FOR UPDATE OF r SKIP LOCKED
 """
+# a replay running at the same time may have recorded the span first: its rows are then duplicates here
 _RECORD = """
 INSERT INTO dead_letter_replays (rejection_key, replayed_by, reason, patch, usage_rows, idempotency_keys)
 VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (rejection_key) DO NOTHING
 """
 
 
@@ -108,6 +110,8 @@ def replay(
         writer = LedgerWriter(conn)
         selected = conn.execute(_SELECT, {"reason": reason, "key": rejection_key}).fetchall()
         report.selected = len(selected)
+        rows: list = []
+        records: list[tuple] = []
         for key, _old_reason, payload in selected:
             resource_spans = ResourceSpans.FromString(payload)
             if patch:
@@ -123,13 +127,16 @@ def replay(
             provenance = {"rejection_key": str(key), "by": replayed_by, "why": why, "patch": patch}
             for row in result.rows:
                 row.metadata["replay"] = provenance
-            written = writer.write_usage([usage_event_row(row) for row in result.rows])
-            conn.execute(
-                _RECORD,
-                (key, replayed_by, why, json.dumps(patch), len(result.rows), [r.idempotency_key for r in result.rows]),
+            rows.extend(usage_event_row(row) for row in result.rows)
+            records.append(
+                (key, replayed_by, why, json.dumps(patch), len(result.rows), [r.idempotency_key for r in result.rows])
             )
             report.billed_spans += 1
-            report.new_rows += written.inserted
-            report.duplicate_rows += written.staged - written.inserted
+        # one COPY for every replayed span (the staging table empties only at commit)
+        written = writer.write_usage(rows)
+        report.new_rows, report.duplicate_rows = written.inserted, written.staged - written.inserted
+        if records:
+            with conn.cursor() as cur:
+                cur.executemany(_RECORD, records)
         conn.commit()
     return report

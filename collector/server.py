@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +59,7 @@ class CollectorServer:
         self._http: ThreadingHTTPServer | None = None
         self._exporter: LedgerExporter | None = None
         self._authenticator: Authenticator | None = None
+        self._readiness: Readiness | None = None
         self.registry = CollectorRegistry(auto_describe=True)
 
     def start(self) -> ListenAddresses:
@@ -121,7 +123,8 @@ class CollectorServer:
 
         metrics_address = None
         if config.metrics_port or config.metrics_port == 0:
-            self._http = _health_server(config.metrics_bind_host, config.metrics_port, self.registry, database)
+            self._readiness = Readiness(database)
+            self._http = _health_server(config.metrics_bind_host, config.metrics_port, self.registry, self._readiness)
             threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True).start()
             metrics_address = f"{config.metrics_bind_host}:{self._http.server_address[1]}"
         return ListenAddresses(
@@ -150,25 +153,47 @@ class CollectorServer:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+        if self._readiness is not None:
+            self._readiness.close()
+            self._readiness = None
 
 
-def _readiness(database: Database) -> tuple[bool, str]:
-    try:
-        engine = database.engine()
+class Readiness:
+    """``/readyz``: database reachable and schema at the head migration. One pooled connection, and the
+    answer is reused for a second, so a flood of probes cannot exhaust the database's connections."""
+
+    def __init__(self, database: Database, cache_seconds: float = 1.0) -> None:
+        self._engine = database.engine(pool_size=1, max_overflow=0, pool_timeout=5, pool_pre_ping=True)
+        self._cache_seconds = cache_seconds
+        self._lock = threading.Lock()
+        self._answer: tuple[bool, str] = (False, "not checked yet")
+        self._checked_at = float("-inf")
+
+    def check(self) -> tuple[bool, str]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked_at >= self._cache_seconds:
+                self._answer = self._probe()
+                self._checked_at = time.monotonic()
+            return self._answer
+
+    def _probe(self) -> tuple[bool, str]:
         try:
-            with engine.connect() as connection:
+            with self._engine.connect() as connection:
                 current = migrate.current_revision(connection)
-        finally:
-            engine.dispose()
-    except Exception as exc:
-        return False, f"database unreachable: {str(exc).strip().splitlines()[0] if str(exc) else exc}"
-    head = migrate.head_revision()
-    if current != head:
-        return False, f"schema at {current}, expected {head}: run `spanmeter db upgrade`"
-    return True, f"ready (schema {head})"
+        except Exception as exc:
+            lines = str(exc).strip().splitlines()
+            return False, f"database unreachable: {lines[0] if lines else type(exc).__name__}"
+        head = migrate.head_revision()
+        if current != head:
+            return False, f"schema at {current}, expected {head}: run `spanmeter db upgrade`"
+        return True, f"ready (schema {head})"
+
+    def close(self) -> None:
+        self._engine.dispose()
 
 
-def _health_server(host: str, port: int, registry: CollectorRegistry, database: Database) -> ThreadingHTTPServer:
+def _health_server(host: str, port: int, registry: CollectorRegistry, readiness: Readiness) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -177,7 +202,7 @@ def _health_server(host: str, port: int, registry: CollectorRegistry, database: 
             elif path == "/healthz":
                 self._send(200, b"ok\n")
             elif path == "/readyz":
-                ready, detail = _readiness(database)
+                ready, detail = readiness.check()
                 self._send(200 if ready else 503, (detail + "\n").encode())
             else:
                 self._send(404, b"not found: try /metrics, /healthz or /readyz\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import signal
 import sys
@@ -158,7 +159,14 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = CollectorServer(config)
-    signal.signal(signal.SIGHUP, lambda *_: server.reload_auth())
+
+    def reload_producers(*_: object) -> None:
+        try:
+            server.reload_auth()
+        except Exception:  # a signal handler must never take the process down
+            logging.getLogger("spanmeter").exception("reloading the producers file failed")
+
+    signal.signal(signal.SIGHUP, reload_producers)
     try:
         addresses = server.start()
     except (OSError, AuthConfigError) as exc:

@@ -4,6 +4,7 @@ usage; tokens rotate without a restart; mTLS identities; no authentication means
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -124,6 +125,20 @@ def test_token_rotation_without_restart(authed):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert exporter(collector.endpoint, headers=bearer(TOKEN_B)).export(worker_spans("r6")) == SpanExportResult.SUCCESS
+    # valid TOML of the wrong shape, then SIGHUP: refused too; the process and the watcher carry on
+    path.write_text('producer = ["x"]\n')
+    collector.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while collector.metrics()['spanmeter_auth_reloads_total{outcome="failed"}'] < 2:
+        assert time.monotonic() < deadline and collector.proc.poll() is None
+        time.sleep(0.1)
+    producers_file(path, docs_tokens=[TOKEN_A])  # and a good file is picked up again by the watcher
+    deadline = time.monotonic() + 15
+    while raw_export(collector.endpoint, request_bytes(worker_spans("r7")), metadata=bearer(TOKEN_A)).code != (
+        grpc.StatusCode.OK
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     # r4 probes billed while token A was still in force, then were refused
     assert {acct for (acct,) in ledger(db, "SELECT DISTINCT account_id FROM usage_events")} == {
         "r1",
@@ -132,6 +147,7 @@ def test_token_rotation_without_restart(authed):
         "r4",
         "r5",
         "r6",
+        "r7",
     }
 
 
@@ -192,3 +208,13 @@ def test_without_authentication_only_loopback_unless_insecure_listen(fresh_db):
         assert exporter(f"127.0.0.1:{port}").export(worker_spans("acct-open")) == SpanExportResult.SUCCESS
     finally:
         allowed.kill()
+
+
+def test_a_certificate_name_given_to_two_producers_is_refused(tmp_path):
+    from spanmeter.collector.auth import AuthConfigError, load_producers
+
+    path = tmp_path / "producers.toml"
+    entry = '[[producer]]\nname = "{}"\nservices = ["*"]\nmeters = ["*"]\ntls_common_names = ["shared.internal"]\n'
+    path.write_text(entry.format("a") + entry.format("b"))
+    with pytest.raises(AuthConfigError, match=re.escape("'shared.internal' is also given to a")):
+        load_producers(path)

@@ -88,3 +88,46 @@ def test_json_logs_one_line_per_refused_or_partially_rejected_request(fresh_db):
         assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
     finally:
         collector.kill()
+
+
+def test_a_request_abandoned_at_its_write_timeout_leaves_no_pending_trace(fresh_db):
+    """UNAVAILABLE after the write timeout; once the ledger moves again the pending gauges return to 0."""
+    collector = Collector(fresh_db, env={"SPANMETER_LEDGER_WRITE_TIMEOUT_SECONDS": "1"}).start()
+    try:
+        blocker = psycopg.connect(fresh_db)
+        blocker.execute("LOCK TABLE usage_events IN EXCLUSIVE MODE")
+        first = raw_export(collector.endpoint, _body("slow", 5))  # its writer is stuck behind the lock
+        assert first.code == grpc.StatusCode.UNAVAILABLE
+        queued = raw_export(collector.endpoint, _body("queued", 5))  # still queued when it gives up
+        assert queued.code == grpc.StatusCode.UNAVAILABLE
+        blocker.commit()
+        blocker.close()
+        assert raw_export(collector.endpoint, _body("after", 5)).code == grpc.StatusCode.OK
+        deadline = time.monotonic() + 10
+        while True:
+            m = collector.metrics()
+            if m["spanmeter_ledger_pending_requests"] == 0 and m["spanmeter_oldest_pending_span_age_seconds"] == 0:
+                break
+            assert time.monotonic() < deadline, m["spanmeter_ledger_pending_requests"]
+            time.sleep(0.1)
+        assert m['spanmeter_ledger_write_errors_total{kind="timeout"}'] == 2
+    finally:
+        collector.kill()
+
+
+def test_options_in_the_database_url_are_honoured_by_the_writers(postgres_admin):
+    from conftest import create_database
+    from psycopg.conninfo import make_conninfo
+
+    db = create_database(postgres_admin)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA ledger")
+    url = make_conninfo(db, options="-c search_path=ledger")
+    collector = Collector(url).start()
+    try:
+        assert raw_export(collector.endpoint, _body("acct-schema", 3)).code == grpc.StatusCode.OK
+        with psycopg.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM ledger.usage_events").fetchone() == (3,)
+            assert conn.execute("SELECT to_regclass('public.usage_events')").fetchone() == (None,)
+    finally:
+        collector.kill()

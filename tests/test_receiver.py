@@ -361,3 +361,19 @@ def test_metrics_are_declared_and_initialised(collector):
     from spanmeter.billing.ledger.migrate import head_revision
 
     assert collector.get("/readyz") == (200, f"ready (schema {head_revision()})\n")
+
+
+def test_the_same_span_twice_in_one_request_is_billed_and_counted_once(collector, module_db):
+    f = SpanFactory()
+    span = f.span("run", {"account_id": "acct-twice", "celery.action": "run"}, 400 * MS)
+    before = collector.metrics()
+    assert raw_export(collector.endpoint, request_bytes([span, span])).code == grpc.StatusCode.OK
+    after = collector.metrics()
+    assert totals(module_db, "acct-twice") == {"worker_seconds": Decimal("0.4")}
+    billed, duplicate = (
+        'spanmeter_spans_billed_total{meter="worker_seconds"}',
+        'spanmeter_usage_events_duplicate_total{meter="worker_seconds"}',
+    )
+    assert (after[billed] - before[billed], after[duplicate] - before[duplicate]) == (1, 1)
+    plan = 'spanmeter_billable_worker_seconds_total{plan_code="other"}'
+    assert round(after[plan] - before[plan], 6) == 0.4  # metrics are floats; the ledger above is exact

@@ -42,6 +42,11 @@ __all__ = ["LedgerExporter", "LedgerUnavailable", "PendingWrite"]
 log = logging.getLogger(__name__)
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class LedgerUnavailable(Exception):
     """The ledger did not commit this request; the client must retry."""
 
@@ -54,7 +59,6 @@ class PendingWrite:
     received_monotonic: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
-    inserted: int = 0
     abandoned: bool = False
 
 
@@ -95,6 +99,7 @@ class LedgerExporter:
             while self._queue:
                 pending = self._queue.popleft()
                 pending.error = "collector shutting down"
+                self._in_flight.discard(pending)
                 pending.done.set()
 
     # -- handler side ----------------------------------------------------------------------------------
@@ -158,13 +163,17 @@ class LedgerExporter:
             if batch is None:
                 break
             try:
-                if conn is None or conn.closed:
-                    conn = self._database.connect(connect_timeout=3, options="-c statement_timeout=60000")
+                if conn is None or conn.closed or writer is None:
+                    if conn is not None:
+                        conn.close()
+                    conn = writer = None
+                    conn = self._database.connect(connect_timeout=3)
+                    # a session setting, so that options given in the database URL stay in force
+                    conn.execute("SET statement_timeout = 60000")
                     writer = LedgerWriter(conn)
-                assert writer is not None
                 self._write(conn, writer, batch)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                log.warning("ledger unavailable: %s", str(exc).strip().splitlines()[0] if str(exc) else exc)
+                log.warning("ledger unavailable: %s", _first_line(exc))
                 self._fail(batch, "ledger database unavailable")
                 if conn is not None:
                     conn.close()
@@ -173,7 +182,13 @@ class LedgerExporter:
             except Exception:
                 log.exception("ledger write failed; retrying each request alone")
                 self._safe_rollback(conn)
-                if len(batch) == 1:
+                if writer is None or conn is None or conn.closed:  # could not even set up: start afresh
+                    self._fail(batch, "ledger write failed")
+                    if conn is not None:
+                        conn.close()
+                    conn = writer = None
+                    time.sleep(0.05)
+                elif len(batch) == 1:
                     self._fail(batch, "ledger write failed")
                 else:
                     for pending in batch:
@@ -204,7 +219,11 @@ class LedgerExporter:
                 pending.done.set()
 
     def _write(self, conn: psycopg.Connection, writer: LedgerWriter, batch: list[PendingWrite]) -> None:
-        with self._cond:
+        with self._cond:  # a handler that gave up has answered UNAVAILABLE: its client retries
+            for pending in batch:
+                if pending.abandoned:
+                    self._in_flight.discard(pending)
+                    pending.done.set()
             batch = [p for p in batch if not p.abandoned]
         if not batch:
             return
@@ -225,7 +244,6 @@ class LedgerExporter:
             log.exception("updating metrics after a commit failed")
         with self._cond:
             for pending in batch:
-                pending.inserted = sum(1 for row in pending.rows if written.is_new(row.idempotency_key))
                 self._in_flight.discard(pending)
                 pending.done.set()
 
@@ -235,11 +253,15 @@ class LedgerExporter:
         duplicate: Counter[str] = Counter()
         amounts: Counter[tuple] = Counter()
         observe_lag = m.pipeline_lag.observe
+        # the same span twice in one batch is inserted once: count each new key once
+        unclaimed = set(written.inserted_keys) if written.inserted_keys is not None else None
         for row in rows:
             code = row.meter.code
-            if written.inserted_keys is not None and row.idempotency_key not in written.inserted_keys:
-                duplicate[code] += 1
-                continue
+            if unclaimed is not None:
+                if row.idempotency_key not in unclaimed:
+                    duplicate[code] += 1
+                    continue
+                unclaimed.discard(row.idempotency_key)
             billed[code] += 1
             observe_lag(max(0.0, committed_at - row.end_time_unix_nano / 1e9))
             plan = m.plan_cap(row.plan_code)
