@@ -1,0 +1,60 @@
+"""Span processors spanmeter adds to a TracerProvider.
+
+- :class:`AttributionSpanProcessor` stamps the attribution keys (``account_id``, ``job_id``,
+  ``plan_code``, ``spanmeter.synthetic``) from the current baggage onto every span when it starts, so every
+  child span and every task enqueued inside a request carries them.
+- :class:`SpanmeterSpanProcessor` is a ``BatchSpanProcessor`` that exports the sampled spans *and* every
+  unsampled span that matches a meter definition (see :mod:`.billable`), so a sampler can never drop
+  billable usage (use it with :class:`spanmeter.instrumentation.sampling.BillingSafeSampler`).
+
+Both follow the SDK's rule for code on the application's hot path: they never raise into the
+application and never block it (the batch queue drops when full, and the SDK counts what it drops).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry import baggage
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from spanmeter import attributes as A
+
+from .billable import is_billable
+
+__all__ = ["STAMPED_KEYS", "AttributionSpanProcessor", "SpanmeterSpanProcessor"]
+
+log = logging.getLogger(__name__)
+STAMPED_KEYS = (A.ACCOUNT_ID, A.JOB_ID, A.PLAN_CODE, A.SYNTHETIC)
+
+
+class AttributionSpanProcessor(SpanProcessor):
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            entries = baggage.get_all(parent_context)
+            for key in STAMPED_KEYS:
+                value = entries.get(key)
+                if value is not None and span.attributes.get(key) is None:
+                    span.set_attribute(key, value == "true" if key == A.SYNTHETIC else str(value))
+        except Exception:  # never into the application
+            log.debug("attribution stamping failed", exc_info=True)
+
+
+class SpanmeterSpanProcessor(BatchSpanProcessor):
+    """Exports sampled spans and billable unsampled spans through ``exporter`` in batches."""
+
+    def __init__(self, exporter: SpanExporter, **batch_options: int | float | None) -> None:
+        super().__init__(exporter, **batch_options)  # type: ignore[arg-type]
+        if not hasattr(self, "_batch_processor"):  # the SDK's internal queue, checked once at set-up
+            raise RuntimeError("this opentelemetry-sdk version has no BatchSpanProcessor._batch_processor")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            if span.context is None:
+                return
+            if span.context.trace_flags.sampled or is_billable(span.kind, span.attributes):
+                self._batch_processor.emit(span)
+        except Exception:
+            log.debug("queueing a span for export failed", exc_info=True)

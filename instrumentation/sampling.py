@@ -1,0 +1,55 @@
+"""Billing-safe sampling.
+
+A sampler decides when a span *starts*, before its account, task outcome or token counts are known, so a
+sampler must never be what drops billable usage. :class:`BillingSafeSampler` wraps the application's
+sampler and turns its DROP into RECORD_ONLY: every span is recorded in-process (not marked sampled), and
+:class:`spanmeter.instrumentation.processors.SpanmeterSpanProcessor` exports, at span end, the sampled
+spans plus every unsampled span that matches a meter definition. Non-billable spans follow the
+application's sampler exactly as before.
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from spanmeter.instrumentation.sampling import BillingSafeSampler
+
+    provider = TracerProvider(sampler=BillingSafeSampler(ParentBased(TraceIdRatioBased(0.1))))
+
+The cost: unsampled spans are recorded (attributes kept in memory until they end) instead of being
+no-ops; only billable ones are exported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.util.types import Attributes
+
+__all__ = ["BillingSafeSampler"]
+
+
+class BillingSafeSampler(Sampler):
+    def __init__(self, delegate: Sampler) -> None:
+        self.delegate = delegate
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        result = self.delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        if result.decision is Decision.DROP:
+            # the SDK starts a span with the *sampling result's* attributes, and samplers drop them with
+            # a DROP decision: hand back the span's own start attributes (gpu.count, celery.action, …)
+            merged = {**(attributes or {}), **(result.attributes or {})}
+            return SamplingResult(Decision.RECORD_ONLY, merged, result.trace_state)
+        return result
+
+    def get_description(self) -> str:
+        return f"BillingSafeSampler{{{self.delegate.get_description()}}}"
