@@ -235,7 +235,7 @@ def table_stats(conninfo: str) -> dict:
 
 
 # -- rows ---------------------------------------------------------------------------------------------
-_TASKS = (
+TASKS = (  # Celery task names shared with the load generator
     "tasks.render_report",
     "tasks.extract_text",
     "tasks.sync_invoices",
@@ -247,7 +247,7 @@ _TASKS = (
 )
 _METADATA = [
     json.dumps({"span.name": f"run/{t}", "service.name": f"svc-{s:02d}", "celery.task_name": t}, separators=(",", ":"))
-    for t in _TASKS
+    for t in TASKS
     for s in range(23)
 ]
 _PLANS = ("starter", "growth", "scale", "platform")

@@ -28,20 +28,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+from _ledger import TASKS
 
 METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 ACCOUNTS = 2000
 PLANS = ("starter", "growth", "scale", "platform")
-TASKS = (
-    "tasks.render_report",
-    "tasks.extract_text",
-    "tasks.sync_invoices",
-    "tasks.resize_images",
-    "tasks.send_digest",
-    "tasks.index_documents",
-    "tasks.train_step",
-    "tasks.export_csv",
-)
 TEMPLATES_PER_CLIENT = 8
 SPANS_PER_TRACE = 8
 

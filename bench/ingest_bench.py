@@ -583,6 +583,17 @@ def profile_lines(a: dict, unit: str) -> list[str]:
     return lines
 
 
+def report_write(r: dict, kind: str) -> None:
+    """Print one bare-write figure ((2) or (5)) and record what bounds it."""
+    log(
+        f"    {fmt_rate(r['value'])} rows/s; transaction p50 {r['batch_latency_p50'] * 1e3:.0f} ms "
+        f"p99 {r['batch_latency_p99'] * 1e3:.0f} ms"
+    )
+    for line in cpu_lines(r["window"], r["value"], "row"):
+        log(line)
+    r["bound_by"] = bound_by(kind, r)
+
+
 def bound_by(kind: str, res: dict) -> str:
     """A one-line verdict from the window's CPU split and the receiver's stage profile (see README)."""
     cpu = res["window"]["cpu"]
@@ -802,13 +813,7 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"(2) bare ledger write: {_ledger.METHODS[method].label}")
                         r = bench.phase_write(method, pg.ledger, _ledger.LEDGER_DB)
                         rr["2"][method] = r
-                        log(
-                            f"    {fmt_rate(r['value'])} rows/s; transaction p50 {r['batch_latency_p50'] * 1e3:.0f} ms "
-                            f"p99 {r['batch_latency_p99'] * 1e3:.0f} ms"
-                        )
-                        for line in cpu_lines(r["window"], r["value"], "row"):
-                            log(line)
-                        r["bound_by"] = bound_by("write", r)
+                        report_write(r, "write")
                 elif phase == "5":
                     rr["5"] = {}
                     variants = ["textbook_executemany"] + ([] if args.no_textbook_copy else ["textbook_copy"])
@@ -817,13 +822,7 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"{tag} {_ledger.METHODS[method].label}")
                         r = bench.phase_write(method, pg.textbook, _ledger.TEXTBOOK_DB)
                         rr["5"][method] = r
-                        log(
-                            f"    {fmt_rate(r['value'])} rows/s; transaction p50 {r['batch_latency_p50'] * 1e3:.0f} ms "
-                            f"p99 {r['batch_latency_p99'] * 1e3:.0f} ms"
-                        )
-                        for line in cpu_lines(r["window"], r["value"], "row"):
-                            log(line)
-                        r["bound_by"] = bound_by("textbook", r)
+                        report_write(r, "textbook")
                 elif phase in ("3", "4"):
                     if "serve" not in rr:
                         rr["serve"] = bench.start_serve()
