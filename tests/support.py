@@ -60,6 +60,15 @@ class SpanFactory:
         return finished[-1]
 
 
+def wait_until(condition, timeout: float, interval: float = 0.1, what: str = "the condition") -> None:
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
 def request_bytes(spans: list[ReadableSpan]) -> bytes:
     return encode_spans(spans).SerializeToString()
 

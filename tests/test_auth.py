@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from decimal import Decimal
 
 import grpc
@@ -16,7 +15,7 @@ from certs import CertificateAuthority
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from spanmeter.collector.auth import hash_token
-from support import SPANMETER, Collector, SpanFactory, exporter, ledger, raw_export, request_bytes, totals
+from support import SPANMETER, Collector, SpanFactory, exporter, ledger, raw_export, request_bytes, totals, wait_until
 
 MS = 1_000_000
 TOKEN_A, TOKEN_B, TOKEN_OPS = "token-alpha-1", "token-beta-2", "token-ops-3"
@@ -95,50 +94,35 @@ def test_unauthenticated_and_wrong_producers_cannot_create_usage(authed):
 
 def test_token_rotation_without_restart(authed):
     collector, path, db = authed
+
+    def export_code(account: str, token: str) -> grpc.StatusCode:
+        return raw_export(collector.endpoint, request_bytes(worker_spans(account)), metadata=bearer(token)).code
+
+    def failed_reloads() -> float:
+        return collector.metrics()['spanmeter_auth_reloads_total{outcome="failed"}']
+
     assert exporter(collector.endpoint, headers=bearer(TOKEN_A)).export(worker_spans("r1")) == SpanExportResult.SUCCESS
     # overlap: both tokens valid (reloaded on SIGHUP)
     producers_file(path, docs_tokens=[TOKEN_A, TOKEN_B])
     collector.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while (
-        raw_export(collector.endpoint, request_bytes(worker_spans("r2")), metadata=bearer(TOKEN_B)).code
-        != grpc.StatusCode.OK
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: export_code("r2", TOKEN_B) == grpc.StatusCode.OK, 10, what="token B accepted")
     assert exporter(collector.endpoint, headers=bearer(TOKEN_A)).export(worker_spans("r3")) == SpanExportResult.SUCCESS
     # the old token retired: picked up from the file change alone, no signal
     producers_file(path, docs_tokens=[TOKEN_B])
-    deadline = time.monotonic() + 15
-    while (
-        raw_export(collector.endpoint, request_bytes(worker_spans("r4")), metadata=bearer(TOKEN_A)).code
-        != grpc.StatusCode.UNAUTHENTICATED
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_until(lambda: export_code("r4", TOKEN_A) == grpc.StatusCode.UNAUTHENTICATED, 15, 0.2, "token A retired")
     assert exporter(collector.endpoint, headers=bearer(TOKEN_B)).export(worker_spans("r5")) == SpanExportResult.SUCCESS
     # a broken file is refused; the producers in force stay
     path.write_text("[[producer]]\nname = ")
     collector.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while collector.metrics()['spanmeter_auth_reloads_total{outcome="failed"}'] < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: failed_reloads() >= 1, 10, what="a refused reload")
     assert exporter(collector.endpoint, headers=bearer(TOKEN_B)).export(worker_spans("r6")) == SpanExportResult.SUCCESS
     # valid TOML of the wrong shape, then SIGHUP: refused too; the process and the watcher carry on
     path.write_text('producer = ["x"]\n')
     collector.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while collector.metrics()['spanmeter_auth_reloads_total{outcome="failed"}'] < 2:
-        assert time.monotonic() < deadline and collector.proc.poll() is None
-        time.sleep(0.1)
+    wait_until(lambda: failed_reloads() >= 2, 10, what="a second refused reload")
+    assert collector.proc.poll() is None
     producers_file(path, docs_tokens=[TOKEN_A])  # and a good file is picked up again by the watcher
-    deadline = time.monotonic() + 15
-    while raw_export(collector.endpoint, request_bytes(worker_spans("r7")), metadata=bearer(TOKEN_A)).code != (
-        grpc.StatusCode.OK
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_until(lambda: export_code("r7", TOKEN_A) == grpc.StatusCode.OK, 15, 0.2, "token A accepted again")
     # r4 probes billed while token A was still in force, then were refused
     assert {acct for (acct,) in ledger(db, "SELECT DISTINCT account_id FROM usage_events")} == {
         "r1",

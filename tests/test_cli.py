@@ -17,7 +17,7 @@ import psycopg
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from spanmeter.billing.ledger.embedded import EmbeddedPostgres
-from support import SPANMETER, Collector, SpanFactory, exporter, raw_export, request_bytes
+from support import SPANMETER, Collector, SpanFactory, exporter, raw_export, request_bytes, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 MS = 1_000_000
@@ -148,10 +148,7 @@ def test_sigterm_commits_in_flight_and_exits_zero(fresh_db):
         results = []
         sender = threading.Thread(target=lambda: results.append(raw_export(c.endpoint, body)))
         sender.start()
-        deadline = time.monotonic() + 10
-        while c.metrics()["spanmeter_ledger_pending_requests"] < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: c.metrics()["spanmeter_ledger_pending_requests"] >= 1, 10, 0.05, "a pending request")
         c.proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert c.proc.poll() is None  # still draining

@@ -10,7 +10,7 @@ import grpc
 import psycopg
 from google.rpc import error_details_pb2
 
-from support import Collector, SpanFactory, raw_export, request_bytes
+from support import Collector, SpanFactory, raw_export, request_bytes, wait_until
 
 MS = 1_000_000
 
@@ -28,10 +28,9 @@ def _hold_commit(db: str, collector: Collector, bodies: list[bytes], waiting: in
     threads = [threading.Thread(target=lambda b=b: results.append(raw_export(collector.endpoint, b))) for b in bodies]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 10
-    while collector.metrics()["spanmeter_ledger_pending_requests"] < waiting:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(
+        lambda: collector.metrics()["spanmeter_ledger_pending_requests"] >= waiting, 10, 0.02, "pending requests"
+    )
     return blocker, threads, results
 
 
@@ -103,13 +102,13 @@ def test_a_request_abandoned_at_its_write_timeout_leaves_no_pending_trace(fresh_
         blocker.commit()
         blocker.close()
         assert raw_export(collector.endpoint, _body("after", 5)).code == grpc.StatusCode.OK
-        deadline = time.monotonic() + 10
-        while True:
+
+        def drained() -> bool:
             m = collector.metrics()
-            if m["spanmeter_ledger_pending_requests"] == 0 and m["spanmeter_oldest_pending_span_age_seconds"] == 0:
-                break
-            assert time.monotonic() < deadline, m["spanmeter_ledger_pending_requests"]
-            time.sleep(0.1)
+            return m["spanmeter_ledger_pending_requests"] == 0 and m["spanmeter_oldest_pending_span_age_seconds"] == 0
+
+        wait_until(drained, 10, what="the pending gauges back at 0")
+        m = collector.metrics()
         assert m['spanmeter_ledger_write_errors_total{kind="timeout"}'] == 2
     finally:
         collector.kill()
