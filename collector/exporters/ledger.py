@@ -164,9 +164,7 @@ class LedgerExporter:
                 break
             try:
                 if conn is None or conn.closed or writer is None:
-                    if conn is not None:
-                        conn.close()
-                    conn = writer = None
+                    conn = writer = self._reset(conn)
                     conn = self._database.connect(connect_timeout=3)
                     # a session setting, so that options given in the database URL stay in force
                     conn.execute("SET statement_timeout = 60000")
@@ -175,19 +173,13 @@ class LedgerExporter:
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 log.warning("ledger unavailable: %s", _first_line(exc))
                 self._fail(batch, "ledger database unavailable")
-                if conn is not None:
-                    conn.close()
-                conn = writer = None
-                time.sleep(0.05)  # do not spin while the database is down
+                conn = writer = self._reset(conn)
             except Exception:
                 log.exception("ledger write failed; retrying each request alone")
                 self._safe_rollback(conn)
                 if writer is None or conn is None or conn.closed:  # could not even set up: start afresh
                     self._fail(batch, "ledger write failed")
-                    if conn is not None:
-                        conn.close()
-                    conn = writer = None
-                    time.sleep(0.05)
+                    conn = writer = self._reset(conn)
                 elif len(batch) == 1:
                     self._fail(batch, "ledger write failed")
                 else:
@@ -201,6 +193,13 @@ class LedgerExporter:
                             self._fail([pending], "ledger write failed")
         if conn is not None:
             conn.close()
+
+    @staticmethod
+    def _reset(conn: psycopg.Connection | None) -> None:
+        """Drop a connection that cannot be trusted; pause so a database that is down is not hammered."""
+        if conn is not None:
+            conn.close()
+        time.sleep(0.05)
 
     @staticmethod
     def _safe_rollback(conn: psycopg.Connection | None) -> None:
@@ -251,7 +250,7 @@ class LedgerExporter:
         m = self._metrics
         billed: Counter[str] = Counter()
         duplicate: Counter[str] = Counter()
-        amounts: Counter[tuple] = Counter()
+        amounts: Counter[tuple] = Counter()  # (labelled counter, label values) -> quantity
         observe_lag = m.pipeline_lag.observe
         # the same span twice in one batch is inserted once: count each new key once
         unclaimed = set(written.inserted_keys) if written.inserted_keys is not None else None
@@ -266,25 +265,18 @@ class LedgerExporter:
             observe_lag(max(0.0, committed_at - row.end_time_unix_nano / 1e9))
             plan = m.plan_cap(row.plan_code)
             if row.meter is WORKER_SECONDS:
-                amounts[("worker", plan)] += row.quantity
+                amounts[(m.billable_worker_seconds, (plan,))] += row.quantity
             elif row.meter is GPU_SECONDS:
-                amounts[("gpu", plan, m.gpu_cap(row.metadata.get("gpu.model")))] += row.quantity
+                amounts[(m.billable_gpu_seconds, (plan, m.gpu_cap(row.metadata.get("gpu.model"))))] += row.quantity
             elif row.meter is INPUT_TOKENS:
-                amounts[("tokens", plan, "input")] += row.quantity
+                amounts[(m.billable_tokens, (plan, "input"))] += row.quantity
             elif row.meter is OUTPUT_TOKENS:
-                amounts[("tokens", plan, "output")] += row.quantity
+                amounts[(m.billable_tokens, (plan, "output"))] += row.quantity
             elif row.meter is API_REQUESTS:
-                amounts[("api", plan)] += row.quantity
+                amounts[(m.billable_api_requests, (plan,))] += row.quantity
         for code, count in billed.items():
             m.spans_billed.labels(code).inc(count)
         for code, count in duplicate.items():
             m.duplicates.labels(code).inc(count)
-        for key, amount in amounts.items():
-            kind, labels = key[0], key[1:]
-            counter = {
-                "worker": m.billable_worker_seconds,
-                "gpu": m.billable_gpu_seconds,
-                "tokens": m.billable_tokens,
-                "api": m.billable_api_requests,
-            }[kind]
+        for (counter, labels), amount in amounts.items():
             counter.labels(*labels).inc(float(amount))
