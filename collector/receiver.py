@@ -41,7 +41,7 @@ from .auth import Authenticator, Producer
 from .config import CollectorConfig
 from .exporters.ledger import LedgerExporter, LedgerUnavailable, PendingWrite
 from .metrics import CollectorMetrics
-from .otlp import SERVICE_NAME, UnparseableRequest, abort, decode_request
+from .otlp import SERVICE_NAME, DecodedRequest, UnparseableRequest, abort, decode_request
 from .processors.usage import MeteringResult, meter_request
 
 __all__ = ["RETRY_DELAY_SECONDS", "TraceReceiver"]
@@ -157,7 +157,9 @@ class TraceReceiver:
             self._requests_in_flight -= requests
             self._spans_in_flight -= spans
 
-    def _meter_and_write(self, decoded, producer: Producer | None, context: grpc.ServicerContext) -> bytes:
+    def _meter_and_write(
+        self, decoded: DecodedRequest, producer: Producer | None, context: grpc.ServicerContext
+    ) -> bytes:
         result = meter_request(decoded.request, self._limits, self._clock(), producer)
         self._metrics.spans_received.inc(result.spans_received)
         if result.rows or result.rejections:

@@ -212,6 +212,11 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _iso(moment: datetime | None) -> str | None:
+    """A UTC time as ISO 8601 with a Z."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment is not None else None
+
+
 def _parse_time(text: str, flag: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -239,12 +244,11 @@ def _usage(args: argparse.Namespace) -> int:
         totals = usage_totals(engine, args.account, start, end)
     finally:
         engine.dispose()
-    iso = lambda t: t.isoformat().replace("+00:00", "Z")  # noqa: E731
     if args.format == "json":
         doc = {
             "account_id": args.account,
-            "from": iso(start),
-            "to": iso(end),
+            "from": _iso(start),
+            "to": _iso(end),
             "meters": [
                 {"meter_code": t.meter_code, "unit": t.unit, "quantity": str(t.quantity), "events": t.events}
                 for t in totals
@@ -255,9 +259,9 @@ def _usage(args: argparse.Namespace) -> int:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["account_id", "from", "to", "meter_code", "unit", "quantity", "events"])
         for t in totals:
-            writer.writerow([args.account, iso(start), iso(end), t.meter_code, t.unit, t.quantity, t.events])
+            writer.writerow([args.account, _iso(start), _iso(end), t.meter_code, t.unit, t.quantity, t.events])
     else:
-        print(f"account {args.account}: usage from {iso(start)} to {iso(end)} (end exclusive)")
+        print(f"account {args.account}: usage from {_iso(start)} to {_iso(end)} (end exclusive)")
         if not totals:
             print("  no usage in this period")
         else:
@@ -371,10 +375,9 @@ def _dead_letter(args: argparse.Namespace) -> int:
 
 
 def _dead_letter_document(r, with_span: bool) -> dict:
-    iso = lambda t: t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None  # noqa: E731
     doc = {
         "id": r.rejection_key,
-        "rejected_at": iso(r.rejected_at),
+        "rejected_at": _iso(r.rejected_at),
         "reason": r.reason,
         "message": r.error_message,
         "status": r.status,
@@ -383,10 +386,15 @@ def _dead_letter_document(r, with_span: bool) -> dict:
         "meters": r.meter_codes,
         "trace_id": r.trace_id,
         "span_id": r.span_id,
-        "span_ended_at": iso(r.span_ended_at),
+        "span_ended_at": _iso(r.span_ended_at),
     }
     if r.replayed_at:
-        doc["replay"] = {"at": iso(r.replayed_at), "by": r.replayed_by, "why": r.replay_reason, "patch": r.replay_patch}
+        doc["replay"] = {
+            "at": _iso(r.replayed_at),
+            "by": r.replayed_by,
+            "why": r.replay_reason,
+            "patch": r.replay_patch,
+        }
     if with_span and r.payload is not None:
         from spanmeter.collector.otlp_json import resource_spans_to_json
 
