@@ -8,7 +8,8 @@
   billable usage (use it with :class:`spanmeter.instrumentation.sampling.BillingSafeSampler`).
 
 Both follow the SDK's rule for code on the application's hot path: they never raise into the
-application and never block it (the batch queue drops when full, and the SDK counts what it drops).
+application and never block it. The batch queue drops a span when it is full: ``SpanmeterSpanProcessor``
+counts every such drop in ``spanmeter_sdk_spans_dropped_total{reason="queue_full"}`` (:mod:`.metrics`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from spanmeter import attributes as A
 
+from . import metrics
 from .billable import is_billable
 
 __all__ = ["STAMPED_KEYS", "AttributionSpanProcessor", "SpanmeterSpanProcessor"]
@@ -47,14 +49,21 @@ class SpanmeterSpanProcessor(BatchSpanProcessor):
 
     def __init__(self, exporter: SpanExporter, **batch_options: int | float | None) -> None:
         super().__init__(exporter, **batch_options)  # type: ignore[arg-type]
-        if not hasattr(self, "_batch_processor"):  # the SDK's internal queue, checked once at set-up
-            raise RuntimeError("this opentelemetry-sdk version has no BatchSpanProcessor._batch_processor")
+        queue = getattr(self, "_batch_processor", None)  # the SDK's internal queue, checked once at set-up
+        if queue is None or not all(hasattr(queue, name) for name in ("_queue", "_max_queue_size", "_shutdown")):
+            raise RuntimeError("this opentelemetry-sdk version's BatchSpanProcessor has an unknown layout")
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
             if span.context is None:
                 return
             if span.context.trace_flags.sampled or is_billable(span.kind, span.attributes):
-                self._batch_processor.emit(span)
+                queue = self._batch_processor
+                if queue._shutdown:
+                    metrics.SPANS_DROPPED.labels("shutdown").inc()
+                    return
+                if len(queue._queue) >= queue._max_queue_size:  # the deque will push the oldest span out
+                    metrics.SPANS_DROPPED.labels("queue_full").inc()
+                queue.emit(span)
         except Exception:
             log.debug("queueing a span for export failed", exc_info=True)

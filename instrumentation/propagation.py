@@ -3,12 +3,15 @@
 W3C baggage arrives on inbound HTTP requests from anyone. :class:`AttributionSafeBaggagePropagator`
 extracts baggage like the standard W3C propagator, then drops the keys spanmeter reserves for
 attribution (``account_id``, ``job_id``, ``plan_code`` and every ``spanmeter.*`` key): a client cannot
-choose whom its usage is billed to. Server-side code sets them after authentication (see
+choose whom its usage is billed to, nor mark its own traffic synthetic (unbilled). Server-side code sets
+the keys after authentication (:class:`spanmeter.instrumentation.django.SpanmeterMiddleware`, or
 :func:`spanmeter.instrumentation.helpers.attribution`); they are injected into outgoing requests and
 Celery messages as usual, so they cross the broker to every task.
 
-Use it for *inbound HTTP* only: a Celery worker must extract the reserved keys from task messages, which
-only trusted code (the web tier that authenticated the request) put there.
+Reserved keys are kept only when the carrier is read through a *trusted getter*: the Celery
+instrumentation's getter by default, because task messages are written by your own web tier (which
+authenticated the request) into your own broker. Anyone who can write to the broker can already run
+tasks as any account; protect the broker like the database.
 """
 
 from __future__ import annotations
@@ -28,10 +31,22 @@ def is_reserved(key: str) -> bool:
 
 
 class AttributionSafeBaggagePropagator(W3CBaggagePropagator):
+    """W3C baggage that strips reserved keys unless the carrier comes through a trusted getter.
+
+    ``trusted_getter_types``: getter classes whose carriers are written by trusted code only (for
+    example ``opentelemetry.instrumentation.celery.utils.CeleryGetter``, what :mod:`.bootstrap` passes).
+    """
+
+    def __init__(self, trusted_getter_types: tuple[type, ...] = ()) -> None:
+        super().__init__()
+        self.trusted_getter_types = trusted_getter_types
+
     def extract(
         self, carrier: CarrierT, context: Context | None = None, getter: Getter[CarrierT] = default_getter
     ) -> Context:
         extracted = super().extract(carrier, context, getter)
+        if self.trusted_getter_types and isinstance(getter, self.trusted_getter_types):
+            return extracted
         for key in list(baggage.get_all(extracted)):
             if is_reserved(key):
                 extracted = baggage.remove_baggage(key, extracted)

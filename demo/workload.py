@@ -1,0 +1,120 @@
+"""The demo workload and exactly what it must put in the ledger (pure: no I/O, no clock).
+
+Per document (one ``POST /documents``), attributed to the request's account and job:
+
+========================  =====  ====================================================================
+meter                     rows   quantity
+========================  =====  ====================================================================
+``api_requests``          1      1 request
+``worker_seconds``        3 (4)  extract_text, detect_tables, classify_document; a *flaky* document's
+                                 failed first attempt bills too (``bill_failed``: the worker was busy)
+``gpu_seconds``           1      GPU-section duration, rounded up to 100 ms, × ``gpus``
+``input_tokens``          1      :func:`input_tokens` (``pages``)
+``output_tokens``         1      :func:`output_tokens` (``pages``)
+========================  =====  ====================================================================
+
+Synthetic documents (``X-Spanmeter-Synthetic: true``) produce the same spans and no ledger rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ACCOUNTS",
+    "Document",
+    "Submission",
+    "expected_rows",
+    "input_tokens",
+    "output_tokens",
+    "plan",
+]
+
+# (account_id, plan_code): one customer per plan the rating engine knows
+ACCOUNTS = (("acme", "starter"), ("globex", "growth"), ("initech", "platform"))
+
+EXTRACT_SECONDS_PER_PAGE = 0.05
+GPU_SECONDS_PER_PAGE = 0.08
+LLM_CALL_SECONDS = 0.04
+MODEL = "gpt-4o-mini"
+PROVIDER = "openai"
+
+
+def input_tokens(pages: int) -> int:
+    return 320 * pages + 180  # the prompt: instructions plus the extracted text
+
+
+def output_tokens(pages: int) -> int:
+    return 24 + 6 * pages  # the label and a short rationale
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str
+    pages: int
+    gpus: int
+    flaky: bool = False
+
+    def body(self) -> dict[str, object]:
+        return {"name": self.name, "pages": self.pages, "gpus": self.gpus, "flaky": self.flaky}
+
+
+@dataclass(frozen=True)
+class Submission:
+    account_id: str
+    plan_code: str
+    document: Document
+    synthetic: bool = False
+
+    def headers(self) -> dict[str, str]:
+        """What the trusted gateway sets after authenticating the caller."""
+        headers = {"X-Spanmeter-Account-Id": self.account_id, "X-Spanmeter-Plan-Code": self.plan_code}
+        if self.synthetic:
+            headers["X-Spanmeter-Synthetic"] = "true"
+        return headers
+
+
+def plan(documents_per_account: int = 4, synthetic_probes: int = 2) -> list[Submission]:
+    """A few accounts on different plans, interleaved; every fourth document flaky; plus probes."""
+    submissions: list[Submission] = []
+    for index in range(documents_per_account):
+        for rank, (account, plan_code) in enumerate(ACCOUNTS):
+            pages = 1 + (index * 3 + rank * 2) % 5
+            gpus = 1 + (index + rank) % 2
+            flaky = (index + rank) % 4 == 1
+            submissions.append(Submission(account, plan_code, Document(f"{account}-{index + 1}", pages, gpus, flaky)))
+    for probe in range(synthetic_probes):
+        submissions.append(Submission("acme", "starter", Document(f"probe-{probe + 1}", 1, 1), synthetic=True))
+    return submissions
+
+
+def expected_rows(submissions: list[Submission]) -> dict[tuple[str, str], int]:
+    """Ledger rows per (account_id, meter_code) the submissions must produce."""
+    rows: dict[tuple[str, str], int] = {}
+    for s in submissions:
+        if s.synthetic:
+            continue
+        counts = {
+            "api_requests": 1,
+            "worker_seconds": 4 if s.document.flaky else 3,
+            "gpu_seconds": 1,
+            "input_tokens": 1,
+            "output_tokens": 1,
+        }
+        for meter, n in counts.items():
+            rows[(s.account_id, meter)] = rows.get((s.account_id, meter), 0) + n
+    return rows
+
+
+def expected_tokens(submissions: list[Submission]) -> dict[tuple[str, str], int]:
+    """Exact token totals per (account_id, meter_code)."""
+    totals: dict[tuple[str, str], int] = {}
+    for s in submissions:
+        if s.synthetic:
+            continue
+        for meter, n in (
+            ("input_tokens", input_tokens(s.document.pages)),
+            ("output_tokens", output_tokens(s.document.pages)),
+        ):
+            totals[(s.account_id, meter)] = totals.get((s.account_id, meter), 0) + n
+    return totals

@@ -1,0 +1,357 @@
+"""What ``import spanmeter.instrumentation.auto`` does, as two symmetric functions.
+
+:func:`instrument` (idempotent: a second call returns the first call's state):
+
+1. **Tracer provider.** If the application already set an SDK ``TracerProvider``, spanmeter attaches its
+   processors to it and wraps its sampler (tracers created *before* that keep the old sampler); a
+   global provider can only be set once, so it is never replaced. Otherwise it creates one from the
+   standard variables (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``, plus
+   ``SPANMETER_SERVICE_VERSION`` / ``SPANMETER_ENVIRONMENT``) and sets it globally.
+2. **Processors.** :class:`~.processors.AttributionSpanProcessor` (baggage → span attributes at start) and
+   :class:`~.processors.SpanmeterSpanProcessor` exporting, through a fork-safe
+   :class:`~.exporting.ProcessLocalExporter`, to the OTLP/gRPC endpoint in ``OTEL_EXPORTER_OTLP_*``.
+   The sampler is wrapped in :class:`~.sampling.BillingSafeSampler`: billable spans are exported whatever
+   the sampler said.
+3. **Propagation.** W3C tracecontext + baggage, where inbound baggage loses the reserved attribution keys
+   except in Celery task messages (:mod:`.propagation`).
+4. **Django** (if installed): the official instrumentation and :class:`~.django.SpanmeterMiddleware`, put
+   into ``settings.MIDDLEWARE`` when Django builds its middleware chain (so the import can sit at the top
+   of ``settings.py``).
+5. **Celery** (if installed): the official instrumentation now (so publishers inject context into task
+   messages) and again in ``worker_process_init`` (each prefork child; the exporter and the SDK's batch
+   thread are rebuilt after the fork); ``worker_process_shutdown`` flushes.
+6. **SIGTERM** (main thread only): flushes spans (``SPANMETER_FLUSH_TIMEOUT_MILLIS``), then hands over to
+   the handler that was installed before, or terminates like the default. Process exit flushes too (the
+   SDK provider's ``atexit``).
+
+:func:`uninstrument` undoes exactly what :func:`instrument` did: it flushes and detaches spanmeter's
+processors, restores the previous sampler, propagator, SIGTERM handler and Django middleware list, and
+uninstruments Django and Celery if spanmeter instrumented them. A provider spanmeter created stays the
+global provider (OpenTelemetry does not allow replacing it), now without spanmeter's processors.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from . import django as django_support
+from .config import InstrumentationConfig, load_instrumentation_config
+from .exporting import ProcessLocalExporter
+from .processors import AttributionSpanProcessor, SpanmeterSpanProcessor
+from .propagation import AttributionSafeBaggagePropagator
+from .sampling import BillingSafeSampler
+
+__all__ = ["Instrumentation", "current", "instrument", "uninstrument"]
+
+log = logging.getLogger(__name__)
+_lock = threading.RLock()
+
+
+@dataclass
+class Instrumentation:
+    """What :func:`instrument` did, so that :func:`uninstrument` undoes exactly that."""
+
+    config: InstrumentationConfig
+    provider: TracerProvider | None = None
+    created_provider: bool = False
+    previous_sampler: Any = None
+    processors: list[Any] = field(default_factory=list)
+    previous_propagator: TextMapPropagator | None = None
+    django_patched: Any = None  # the original BaseHandler.load_middleware
+    django_instrumented: bool = False
+    celery_instrumented: bool = False
+    celery_handlers: list[tuple[Any, Any]] = field(default_factory=list)
+    previous_sigterm: Any = None
+    sigterm_handler: Any = None
+
+    def flush(self, timeout_millis: int | None = None) -> bool:
+        done = True
+        for processor in self.processors:
+            try:
+                done = processor.force_flush(timeout_millis or self.config.flush_timeout_millis) and done
+            except Exception:
+                log.warning("flushing spans failed", exc_info=True)
+                done = False
+        return done
+
+
+_state: Instrumentation | None = None
+
+
+def current() -> Instrumentation | None:
+    return _state
+
+
+def instrument(
+    exporter: SpanExporter | None = None, environ: dict[str, str] | None = None, **batch_options: Any
+) -> Instrumentation | None:
+    """Set up tracing for this process (see the module docstring); ``None`` when ``OTEL_SDK_DISABLED``.
+
+    ``exporter`` replaces the OTLP exporter (tests use an in-memory one); ``batch_options`` go to the
+    batch processor (``schedule_delay_millis``, ``max_queue_size``, …; the ``OTEL_BSP_*`` variables
+    otherwise)."""
+    global _state
+    with _lock:
+        if _state is not None:
+            return _state
+        config = load_instrumentation_config(environ)
+        if config.sdk_disabled:
+            log.info("OTEL_SDK_DISABLED is set: spanmeter instrumentation is off")
+            return None
+        django_support.trusted_headers = config.trusted_headers
+        django_support.resolver_path = config.attribution_resolver
+        state = Instrumentation(config)
+        _setup_provider(state, exporter or ProcessLocalExporter(), batch_options)
+        _setup_propagation(state)
+        if config.instrument_django:
+            _setup_django(state)
+        if config.instrument_celery:
+            _setup_celery(state)
+        _setup_sigterm(state)
+        _state = state
+        return state
+
+
+def uninstrument() -> None:
+    global _state
+    with _lock:
+        state, _state = _state, None
+        if state is None:
+            return
+        _teardown_sigterm(state)
+        _teardown_celery(state)
+        _teardown_django(state)
+        if state.previous_propagator is not None:
+            propagate.set_global_textmap(state.previous_propagator)
+        _teardown_provider(state)
+
+
+# --- provider and processors -------------------------------------------------------------------------
+
+
+def _setup_provider(state: Instrumentation, exporter: SpanExporter, batch_options: dict[str, Any]) -> None:
+    existing = trace.get_tracer_provider()
+    if isinstance(existing, TracerProvider):
+        provider = existing
+        state.previous_sampler = provider.sampler
+        if not isinstance(provider.sampler, BillingSafeSampler):
+            provider.sampler = BillingSafeSampler(provider.sampler)
+    elif type(existing).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider") and _provider_settable(existing):
+        provider = TracerProvider(resource=_resource(state.config), sampler=BillingSafeSampler(_env_sampler()))
+        trace.set_tracer_provider(provider)
+        state.created_provider = True
+    else:
+        log.warning("the global tracer provider (%s) is not the OpenTelemetry SDK's: spanmeter adds nothing", existing)
+        return
+    state.provider = provider
+    processors = [AttributionSpanProcessor(), SpanmeterSpanProcessor(exporter, **batch_options)]
+    for processor in processors:
+        provider.add_span_processor(processor)
+    state.processors = processors
+
+
+def _provider_settable(existing: Any) -> bool:
+    return type(existing).__name__ == "ProxyTracerProvider"
+
+
+def _env_sampler() -> Any:
+    from opentelemetry.sdk.trace import sampling
+
+    try:
+        return sampling._get_from_env_or_default()
+    except Exception:
+        log.warning("OTEL_TRACES_SAMPLER could not be read; using parentbased_always_on", exc_info=True)
+        return sampling.ParentBased(sampling.ALWAYS_ON)
+
+
+def _resource(config: InstrumentationConfig) -> Resource:
+    from_env = OTELResourceDetector().detect().attributes
+    defaults = {"service.version": config.service_version, "deployment.environment.name": config.environment}
+    return Resource.create({k: v for k, v in defaults.items() if v and k not in from_env})
+
+
+def _teardown_provider(state: Instrumentation) -> None:
+    provider = state.provider
+    if provider is None:
+        return
+    state.flush()
+    multi = getattr(provider, "_active_span_processor", None)
+    lock = getattr(multi, "_lock", None)
+    if multi is not None and lock is not None and hasattr(multi, "_span_processors"):
+        with lock:
+            multi._span_processors = tuple(p for p in multi._span_processors if p not in state.processors)
+    for processor in state.processors:
+        try:
+            processor.shutdown()
+        except Exception:
+            log.debug("shutting a processor down failed", exc_info=True)
+    if state.previous_sampler is not None:
+        provider.sampler = state.previous_sampler
+
+
+# --- propagation --------------------------------------------------------------------------------------
+
+
+def _trusted_getter_types() -> tuple[type, ...]:
+    try:
+        from opentelemetry.instrumentation.celery import CeleryGetter
+    except ImportError:
+        return ()
+    return (CeleryGetter,)
+
+
+def _setup_propagation(state: Instrumentation) -> None:
+    previous = propagate.get_global_textmap()
+    safe = AttributionSafeBaggagePropagator(_trusted_getter_types())
+    members = list(getattr(previous, "_propagators", [previous]))
+    rebuilt: list[TextMapPropagator] = []
+    for member in members:
+        if isinstance(member, W3CBaggagePropagator):
+            rebuilt.append(safe)
+        elif type(member).__name__ != "NoOpTextMapPropagator" and member is not None:
+            rebuilt.append(member)
+    if not any(isinstance(m, TraceContextTextMapPropagator) for m in rebuilt):
+        rebuilt.insert(0, TraceContextTextMapPropagator())
+    if safe not in rebuilt:
+        rebuilt.append(safe)
+    propagate.set_global_textmap(CompositePropagator(rebuilt))
+    state.previous_propagator = previous
+
+
+# --- Django ---------------------------------------------------------------------------------------------
+
+
+def _setup_django(state: Instrumentation) -> None:
+    try:
+        from django.core.handlers.base import BaseHandler
+        from opentelemetry.instrumentation.django import DjangoInstrumentor
+    except ImportError:
+        return
+    state.django_instrumented = not DjangoInstrumentor().is_instrumented_by_opentelemetry
+    original = BaseHandler.load_middleware
+    provider = state.provider
+
+    def load_middleware(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # settings are configured by now; runs before every handler builds its chain (idempotent)
+        try:
+            django_support.install(tracer_provider=provider)
+        except Exception:
+            log.warning("spanmeter could not instrument Django", exc_info=True)
+        return original(self, *args, **kwargs)
+
+    load_middleware.__wrapped__ = original  # type: ignore[attr-defined]
+    BaseHandler.load_middleware = load_middleware  # type: ignore[method-assign]
+    state.django_patched = original
+
+
+def _teardown_django(state: Instrumentation) -> None:
+    if state.django_patched is None:
+        return
+    from django.core.handlers.base import BaseHandler
+
+    BaseHandler.load_middleware = state.django_patched  # type: ignore[method-assign]
+    try:
+        from django.conf import settings
+
+        if settings.configured:
+            middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+            if django_support.MIDDLEWARE_PATH in middleware:
+                middleware.remove(django_support.MIDDLEWARE_PATH)
+                settings.MIDDLEWARE = middleware
+    except Exception:
+        log.debug("removing the middleware failed", exc_info=True)
+    if state.django_instrumented:
+        from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+        DjangoInstrumentor().uninstrument()
+
+
+# --- Celery ---------------------------------------------------------------------------------------------
+
+
+def _setup_celery(state: Instrumentation) -> None:
+    try:
+        from celery import signals
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    except ImportError:
+        return
+    provider = state.provider
+    instrumentor = CeleryInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=provider)
+        state.celery_instrumented = True
+
+    def on_worker_process_init(**_: Any) -> None:
+        # Celery requires instrumenting inside each worker process; inherited state is reused, and the
+        # exporter / batch thread are rebuilt for this pid on first use.
+        try:
+            if not CeleryInstrumentor().is_instrumented_by_opentelemetry:
+                CeleryInstrumentor().instrument(tracer_provider=provider)
+        except Exception:
+            log.warning("spanmeter could not instrument this Celery worker process", exc_info=True)
+
+    def on_worker_process_shutdown(**_: Any) -> None:
+        if not state.flush():
+            log.warning("not every span was flushed before the worker process exited")
+
+    for signal_, handler in (
+        (signals.worker_process_init, on_worker_process_init),
+        (signals.worker_process_shutdown, on_worker_process_shutdown),
+    ):
+        signal_.connect(handler, weak=False)
+        state.celery_handlers.append((signal_, handler))
+
+
+def _teardown_celery(state: Instrumentation) -> None:
+    for signal_, handler in state.celery_handlers:
+        signal_.disconnect(handler)
+    if state.celery_instrumented:
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        CeleryInstrumentor().uninstrument()
+
+
+# --- SIGTERM ----------------------------------------------------------------------------------------------
+
+
+def _setup_sigterm(state: Instrumentation) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        state.flush()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_IGN:
+            return
+        else:  # the default: terminate, as if spanmeter were not here
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+
+    try:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except (ValueError, OSError):
+        return
+    state.previous_sigterm = previous
+    state.sigterm_handler = on_sigterm
+
+
+def _teardown_sigterm(state: Instrumentation) -> None:
+    if state.sigterm_handler is None or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is state.sigterm_handler:
+        signal.signal(signal.SIGTERM, state.previous_sigterm)

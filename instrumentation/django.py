@@ -1,0 +1,191 @@
+"""Django: attribution after authentication, on the server span and everything the request causes.
+
+The official Django instrumentation starts the server span in the first middleware, before any
+authentication. :class:`SpanmeterMiddleware` runs after ``AuthenticationMiddleware``; it asks the
+*attribution resolver* who the request bills, then
+
+1. sets ``account_id``, ``job_id``, ``plan_code`` (and ``spanmeter.synthetic``) on the server span,
+2. attaches them as W3C baggage for the rest of the request, so every child span and every Celery task
+   enqueued by the request (across the broker) carries them (``AttributionSpanProcessor`` stamps them
+   on each span as it starts),
+3. exposes them as ``request.spanmeter`` (an :class:`Attribution`), for views that return the job id.
+
+``job_id`` is a new UUID per request unless the resolver supplies one. :func:`install` (called by
+``import spanmeter.instrumentation.auto``) puts the middleware in ``settings.MIDDLEWARE`` for you, right
+after ``django.contrib.auth.middleware.AuthenticationMiddleware`` (or first after the OpenTelemetry
+middleware when there is no authentication middleware).
+
+The resolver is a function ``resolve(request) -> Attribution | None`` named by the Django setting or the
+environment variable ``SPANMETER_ATTRIBUTION_RESOLVER`` (``"module.path:function"``). The default,
+:func:`default_resolver`:
+
+- with ``SPANMETER_TRUSTED_HEADERS=true``, reads headers a trusted gateway sets (and strips from client
+  requests): ``X-Spanmeter-Account-Id``, ``X-Spanmeter-Plan-Code``, ``X-Spanmeter-Job-Id`` and
+  ``X-Spanmeter-Synthetic: true`` (synthetic traffic, metered but never billed);
+- otherwise, or when the headers are absent, the authenticated user: ``user.spanmeter_account_id`` if the
+  user model has it, else the username; ``user.spanmeter_plan_code`` if present;
+- otherwise ``None``: the request is not attributed (its ``api_requests`` usage is only counted).
+
+A custom resolver, e.g. API keys to accounts::
+
+    # settings.py
+    SPANMETER_ATTRIBUTION_RESOLVER = "myapp.billing:resolve"
+
+    # myapp/billing.py
+    from spanmeter.instrumentation.django import Attribution
+
+    def resolve(request):
+        key = ApiKey.objects.filter(token=request.headers.get("X-Api-Key")).first()
+        return Attribution(account_id=key.account_id, plan_code=key.plan) if key else None
+
+Inbound ``baggage`` headers never decide attribution: the reserved keys are stripped on extraction
+(:mod:`.propagation`). The middleware never raises into the application: a failing resolver is logged
+and the request goes on unattributed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import baggage, context, trace
+
+from spanmeter import attributes as A
+
+__all__ = ["MIDDLEWARE_PATH", "Attribution", "SpanmeterMiddleware", "default_resolver", "install", "load_resolver"]
+
+log = logging.getLogger(__name__)
+
+MIDDLEWARE_PATH = "spanmeter.instrumentation.django.SpanmeterMiddleware"
+_AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+_OTEL_MIDDLEWARE = "opentelemetry.instrumentation.django.middleware.otel_middleware._DjangoMiddleware"
+_TRUE = ("true", "1", "yes")
+
+# set by spanmeter.instrumentation.bootstrap from its configuration
+trusted_headers = False
+resolver_path = "spanmeter.instrumentation.django:default_resolver"
+
+
+@dataclass(frozen=True)
+class Attribution:
+    account_id: str
+    plan_code: str | None = None
+    job_id: str | None = None
+    synthetic: bool = False
+
+
+def default_resolver(request: Any) -> Attribution | None:
+    if trusted_headers:
+        meta = request.META
+        account = meta.get("HTTP_X_SPANMETER_ACCOUNT_ID")
+        if account:
+            return Attribution(
+                account_id=account,
+                plan_code=meta.get("HTTP_X_SPANMETER_PLAN_CODE") or None,
+                job_id=meta.get("HTTP_X_SPANMETER_JOB_ID") or None,
+                synthetic=meta.get("HTTP_X_SPANMETER_SYNTHETIC", "").lower() in _TRUE,
+            )
+    user = getattr(request, "user", None)
+    if user is not None and getattr(user, "is_authenticated", False):
+        account = getattr(user, "spanmeter_account_id", None) or user.get_username()
+        if account:
+            return Attribution(account_id=str(account), plan_code=getattr(user, "spanmeter_plan_code", None))
+    return None
+
+
+def load_resolver(path: str | None = None) -> Callable[[Any], Attribution | None]:
+    """The resolver named ``module.path:function`` (Django setting, else environment, else the default)."""
+    if path is None:
+        try:
+            from django.conf import settings
+
+            path = getattr(settings, "SPANMETER_ATTRIBUTION_RESOLVER", None)
+        except Exception:
+            path = None
+    module_name, _, attr = (path or resolver_path).partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+class SpanmeterMiddleware:
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        self.resolve = load_resolver()  # fails at start-up, not per request, when the path is wrong
+
+    def __call__(self, request: Any) -> Any:
+        token = None
+        try:
+            token = self._attribute(request)
+        except Exception:
+            log.warning("spanmeter attribution failed; the request goes on unattributed", exc_info=True)
+        try:
+            return self.get_response(request)
+        finally:
+            if token is not None:
+                context.detach(token)
+
+    def _attribute(self, request: Any) -> object | None:
+        found = self.resolve(request)
+        if found is None:
+            return None
+        if found.job_id is None:
+            found = Attribution(found.account_id, found.plan_code, uuid.uuid4().hex, found.synthetic)
+        request.spanmeter = found
+        values = {A.ACCOUNT_ID: found.account_id, A.JOB_ID: found.job_id}
+        if found.plan_code:
+            values[A.PLAN_CODE] = found.plan_code
+        ctx = context.get_current()
+        for key, value in values.items():
+            ctx = baggage.set_baggage(key, value, ctx)
+        span = trace.get_current_span()
+        attributes: dict[str, Any] = dict(values)
+        if found.synthetic:
+            ctx = baggage.set_baggage(A.SYNTHETIC, "true", ctx)
+            attributes[A.SYNTHETIC] = True
+        if span.is_recording():
+            span.set_attributes(attributes)  # the server span started before authentication
+        return context.attach(ctx)
+
+
+def install(tracer_provider: Any = None) -> bool:
+    """Instrument Django (official instrumentation) and add :class:`SpanmeterMiddleware`; needs settings.
+
+    Returns whether the middleware was added now (False when it already was)."""
+    from django.conf import settings
+    from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+    instrumentor = DjangoInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=tracer_provider)
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    if MIDDLEWARE_PATH in middleware:
+        return False
+    if _AUTH_MIDDLEWARE in middleware:
+        position = middleware.index(_AUTH_MIDDLEWARE) + 1
+    elif _OTEL_MIDDLEWARE in middleware:
+        position = middleware.index(_OTEL_MIDDLEWARE) + 1
+    else:
+        position = 0
+    middleware.insert(position, MIDDLEWARE_PATH)
+    settings.MIDDLEWARE = middleware
+    return True
+
+
+def uninstall() -> None:
+    from django.conf import settings
+    from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+    if settings.configured:
+        middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+        if MIDDLEWARE_PATH in middleware:
+            middleware.remove(MIDDLEWARE_PATH)
+            settings.MIDDLEWARE = middleware
+    instrumentor = DjangoInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()

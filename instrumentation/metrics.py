@@ -1,0 +1,48 @@
+"""In-process metrics of the instrumentation: what the application's SDK exported and what it lost.
+
+"Nothing lost" stops at the process boundary only if the process says what it lost. The OpenTelemetry
+SDK drops a span when its batch queue is full and gives up on a batch when the exporter's retries run
+out; spanmeter counts both, per process, in the application's default Prometheus registry:
+
+=====================================  ========  =============================================================
+metric                                 labels    meaning
+=====================================  ========  =============================================================
+``spanmeter_sdk_spans_exported_total``  —        spans the collector (or sidecar) acknowledged
+``spanmeter_sdk_spans_dropped_total``  ``reason``  ``queue_full``: the batch queue was full (raise
+                                                 ``OTEL_BSP_MAX_QUEUE_SIZE``); ``export_failed``: the exporter
+                                                 gave up after its retries/timeout; ``shutdown``: ended after
+                                                 the processor shut down
+=====================================  ========  =============================================================
+
+Expose them with the application's existing ``/metrics`` endpoint (django-prometheus, or
+``prometheus_client.start_http_server``); drops are also logged at WARNING. A non-zero drop rate means
+billable usage may be missing: the durable fix is the sidecar collector (``deploy/otelcol-sidecar.yaml``).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+__all__ = ["DROP_REASONS", "SPANS_DROPPED", "SPANS_EXPORTED", "snapshot"]
+
+DROP_REASONS = ("queue_full", "export_failed", "shutdown")
+
+SPANS_EXPORTED = Counter(
+    "spanmeter_sdk_spans_exported",
+    "Spans this process exported and the receiver acknowledged.",
+)
+SPANS_DROPPED = Counter(
+    "spanmeter_sdk_spans_dropped",
+    "Spans this process lost before the receiver acknowledged them, by reason.",
+    ["reason"],
+)
+for _reason in DROP_REASONS:
+    SPANS_DROPPED.labels(_reason)
+
+
+def snapshot() -> dict[str, float]:
+    """This process's counts: ``exported`` and one entry per drop reason."""
+    counts = {"exported": SPANS_EXPORTED._value.get()}
+    for reason in DROP_REASONS:
+        counts[reason] = SPANS_DROPPED.labels(reason)._value.get()
+    return counts
