@@ -79,7 +79,7 @@ def plan(documents_per_account: int = 4, synthetic_probes: int = 2) -> list[Subm
     submissions: list[Submission] = []
     for index in range(documents_per_account):
         for rank, (account, plan_code) in enumerate(ACCOUNTS):
-            pages = 1 + (index * 3 + rank * 2) % 5
+            pages = 1 + (3 * index + 5 * rank + index * rank) % 6
             gpus = 1 + (index + rank) % 2
             flaky = (index + rank) % 4 == 1
             submissions.append(Submission(account, plan_code, Document(f"{account}-{index + 1}", pages, gpus, flaky)))

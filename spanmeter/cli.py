@@ -1,6 +1,7 @@
 """The ``spanmeter`` command line.
 
     spanmeter serve [--otlp-endpoint HOST:PORT] [--metrics-port N] [--database-url URL] [--data-dir DIR]
+    spanmeter demo [--documents N] [--broker URL]      (the main job: a metered Django + Celery pipeline)
     spanmeter db upgrade | url | stop
     spanmeter usage --account ID [--from DATE] [--to DATE] [--format table|json|csv]
 
@@ -60,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     auth_sub = auth.add_subparsers(dest="auth_command", required=True)
     auth_sub.add_parser("new-token", help="print a new random token and the sha256 line for the producers file")
     auth_sub.add_parser("hash-token", help="read a token on standard input, print its sha256 for the producers file")
+
+    demo = sub.add_parser("demo", help="the main job: a Django + Celery pipeline metered end to end (about a minute)")
+    demo.add_argument("--documents", type=int, default=5, help="documents per account (default 5)")
+    demo.add_argument(
+        "--broker", help="Celery broker URL (default: kombu's SQLAlchemy transport on the ledger's PostgreSQL)"
+    )
+    _common(demo)
 
     usage = sub.add_parser("usage", help="usage totals per meter for one account, from the ledger")
     usage.add_argument("--account", required=True, help="account_id")
@@ -121,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "db":
             return _db(args)
+        if args.command == "demo":
+            return _demo(args)
         if args.command == "usage":
             return _usage(args)
         if args.command == "ingest":
@@ -186,6 +196,23 @@ def _serve(args: argparse.Namespace) -> int:
     server.shutdown()
     print("spanmeter: stopped", flush=True)
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from spanmeter.demo.runner import DemoOptions, run_demo
+    except ImportError as exc:
+        raise UsageError(f"the demo needs Django and Celery: pip install 'spanmeter[demo]' ({exc})") from exc
+    if not 1 <= args.documents <= 200:
+        raise UsageError("--documents must be between 1 and 200")
+    config = _config(args)
+    options = DemoOptions(
+        data_dir=config.data_dir,
+        database_url=config.database_url,
+        broker_url=args.broker,
+        documents_per_account=args.documents,
+    )
+    return run_demo(options)
 
 
 def _db(args: argparse.Namespace) -> int:
