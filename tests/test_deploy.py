@@ -59,3 +59,17 @@ def test_collector_forwards_with_gzip_and_a_durable_queue():
     storage = exporter["sending_queue"]["storage"]
     assert storage in otelcol["service"]["extensions"]
     assert otelcol["extensions"][storage]["fsync"] is True
+
+
+def test_the_sidecar_takes_loopback_otlp_and_forwards_durably_with_a_producer_token():
+    sidecar = yaml.safe_load((ROOT / "deploy" / "otelcol-sidecar.yaml").read_text())
+    assert sidecar["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].startswith("127.0.0.1:")
+    [name] = sidecar["service"]["pipelines"]["traces"]["exporters"]
+    exporter = sidecar["exporters"][name]
+    assert exporter["compression"] in ("gzip", "none")
+    assert exporter["headers"]["authorization"].startswith("Bearer ${env:")
+    assert exporter["retry_on_failure"]["max_elapsed_time"] in ("0s", 0)
+    assert exporter["sending_queue"]["block_on_overflow"] is True
+    storage = exporter["sending_queue"]["storage"]
+    assert storage in sidecar["service"]["extensions"]
+    assert sidecar["extensions"][storage]["fsync"] is True
