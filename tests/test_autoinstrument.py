@@ -288,3 +288,107 @@ def test_the_exporter_is_rebuilt_in_a_forked_child():
     )
     assert len(result["parent"]) == 1
     assert result["child"] == [result["parent"][0], result["child_pid"]]
+
+
+DJANGO_APP = """
+import json, sys, types
+from django.conf import settings
+
+app = types.ModuleType("resolvers")
+def broken(request):
+    raise RuntimeError("resolver bug")
+def by_api_key(request):
+    from spanmeter.instrumentation.django import Attribution
+    key = request.headers.get("X-Api-Key")
+    return Attribution(account_id="key-" + key, job_id="supplied-job") if key else None
+app.broken, app.by_api_key = broken, by_api_key
+sys.modules["resolvers"] = app
+
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from spanmeter.instrumentation import bootstrap
+memory = InMemorySpanExporter()
+bootstrap.instrument(exporter=memory, schedule_delay_millis=10)
+
+from django.http import JsonResponse
+from django.urls import path
+from opentelemetry import baggage
+
+def view(request):
+    attribution = getattr(request, "spanmeter", None)
+    return JsonResponse({"baggage": dict(baggage.get_all()),
+                         "job_id": attribution.job_id if attribution else None})
+
+urls = types.ModuleType("urls")
+urls.urlpatterns = [path("v", view)]
+sys.modules["urls"] = urls
+settings.configure(
+    ROOT_URLCONF="urls", ALLOWED_HOSTS=["*"], SECRET_KEY="t", DEBUG=False,
+    INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware",
+                "django.contrib.auth.middleware.AuthenticationMiddleware"],
+    SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
+    **({"SPANMETER_ATTRIBUTION_RESOLVER": RESOLVER} if RESOLVER else {}),
+)
+import django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from django.contrib.auth.models import User
+from django.test import Client
+
+user = User.objects.create_user("carol", password="pw")
+client = Client()
+out = {}
+out["anonymous"] = client.get("/v", HTTP_BAGGAGE="account_id=mallory").json()
+out["gateway"] = client.get("/v", HTTP_X_SPANMETER_ACCOUNT_ID="acme", HTTP_X_SPANMETER_PLAN_CODE="growth").json()
+client.force_login(user)
+out["user"] = client.get("/v").json()
+out["api_key"] = Client().get("/v", HTTP_X_API_KEY="k1").json()
+from django.conf import settings as s
+out["middleware"] = list(s.MIDDLEWARE)
+bootstrap.current().flush()
+out["server_spans"] = sorted(
+    (span.attributes.get("account_id") or "-", span.attributes.get("http.route") or span.name)
+    for span in memory.get_finished_spans()
+)
+print(json.dumps(out))
+"""
+
+
+def _django(resolver: str | None, **env: str) -> dict:
+    return _python(f"RESOLVER = {resolver!r}\n" + DJANGO_APP, **env)
+
+
+def test_the_middleware_sits_after_authentication_and_attributes_the_authenticated_user():
+    result = _django(None)
+    assert result["middleware"] == [
+        "opentelemetry.instrumentation.django.middleware.otel_middleware._DjangoMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "spanmeter.instrumentation.django.SpanmeterMiddleware",
+    ]
+    assert result["anonymous"] == {"baggage": {}, "job_id": None}  # the client's baggage was stripped
+    assert result["gateway"] == {"baggage": {}, "job_id": None}  # headers are not trusted by default
+    user = result["user"]
+    assert user["baggage"]["account_id"] == "carol" and user["baggage"]["job_id"] == user["job_id"]
+    assert len(user["job_id"]) == 32  # a new UUID per request
+    assert [account for account, _ in result["server_spans"]].count("carol") == 1
+
+
+def test_trusted_gateway_headers_and_a_custom_resolver():
+    trusted = _django(None, SPANMETER_TRUSTED_HEADERS="true")
+    assert trusted["gateway"]["baggage"] == {
+        "account_id": "acme",
+        "job_id": trusted["gateway"]["job_id"],
+        "plan_code": "growth",
+    }
+    custom = _django("resolvers:by_api_key")
+    assert custom["api_key"] == {"baggage": {"account_id": "key-k1", "job_id": "supplied-job"}, "job_id": "supplied-job"}
+    assert custom["user"] == {"baggage": {}, "job_id": None}  # the custom resolver decides alone
+
+
+def test_a_failing_resolver_never_fails_the_request():
+    result = _django("resolvers:broken")
+    assert result["anonymous"] == {"baggage": {}, "job_id": None}
+    assert result["user"] == {"baggage": {}, "job_id": None}
