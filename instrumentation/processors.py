@@ -15,6 +15,7 @@ counts every such drop in ``spanmeter_sdk_spans_dropped_total{reason="queue_full
 from __future__ import annotations
 
 import logging
+import threading
 
 from opentelemetry import baggage
 from opentelemetry.context import Context
@@ -47,11 +48,18 @@ class AttributionSpanProcessor(SpanProcessor):
 class SpanmeterSpanProcessor(BatchSpanProcessor):
     """Exports sampled spans and billable unsampled spans through ``exporter`` in batches."""
 
+    _warned_full = False
+
     def __init__(self, exporter: SpanExporter, **batch_options: int | float | None) -> None:
         super().__init__(exporter, **batch_options)  # type: ignore[arg-type]
         queue = getattr(self, "_batch_processor", None)  # the SDK's internal queue, checked once at set-up
         if queue is None or not all(hasattr(queue, name) for name in ("_queue", "_max_queue_size", "_shutdown")):
             raise RuntimeError("this opentelemetry-sdk version's BatchSpanProcessor has an unknown layout")
+        # Only this method adds to the queue (the export thread only takes from it), so under this lock a
+        # queue seen with room keeps it until the span is in: every span not queued is counted, exactly.
+        self._emit_lock = threading.Lock()
+        self._dropped_queue_full = metrics.SPANS_DROPPED.labels("queue_full")
+        self._dropped_shutdown = metrics.SPANS_DROPPED.labels("shutdown")
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
@@ -59,11 +67,15 @@ class SpanmeterSpanProcessor(BatchSpanProcessor):
                 return
             if span.context.trace_flags.sampled or is_billable(span.kind, span.attributes):
                 queue = self._batch_processor
-                if queue._shutdown:
-                    metrics.SPANS_DROPPED.labels("shutdown").inc()
-                    return
-                if len(queue._queue) >= queue._max_queue_size:  # the deque will push the oldest span out
-                    metrics.SPANS_DROPPED.labels("queue_full").inc()
-                queue.emit(span)
+                with self._emit_lock:
+                    if queue._shutdown:
+                        self._dropped_shutdown.inc()
+                    elif len(queue._queue) >= queue._max_queue_size:
+                        self._dropped_queue_full.inc()  # drop the newest (the SDK would drop the oldest, uncounted)
+                        if not self._warned_full:
+                            log.warning("the span queue is full: billable spans are dropped (OTEL_BSP_MAX_QUEUE_SIZE)")
+                            self._warned_full = True
+                    else:
+                        queue.emit(span)
         except Exception:
             log.debug("queueing a span for export failed", exc_info=True)
