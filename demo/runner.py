@@ -100,9 +100,13 @@ def run_demo(options: DemoOptions = DemoOptions(), stream: TextIO = sys.stdout) 
     stack = DemoStack(database.conninfo, broker_url, logs)
     try:
         stack.start(on_step=lambda step: out.status(f"  starting the {step} …"))
-        out.line(f"  collector  OTLP/gRPC {stack.otlp_endpoint}, metrics http://{stack.metrics_address}/metrics")
-        out.line(f"  web        Django at http://{stack.web_address} (service docpipe-web)")
-        out.line(f"  worker     Celery, 2 prefork processes, broker: {broker_name}")
+        pids = {name: process.proc.pid for name, process in stack.processes().items() if process.proc}
+        out.line(
+            f"  collector  OTLP/gRPC {stack.otlp_endpoint}, metrics http://{stack.metrics_address}/metrics"
+            f" (pid {pids['collector']})"
+        )
+        out.line(f"  web        Django at http://{stack.web_address}, service docpipe-web (pid {pids['web']})")
+        out.line(f"  worker     Celery, 2 prefork processes, broker: {broker_name} (pid {pids['worker']})")
         out.line(f"  logs       {logs}")
         submissions = workload.plan(options.documents_per_account, options.synthetic_probes)
         job_ids = _drive(stack, submissions, options.pace_seconds, out)
@@ -145,7 +149,7 @@ def _drive(stack: DemoStack, submissions: list[workload.Submission], pace: float
         notes += ", synthetic: never billed" if submission.synthetic else ""
         out.line(
             f"  [{number:>{width}}/{len(submissions)}] {submission.account_id:<8} {submission.plan_code:<9}"
-            f" {document.name:<10} {document.pages} pages, {document.gpus} GPU{'s' if document.gpus > 1 else ' '}"
+            f" {document.name:<10} {_plural(document.pages, 'page'):<8} {_plural(document.gpus, 'GPU'):<6}"
             f"  job {job_id[:8]}{notes}"
         )
         time.sleep(pace)
@@ -234,3 +238,7 @@ def _fmt(quantity: Decimal) -> str:
     if quantity == quantity.to_integral_value():
         return f"{int(quantity):,}"
     return f"{quantity:,.1f}"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

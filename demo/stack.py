@@ -265,6 +265,9 @@ class DemoStack:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())["job_id"]
 
+    def processes(self) -> dict[str, Process]:
+        return {name: p for name, p in (("collector", self.collector), ("web", self.web), ("worker", self.worker)) if p}
+
     def collector_metrics(self) -> str:
         with urllib.request.urlopen(f"http://{self.metrics_address}/metrics", timeout=10) as response:
             return response.read().decode()

@@ -384,7 +384,10 @@ def test_trusted_gateway_headers_and_a_custom_resolver():
         "plan_code": "growth",
     }
     custom = _django("resolvers:by_api_key")
-    assert custom["api_key"] == {"baggage": {"account_id": "key-k1", "job_id": "supplied-job"}, "job_id": "supplied-job"}
+    assert custom["api_key"] == {
+        "baggage": {"account_id": "key-k1", "job_id": "supplied-job"},
+        "job_id": "supplied-job",
+    }
     assert custom["user"] == {"baggage": {}, "job_id": None}  # the custom resolver decides alone
 
 

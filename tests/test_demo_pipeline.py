@@ -9,6 +9,7 @@ assertion that the sampler lost not one billable span."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -165,3 +166,47 @@ def test_unauthenticated_requests_are_refused_and_only_counted(stack, run):
         timeout=30,
         what="the unattributed request to be counted",
     )
+
+
+def test_spanmeter_demo_runs_the_whole_job_and_stops_what_it_started(postgres_admin, tmp_path):
+    """The main job as a user runs it (on a test database instead of ./.spanmeter)."""
+    import subprocess
+    import sys
+
+    from conftest import create_database
+
+    database = create_database(postgres_admin)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spanmeter",
+            "demo",
+            "--documents",
+            "1",
+            "--database-url",
+            database,
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    submissions = workload.plan(documents_per_account=1, synthetic_probes=2)
+    want = sum(workload.expected_rows(submissions).values())
+    assert f"ledger: all {want} billable rows committed, each exactly once" in proc.stdout
+    tokens = workload.expected_tokens(submissions)
+    acme_line = next(line for line in proc.stdout.splitlines() if line.startswith("  acme "))
+    assert f"{tokens[('acme', 'input_tokens')]:,}" in acme_line.split()
+    assert "stopped every process the demo started" in proc.stdout
+    rows = ledger(database, "SELECT count(*) FROM usage_events")[0][0]
+    assert rows == want
+    # nothing it started is left behind: the collector, web server and worker (with its pool) are gone
+    pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", proc.stdout)]
+    assert len(pids) == 3
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    pool = subprocess.run(["pgrep", "-P", ",".join(map(str, pids))], capture_output=True, text=True).stdout.split()
+    assert pool == []
