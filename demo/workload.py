@@ -18,6 +18,7 @@ Synthetic documents (``X-Spanmeter-Synthetic: true``) produce the same spans and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Document",
     "Submission",
     "expected_rows",
+    "expected_tokens",
     "input_tokens",
     "output_tokens",
     "plan",
@@ -88,33 +90,37 @@ def plan(documents_per_account: int = 4, synthetic_probes: int = 2) -> list[Subm
     return submissions
 
 
+def _rows(submission: Submission) -> dict[str, int]:
+    return {
+        "api_requests": 1,
+        "worker_seconds": 4 if submission.document.flaky else 3,
+        "gpu_seconds": 1,
+        "input_tokens": 1,
+        "output_tokens": 1,
+    }
+
+
+def _tokens(submission: Submission) -> dict[str, int]:
+    pages = submission.document.pages
+    return {"input_tokens": input_tokens(pages), "output_tokens": output_tokens(pages)}
+
+
+def _per_account(submissions: list[Submission], per_submission: Callable[[Submission], dict[str, int]]) -> dict:
+    totals: dict[tuple[str, str], int] = {}
+    for submission in submissions:
+        if submission.synthetic:
+            continue  # never in the ledger
+        for meter, n in per_submission(submission).items():
+            key = (submission.account_id, meter)
+            totals[key] = totals.get(key, 0) + n
+    return totals
+
+
 def expected_rows(submissions: list[Submission]) -> dict[tuple[str, str], int]:
     """Ledger rows per (account_id, meter_code) the submissions must produce."""
-    rows: dict[tuple[str, str], int] = {}
-    for s in submissions:
-        if s.synthetic:
-            continue
-        counts = {
-            "api_requests": 1,
-            "worker_seconds": 4 if s.document.flaky else 3,
-            "gpu_seconds": 1,
-            "input_tokens": 1,
-            "output_tokens": 1,
-        }
-        for meter, n in counts.items():
-            rows[(s.account_id, meter)] = rows.get((s.account_id, meter), 0) + n
-    return rows
+    return _per_account(submissions, _rows)
 
 
 def expected_tokens(submissions: list[Submission]) -> dict[tuple[str, str], int]:
     """Exact token totals per (account_id, meter_code)."""
-    totals: dict[tuple[str, str], int] = {}
-    for s in submissions:
-        if s.synthetic:
-            continue
-        for meter, n in (
-            ("input_tokens", input_tokens(s.document.pages)),
-            ("output_tokens", output_tokens(s.document.pages)),
-        ):
-            totals[(s.account_id, meter)] = totals.get((s.account_id, meter), 0) + n
-    return totals
+    return _per_account(submissions, _tokens)
