@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,7 +136,10 @@ class SpanmeterMiddleware:
         if found is None:
             return None
         if found.job_id is None:
-            found = Attribution(found.account_id, found.plan_code, uuid.uuid4().hex, found.synthetic)
+            # not uuid4(): its os.urandom releases the GIL on every request, which starved the export thread
+            # in the benchmark (spans dropped); a job id is an identifier, not a secret
+            job_id = uuid.UUID(int=random.getrandbits(128), version=4).hex
+            found = Attribution(found.account_id, found.plan_code, job_id, found.synthetic)
         request.spanmeter = found
         values = {A.ACCOUNT_ID: found.account_id, A.JOB_ID: found.job_id}
         if found.plan_code:
