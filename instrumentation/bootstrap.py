@@ -149,7 +149,7 @@ def _setup_provider(state: Instrumentation, exporter: SpanExporter, batch_option
         state.previous_sampler = provider.sampler
         if not isinstance(provider.sampler, BillingSafeSampler):
             provider.sampler = BillingSafeSampler(provider.sampler)
-    elif type(existing).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider") and _provider_settable(existing):
+    elif type(existing).__name__ == "ProxyTracerProvider":  # none set yet: spanmeter sets one
         provider = TracerProvider(resource=_resource(state.config), sampler=BillingSafeSampler(_env_sampler()))
         trace.set_tracer_provider(provider)
         state.created_provider = True
@@ -161,10 +161,6 @@ def _setup_provider(state: Instrumentation, exporter: SpanExporter, batch_option
     for processor in processors:
         provider.add_span_processor(processor)
     state.processors = processors
-
-
-def _provider_settable(existing: Any) -> bool:
-    return type(existing).__name__ == "ProxyTracerProvider"
 
 
 def _env_sampler() -> Any:
@@ -264,19 +260,9 @@ def _teardown_django(state: Instrumentation) -> None:
 
     BaseHandler.load_middleware = state.django_patched  # type: ignore[method-assign]
     try:
-        from django.conf import settings
-
-        if settings.configured:
-            middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
-            if django_support.MIDDLEWARE_PATH in middleware:
-                middleware.remove(django_support.MIDDLEWARE_PATH)
-                settings.MIDDLEWARE = middleware
+        django_support.uninstall(uninstrument_django=state.django_instrumented)
     except Exception:
-        log.debug("removing the middleware failed", exc_info=True)
-    if state.django_instrumented:
-        from opentelemetry.instrumentation.django import DjangoInstrumentor
-
-        DjangoInstrumentor().uninstrument()
+        log.warning("undoing the Django instrumentation failed", exc_info=True)
 
 
 # --- Celery ---------------------------------------------------------------------------------------------

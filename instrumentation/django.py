@@ -181,15 +181,16 @@ def install(tracer_provider: Any = None) -> bool:
     return True
 
 
-def uninstall() -> None:
+def uninstall(uninstrument_django: bool) -> None:
+    """Remove :class:`SpanmeterMiddleware` from the settings; uninstrument Django if spanmeter did."""
     from django.conf import settings
-    from opentelemetry.instrumentation.django import DjangoInstrumentor
 
     if settings.configured:
         middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
         if MIDDLEWARE_PATH in middleware:
             middleware.remove(MIDDLEWARE_PATH)
             settings.MIDDLEWARE = middleware
-    instrumentor = DjangoInstrumentor()
-    if instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.uninstrument()
+    if uninstrument_django:
+        from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+        DjangoInstrumentor().uninstrument()
