@@ -48,10 +48,8 @@ from __future__ import annotations
 import importlib
 import logging
 import random
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import baggage, context, trace
 
@@ -71,8 +69,26 @@ trusted_headers = False
 resolver_path = "spanmeter.instrumentation.django:default_resolver"
 
 
-@dataclass(frozen=True)
-class Attribution:
+# The baggage entries live in the context as one dict under this key; the middleware sets them all in one
+# ``set_value`` (three ``set_baggage`` calls would copy the dict and the context three times per request).
+_BAGGAGE_KEY = getattr(baggage, "_BAGGAGE_KEY", None)
+# UUID version 4 layout on a random 128-bit integer: version nibble 4, variant bits 10
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_job_id() -> str:
+    """A random UUID4 as 32 hex digits.
+
+    Not ``uuid.uuid4()``: its ``os.urandom`` releases the GIL on every request, which starved the export
+    thread in the benchmark (spans dropped); a job id is an identifier, not a secret.
+    """
+    return f"{(random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
+
+
+class Attribution(NamedTuple):
+    """Who a request bills (immutable; build with keywords, change with ``_replace``)."""
+
     account_id: str
     plan_code: str | None = None
     job_id: str | None = None
@@ -136,24 +152,24 @@ class SpanmeterMiddleware:
         if found is None:
             return None
         if found.job_id is None:
-            # not uuid4(): its os.urandom releases the GIL on every request, which starved the export thread
-            # in the benchmark (spans dropped); a job id is an identifier, not a secret
-            job_id = uuid.UUID(int=random.getrandbits(128), version=4).hex
-            found = Attribution(found.account_id, found.plan_code, job_id, found.synthetic)
+            found = Attribution(found.account_id, found.plan_code, new_job_id(), found.synthetic)
         request.spanmeter = found
-        values = {A.ACCOUNT_ID: found.account_id, A.JOB_ID: found.job_id}
+        values: dict[str, Any] = {A.ACCOUNT_ID: found.account_id, A.JOB_ID: found.job_id}
         if found.plan_code:
             values[A.PLAN_CODE] = found.plan_code
-        ctx = context.get_current()
-        for key, value in values.items():
-            ctx = baggage.set_baggage(key, value, ctx)
-        span = trace.get_current_span()
-        attributes: dict[str, Any] = dict(values)
         if found.synthetic:
-            ctx = baggage.set_baggage(A.SYNTHETIC, "true", ctx)
-            attributes[A.SYNTHETIC] = True
+            values[A.SYNTHETIC] = True
+        span = trace.get_current_span()
         if span.is_recording():
-            span.set_attributes(attributes)  # the server span started before authentication
+            span.set_attributes(values)  # the server span started before authentication
+        if found.synthetic:
+            values[A.SYNTHETIC] = "true"  # baggage values are strings
+        ctx = context.get_current()
+        if _BAGGAGE_KEY is not None:
+            ctx = context.set_value(_BAGGAGE_KEY, {**baggage.get_all(ctx), **values}, ctx)
+        else:  # an API version without the private key: the public, slower way
+            for key, value in values.items():
+                ctx = baggage.set_baggage(key, value, ctx)
         return context.attach(ctx)
 
 

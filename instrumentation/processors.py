@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 
-from opentelemetry import baggage
+from opentelemetry import baggage, context
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -33,10 +34,22 @@ log = logging.getLogger(__name__)
 STAMPED_KEYS = (A.ACCOUNT_ID, A.JOB_ID, A.PLAN_CODE, A.SYNTHETIC)
 
 
+_BAGGAGE_KEY = getattr(baggage, "_BAGGAGE_KEY", None)
+
+
+def _baggage_of(parent_context: Context | None) -> Mapping[str, object]:
+    if _BAGGAGE_KEY is None:  # an API version without the private key: the public, slower way
+        return baggage.get_all(parent_context)
+    entries = context.get_value(_BAGGAGE_KEY, parent_context)
+    return entries if isinstance(entries, dict) else {}
+
+
 class AttributionSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
-            entries = baggage.get_all(parent_context)
+            entries = _baggage_of(parent_context)
+            if not entries:  # the common case outside a request (and the server span itself): nothing to do
+                return
             for key in STAMPED_KEYS:
                 value = entries.get(key)
                 if value is not None and span.attributes.get(key) is None:

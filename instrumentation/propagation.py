@@ -47,7 +47,10 @@ class AttributionSafeBaggagePropagator(W3CBaggagePropagator):
         extracted = super().extract(carrier, context, getter)
         if self.trusted_getter_types and isinstance(getter, self.trusted_getter_types):
             return extracted
-        for key in list(baggage.get_all(extracted)):
+        entries = baggage.get_all(extracted)
+        if not entries:  # no inbound baggage: the common case, nothing to strip
+            return extracted
+        for key in list(entries):
             if is_reserved(key):
                 extracted = baggage.remove_baggage(key, extracted)
         return extracted

@@ -32,6 +32,7 @@ __all__ = ["BillingSafeSampler"]
 class BillingSafeSampler(Sampler):
     def __init__(self, delegate: Sampler) -> None:
         self.delegate = delegate
+        self._delegate_should_sample = delegate.should_sample  # bound once: this runs for every span
 
     def should_sample(
         self,
@@ -43,7 +44,7 @@ class BillingSafeSampler(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
-        result = self.delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        result = self._delegate_should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
         if result.decision is Decision.DROP:
             # the SDK starts a span with the *sampling result's* attributes, and samplers drop them with
             # a DROP decision: hand back the span's own start attributes (gpu.count, celery.action, …)
