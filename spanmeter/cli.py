@@ -4,6 +4,7 @@
     spanmeter demo [--documents N] [--broker URL]      (the main job: a metered Django + Celery pipeline)
     spanmeter db upgrade | url | stop
     spanmeter usage --account ID [--from DATE] [--to DATE] [--format table|json|csv]
+    spanmeter subscription | rollups | ledger adjust | invoice | reconcile | export   (billing: see billing_cli)
 
 Every command reads the same ``SPANMETER_*`` variables (see :mod:`spanmeter.collector.config`); flags win.
 Bad configuration exits with status 2 and one message naming every bad setting.
@@ -110,6 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("--by", default=None, help="who is replaying (default: $USER)")
     rerun.add_argument("--why", default="", help="why; required with --patch; recorded with the usage rows")
     _common(rerun)
+
+    from spanmeter import billing_cli
+
+    billing_cli.register(sub)
     return parser
 
 
@@ -139,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             return _dead_letter(args)
         if args.command == "auth":
             return _auth(args)
+        from spanmeter import billing_cli
+
+        if args.command in billing_cli.COMMANDS:
+            return billing_cli.run(args)
     except ConfigError as exc:
         print(f"spanmeter: {exc}", file=sys.stderr)
         return 2

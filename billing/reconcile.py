@@ -1,0 +1,171 @@
+"""Reconciliation: do the raw ledger, the rollups and the invoices tell the same story for a period?
+
+    spanmeter reconcile --period 2026-11        # exit status 1 when the delta is not zero
+
+Three checks, stored as one row of ``reconciliation_runs`` (``spanmeter serve`` exports the latest delta
+as ``spanmeter_reconciliation_delta`` so ``SpanmeterReconciliationDelta`` fires on anything but zero):
+
+1. **rollups vs raw ledger**: the daily rollups recomputed from ``usage_events`` (see
+   :func:`spanmeter.billing.rollups.check`); delta = the sum of absolute quantity differences.
+2. **invoices vs ledger**: for every finalized invoice of the period and every billable metric, what the
+   ledger holds now (rollups plus corrections) must equal what was billed: the invoice's usage, plus late
+   usage already finalized on later invoices, plus late usage the next open invoice's draft will carry.
+   Anything else is usage no invoice will ever bill (or billed usage the ledger no longer has).
+3. **unrated usage**: usage in the period that no subscription covers (it can never be billed as is).
+
+``delta`` is the sum of the absolute differences of all three, in metric units; zero means every unit of
+usage in the ledger is on exactly one invoice, or on its way to one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+
+from . import invoices, rollups
+from .periods import Period
+from .rating import BILLABLE_METRICS
+
+__all__ = ["ReconciliationResult", "latest_delta", "reconcile"]
+
+
+@dataclass(frozen=True)
+class ReconciliationResult:
+    period: str
+    rollup_differences: list[dict[str, Any]]
+    invoice_differences: list[dict[str, str]]
+    unrated: list[dict[str, str]]
+    delta: Decimal
+    invoices_checked: int
+    accounts_checked: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "period": self.period,
+            "delta": format(self.delta, "f"),
+            "invoices_checked": self.invoices_checked,
+            "accounts_checked": self.accounts_checked,
+            "rollup_differences": self.rollup_differences,
+            "invoice_differences": self.invoice_differences,
+            "unrated_usage": self.unrated,
+        }
+
+    def summary(self) -> str:
+        lines = [
+            f"reconciliation {self.period}: delta {self.delta} "
+            f"({self.accounts_checked} account(s), {self.invoices_checked} finalized invoice(s))",
+            f"  rollups vs raw ledger: {len(self.rollup_differences)} difference(s)",
+            f"  invoices vs ledger:    {len(self.invoice_differences)} difference(s)",
+            f"  unrated usage:         {len(self.unrated)} account/metric(s)",
+        ]
+        lines += [f"    {d}" for d in self.rollup_differences[:20] + self.invoice_differences[:20] + self.unrated[:20]]
+        return "\n".join(lines)
+
+
+def _quantity(text: str | None) -> Decimal:
+    return Decimal(text.split("/")[0]) if text else Decimal(0)
+
+
+def reconcile(conn: psycopg.Connection, period: Period) -> ReconciliationResult:
+    """Run the three checks for ``period`` and store the result (the caller commits)."""
+    rollup_rows = rollups.check(conn, period.start, period.end)
+    delta = sum((abs(_quantity(d.maintained) - _quantity(d.recomputed)) for d in rollup_rows), Decimal(0))
+    rollup_differences = [
+        {"table": d.table, "key": list(d.key), "maintained": d.maintained, "raw_ledger": d.recomputed}
+        for d in rollup_rows
+    ]
+
+    accounts = [
+        a
+        for (a,) in conn.execute(
+            "SELECT DISTINCT account_id FROM usage_rollups_daily WHERE bucket_start >= %s AND bucket_start < %s "
+            "UNION SELECT account_id FROM invoices WHERE period_start = %s UNION "
+            "SELECT account_id FROM usage_adjustments WHERE occurred_at >= %s AND occurred_at < %s ORDER BY 1",
+            (period.start, period.end, period.start, period.start, period.end),
+        )
+    ]
+    invoice_differences: list[dict[str, str]] = []
+    unrated: list[dict[str, str]] = []
+    checked = 0
+    for account in accounts:
+        stored = invoices.finalized_invoice(conn, account, period)
+        ledger: dict[str, Decimal] = {}
+        for part in invoices.period_usage(conn, account, period):
+            for metric, q in part.usage.items():
+                ledger[metric] = ledger.get(metric, Decimal(0)) + q
+        segments = [p.segment for p in invoices.period_usage(conn, account, period)]
+        for gap_start, gap_end in invoices._gaps(segments, period):
+            gap_usage, _, _ = invoices._segment_usage(conn, account, gap_start, gap_end)
+            for metric, q in gap_usage.items():
+                if q:
+                    unrated.append({"account_id": account, "meter_code": metric, "quantity": format(q, "f")})
+                    delta += abs(q)
+        if stored is None:
+            continue
+        checked += 1
+        billed = {metric: Decimal(q) for metric, q in stored.get("usage", {}).items()}
+        for (document,) in conn.execute(
+            "SELECT document FROM invoices WHERE account_id = %s AND period_start > %s", (account, period.start)
+        ):
+            for item in document.get("late_usage", []):
+                if item["reference_period"] == str(period):
+                    billed[item["meter_code"]] = billed.get(item["meter_code"], Decimal(0)) + Decimal(item["quantity"])
+        pending = _pending_on_next_open(conn, account, period)
+        for metric in BILLABLE_METRICS:
+            expected = billed.get(metric, Decimal(0)) + pending.get(metric, Decimal(0))
+            actual = ledger.get(metric, Decimal(0))
+            if expected != actual:
+                invoice_differences.append(
+                    {
+                        "account_id": account,
+                        "invoice_number": stored["invoice_number"],
+                        "meter_code": metric,
+                        "ledger": format(actual, "f"),
+                        "billed_or_pending": format(expected, "f"),
+                    }
+                )
+                delta += abs(actual - expected)
+    result = ReconciliationResult(
+        period=str(period),
+        rollup_differences=rollup_differences,
+        invoice_differences=invoice_differences,
+        unrated=unrated,
+        delta=delta,
+        invoices_checked=checked,
+        accounts_checked=len(accounts),
+    )
+    conn.execute(
+        "INSERT INTO reconciliation_runs (period_start, delta, details) VALUES (%s, %s, %s)",
+        (period.start, delta, json.dumps(result.to_dict())),
+    )
+    return result
+
+
+def _pending_on_next_open(conn: psycopg.Connection, account: str, period: Period) -> dict[str, Decimal]:
+    """Late usage for ``period`` that the next open invoice's draft carries (not finalized yet)."""
+    closed = {
+        Period.containing(start)
+        for (start,) in conn.execute("SELECT period_start FROM invoices WHERE account_id = %s", (account,))
+    }
+    next_open = period.next()
+    while next_open in closed:
+        next_open = next_open.next()
+    segments = invoices.subscriptions.segments(conn, account, next_open.start, next_open.end)
+    if not segments:
+        return {}  # no subscription to bill it on: it shows as a difference
+    _, details = invoices._late_usage(conn, account, next_open, segments[0].subscription.currency)
+    pending: dict[str, Decimal] = {}
+    for item in details:
+        if item["reference_period"] == str(period):
+            pending[item["meter_code"]] = pending.get(item["meter_code"], Decimal(0)) + Decimal(item["quantity"])
+    return pending
+
+
+def latest_delta(conn: psycopg.Connection) -> Decimal | None:
+    """The delta of the most recent run (over all periods), None when reconciliation never ran."""
+    row = conn.execute("SELECT delta FROM reconciliation_runs ORDER BY run_id DESC LIMIT 1").fetchone()
+    return Decimal(row[0]) if row else None

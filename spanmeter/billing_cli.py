@@ -1,0 +1,442 @@
+"""The billing commands of ``spanmeter``: subscriptions, rollups, corrections, invoices, reconciliation, exports.
+
+    spanmeter subscription set --account ID --plan PLAN --pricing VERSION --from TIME [--to TIME] [--currency EUR]
+    spanmeter subscription show [--account ID] [--format table|json]
+    spanmeter rollups rebuild | check [--period YYYY-MM]
+    spanmeter ledger adjust --account ID --meter METER --quantity Q --at TIME --reason TEXT --key KEY
+    spanmeter invoice --account ID --period YYYY-MM [--pricing V] [--shadow V] [--finalize] [--format table|json|csv]
+    spanmeter invoice shadow-report --period YYYY-MM --shadow V [--format table|json]
+    spanmeter reconcile --period YYYY-MM
+    spanmeter export usage|invoices|focus --period YYYY-MM [--account ID] [--format json|csv]
+
+Every command migrates the schema first (idempotent) and exits with status 2 and a message on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import getpass
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+__all__ = ["COMMANDS", "register"]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: the embedded database)")
+    parser.add_argument("--data-dir", help="embedded database directory (default: ./.spanmeter)")
+
+
+def register(sub: Any) -> None:
+    """Add the billing sub-commands to the ``spanmeter`` parser's sub-parsers."""
+    subscription = sub.add_parser("subscription", help="which plan and pricing version an account is on")
+    ssub = subscription.add_subparsers(dest="subscription_command", required=True)
+    setp = ssub.add_parser("set", help="add an effective-dated subscription (append-only)")
+    setp.add_argument("--account", required=True)
+    setp.add_argument("--plan", required=True, help="plan code, e.g. starter, growth, scale, platform")
+    setp.add_argument("--pricing", required=True, help="pricing version, e.g. v2_compute")
+    setp.add_argument("--from", dest="valid_from", required=True, help="YYYY-MM-DD or ISO time on a whole UTC hour")
+    setp.add_argument("--to", dest="valid_to", help="end, exclusive (default: open-ended)")
+    setp.add_argument("--currency", help="default: the plan's currency")
+    setp.add_argument("--note")
+    setp.add_argument("--by", help="who (default: $USER)")
+    _common(setp)
+    showp = ssub.add_parser("show", help="subscription history")
+    showp.add_argument("--account")
+    showp.add_argument("--format", choices=("table", "json"), default="table")
+    _common(showp)
+
+    rollups = sub.add_parser("rollups", help="usage rollups: rebuild from the raw ledger, or check them against it")
+    rsub = rollups.add_subparsers(dest="rollups_command", required=True)
+    _common(rsub.add_parser("rebuild", help="recompute every rollup from the raw ledger (blocks ingest meanwhile)"))
+    checkp = rsub.add_parser("check", help="list differences between the rollups and the raw ledger")
+    checkp.add_argument("--period", help="YYYY-MM (default: everything)")
+    _common(checkp)
+
+    ledger = sub.add_parser("ledger", help="ledger corrections")
+    lsub = ledger.add_subparsers(dest="ledger_command", required=True)
+    adjust = lsub.add_parser("adjust", help="record a usage correction (append-only, idempotent by --key)")
+    adjust.add_argument("--account", required=True)
+    adjust.add_argument("--meter", required=True, help="meter code, e.g. worker_seconds")
+    adjust.add_argument("--quantity", required=True, help="signed decimal: negative removes usage")
+    adjust.add_argument("--at", required=True, help="when the corrected usage occurred (decides its period)")
+    adjust.add_argument("--reason", required=True)
+    adjust.add_argument("--key", required=True, help="idempotency key: the same key records the correction once")
+    adjust.add_argument("--reference", help="a trace id, ticket or invoice number")
+    adjust.add_argument("--by", help="who (default: $USER)")
+    _common(adjust)
+
+    invoice = sub.add_parser("invoice", help="an account's invoice for a UTC month (or: invoice shadow-report)")
+    invoice.add_argument("action", nargs="?", choices=("shadow-report",), help="shadow-report: every account")
+    invoice.add_argument("--account")
+    invoice.add_argument("--period", required=True, help="YYYY-MM (UTC calendar month)")
+    invoice.add_argument("--pricing", help="rate under this pricing version instead of the subscription's")
+    invoice.add_argument("--shadow", help="also rate under this version and explain the difference")
+    invoice.add_argument("--finalize", action="store_true", help="store the invoice immutably (after the drift window)")
+    invoice.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    invoice.add_argument("--by", help="who finalizes (default: $USER)")
+    _common(invoice)
+
+    reconcile = sub.add_parser(
+        "reconcile", help="compare raw ledger, rollups and invoices for a period; store the result"
+    )
+    reconcile.add_argument("--period", required=True)
+    reconcile.add_argument("--format", choices=("table", "json"), default="table")
+    _common(reconcile)
+
+    export = sub.add_parser("export", help="usage, invoices or a FOCUS cost export for a period")
+    export.add_argument("what", choices=("usage", "invoices", "focus"))
+    export.add_argument("--period", required=True)
+    export.add_argument("--account", help="one account (default: every account with a subscription)")
+    export.add_argument("--format", choices=("json", "csv"), default="csv")
+    _common(export)
+
+
+class CommandError(ValueError):
+    pass
+
+
+@contextmanager
+def _connect(args: argparse.Namespace) -> Iterator[Any]:
+    import psycopg
+
+    from spanmeter.billing.ledger import migrate
+    from spanmeter.billing.ledger.database import resolve_database
+    from spanmeter.collector.config import load_config
+
+    config = load_config(os.environ, {"database_url": args.database_url, "data_dir": args.data_dir})
+    database = resolve_database(config.database_url, config.data_dir)
+    migrate.upgrade(database)
+    with psycopg.connect(database.conninfo) as conn:
+        yield conn
+
+
+def _who(args: argparse.Namespace) -> str:
+    return args.by or os.environ.get("USER") or getpass.getuser()
+
+
+def _time(text: str, flag: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise CommandError(
+            f"{flag} {text!r}: write YYYY-MM-DD or an ISO 8601 time such as 2026-11-01T00:00:00Z"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _period(text: str) -> Any:
+    from spanmeter.billing.periods import Period
+
+    try:
+        return Period.parse(text)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _drift_window() -> timedelta:
+    raw = os.environ.get("SPANMETER_INVOICE_DRIFT_WINDOW_SECONDS", "172800")
+    try:
+        seconds = int(raw)
+        if seconds < 0:
+            raise ValueError
+    except ValueError:
+        raise CommandError(f"SPANMETER_INVOICE_DRIFT_WINDOW_SECONDS={raw!r}: a whole number of seconds >= 0") from None
+    return timedelta(seconds=seconds)
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def _subscription(args: argparse.Namespace) -> int:
+    from spanmeter.billing import subscriptions
+
+    with _connect(args) as conn:
+        if args.subscription_command == "set":
+            row = subscriptions.set_subscription(
+                conn,
+                account_id=args.account,
+                plan_code=args.plan,
+                pricing_version=args.pricing,
+                valid_from=_time(args.valid_from, "--from"),
+                valid_to=_time(args.valid_to, "--to") if args.valid_to else None,
+                currency=args.currency,
+                created_by=_who(args),
+                note=args.note,
+            )
+            conn.commit()
+            until = row.valid_to.isoformat() if row.valid_to else "open-ended"
+            print(
+                f"subscription {row.subscription_id}: {row.account_id} on {row.plan_code} ({row.pricing_version}, "
+                f"{row.currency}) from {row.valid_from.isoformat()} ({until})"
+            )
+            return 0
+        rows = subscriptions.history(conn, args.account)
+    if args.format == "json":
+        _print_json(
+            [
+                {
+                    "subscription_id": r.subscription_id,
+                    "account_id": r.account_id,
+                    "plan_code": r.plan_code,
+                    "pricing_version": r.pricing_version,
+                    "currency": r.currency,
+                    "valid_from": r.valid_from.isoformat(),
+                    "valid_to": r.valid_to.isoformat() if r.valid_to else None,
+                    "created_at": r.created_at.isoformat(),
+                    "created_by": r.created_by,
+                    "note": r.note,
+                }
+                for r in rows
+            ]
+        )
+        return 0
+    if not rows:
+        print("no subscriptions")
+    for r in rows:
+        until = r.valid_to.isoformat() if r.valid_to else "(until superseded)"
+        print(
+            f"{r.subscription_id:>5}  {r.account_id:<16} {r.plan_code:<10} {r.pricing_version:<12} {r.currency}  "
+            f"from {r.valid_from.isoformat()}  to {until}  by {r.created_by}"
+        )
+    return 0
+
+
+def _rollups(args: argparse.Namespace) -> int:
+    from spanmeter.billing import rollups
+
+    with _connect(args) as conn:
+        if args.rollups_command == "rebuild":
+            counts = rollups.rebuild(conn)
+            conn.commit()
+            print("rebuilt from the raw ledger: " + ", ".join(f"{t} {n} rows" for t, n in counts.items()))
+            return 0
+        period = _period(args.period) if args.period else None
+        differences = rollups.check(conn, period.start if period else None, period.end if period else None)
+    if not differences:
+        print("rollups match the raw ledger" + (f" for {period}" if period else ""))
+        return 0
+    for d in differences:
+        print(f"{d.table}: {' '.join(d.key)}: maintained {d.maintained}, raw ledger {d.recomputed}")
+    print(f"{len(differences)} difference(s): run `spanmeter rollups rebuild`", file=sys.stderr)
+    return 1
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from spanmeter.billing import adjustments
+
+    try:
+        quantity = Decimal(args.quantity)
+    except InvalidOperation:
+        raise CommandError(f"--quantity {args.quantity!r} is not a decimal number") from None
+    with _connect(args) as conn:
+        row, created = adjustments.record(
+            conn,
+            idempotency_key=args.key,
+            account_id=args.account,
+            meter_code=args.meter,
+            quantity=quantity,
+            occurred_at=_time(args.at, "--at"),
+            reason=args.reason,
+            created_by=_who(args),
+            reference=args.reference,
+        )
+        conn.commit()
+    verb = "recorded" if created else "already recorded (same key, same correction): nothing changed"
+    print(
+        f"correction {row.idempotency_key} {verb}: {row.account_id} {row.meter_code} {row.quantity:+f} at {row.occurred_at.isoformat()}"
+    )
+    return 0
+
+
+def _money(amount: Decimal) -> str:
+    return f"{amount:,.2f}"
+
+
+def _invoice_table(document: dict[str, Any]) -> str:
+    out = io.StringIO()
+    w = out.write
+    w(
+        f"{document['invoice_number']}  ({document['status']})  account {document['account_id']}  period {document['period']}\n"
+    )
+    w(
+        f"pricing {document['pricing_version']}  currency {document['currency']}  meter versions {document['meter_versions']}\n"
+    )
+    for s in document["subscriptions"]:
+        w(f"  subscription: {s['plan_code']} ({s['pricing_version']}) {s['from']} .. {s['to']}\n")
+    w(f"\n  {'description':<62} {'quantity':>14} {'included':>12} {'unit price':>12} {'amount':>12}\n")
+    for line in document["lines"]:
+        w(
+            f"  {line['description'][:62]:<62} {line['quantity']:>14} {line['included_quantity']:>12} "
+            f"{line['unit_price']:>12} {line['amount']:>12}\n"
+        )
+    w(f"  {'TOTAL ' + document['currency']:<62} {'':>14} {'':>12} {'':>12} {document['total']:>12}\n")
+    for m in document["plan_mismatches"]:
+        w(
+            f"  note: {m['quantity']} units carried plan_code {m['span_plan_code']!r} but the subscription is "
+            f"{m['subscription_plan_code']!r} (rated by the subscription)\n"
+        )
+    for metric, q in document["unrated_usage"].items():
+        w(f"  note: {q} {metric} occurred while no subscription was in force: not rated\n")
+    return out.getvalue()
+
+
+def _invoice_csv(documents: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    columns = [
+        "invoice_number",
+        "account_id",
+        "period",
+        "currency",
+        "pricing_version",
+        "line_no",
+        "kind",
+        "meter_code",
+        "description",
+        "quantity",
+        "included_quantity",
+        "overage_quantity",
+        "unit_price",
+        "amount",
+        "reference_period",
+    ]
+    writer.writerow(columns)
+    for doc in documents:
+        for i, line in enumerate(doc["lines"], start=1):
+            writer.writerow(
+                [doc["invoice_number"], doc["account_id"], doc["period"], doc["currency"], doc["pricing_version"], i]
+                + [line[c] for c in columns[6:]]
+            )
+    return out.getvalue()
+
+
+def _invoice(args: argparse.Namespace) -> int:
+    from spanmeter.billing import invoices, subscriptions
+
+    period = _period(args.period)
+    if args.action == "shadow-report":
+        if not args.shadow:
+            raise CommandError("shadow-report needs --shadow VERSION")
+        with _connect(args) as conn:
+            accounts = sorted({s.account_id for s in subscriptions.history(conn)})
+            reports = []
+            for account in accounts:
+                if subscriptions.segments(conn, account, period.start, period.end):
+                    reports.append(invoices.shadow_comparison(conn, account, period, args.shadow, pricing=args.pricing))
+        if args.format == "json":
+            _print_json([r.to_dict() for r in reports])
+            return 0
+        total_primary = sum((r.primary.total for r in reports), Decimal(0))
+        total_shadow = sum((r.shadow.total for r in reports), Decimal(0))
+        print(f"shadow report {period}: {len(reports)} account(s), shadow pricing {args.shadow}")
+        for r in reports:
+            print(
+                f"\n{r.primary.account_id}: {r.primary.pricing_version} {_money(r.primary.total)} {r.primary.currency}, "
+                f"{args.shadow} {_money(r.shadow.total)}, difference {r.difference:+,.2f}\n  {r.explanation}"
+            )
+        print(
+            f"\nall accounts: {_money(total_primary)} now, {_money(total_shadow)} under {args.shadow} "
+            f"(difference {total_shadow - total_primary:+,.2f})"
+        )
+        return 0
+    if not args.account:
+        raise CommandError("invoice needs --account (or use `invoice shadow-report`)")
+    with _connect(args) as conn:
+        if args.finalize:
+            if args.pricing:
+                raise CommandError("--finalize rates by the subscription; drop --pricing")
+            invoice, created = invoices.finalize_invoice(
+                conn, args.account, period, now=datetime.now(UTC), finalized_by=_who(args), drift_window=_drift_window()
+            )
+            conn.commit()
+            print(
+                f"{invoice.invoice_number} finalized" if created else f"{invoice.invoice_number} was already finalized",
+                file=sys.stderr,
+            )
+        else:
+            invoice = invoices.build_invoice(conn, args.account, period, pricing_override=args.pricing)
+        comparison = (
+            invoices.shadow_comparison(conn, args.account, period, args.shadow, pricing=args.pricing)
+            if args.shadow
+            else None
+        )
+    document = invoice.to_dict()
+    if args.format == "json":
+        if comparison is not None:
+            document["shadow"] = comparison.to_dict()
+        _print_json(document)
+    elif args.format == "csv":
+        sys.stdout.write(_invoice_csv([document]))
+    else:
+        sys.stdout.write(_invoice_table(document))
+        if comparison is not None:
+            c = comparison.to_dict()
+            print(
+                f"\nshadow: {c['shadow']['pricing_version']} total {c['shadow']['total']} vs "
+                f"{c['primary']['pricing_version']} total {c['primary']['total']}: difference {c['difference']}\n"
+                f"  {c['explanation']}"
+            )
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from spanmeter.billing import reconcile
+
+    period = _period(args.period)
+    with _connect(args) as conn:
+        result = reconcile.reconcile(conn, period)
+        conn.commit()
+    if args.format == "json":
+        _print_json(result.to_dict())
+    else:
+        print(result.summary())
+    return 0 if result.delta == 0 else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from spanmeter.billing import exports
+
+    period = _period(args.period)
+    with _connect(args) as conn:
+        rows = exports.export(conn, args.what, period, args.account)
+    if args.format == "json":
+        _print_json(rows)
+    else:
+        sys.stdout.write(exports.to_csv(rows))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "subscription": _subscription,
+    "rollups": _rollups,
+    "ledger": _ledger,
+    "invoice": _invoice,
+    "reconcile": _reconcile,
+    "export": _export,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a billing command; bad input exits 2 with one message."""
+    from spanmeter.billing.adjustments import AdjustmentError
+    from spanmeter.billing.invoices import InvoiceError
+    from spanmeter.billing.subscriptions import SubscriptionError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (CommandError, SubscriptionError, AdjustmentError, InvoiceError) as exc:
+        print(f"spanmeter: {exc}", file=sys.stderr)
+        return 2
