@@ -569,7 +569,7 @@ def test_prorated_half_month_with_label() -> None:
     ]
     assert invoice_total(lines) == D("153.45")
     assert (lines[0].quantity, lines[0].unit_price) == (D("0.5"), D("299"))
-    assert lines[0].description == "Growth, Nov 16–30: Growth base fee × 0.5 of the period"
+    assert lines[0].description == "Growth, Nov 16–30: Growth base fee × 50% of the period"
     assert [line.included_quantity for line in lines[1:]] == [D(18000), D(0), D(2500000)]
     assert all(line.description.startswith("Growth, Nov 16–30: ") for line in lines)
 
@@ -580,6 +580,7 @@ def test_prorated_sixteen_thirtieths() -> None:
     assert [r.included for r in plan.rates] == [D(19200), D(0), D("2666666.666667")]  # 6 decimals, half up
     lines = rate_plan({}, V2.plans["growth"], fraction=fraction)
     assert lines[0].amount == D("159.47")  # 299 × 16/30 = 159.4666…
+    assert (lines[0].quantity, lines[0].description) == (fraction, "Growth base fee × 53.33% of the period")
     # scale × 16/30: commitment 1,066.67; no usage → the whole commitment is the shortfall
     assert amounts(rate_plan({}, V2.plans["scale"], fraction=fraction))[-1] == ("commitment", None, D("1066.67"))
     # scale × 0.5: commitment 1,000.00; 10,000 s × 0.0018 = 18.00 → shortfall 982.00
@@ -689,6 +690,39 @@ def test_explain_shadow() -> None:
     )
     same = explain_shadow("2026-11", {}, "v1_request", v1, "v1_request", v1)
     assert same.endswith("(the same). Every item costs the same under both versions.")
+
+
+def test_explain_shadow_small_and_empty_usage() -> None:
+    usage = {"worker_seconds": D(10), "api_requests": D(1)}
+    v1, v2 = rate_plan(usage, V1.plans["starter"]), rate_plan(usage, V2.plans["starter"])
+    text = explain_shadow("2026-11", usage, "v1_request", v1, "v2_compute", v2)
+    # 1 × 0.0004 = 0.0004 → €0.00 under v1, so no percentage; €49.00 base fee under v2
+    assert text.startswith("Your 2026-11 usage was less than 0.01 worker-hours and 1 API request. ")
+    assert "(€49.00 more)" in text and "mostly from the base fee (not billed under v1_request" in text
+    assert explain_shadow("2026-11", {}, "v1_request", v1, "v1_request", v1).startswith(
+        "You had no billable usage in 2026-11."
+    )
+    with pytest.raises(ValueError, match="one currency"):
+        explain_shadow("2026-11", {}, "a", [], "b", [])
+
+
+def test_user_guide_example() -> None:
+    """The example at the top of ``spanmeter.billing.rating``'s docstring."""
+    usage = billable_quantities(
+        {"worker_seconds": D("5000"), "input_tokens": D("200000"), "output_tokens": D("100000")}
+    )
+    lines = rate_plan(usage, PRICING_VERSIONS["v2_compute"].plans["starter"])
+    assert [line.amount for line in lines] == [D("49.00"), D("2.80"), D("0.00"), D("0.09")]  # 50,000 × 0.0000018
+    assert invoice_total(lines) == D("51.89")
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    from spanmeter.billing.rating import metrics, money
+
+    for module in (money, metrics):
+        assert doctest.testmod(module, raise_on_error=True).failed == 0
 
 
 # --- properties ---------------------------------------------------------------------------------------

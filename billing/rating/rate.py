@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from .lines import Line, invoice_total
 from .money import exact_mul, exact_sum, format_money, require_decimal, round_money
@@ -36,8 +36,10 @@ def rate_plan(
     lines: list[Line] = []
     if plan.base_fee:
         description = f"{label}{plan.name} base fee"
-        if fraction != 1:
-            description += f" × {fraction.normalize():f} of the period"
+        if fraction != 1:  # the line's quantity is the exact fraction; the text rounds it for people
+            description += (
+                f" × {(fraction * 100).quantize(Decimal('0.01'), rounding=ROUND_HALF_UP).normalize():f}% of the period"
+            )
         amount = round_money(exact_mul(fraction, plan.base_fee), currency)
         lines.append(Line("fee", None, description, fraction, Decimal(0), Decimal(0), plan.base_fee, amount, currency))
     for rate in period_plan.rates:

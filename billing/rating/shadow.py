@@ -38,6 +38,8 @@ def _usage_phrase(metric: str, quantity: Decimal) -> str:
     shown = quantity / divisor
     if divisor != 1:  # hours: 14.2, 0.5, 0.03
         shown = shown.quantize(Decimal("0.1") if shown >= 1 else Decimal("0.01"), rounding=ROUND_HALF_UP)
+        if shown == 0 and quantity > 0:
+            return f"less than 0.01 {plural}"
     return f"{format_quantity(shown)} {singular if shown == 1 else plural}"
 
 

@@ -48,6 +48,8 @@ def transition_lines(
     the shadow total of this period: the caller's choice). ``cap``: a negative "transition" line bringing
     the total down to ``round_money(previous_total × (1 + cap_ratio))`` when above it. ``credit``: a
     negative "credit" line of ``min(credit_amount, total)``. Nothing after ``until_period``.
+    A cap needs a real previous total: ``previous_total=0`` caps the new invoice at zero, so do not apply
+    a cap to customers without a comparable earlier invoice.
     """
     if not PERIOD_PATTERN.match(period):
         raise ValueError(f"period must be 'YYYY-MM', got {period!r}")
