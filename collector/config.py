@@ -61,6 +61,7 @@ class CollectorConfig:
     database_url: str | None = None
     data_dir: Path = Path(".spanmeter")
     ledger_write_timeout_seconds: float = 5.0
+    billing_metrics_interval_seconds: float = 60.0
     ledger_batch_max_rows: int = 20_000
     ledger_writers: int = 2
     max_receive_message_bytes: int = 64 * 1024 * 1024
@@ -121,6 +122,7 @@ _ENV: dict[str, tuple[str, str]] = {
     "database_url": ("SPANMETER_DATABASE_URL", "database_url"),
     "data_dir": ("SPANMETER_DATA_DIR", "path"),
     "ledger_write_timeout_seconds": ("SPANMETER_LEDGER_WRITE_TIMEOUT_SECONDS", "positive_float"),
+    "billing_metrics_interval_seconds": ("SPANMETER_BILLING_METRICS_INTERVAL_SECONDS", "positive_float"),
     "ledger_batch_max_rows": ("SPANMETER_LEDGER_BATCH_MAX_ROWS", "positive_int"),
     "ledger_writers": ("SPANMETER_LEDGER_WRITERS", "positive_int"),
     "max_receive_message_bytes": ("SPANMETER_MAX_RECEIVE_MESSAGE_BYTES", "positive_int"),

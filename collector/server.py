@@ -27,6 +27,7 @@ from spanmeter.billing.ledger import migrate
 from spanmeter.billing.ledger.database import Database, resolve_database
 
 from .auth import Authenticator
+from .billing_metrics import BillingMetrics
 from .config import CollectorConfig
 from .exporters.ledger import LedgerExporter
 from .metrics import CollectorMetrics
@@ -60,6 +61,7 @@ class CollectorServer:
         self._exporter: LedgerExporter | None = None
         self._authenticator: Authenticator | None = None
         self._readiness: Readiness | None = None
+        self._billing_metrics: BillingMetrics | None = None
         self.registry = CollectorRegistry(auto_describe=True)
 
     def start(self) -> ListenAddresses:
@@ -121,6 +123,9 @@ class CollectorServer:
         server.start()
         self._grpc = server
 
+        self._billing_metrics = BillingMetrics(database, self.registry, config.billing_metrics_interval_seconds)
+        self._billing_metrics.start()
+
         metrics_address = None
         if config.metrics_port or config.metrics_port == 0:
             self._readiness = Readiness(database)
@@ -149,6 +154,9 @@ class CollectorServer:
         if self._authenticator is not None:
             self._authenticator.shutdown()
             self._authenticator = None
+        if self._billing_metrics is not None:
+            self._billing_metrics.shutdown()
+            self._billing_metrics = None
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

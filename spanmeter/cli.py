@@ -280,6 +280,7 @@ def _usage(args: argparse.Namespace) -> int:
         totals = usage_totals(engine, args.account, start, end)
     finally:
         engine.dispose()
+    mtd = _month_to_date(database, args.account, now) if not (args.start or args.end) else None
     if args.format == "json":
         doc = {
             "account_id": args.account,
@@ -290,6 +291,21 @@ def _usage(args: argparse.Namespace) -> int:
                 for t in totals
             ],
         }
+        if mtd is not None:
+            doc["month_to_date"] = {
+                "period": str(mtd.period),
+                "as_of": _iso(mtd.as_of),
+                "plan_code": mtd.plan_code,
+                "pricing_version": mtd.pricing_version,
+                "currency": mtd.currency,
+                "usage": {metric: str(q) for metric, q in mtd.usage.items()},
+                "quotas": [
+                    {"metric": q.metric, "used": str(q.used), "included": str(q.included), "ratio": str(q.ratio)}
+                    for q in mtd.quotas
+                ],
+                "invoice_so_far": str(mtd.invoice_so_far),
+                "projected_total": str(mtd.projected_total),
+            }
         print(json.dumps(doc, indent=2))
     elif args.format == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -304,7 +320,28 @@ def _usage(args: argparse.Namespace) -> int:
             print(f"  {'meter':<16} {'quantity':>16}  {'unit':<10} {'events':>8}")
             for t in totals:
                 print(f"  {t.meter_code:<16} {t.quantity!s:>16}  {t.unit:<10} {t.events:>8}")
+        if mtd is not None:
+            print(
+                f"\nmonth to date ({mtd.period}, {mtd.plan_code} on {mtd.pricing_version}), as of {_iso(mtd.as_of)}:"
+            )
+            for q in mtd.quotas:
+                share = f"{q.ratio * 100:.1f}%" if q.ratio is not None else "-"
+                print(f"  {q.metric:<16} used {q.used:>16,f} of {q.included:>14,f} included  {share:>7}")
+            print(f"  invoice so far   {mtd.invoice_so_far:>16,.2f} {mtd.currency}")
+            print(f"  projected month  {mtd.projected_total:>16,.2f} {mtd.currency} (linear estimate)")
     return 0
+
+
+def _month_to_date(database: Any, account: str, now: datetime) -> Any:
+    """Month-to-date figures when the account has a subscription (None otherwise)."""
+    import psycopg
+
+    from spanmeter.billing.ledger import migrate
+    from spanmeter.billing.quotas import month_to_date
+
+    migrate.upgrade(database)
+    with psycopg.connect(database.conninfo) as conn:
+        return month_to_date(conn, account, now)
 
 
 def _ingest(args: argparse.Namespace) -> int:

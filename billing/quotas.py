@@ -1,0 +1,95 @@
+"""Month to date: what an account used, against its quotas, and what the month will probably cost.
+
+``spanmeter usage --account ID`` prints this for the current UTC month; ``spanmeter serve`` exports the
+quota burn of the accounts above half a quota as ``spanmeter_account_quota_used_ratio{account_id,meter}``
+(at most 200 series, the highest ratios first), the one metric allowed an account label, so that
+``SpanmeterAccountQuotaHigh`` (75%) and ``SpanmeterAccountQuotaExhausted`` (100%) can fire.
+
+The projection is linear: each subscription segment's usage so far, scaled to the segment's full length
+(usage / elapsed × length), rated like the invoice. It is an estimate, labelled as one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import psycopg
+
+from . import invoices, subscriptions
+from .periods import Period
+from .rating import PRICING_VERSIONS, QuotaStatus, invoice_total, quota_status, rate_plan
+
+__all__ = ["MAX_QUOTA_SERIES", "QUOTA_EXPORT_THRESHOLD", "MonthToDate", "month_to_date", "quota_ratios"]
+
+QUOTA_EXPORT_THRESHOLD = Decimal("0.5")
+MAX_QUOTA_SERIES = 200
+
+
+@dataclass(frozen=True)
+class MonthToDate:
+    period: Period
+    as_of: datetime
+    plan_code: str
+    pricing_version: str
+    currency: str
+    usage: dict[str, Decimal]
+    quotas: list[QuotaStatus]
+    invoice_so_far: Decimal
+    projected_total: Decimal
+
+
+def month_to_date(conn: psycopg.Connection, account_id: str, now: datetime) -> MonthToDate | None:
+    """None when the account has no subscription in force this month."""
+    period = Period.containing(now)
+    parts = invoices.period_usage(conn, account_id, period)
+    if not parts:
+        return None
+    draft = invoices.build_invoice(conn, account_id, period)
+    projected_lines = []
+    period_seconds = Decimal((period.end - period.start).total_seconds())
+    for part in parts:
+        segment = part.segment
+        plan = PRICING_VERSIONS[segment.subscription.pricing_version].plans[segment.subscription.plan_code]
+        length = Decimal((segment.end - segment.start).total_seconds())
+        elapsed = Decimal((min(now, segment.end) - segment.start).total_seconds())
+        scale = length / elapsed if elapsed > 0 else Decimal(0)
+        projected = {metric: q * scale for metric, q in part.usage.items()}
+        projected_lines.extend(rate_plan(projected, plan, fraction=length / period_seconds))
+    current = next((p for p in parts if p.segment.start <= now < p.segment.end), parts[-1])
+    sub = current.segment.subscription
+    plan = PRICING_VERSIONS[sub.pricing_version].plans[sub.plan_code]
+    fraction = Decimal((current.segment.end - current.segment.start).total_seconds()) / period_seconds
+    return MonthToDate(
+        period=period,
+        as_of=now,
+        plan_code=sub.plan_code,
+        pricing_version=sub.pricing_version,
+        currency=draft.currency,
+        usage=dict(draft.usage),
+        quotas=quota_status(current.usage, plan, fraction=fraction),
+        invoice_so_far=draft.total,
+        projected_total=invoice_total(projected_lines),
+    )
+
+
+def quota_ratios(conn: psycopg.Connection, now: datetime) -> list[tuple[str, str, Decimal]]:
+    """(account_id, metric, used/included) above the export threshold, highest first, capped."""
+    period = Period.containing(now)
+    accounts = sorted({s.account_id for s in subscriptions.history(conn)})
+    found: list[tuple[str, str, Decimal]] = []
+    for account in accounts:
+        parts = invoices.period_usage(conn, account, period)
+        current = next((p for p in parts if p.segment.start <= now < p.segment.end), None)
+        if current is None:
+            continue
+        sub = current.segment.subscription
+        plan = PRICING_VERSIONS[sub.pricing_version].plans[sub.plan_code]
+        seconds = Decimal((period.end - period.start).total_seconds())
+        fraction = Decimal((current.segment.end - current.segment.start).total_seconds()) / seconds
+        for status in quota_status(current.usage, plan, fraction=fraction):
+            if status.ratio is not None and status.ratio >= QUOTA_EXPORT_THRESHOLD:
+                found.append((account, status.metric, status.ratio))
+    found.sort(key=lambda item: (-item[2], item[0], item[1]))
+    return found[:MAX_QUOTA_SERIES]
