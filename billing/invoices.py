@@ -30,6 +30,7 @@ A draft's number is ``DRAFT-YYYY-MM-<account>``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,10 +46,12 @@ from .rating import (
     BILLABLE_METRICS,
     PRICING_VERSIONS,
     Line,
+    TransitionPolicy,
     billable_quantities,
     explain_shadow,
     invoice_total,
     rate_plan,
+    transition_lines,
 )
 from .rating.money import currency_decimals
 from .rollups import rollup_totals
@@ -477,17 +480,35 @@ class ShadowComparison:
             "period": self.primary.period,
             "currency": self.primary.currency,
             "primary": {"pricing_version": self.primary.pricing_version, "total": self.primary.to_dict()["total"]},
-            "shadow": {"pricing_version": self.shadow.pricing_version, "total": self.shadow.to_dict()["total"]},
+            "shadow": {
+                "pricing_version": self.shadow.pricing_version,
+                "total": self.shadow.to_dict()["total"],
+                "lines": [line.to_dict() for line in self.shadow.lines],
+            },
             "difference": format(self.difference, "f"),
             "explanation": self.explanation,
         }
 
 
 def shadow_comparison(
-    conn: psycopg.Connection, account_id: str, period: Period, shadow_version: str, *, pricing: str | None = None
+    conn: psycopg.Connection,
+    account_id: str,
+    period: Period,
+    shadow_version: str,
+    *,
+    pricing: str | None = None,
+    transition: TransitionPolicy | None = None,
 ) -> ShadowComparison:
+    """The invoice under its pricing and under ``shadow_version``, the difference and why. With a
+    ``transition`` policy the shadow invoice gets its transition line (a cap relative to the primary
+    total, or a one-off credit), so the comparison shows what a migrated customer would really pay."""
     primary = build_invoice(conn, account_id, period, pricing_override=pricing)
     shadow = build_invoice(conn, account_id, period, pricing_override=shadow_version)
+    if transition is not None:
+        extra = transition_lines(primary.total, list(shadow.lines), transition, str(period), shadow.currency)
+        if extra:
+            shadow_lines = [*shadow.lines, *extra]
+            shadow = dataclasses.replace(shadow, lines=shadow_lines, total=invoice_total(shadow_lines))
     explanation = explain_shadow(
         str(period), primary.usage, primary.pricing_version, list(primary.lines), shadow_version, list(shadow.lines)
     )

@@ -80,6 +80,11 @@ def register(sub: Any) -> None:
     invoice.add_argument("--period", required=True, help="YYYY-MM (UTC calendar month)")
     invoice.add_argument("--pricing", help="rate under this pricing version instead of the subscription's")
     invoice.add_argument("--shadow", help="also rate under this version and explain the difference")
+    invoice.add_argument(
+        "--transition",
+        metavar="POLICY",
+        help="with --shadow: cap[:RATIO[:UNTIL_YYYY-MM]] (default cap:0.10) or credit:AMOUNT, shown as a line",
+    )
     invoice.add_argument("--finalize", action="store_true", help="store the invoice immutably (after the drift window)")
     invoice.add_argument("--format", choices=("table", "json", "csv"), default="table")
     invoice.add_argument("--by", help="who finalizes (default: $USER)")
@@ -323,10 +328,30 @@ def _invoice_csv(documents: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+def _transition(text: str | None) -> Any:
+    if not text:
+        return None
+    from spanmeter.billing.rating import TransitionPolicy
+
+    kind, *rest = text.split(":")
+    try:
+        if kind == "cap" and len(rest) <= 2:
+            ratio = Decimal(rest[0]) if rest and rest[0] else Decimal("0.10")
+            return TransitionPolicy("cap", cap_ratio=ratio, until_period=rest[1] if len(rest) > 1 else None)
+        if kind == "credit" and len(rest) == 1:
+            return TransitionPolicy("credit", credit_amount=Decimal(rest[0]))
+    except (InvalidOperation, ValueError) as exc:
+        raise CommandError(f"--transition {text!r}: {exc}") from None
+    raise CommandError(f"--transition {text!r}: write cap[:RATIO[:UNTIL_YYYY-MM]] or credit:AMOUNT")
+
+
 def _invoice(args: argparse.Namespace) -> int:
     from spanmeter.billing import invoices, subscriptions
 
     period = _period(args.period)
+    transition = _transition(args.transition)
+    if transition is not None and not args.shadow:
+        raise CommandError("--transition applies to the shadow invoice: add --shadow VERSION")
     if args.action == "shadow-report":
         if not args.shadow:
             raise CommandError("shadow-report needs --shadow VERSION")
@@ -335,7 +360,11 @@ def _invoice(args: argparse.Namespace) -> int:
             reports = []
             for account in accounts:
                 if subscriptions.segments(conn, account, period.start, period.end):
-                    reports.append(invoices.shadow_comparison(conn, account, period, args.shadow, pricing=args.pricing))
+                    reports.append(
+                        invoices.shadow_comparison(
+                            conn, account, period, args.shadow, pricing=args.pricing, transition=transition
+                        )
+                    )
         if args.format == "json":
             _print_json([r.to_dict() for r in reports])
             return 0
@@ -369,7 +398,9 @@ def _invoice(args: argparse.Namespace) -> int:
         else:
             invoice = invoices.build_invoice(conn, args.account, period, pricing_override=args.pricing)
         comparison = (
-            invoices.shadow_comparison(conn, args.account, period, args.shadow, pricing=args.pricing)
+            invoices.shadow_comparison(
+                conn, args.account, period, args.shadow, pricing=args.pricing, transition=transition
+            )
             if args.shadow
             else None
         )

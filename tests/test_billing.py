@@ -429,3 +429,85 @@ def test_shadow_invoices_for_several_accounts_and_the_cli_shapes(db):
         text=True,
     )
     assert bad.returncode == 2 and "YYYY-MM" in bad.stderr
+
+
+def test_a_transition_cap_shows_as_a_line_on_the_shadow_invoice(db):
+    subscribe(db, "acme", "starter", NOV.start, pricing="v1_request")
+    write(db, [usage("acme", "api_requests", 1, at("2026-11-03T00:00:00")) for _ in range(100)])
+    write(db, [usage("acme", "worker_seconds", 3_600, at("2026-11-03T00:00:00"))])
+    with psycopg.connect(db) as conn:
+        from spanmeter.billing.rating import TransitionPolicy
+
+        plain = invoices.shadow_comparison(conn, "acme", NOV, "v2_compute")
+        capped = invoices.shadow_comparison(
+            conn, "acme", NOV, "v2_compute", transition=TransitionPolicy("cap", until_period="2027-01")
+        )
+    assert (plain.primary.total, plain.shadow.total) == (Decimal("0.04"), Decimal("49.00"))  # 100 x 0.0004; €49 fee
+    assert capped.shadow.lines[-1].kind == "transition"
+    assert capped.shadow.lines[-1].amount == Decimal("-48.96")  # capped at 0.04 x 1.10 = 0.04
+    assert capped.shadow.total == Decimal("0.04")
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spanmeter",
+            "invoice",
+            "--account",
+            "acme",
+            "--period",
+            "2026-11",
+            "--shadow",
+            "v2_compute",
+            "--transition",
+            "credit:10",
+            "--format",
+            "json",
+            "--database-url",
+            db,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    shadow = json.loads(cli.stdout)["shadow"]["shadow"]
+    assert (shadow["total"], shadow["lines"][-1]["kind"], shadow["lines"][-1]["amount"]) == (
+        "39.00",
+        "credit",
+        "-10.00",
+    )
+
+
+def test_serve_exports_quota_burn_only_for_accounts_over_half_a_quota_and_the_reconciliation_delta(db, make_collector):
+    from support import wait_until
+
+    now = datetime.now(UTC)
+    month = Period.containing(now)
+    subscribe(db, "acme", "starter", month.start)
+    subscribe(db, "globex", "starter", month.start)
+    write(
+        db,
+        [
+            usage("acme", "worker_seconds", 3_000, now - timedelta(seconds=5)),
+            usage("acme", "input_tokens", 250_000, now - timedelta(seconds=5)),
+        ],
+    )
+    write(db, [usage("globex", "worker_seconds", 100, now - timedelta(seconds=5))])
+    with psycopg.connect(db) as conn:
+        reconcile.reconcile(conn, month)
+    collector = make_collector(db, SPANMETER_BILLING_METRICS_INTERVAL_SECONDS="0.2")
+    wait_until(
+        lambda: collector.metrics().get("spanmeter_billing_metrics_refresh_timestamp_seconds", 0) > 0,
+        timeout=30,
+        what="the billing metrics to refresh",
+    )
+    metrics = collector.metrics()
+    quota = {k: v for k, v in metrics.items() if k.startswith("spanmeter_account_quota_used_ratio")}
+    assert quota == {
+        'spanmeter_account_quota_used_ratio{account_id="acme",meter="tokens"}': 1.0,
+        'spanmeter_account_quota_used_ratio{account_id="acme",meter="worker_seconds"}': 0.8333,
+    }
+    assert metrics["spanmeter_reconciliation_delta"] == 0
+    # a tampered rollup: the next reconciliation stores a non-zero delta and the metric follows
+    with psycopg.connect(db) as conn:
+        conn.execute("UPDATE usage_rollups_daily SET quantity = quantity + 7 WHERE account_id = 'globex'")
+        assert reconcile.reconcile(conn, month).delta == 7
+    wait_until(lambda: collector.metrics().get("spanmeter_reconciliation_delta") == 7, timeout=30, what="delta 7")

@@ -210,3 +210,77 @@ def test_spanmeter_demo_runs_the_whole_job_and_stops_what_it_started(postgres_ad
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     pool = subprocess.run(["pgrep", "-P", ",".join(map(str, pids))], capture_output=True, text=True).stdout.split()
     assert pool == []
+    _invoices_price_the_demo_ledger_exactly(database, submissions)
+
+
+def _invoices_price_the_demo_ledger_exactly(database: str, submissions) -> None:
+    """The demo's usage, invoiced: every account's draft prices exactly what the raw ledger holds."""
+    import json
+    import subprocess
+    import sys
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from spanmeter.billing.periods import Period
+    from spanmeter.billing.rating import PRICING_VERSIONS, billable_quantities, invoice_total, rate_plan, round_money
+
+    period = Period.containing(datetime.now(UTC))
+    cli = [sys.executable, "-m", "spanmeter"]
+    for account, plan in workload.ACCOUNTS:
+        subprocess.run(
+            [
+                *cli,
+                "subscription",
+                "set",
+                "--account",
+                account,
+                "--plan",
+                plan,
+                "--pricing",
+                "v2_compute",
+                "--from",
+                f"{period.start:%Y-%m-%d}",
+                "--database-url",
+                database,
+            ],
+            check=True,
+            capture_output=True,
+        )
+    report = subprocess.run(
+        [
+            *cli,
+            "invoice",
+            "shadow-report",
+            "--period",
+            str(period),
+            "--shadow",
+            "v1_request",
+            "--format",
+            "json",
+            "--database-url",
+            database,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert report.returncode == 0, report.stderr
+    by_account = {r["account_id"]: r for r in json.loads(report.stdout)}
+    assert set(by_account) == {account for account, _ in workload.ACCOUNTS}
+    tokens = workload.expected_tokens(submissions)
+    for account, plan in workload.ACCOUNTS:
+        raw = {
+            meter: Decimal(q)
+            for meter, q in ledger(
+                database,
+                "SELECT meter_code, sum(quantity) FROM usage_events WHERE account_id = %s GROUP BY 1",
+                (account,),
+            )
+        }
+        assert raw["input_tokens"] == tokens[(account, "input_tokens")]
+        assert raw["output_tokens"] == tokens[(account, "output_tokens")]
+        expected = invoice_total(rate_plan(billable_quantities(raw), PRICING_VERSIONS["v2_compute"].plans[plan]))
+        assert by_account[account]["primary"]["total"] == f"{expected:.2f}"
+        assert (
+            by_account[account]["shadow"]["total"]
+            == f"{round_money(raw['api_requests'] * Decimal('0.0004'), 'EUR'):.2f}"
+        )
