@@ -115,6 +115,7 @@ def run_demo(options: DemoOptions = DemoOptions(), stream: TextIO = sys.stdout) 
         if usage is None:
             return 1
         _report(usage, submissions, stack, out)
+        _invoice_preview(database.conninfo, out)
     except StackError as exc:
         out.line(f"spanmeter demo: {exc}")
         return 1
@@ -128,7 +129,8 @@ def run_demo(options: DemoOptions = DemoOptions(), stream: TextIO = sys.stdout) 
             embedded.stop()
         out.line(f"  stopped every process the demo started ({time.monotonic() - started:.0f} s in all)")
     accounts = ", ".join(account for account, _ in workload.ACCOUNTS)
-    out.line(f"\nThe ledger keeps these rows: try `spanmeter usage --account acme` (accounts: {accounts}).")
+    out.line(f"\nThe ledger keeps these rows: try `spanmeter usage --account acme` (accounts: {accounts}),")
+    out.line(f"and `spanmeter invoice --account acme --period {datetime.now(UTC):%Y-%m} --shadow v1_request`.")
     return 0
 
 
@@ -220,6 +222,41 @@ def _report(
         f"  {probes} synthetic probes: {synthetic} usage records metered in spanmeter_synthetic_spans_total,"
         " none in the ledger."
     )
+
+
+def _invoice_preview(conninfo: str, out: _Out) -> None:
+    """Subscribe the demo accounts (when they have no subscription yet) and print their draft invoices."""
+    import psycopg
+
+    from spanmeter.billing import invoices, subscriptions
+    from spanmeter.billing.periods import Period
+
+    period = Period.containing(datetime.now(UTC))
+    out.line(f"\n  draft invoices for {period} (subscriptions on v2_compute; shadow: the old per-request v1_request)")
+    with psycopg.connect(conninfo) as conn:
+        for account, plan in workload.ACCOUNTS:
+            if not subscriptions.history(conn, account):
+                subscriptions.set_subscription(
+                    conn,
+                    account_id=account,
+                    plan_code=plan,
+                    pricing_version="v2_compute",
+                    valid_from=period.start,
+                    created_by="spanmeter demo",
+                    note="created by spanmeter demo",
+                )
+                conn.commit()
+            try:
+                comparison = invoices.shadow_comparison(conn, account, period, "v1_request")
+            except invoices.InvoiceError as exc:
+                out.line(f"  {account:<10} {exc}")
+                continue
+            primary, shadow = comparison.primary, comparison.shadow
+            out.line(
+                f"  {account:<10} {primary.subscriptions[-1]['plan_code']:<9} {primary.pricing_version} "
+                f"{primary.total:>9,.2f} {primary.currency}   v1_request {shadow.total:>8,.2f} {shadow.currency}"
+                f"   ({len(primary.lines)} lines)"
+            )
 
 
 def _synthetic_spans(stack: DemoStack) -> int:
