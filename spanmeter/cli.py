@@ -321,9 +321,7 @@ def _usage(args: argparse.Namespace) -> int:
             for t in totals:
                 print(f"  {t.meter_code:<16} {t.quantity!s:>16}  {t.unit:<10} {t.events:>8}")
         if mtd is not None:
-            print(
-                f"\nmonth to date ({mtd.period}, {mtd.plan_code} on {mtd.pricing_version}), as of {_iso(mtd.as_of)}:"
-            )
+            print(f"\nmonth to date ({mtd.period}, {mtd.plan_code} on {mtd.pricing_version}), as of {_iso(mtd.as_of)}:")
             for q in mtd.quotas:
                 share = f"{q.ratio * 100:.1f}%" if q.ratio is not None else "-"
                 print(f"  {q.metric:<16} used {q.used:>16,f} of {q.included:>14,f} included  {share:>7}")
