@@ -112,3 +112,18 @@ def test_database_urls_in_libpq_and_sqlalchemy_forms(url, expected):
 def test_bad_database_urls_are_refused_with_a_reason(url):
     with pytest.raises(DatabaseUrlError):
         normalize_database_url(url)
+
+
+def test_the_typed_models_match_the_migrated_schema(migrated):
+    """The SQLAlchemy models are the schema's map: Alembic autogenerate finds nothing to change."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from spanmeter.billing.ledger.models import Base
+
+    engine = resolve_database(migrated, data_dir=None).engine()
+    try:
+        with engine.connect() as connection:
+            assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    finally:
+        engine.dispose()

@@ -23,18 +23,35 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
     Numeric,
     SmallInteger,
     Text,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "DeadLetterReplay", "RejectedRequest", "RejectedSpan", "UsageEvent"]
+__all__ = [
+    "Base",
+    "DeadLetterReplay",
+    "Invoice",
+    "InvoiceLine",
+    "ReconciliationRun",
+    "RejectedRequest",
+    "RejectedSpan",
+    "Subscription",
+    "UsageAdjustment",
+    "UsageEvent",
+    "UsageRollupDaily",
+    "UsageRollupHourly",
+    "UsageRollupJob",
+]
 
 
 class Base(DeclarativeBase):
@@ -104,3 +121,125 @@ class DeadLetterReplay(Base):
     patch: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     usage_rows: Mapped[int] = mapped_column(Integer)
     idempotency_keys: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)))
+
+    __table_args__ = (
+        {
+            "comment": "One row per rejected span that a replay billed; its usage rows carry the same rejection_key in metadata"
+        },
+    )
+
+
+# --- rating (migration 0003): read and written by billing/*.py with psycopg; typed here as the schema's map
+
+
+class Subscription(Base):
+    """Effective-dated and append-only: the row with the latest ``valid_from <= t`` is in force at ``t``."""
+
+    __tablename__ = "subscriptions"
+
+    subscription_id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    account_id: Mapped[str] = mapped_column(Text)
+    plan_code: Mapped[str] = mapped_column(Text)
+    pricing_version: Mapped[str] = mapped_column(Text)
+    currency: Mapped[str] = mapped_column(Text)
+    valid_from: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    valid_to: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    created_by: Mapped[str] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("subscriptions_account_from_idx", "account_id", "valid_from"),)
+
+
+class _Rollup:
+    account_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), primary_key=True)
+    meter_code: Mapped[str] = mapped_column(Text, primary_key=True)
+    meter_version: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    plan_code: Mapped[str] = mapped_column(Text, primary_key=True)
+    dimension: Mapped[str] = mapped_column(Text, primary_key=True)
+    quantity: Mapped[Decimal] = mapped_column(Numeric)
+    events: Mapped[int] = mapped_column(BigInteger)
+    max_quantity: Mapped[Decimal] = mapped_column(Numeric)
+    latest_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    latest_quantity: Mapped[Decimal] = mapped_column(Numeric)
+
+
+class UsageRollupHourly(_Rollup, Base):
+    __tablename__ = "usage_rollups_hourly"
+
+
+class UsageRollupDaily(_Rollup, Base):
+    __tablename__ = "usage_rollups_daily"
+
+
+class UsageRollupJob(Base):
+    __tablename__ = "usage_rollup_jobs"
+
+    account_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    month_start: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), primary_key=True)
+    meter_code: Mapped[str] = mapped_column(Text, primary_key=True)
+    job_id: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
+class UsageAdjustment(Base):
+    """A correction: never an edit of a usage row. Append-only."""
+
+    __tablename__ = "usage_adjustments"
+
+    idempotency_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    account_id: Mapped[str] = mapped_column(Text)
+    meter_code: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[Decimal] = mapped_column(Numeric)
+    occurred_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    reference: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("usage_adjustments_account_time_idx", "account_id", "occurred_at"),)
+
+
+class Invoice(Base):
+    """A finalized invoice (append-only): the JSON document as issued."""
+
+    __tablename__ = "invoices"
+
+    invoice_number: Mapped[str] = mapped_column(Text, primary_key=True)
+    account_id: Mapped[str] = mapped_column(Text)
+    period_start: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    pricing_version: Mapped[str] = mapped_column(Text)
+    currency: Mapped[str] = mapped_column(Text)
+    total: Mapped[Decimal] = mapped_column(Numeric)
+    document: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    finalized_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    finalized_by: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("account_id", "period_start", name="invoices_one_per_account_period"),
+        Index("invoices_period_idx", "period_start"),
+    )
+
+
+class InvoiceLine(Base):
+    __tablename__ = "invoice_lines"
+
+    invoice_number: Mapped[str] = mapped_column(Text, ForeignKey("invoices.invoice_number"), primary_key=True)
+    line_no: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    meter_code: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[Decimal] = mapped_column(Numeric)
+    amount: Mapped[Decimal] = mapped_column(Numeric)
+    currency: Mapped[str] = mapped_column(Text)
+    reference_period: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+
+
+class ReconciliationRun(Base):
+    __tablename__ = "reconciliation_runs"
+
+    run_id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    ran_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    delta: Mapped[Decimal] = mapped_column(Numeric)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB)
