@@ -511,3 +511,21 @@ def test_serve_exports_quota_burn_only_for_accounts_over_half_a_quota_and_the_re
         conn.execute("UPDATE usage_rollups_daily SET quantity = quantity + 7 WHERE account_id = 'globex'")
         assert reconcile.reconcile(conn, month).delta == 7
     wait_until(lambda: collector.metrics().get("spanmeter_reconciliation_delta") == 7, timeout=30, what="delta 7")
+
+
+def test_usage_shows_month_to_date_quotas_and_the_invoice_so_far(db):
+    now = datetime.now(UTC)
+    month = Period.containing(now)
+    subscribe(db, "acme", "starter", month.start)
+    write(db, [usage("acme", "worker_seconds", 4_600, now - timedelta(seconds=5))])
+    shown = subprocess.run(
+        [sys.executable, "-m", "spanmeter", "usage", "--account", "acme", "--format", "json", "--database-url", db],
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    mtd = json.loads(shown.stdout)["month_to_date"]
+    assert (mtd["period"], mtd["plan_code"], mtd["pricing_version"]) == (str(month), "starter", "v2_compute")
+    assert mtd["quotas"][0] == {"metric": "worker_seconds", "used": "4600", "included": "3600", "ratio": "1.2778"}
+    assert mtd["invoice_so_far"] == "51.00"  # 49 + 1,000 s over the allowance at 0.0020
+    assert Decimal(mtd["projected_total"]) >= Decimal("51.00")  # the month is not over: a linear projection
