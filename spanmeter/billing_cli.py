@@ -27,12 +27,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from spanmeter.cli import UsageError as CommandError
+from spanmeter.cli import _common, _parse_time
+
 __all__ = ["COMMANDS", "register"]
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--database-url", help="PostgreSQL URL (default: the embedded database)")
-    parser.add_argument("--data-dir", help="embedded database directory (default: ./.spanmeter)")
 
 
 def register(sub: Any) -> None:
@@ -105,10 +103,6 @@ def register(sub: Any) -> None:
     _common(export)
 
 
-class CommandError(ValueError):
-    pass
-
-
 @contextmanager
 def _connect(args: argparse.Namespace) -> Iterator[Any]:
     import psycopg
@@ -128,14 +122,7 @@ def _who(args: argparse.Namespace) -> str:
     return args.by or os.environ.get("USER") or getpass.getuser()
 
 
-def _time(text: str, flag: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise CommandError(
-            f"{flag} {text!r}: write YYYY-MM-DD or an ISO 8601 time such as 2026-11-01T00:00:00Z"
-        ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+_time = _parse_time
 
 
 def _period(text: str) -> Any:
@@ -468,6 +455,6 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (CommandError, SubscriptionError, AdjustmentError, InvoiceError) as exc:
+    except (SubscriptionError, AdjustmentError, InvoiceError) as exc:  # CommandError: main() reports it
         print(f"spanmeter: {exc}", file=sys.stderr)
         return 2
