@@ -93,11 +93,12 @@ def reconcile(conn: psycopg.Connection, period: Period) -> ReconciliationResult:
     checked = 0
     for account in accounts:
         stored = invoices.finalized_invoice(conn, account, period)
+        parts = invoices.period_usage(conn, account, period)
         ledger: dict[str, Decimal] = {}
-        for part in invoices.period_usage(conn, account, period):
+        for part in parts:
             for metric, q in part.usage.items():
                 ledger[metric] = ledger.get(metric, Decimal(0)) + q
-        segments = [p.segment for p in invoices.period_usage(conn, account, period)]
+        segments = [p.segment for p in parts]
         for gap_start, gap_end in invoices._gaps(segments, period):
             gap_usage, _, _ = invoices._segment_usage(conn, account, gap_start, gap_end)
             for metric, q in gap_usage.items():
