@@ -108,6 +108,23 @@ def db_conninfo(base: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(base, dbname=dbname)
 
 
+def apply_server_settings(admin: str, wanted: dict[str, str | None]) -> bool:
+    """``ALTER SYSTEM SET`` each non-empty setting and reload; returns whether any needs a restart."""
+    import time
+
+    restart = False
+    with connect(admin, autocommit=True) as conn:
+        for name, value in wanted.items():
+            if value:
+                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.3)
+        for name in wanted:
+            pending = conn.execute("SELECT pending_restart FROM pg_settings WHERE name = %s", (name,)).fetchone()
+            restart |= bool(pending and pending[0])
+    return restart
+
+
 def ensure_database(admin: str, name: str) -> None:
     with connect(admin, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():

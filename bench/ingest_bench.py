@@ -122,18 +122,7 @@ class Postgres:
 
     def _configure(self) -> bool:
         wanted = {"shared_buffers": self.args.pg_shared_buffers, "max_wal_size": self.args.pg_max_wal_size}
-        restart = False
-        with _ledger.connect(self.admin, autocommit=True) as conn:
-            for name, value in wanted.items():
-                if not value:
-                    continue
-                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
-            conn.execute("SELECT pg_reload_conf()")
-            time.sleep(0.3)
-            for name in wanted:
-                pending = conn.execute("SELECT pending_restart FROM pg_settings WHERE name = %s", (name,)).fetchone()
-                restart |= bool(pending and pending[0])
-        return restart
+        return _ledger.apply_server_settings(self.admin, wanted)
 
     def _restart(self) -> None:
         import pgserver

@@ -107,16 +107,7 @@ class Postgres:
         self.started_here = not self.embedded.is_running()
         self.admin = _ledger.db_conninfo(self.embedded.start(), "postgres")
         wanted = {"shared_buffers": self.args.pg_shared_buffers, "max_wal_size": self.args.pg_max_wal_size}
-        restart = False
-        with _ledger.connect(self.admin, autocommit=True) as conn:
-            for name, value in wanted.items():
-                if value:
-                    conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
-            conn.execute("SELECT pg_reload_conf()")
-            time.sleep(0.3)
-            for name in wanted:
-                row = conn.execute("SELECT pending_restart FROM pg_settings WHERE name = %s", (name,)).fetchone()
-                restart |= bool(row and row[0])
+        restart = _ledger.apply_server_settings(self.admin, wanted)
         if restart and self.started_here:
             import pgserver
 

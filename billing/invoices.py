@@ -63,8 +63,11 @@ __all__ = [
     "build_invoice",
     "finalize_invoice",
     "finalized_invoice",
+    "late_usage_lines",
     "period_usage",
     "shadow_comparison",
+    "uncovered_windows",
+    "window_usage",
 ]
 
 DEFAULT_DRIFT_WINDOW = timedelta(days=2)
@@ -127,7 +130,11 @@ class SegmentUsage:
     plan_codes: dict[str, Decimal]  # span plan code -> quantity, all meters
 
 
-def _segment_usage(conn: psycopg.Connection, account_id: str, start: datetime, end: datetime) -> tuple:
+def window_usage(
+    conn: psycopg.Connection, account_id: str, start: datetime, end: datetime
+) -> tuple[dict[str, Decimal], dict[str, set[int]], dict[str, Decimal]]:
+    """(billable metric -> quantity incl. corrections, meter -> meter versions, span plan code -> quantity)
+    for [start, end), from the rollups."""
     totals = rollup_totals(conn, account_id, start, end)
     meters: dict[str, Decimal] = {code: t.quantity for code, t in totals.items()}
     for correction in adjustments.for_account(conn, account_id, start, end):
@@ -145,12 +152,13 @@ def period_usage(conn: psycopg.Connection, account_id: str, period: Period) -> l
     """Usage per subscription segment of ``period``."""
     result = []
     for segment in subscriptions.segments(conn, account_id, period.start, period.end):
-        usage, versions, plans = _segment_usage(conn, account_id, segment.start, segment.end)
+        usage, versions, plans = window_usage(conn, account_id, segment.start, segment.end)
         result.append(SegmentUsage(segment, usage, versions, plans))
     return result
 
 
-def _gaps(segments: Sequence[subscriptions.Segment], period: Period) -> list[tuple[datetime, datetime]]:
+def uncovered_windows(segments: Sequence[subscriptions.Segment], period: Period) -> list[tuple[datetime, datetime]]:
+    """The parts of ``period`` no subscription segment covers (pure)."""
     gaps, cursor = [], period.start
     for segment in segments:
         if segment.start > cursor:
@@ -230,7 +238,7 @@ def _billed_per_metric(document: Mapping[str, Any]) -> tuple[dict[str, Decimal],
     return quantities, amounts
 
 
-def _late_usage(
+def late_usage_lines(
     conn: psycopg.Connection, account_id: str, period: Period, currency: str
 ) -> tuple[list[Line], list[dict[str, str]]]:
     """Adjustment lines on ``period`` for usage that reached already-finalized earlier periods."""
@@ -316,7 +324,7 @@ def build_invoice(
             f"spanmeter subscription set --account {account_id} --plan PLAN --pricing VERSION --from {period.start:%Y-%m-%d}"
         )
     lines, version, currency = _rate_segments(parts, period, pricing_override)
-    late_lines, late_details = ([], []) if stored is not None else _late_usage(conn, account_id, period, currency)
+    late_lines, late_details = ([], []) if stored is not None else late_usage_lines(conn, account_id, period, currency)
     lines = [*lines, *late_lines]
     usage: dict[str, Decimal] = {}
     meter_versions: dict[str, set[int]] = {}
@@ -338,8 +346,8 @@ def build_invoice(
                     }
                 )
     unrated: dict[str, Decimal] = {}
-    for gap_start, gap_end in _gaps([p.segment for p in parts], period):
-        gap_usage, _, _ = _segment_usage(conn, account_id, gap_start, gap_end)
+    for gap_start, gap_end in uncovered_windows([p.segment for p in parts], period):
+        gap_usage, _, _ = window_usage(conn, account_id, gap_start, gap_end)
         for metric, q in gap_usage.items():
             if q:
                 unrated[metric] = unrated.get(metric, Decimal(0)) + q

@@ -99,8 +99,8 @@ def reconcile(conn: psycopg.Connection, period: Period) -> ReconciliationResult:
             for metric, q in part.usage.items():
                 ledger[metric] = ledger.get(metric, Decimal(0)) + q
         segments = [p.segment for p in parts]
-        for gap_start, gap_end in invoices._gaps(segments, period):
-            gap_usage, _, _ = invoices._segment_usage(conn, account, gap_start, gap_end)
+        for gap_start, gap_end in invoices.uncovered_windows(segments, period):
+            gap_usage, _, _ = invoices.window_usage(conn, account, gap_start, gap_end)
             for metric, q in gap_usage.items():
                 if q:
                     unrated.append({"account_id": account, "meter_code": metric, "quantity": format(q, "f")})
@@ -158,7 +158,7 @@ def _pending_on_next_open(conn: psycopg.Connection, account: str, period: Period
     segments = invoices.subscriptions.segments(conn, account, next_open.start, next_open.end)
     if not segments:
         return {}  # no subscription to bill it on: it shows as a difference
-    _, details = invoices._late_usage(conn, account, next_open, segments[0].subscription.currency)
+    _, details = invoices.late_usage_lines(conn, account, next_open, segments[0].subscription.currency)
     pending: dict[str, Decimal] = {}
     for item in details:
         if item["reference_period"] == str(period):
