@@ -3,7 +3,8 @@
 ``spanmeter usage --account ID`` prints this for the current UTC month; ``spanmeter serve`` exports the
 quota burn of the accounts above half a quota as ``spanmeter_account_quota_used_ratio{account_id,meter}``
 (at most 200 series, the highest ratios first), the one metric allowed an account label, so that
-``SpanmeterAccountQuotaHigh`` (75%) and ``SpanmeterAccountQuotaExhausted`` (100%) can fire.
+``SpanmeterAccountQuotaHigh`` (75%) and ``SpanmeterAccountQuotaExhausted`` (100%) can fire; and it
+rewrites ``account_month_to_date`` (invoice so far, projection) for the Grafana billing dashboard.
 
 The projection is linear: each subscription segment's usage so far, scaled to the segment's full length
 (usage / elapsed × length), rated like the invoice. It is an estimate, labelled as one.
@@ -21,7 +22,13 @@ from . import invoices, subscriptions
 from .periods import Period
 from .rating import PRICING_VERSIONS, QuotaStatus, invoice_total, quota_status, rate_plan
 
-__all__ = ["MAX_QUOTA_SERIES", "QUOTA_EXPORT_THRESHOLD", "MonthToDate", "month_to_date", "quota_ratios"]
+__all__ = [
+    "MAX_QUOTA_SERIES",
+    "QUOTA_EXPORT_THRESHOLD",
+    "MonthToDate",
+    "month_to_date",
+    "refresh_month_to_date",
+]
 
 QUOTA_EXPORT_THRESHOLD = Decimal("0.5")
 MAX_QUOTA_SERIES = 200
@@ -74,22 +81,47 @@ def month_to_date(conn: psycopg.Connection, account_id: str, now: datetime) -> M
     )
 
 
-def quota_ratios(conn: psycopg.Connection, now: datetime) -> list[tuple[str, str, Decimal]]:
-    """(account_id, metric, used/included) above the export threshold, highest first, capped."""
+def _exported(found: list[tuple[str, str, Decimal | None]]) -> list[tuple[str, str, Decimal]]:
+    kept = [(a, m, r) for a, m, r in found if r is not None and r >= QUOTA_EXPORT_THRESHOLD]
+    kept.sort(key=lambda item: (-item[2], item[0], item[1]))
+    return kept[:MAX_QUOTA_SERIES]
+
+
+def refresh_month_to_date(conn: psycopg.Connection, now: datetime) -> list[tuple[str, str, Decimal]]:
+    """Rewrite ``account_month_to_date`` for every subscribed account; return the exported quota ratios.
+
+    One pass over the accounts serves both the Grafana billing dashboard (the table, read through the
+    SELECT-only ``spanmeter_grafana`` role) and ``spanmeter_account_quota_used_ratio``. Committed as one
+    transaction, so a dashboard never sees half a refresh.
+    """
     period = Period.containing(now)
     accounts = sorted({s.account_id for s in subscriptions.history(conn)})
-    found: list[tuple[str, str, Decimal]] = []
-    for account in accounts:
-        parts = invoices.period_usage(conn, account, period)
-        current = next((p for p in parts if p.segment.start <= now < p.segment.end), None)
-        if current is None:
-            continue
-        sub = current.segment.subscription
-        plan = PRICING_VERSIONS[sub.pricing_version].plans[sub.plan_code]
-        seconds = Decimal((period.end - period.start).total_seconds())
-        fraction = Decimal((current.segment.end - current.segment.start).total_seconds()) / seconds
-        for status in quota_status(current.usage, plan, fraction=fraction):
-            if status.ratio is not None and status.ratio >= QUOTA_EXPORT_THRESHOLD:
-                found.append((account, status.metric, status.ratio))
-    found.sort(key=lambda item: (-item[2], item[0], item[1]))
-    return found[:MAX_QUOTA_SERIES]
+    found: list[tuple[str, str, Decimal | None]] = []
+    with conn.transaction():
+        for account in accounts:
+            mtd = month_to_date(conn, account, now)
+            if mtd is None:
+                continue
+            found.extend((account, q.metric, q.ratio) for q in mtd.quotas)
+            conn.execute(
+                """
+                INSERT INTO account_month_to_date AS m (account_id, period_start, plan_code, pricing_version,
+                                                         currency, invoice_so_far, projected_total, computed_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (account_id, period_start) DO UPDATE SET
+                    plan_code = excluded.plan_code, pricing_version = excluded.pricing_version,
+                    currency = excluded.currency, invoice_so_far = excluded.invoice_so_far,
+                    projected_total = excluded.projected_total, computed_at = excluded.computed_at
+                """,
+                (
+                    account,
+                    period.start,
+                    mtd.plan_code,
+                    mtd.pricing_version,
+                    mtd.currency,
+                    mtd.invoice_so_far,
+                    mtd.projected_total,
+                    now,
+                ),
+            )
+    return _exported(found)

@@ -2,7 +2,9 @@
 
 ``spanmeter serve`` refreshes these every ``SPANMETER_BILLING_METRICS_INTERVAL_SECONDS`` (default 60 s)
 from the rollups, the subscriptions and ``reconciliation_runs`` (never from the raw ledger), in its own
-thread on its own connection, and serves the last snapshot at every scrape:
+thread on its own connection, and serves the last snapshot at every scrape. The same pass rewrites the
+``account_month_to_date`` table that the Grafana billing dashboard reads (per-account figures stay out of
+Prometheus, but for the bounded quota gauge below):
 
 | metric | type | labels | meaning |
 |---|---|---|---|
@@ -78,10 +80,10 @@ class BillingMetrics(Collector):
         )
 
     def refresh(self) -> None:
-        from spanmeter.billing.quotas import quota_ratios
+        from spanmeter.billing.quotas import refresh_month_to_date
 
         with psycopg.connect(self._database.conninfo, connect_timeout=10) as conn:
-            quotas = [(a, m, float(r)) for a, m, r in quota_ratios(conn, datetime.now(UTC))]
+            quotas = [(a, m, float(r)) for a, m, r in refresh_month_to_date(conn, datetime.now(UTC))]
             row = conn.execute(
                 "SELECT delta, extract(epoch FROM ran_at) FROM reconciliation_runs ORDER BY run_id DESC LIMIT 1"
             ).fetchone()

@@ -506,6 +506,19 @@ def test_serve_exports_quota_burn_only_for_accounts_over_half_a_quota_and_the_re
         'spanmeter_account_quota_used_ratio{account_id="acme",meter="worker_seconds"}': 0.8333,
     }
     assert metrics["spanmeter_reconciliation_delta"] == 0
+    # the same refresh rewrote the month-to-date table the Grafana billing dashboard reads
+    with psycopg.connect(db) as conn:
+        mtd = conn.execute(
+            "SELECT account_id, plan_code, currency, invoice_so_far, period_start FROM account_month_to_date"
+            " ORDER BY account_id"
+        ).fetchall()
+        drafts = {a: invoices.build_invoice(conn, a, month).total for a in ("acme", "globex")}
+    assert [(a, p, c, t) for a, p, c, t, _ in mtd] == [
+        ("acme", "starter", "EUR", drafts["acme"]),
+        ("globex", "starter", "EUR", drafts["globex"]),
+    ]
+    assert drafts == {"acme": Decimal("49.00"), "globex": Decimal("49.00")}  # within the allowances
+    assert {row[4] for row in mtd} == {month.start}
     # a tampered rollup: the next reconciliation stores a non-zero delta and the metric follows
     with psycopg.connect(db) as conn:
         conn.execute("UPDATE usage_rollups_daily SET quantity = quantity + 7 WHERE account_id = 'globex'")

@@ -38,6 +38,7 @@ from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AccountMonthToDate",
     "Base",
     "DeadLetterReplay",
     "Invoice",
@@ -243,3 +244,24 @@ class ReconciliationRun(Base):
     ran_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
     delta: Mapped[Decimal] = mapped_column(Numeric)
     details: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+class AccountMonthToDate(Base):
+    """Derived, rewritten by ``spanmeter serve``: the draft invoice so far and its linear projection."""
+
+    __tablename__ = "account_month_to_date"
+    __table_args__ = (
+        {
+            "comment": "Derived: draft invoice so far and linear projection per account and month, rewritten by "
+            "spanmeter serve; the ledger stays the source of truth"
+        },
+    )
+
+    account_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), primary_key=True)
+    plan_code: Mapped[str] = mapped_column(Text)
+    pricing_version: Mapped[str] = mapped_column(Text)
+    currency: Mapped[str] = mapped_column(Text)
+    invoice_so_far: Mapped[Decimal] = mapped_column(Numeric)
+    projected_total: Mapped[Decimal] = mapped_column(Numeric)
+    computed_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
