@@ -26,6 +26,7 @@ each bad setting and how to fix it; after start-up nothing re-reads the environm
 | ``SPANMETER_PLAN_CODES`` | ``starter,growth,scale,platform`` | ``plan_code`` label values; others become ``other`` |
 | ``SPANMETER_GPU_MODELS`` | ``a100,h100,h200,l4,l40s,t4`` | ``gpu_model`` label values (lower-cased); others ``other`` |
 | ``SPANMETER_REJECTED_REQUEST_MAX_BYTES`` | ``1048576`` | bytes of an unparseable request kept |
+| ``SPANMETER_SLI_MAX_SERIES`` | ``500`` | distinct (service, operation) pairs of the request SLIs; later ones become ``_overflow`` |
 | ``SPANMETER_LOG_LEVEL`` | ``INFO`` | DEBUG, INFO, WARNING, ERROR |
 | ``SPANMETER_LOG_FORMAT`` | ``text`` | ``text`` or ``json`` (one object per line) |
 """
@@ -78,6 +79,7 @@ class CollectorConfig:
     plan_codes: tuple[str, ...] = ("starter", "growth", "scale", "platform")
     gpu_models: tuple[str, ...] = ("a100", "h100", "h200", "l4", "l40s", "t4")
     rejected_request_max_bytes: int = 1024 * 1024
+    sli_max_series: int = 500
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -139,6 +141,7 @@ _ENV: dict[str, tuple[str, str]] = {
     "plan_codes": ("SPANMETER_PLAN_CODES", "list"),
     "gpu_models": ("SPANMETER_GPU_MODELS", "list"),
     "rejected_request_max_bytes": ("SPANMETER_REJECTED_REQUEST_MAX_BYTES", "positive_int"),
+    "sli_max_series": ("SPANMETER_SLI_MAX_SERIES", "positive_int"),
     "log_level": ("SPANMETER_LOG_LEVEL", "log_level"),
     "log_format": ("SPANMETER_LOG_FORMAT", "log_format"),
 }

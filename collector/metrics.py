@@ -26,10 +26,19 @@ and absences behave from the first scrape.
 | ``spanmeter_billable_gpu_seconds_total`` | counter | plan_code, gpu_model | GPU seconds newly committed |
 | ``spanmeter_billable_tokens_total`` | counter | plan_code, direction | tokens newly committed (input, output) |
 | ``spanmeter_billable_api_requests_total`` | counter | plan_code | API requests newly committed |
+| ``spanmeter_service_requests_total`` | counter | service, operation, outcome | entry spans (SERVER, CONSUMER) of the instrumented services: the request SLIs (``outcome`` ok, error) |
+| ``spanmeter_service_request_duration_seconds`` | histogram | service, operation | their durations |
+
+The request SLIs (see :mod:`.processors.requests`) have open-ended label values, so they are capped: the
+first ``SPANMETER_SLI_MAX_SERIES`` distinct (service, operation) pairs keep their names, later pairs of a
+known service are counted as ``operation="_overflow"`` and pairs of services beyond a tenth of that cap as
+``service="_overflow", operation="_overflow"``. A non-zero ``_overflow`` series means: raise the cap, or
+fix an instrumentation that puts ids in span names.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -38,7 +47,7 @@ from prometheus_client.process_collector import ProcessCollector
 from .processors.meters import METER_CODES
 from .processors.usage import REJECT_REASONS
 
-__all__ = ["GRPC_CODES", "CollectorMetrics", "LabelCap"]
+__all__ = ["GRPC_CODES", "OVERFLOW", "CollectorMetrics", "LabelCap", "SeriesCap"]
 
 GRPC_CODES = (
     "OK",
@@ -50,6 +59,10 @@ GRPC_CODES = (
     "INTERNAL",
 )
 OTHER = "other"
+OVERFLOW = "_overflow"
+SLI_DURATION_BUCKETS_SECONDS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
 LAG_BUCKETS_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 WRITE_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -68,12 +81,43 @@ class LabelCap:
         return lowered if lowered in self._allowed else OTHER
 
 
+class SeriesCap:
+    """Admits the first ``max_pairs`` (service, operation) pairs; maps later ones to ``_overflow``.
+
+    Thread-safe: lookups of known pairs take no lock; only a first sighting does.
+    """
+
+    def __init__(self, max_pairs: int) -> None:
+        self._max_pairs = max_pairs
+        self._max_services = max(1, max_pairs // 10)
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        self._services: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, service: str, operation: str) -> tuple[str, str]:
+        found = self._pairs.get((service, operation))
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._pairs.get((service, operation))
+            if found is not None:
+                return found
+            if service not in self._services and len(self._services) >= self._max_services:
+                return OVERFLOW, OVERFLOW
+            self._services.add(service)
+            if len(self._pairs) >= self._max_pairs:
+                return service, OVERFLOW
+            self._pairs[(service, operation)] = (service, operation)
+            return service, operation
+
+
 class CollectorMetrics:
     def __init__(
         self,
         registry: CollectorRegistry,
         plan_codes: Iterable[str],
         gpu_models: Iterable[str],
+        sli_max_series: int = 500,
         oldest_pending_age_seconds: Callable[[], float] = lambda: 0.0,
         pending_requests: Callable[[], int] = lambda: 0,
     ) -> None:
@@ -81,6 +125,7 @@ class CollectorMetrics:
         self.registry = registry
         self.plan_cap = LabelCap(plan_codes)
         self.gpu_cap = LabelCap(gpu_models)
+        self.sli_cap = SeriesCap(sli_max_series)
         r = registry
         self.spans_received = Counter("spanmeter_spans_received", "Spans in parsed Export requests.", registry=r)
         self.spans_rejected = Counter(
@@ -155,6 +200,19 @@ class CollectorMetrics:
         )
         self.billable_api_requests = Counter(
             "spanmeter_billable_api_requests", "Billable API requests committed.", ["plan_code"], registry=r
+        )
+        self.service_requests = Counter(
+            "spanmeter_service_requests",
+            "Entry spans (SERVER, CONSUMER) of instrumented services, by outcome: the request SLIs.",
+            ["service", "operation", "outcome"],
+            registry=r,
+        )
+        self.service_request_duration = Histogram(
+            "spanmeter_service_request_duration_seconds",
+            "Duration of entry spans (SERVER, CONSUMER) of instrumented services.",
+            ["service", "operation"],
+            buckets=SLI_DURATION_BUCKETS_SECONDS,
+            registry=r,
         )
         ProcessCollector(registry=r)
         self._initialise_labels()

@@ -76,6 +76,7 @@ class CollectorServer:
             self.registry,
             config.plan_codes,
             config.gpu_models,
+            sli_max_series=config.sli_max_series,
             oldest_pending_age_seconds=lambda: exporter.oldest_pending_age_seconds() if exporter else 0.0,
             pending_requests=lambda: exporter.pending_requests() if exporter else 0,
         )

@@ -33,6 +33,7 @@ __all__ = [
     "GPU_MODEL",
     "HTTP_METHOD",
     "HTTP_REQUEST_METHOD",
+    "HTTP_ROUTE",
     "JOB_ID",
     "PLAN_CODE",
     "RESERVED_PREFIX",
@@ -64,6 +65,7 @@ CELERY_TASK_NAME = "celery.task_name"
 # HTTP server spans (stable name first, legacy second).
 HTTP_REQUEST_METHOD = "http.request.method"
 HTTP_METHOD = "http.method"
+HTTP_ROUTE = "http.route"  # the route template ("api/documents/<int:pk>/"): the request SLIs' operation
 
 # GenAI semantic conventions (current names first, legacy names second).
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"

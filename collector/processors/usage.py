@@ -22,6 +22,9 @@ Rules, in the order they are applied to each span:
 4. Synthetic spans (``spanmeter.synthetic = true``) are validated and metered like any other, then diverted
    to ``synthetic_rows``: counted in metrics, never written to the ledger.
 
+Independently of the meters, every entry span (``SERVER`` or ``CONSUMER``) yields one request SLI
+observation in ``service_requests`` (see :mod:`.requests`).
+
 Every row carries a deterministic idempotency key: the first 128 bits of BLAKE2b over
 ``trace_id ‖ span_id ‖ meter_code``, so the same span at any receiver, in any retry, yields the same key.
 """
@@ -50,6 +53,7 @@ from .meters import (
     MeterDefinition,
     OnUnattributed,
 )
+from .requests import ENTRY_KINDS, ServiceRequest, service_request
 
 __all__ = [
     "REJECT_REASONS",
@@ -109,6 +113,7 @@ _SPAN_KEYS = frozenset(
         A.CELERY_TASK_NAME,
         A.HTTP_REQUEST_METHOD,
         A.HTTP_METHOD,
+        A.HTTP_ROUTE,
         A.GEN_AI_OPERATION_NAME,
         A.GEN_AI_USAGE_INPUT_TOKENS,
         A.GEN_AI_USAGE_OUTPUT_TOKENS,
@@ -170,6 +175,7 @@ class MeteringResult:
     synthetic_rows: list[UsageRow] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     unattributed: Counter[str] = field(default_factory=Counter)  # count-only meters, by meter code
+    service_requests: list[ServiceRequest] = field(default_factory=list)  # entry spans, for the request SLIs
 
 
 def idempotency_key(trace_id: bytes, span_id: bytes, meter_code: str) -> str:
@@ -301,6 +307,10 @@ def meter_request(
                     key = kv.key
                     if key in _SPAN_KEYS:
                         attrs[key] = kv.value
+                if span.kind in ENTRY_KINDS:
+                    if resource is None:
+                        resource = _resource_context(resource_spans)
+                    result.service_requests.append(service_request(span, attrs, resource.service_name))
                 if not attrs and span.kind != _SERVER:
                     continue  # fast path: nothing here can match a meter
                 matched = _match_meters(span, attrs)
