@@ -1,0 +1,246 @@
+"""The hand-written alerts: pipeline health and billing state, each a symptom someone must act on.
+
+Every alert follows the monitoring-mixin style: a CamelCase name with the ``Spanmeter`` prefix, a
+``severity`` label (``critical`` pages, ``warning`` opens a ticket, ``info`` is not routed), a ``for``, a
+static ``summary`` sentence, a ``description`` templated with ``$labels``/``$value``, a ``runbook_url``
+derived from the name (``alerts/runbooks/<AlertName>.md``) and a ``dashboard_url``.
+
+| alert | severity | fires when |
+|---|---|---|
+| ``SpanmeterLedgerStalled`` | critical | spans have waited over ``stall_seconds`` and nothing committed for as long |
+| ``SpanmeterPipelineLagHigh`` | warning | p99 of span end → ledger commit over 30 s for 15 min |
+| ``SpanmeterLedgerWriteErrors`` | warning | group commits failing (database errors, timeouts) for 5 min |
+| ``SpanmeterSpansRejected`` | warning | billable spans rejected into ``rejected_spans`` in the last hour |
+| ``SpanmeterSpansUnattributed`` | warning | over 5 % of a count-only meter's spans carry no ``account_id`` |
+| ``SpanmeterUnauthorizedProducer`` | warning | Export calls without valid credentials, or producers sending what they may not |
+| ``SpanmeterDuplicateRateHigh`` | warning | over 20 % of usage rows received are already in the ledger (retry storm, replay loop) |
+| ``SpanmeterCollectorDown`` | critical | no ``spanmeter`` scrape target is up |
+| ``SpanmeterReconciliationDelta`` | warning | the latest ``spanmeter reconcile`` found rollups ≠ ledger |
+| ``SpanmeterBillingMetricsStale`` | warning | quota and reconciliation gauges not refreshed for 10 min |
+| ``SpanmeterAccountQuotaHigh`` | warning | an account used 75 % of an included quota (or commitment) this month |
+| ``SpanmeterAccountQuotaExhausted`` | critical | an account used all of it |
+
+The SLO burn-rate family ``SpanmeterErrorBudgetBurn`` is generated from ``alerts/slos.yaml`` (see :mod:`.slo`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .slo import Profile
+
+__all__ = ["ALERT_GROUPS", "Alert", "alert_names", "rule_groups"]
+
+PIPELINE = "spanmeter-pipeline"
+SLOS = "spanmeter-slos"
+BILLING = "spanmeter-billing"
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+    dashboard: str  # dashboard uid
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def rule(self, profile: Profile) -> dict[str, Any]:
+        return {
+            "alert": self.name,
+            "expr": self.expr.strip(),
+            "for": profile.for_(self.for_),
+            "labels": {"severity": self.severity, **self.labels},
+            "annotations": {
+                "summary": self.summary,
+                "description": self.description,
+                "runbook_url": f"{profile.runbook_base_url}/{self.name}.md",
+                "dashboard_url": f"{profile.grafana_url}/d/{self.dashboard}",
+            },
+        }
+
+
+def _pipeline(profile: Profile) -> list[Alert]:
+    job = f'job="{profile.job}"'
+    stall = profile.stall_seconds
+    return [
+        Alert(
+            "SpanmeterLedgerStalled",
+            f"""
+spanmeter_oldest_pending_span_age_seconds{{{job}}} > {stall}
+and
+time() - spanmeter_ledger_last_commit_timestamp_seconds{{{job}}} > {stall}
+""",
+            "2m",
+            "critical",
+            "The usage ledger has stopped committing while spans are waiting.",
+            "{{ $labels.instance }} holds Export requests that have waited {{ $value | humanizeDuration }} "
+            f"and has committed nothing for over {stall}s. Exporters are being answered UNAVAILABLE and are "
+            "queueing (or dropping, if their queue is full) billable spans.",
+            PIPELINE,
+        ),
+        Alert(
+            "SpanmeterPipelineLagHigh",
+            f"""
+histogram_quantile(0.99, sum by (job, le) (rate(spanmeter_pipeline_lag_seconds_bucket{{{job}}}[10m]))) > 30
+""",
+            "15m",
+            "warning",
+            "Usage reaches the ledger late.",
+            "The 99th percentile from span end to ledger commit is {{ $value | humanizeDuration }} "
+            "(threshold 30s): exporters are queueing or retrying, or producers flush late.",
+            PIPELINE,
+        ),
+        Alert(
+            "SpanmeterLedgerWriteErrors",
+            f"sum by (job, instance, kind) (rate(spanmeter_ledger_write_errors_total{{{job}}}[5m])) > 0",
+            "5m",
+            "warning",
+            "Ledger writes are failing.",
+            "{{ $labels.instance }} fails {{ $value | humanize }} group commits per second ({{ $labels.kind }}). "
+            "The affected Export calls are answered UNAVAILABLE and retried by the exporters.",
+            PIPELINE,
+        ),
+        Alert(
+            "SpanmeterSpansRejected",
+            f"""
+sum by (job, reason) (
+  increase(spanmeter_spans_rejected_total{{{job},reason!="unauthorized_producer"}}[1h])
+) > 0
+""",
+            "5m",
+            "warning",
+            "Billable spans are being rejected into the dead-letter table.",
+            "{{ $value | humanize }} billable spans were rejected in the last hour for {{ $labels.reason }}. "
+            "They are kept in rejected_spans, not billed, until fixed and replayed.",
+            PIPELINE,
+        ),
+        Alert(
+            "SpanmeterSpansUnattributed",
+            f"""
+sum by (job, meter) (rate(spanmeter_spans_unattributed_total{{{job}}}[30m]))
+/
+(
+  sum by (job, meter) (rate(spanmeter_spans_unattributed_total{{{job}}}[30m]))
+  + sum by (job, meter) (rate(spanmeter_spans_billed_total{{{job}}}[30m]))
+) > 0.05
+""",
+            "30m",
+            "warning",
+            "Usage arrives without an account and cannot be billed.",
+            "{{ $value | humanizePercentage }} of {{ $labels.meter }} spans carry no account_id: they are counted, "
+            "not stored, and nobody can be billed for them.",
+            PIPELINE,
+        ),
+        Alert(
+            "SpanmeterUnauthorizedProducer",
+            f"""
+sum by (job) (increase(spanmeter_export_requests_total{{{job},grpc_code="UNAUTHENTICATED"}}[10m])) > 0
+or
+sum by (job) (increase(spanmeter_spans_rejected_total{{{job},reason="unauthorized_producer"}}[10m])) > 0
+""",
+            "1m",
+            "warning",
+            "Something is sending spans it may not send.",
+            "{{ $value | humanize }} Export calls without valid credentials, or spans of services or meters "
+            "outside a producer's allow-list, in the last 10 minutes.",
+            PIPELINE,
+        ),
+        Alert(
+            "SpanmeterDuplicateRateHigh",
+            f"""
+sum by (job) (rate(spanmeter_usage_events_duplicate_total{{{job}}}[30m]))
+/
+(
+  sum by (job) (rate(spanmeter_usage_events_duplicate_total{{{job}}}[30m]))
+  + sum by (job) (rate(spanmeter_spans_billed_total{{{job}}}[30m]))
+) > 0.2
+and
+(
+  sum by (job) (rate(spanmeter_usage_events_duplicate_total{{{job}}}[30m]))
+  + sum by (job) (rate(spanmeter_spans_billed_total{{{job}}}[30m]))
+) > 0.05
+""",
+            "30m",
+            "warning",
+            "Many usage rows arrive twice.",
+            "{{ $value | humanizePercentage }} of usage rows received in 30 minutes were already in the ledger. "
+            "Nothing is billed twice, but a retry storm or a replay loop is costing capacity.",
+            PIPELINE,
+        ),
+        Alert(
+            "SpanmeterCollectorDown",
+            f"absent(up{{{job}}} == 1)",
+            "5m",
+            "critical",
+            "No spanmeter collector is up.",
+            "Prometheus has scraped no healthy target of job {{ $labels.job }} for 5 minutes: nothing is "
+            "metered, and exporters queue (or drop) spans.",
+            PIPELINE,
+        ),
+    ]
+
+
+def _billing(profile: Profile) -> list[Alert]:
+    job = f'job="{profile.job}"'
+    return [
+        Alert(
+            "SpanmeterReconciliationDelta",
+            f"max by (job) (abs(spanmeter_reconciliation_delta{{{job}}})) > 0",
+            "1m",
+            "warning",
+            "Rollups and the raw ledger disagree.",
+            "The latest `spanmeter reconcile` found a total absolute difference of {{ $value }} between the "
+            "rollups (what invoices read) and the ledger. Do not finalize invoices until it is 0.",
+            BILLING,
+        ),
+        Alert(
+            "SpanmeterBillingMetricsStale",
+            f"time() - max by (job) (spanmeter_billing_metrics_refresh_timestamp_seconds{{{job}}}) "
+            f"> {profile.billing_stale_seconds}",
+            "10m",
+            "warning",
+            "Quota and reconciliation metrics are not being refreshed.",
+            "The billing metrics were last refreshed {{ $value | humanizeDuration }} ago: quota alerts and the "
+            "reconciliation delta are blind, and the billing dashboard's month to date is stale.",
+            BILLING,
+        ),
+        Alert(
+            "SpanmeterAccountQuotaHigh",
+            "max by (account_id, meter) (spanmeter_account_quota_used_ratio) >= 0.75 < 1",
+            "5m",
+            "warning",
+            "An account has used 75% of an included quota this month.",
+            "Account {{ $labels.account_id }} has used {{ $value | humanizePercentage }} of its included "
+            "{{ $labels.meter }} this month; overage pricing starts at 100%.",
+            BILLING,
+        ),
+        Alert(
+            "SpanmeterAccountQuotaExhausted",
+            "max by (account_id, meter) (spanmeter_account_quota_used_ratio) >= 1",
+            "5m",
+            "critical",
+            "An account has used all of an included quota this month.",
+            "Account {{ $labels.account_id }} has used {{ $value | humanizePercentage }} of its included "
+            "{{ $labels.meter }}: further usage is billed as overage.",
+            BILLING,
+        ),
+    ]
+
+
+ALERT_GROUPS = {"spanmeter-pipeline-alerts": _pipeline, "spanmeter-billing-alerts": _billing}
+
+
+def rule_groups(profile: Profile) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "rules": [alert.rule(profile) for alert in build(profile)]}
+        for name, build in ALERT_GROUPS.items()
+    ]
+
+
+def alert_names(profile: Profile | None = None) -> list[str]:
+    profile = profile or Profile("production")
+    return sorted({a.name for build in ALERT_GROUPS.values() for a in build(profile)} | {"SpanmeterErrorBudgetBurn"})
