@@ -112,9 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("--why", default="", help="why; required with --patch; recorded with the usage rows")
     _common(rerun)
 
-    from spanmeter import billing_cli
+    from spanmeter import billing_cli, ops_cli
 
     billing_cli.register(sub)
+    ops_cli.register(sub)
     return parser
 
 
@@ -144,10 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             return _dead_letter(args)
         if args.command == "auth":
             return _auth(args)
-        from spanmeter import billing_cli
+        from spanmeter import billing_cli, ops_cli
 
         if args.command in billing_cli.COMMANDS:
             return billing_cli.run(args)
+        if args.command in ops_cli.COMMANDS:
+            return ops_cli.run(args)
     except ConfigError as exc:
         print(f"spanmeter: {exc}", file=sys.stderr)
         return 2
