@@ -81,9 +81,10 @@ def render(profile: slo.Profile, spec: Path = SPEC) -> dict[str, str]:
 def write_all(
     directory: Path = RULES_DIR, profile: slo.Profile = PROFILES["production"], spec: Path = SPEC
 ) -> list[Path]:
+    files = render(profile, spec)  # first: a bad spec writes nothing
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in render(profile, spec).items():
+    for name, text in files.items():
         (directory / name).write_text(text)
         written.append(directory / name)
     return written

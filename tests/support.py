@@ -203,3 +203,20 @@ class Collector:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def require_tool(name: str) -> str:
+    """The path of a command-line tool the test needs; fails (never skips) with how to install it."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"`{name}` is not installed. It comes with Debian's prometheus package: "
+            "sudo apt-get update && sudo apt-get install -y prometheus "
+            "(./scripts/test.sh installs it when run as root)",
+            pytrace=False,
+        )
+    return path
