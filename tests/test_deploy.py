@@ -73,3 +73,77 @@ def test_the_sidecar_takes_loopback_otlp_and_forwards_durably_with_a_producer_to
     storage = exporter["sending_queue"]["storage"]
     assert storage in sidecar["service"]["extensions"]
     assert sidecar["extensions"][storage]["fsync"] is True
+
+
+# ---------------------------------------------------------------------------------------------- grafana
+# (imports kept local: this section is appended to a file others edit)
+
+
+def _bind_mounts(service: dict) -> dict[str, str]:
+    """Container path → host path of a service's bind mounts."""
+    return {v.split(":")[1]: v.split(":")[0] for v in service["volumes"] if v.startswith("./")}
+
+
+def test_grafana_mounts_the_generated_dashboards_where_the_provider_reads_them():
+    mounts = _bind_mounts(compose()["services"]["grafana"])
+    provisioning = ROOT / "dashboards" / "provisioning"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "spanmeter.yaml").read_text())["providers"]
+    assert mounts[provider["options"]["path"]] == "./dashboards/json"
+    assert mounts["/etc/grafana/provisioning/datasources"] == "./dashboards/provisioning/datasources"
+    assert mounts["/etc/grafana/provisioning/dashboards"] == "./dashboards/provisioning/dashboards"
+    assert all((ROOT / host).is_dir() for host in mounts.values())
+    assert list((ROOT / "dashboards" / "json").glob("*.json")), "spanmeter dashboards render, then commit"
+
+
+def test_grafana_gets_every_setting_its_datasources_expand_and_the_role_password_not_the_owners():
+    import json
+
+    services = compose()["services"]
+    grafana, role = services["grafana"]["environment"], services["grafana-db-role"]["environment"]
+    datasources = yaml.safe_load((ROOT / "dashboards" / "provisioning" / "datasources" / "spanmeter.yaml").read_text())
+    expanded = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", json.dumps(datasources)))
+    assert expanded and expanded <= set(grafana)
+    assert "POSTGRES_PASSWORD" not in grafana and "POSTGRES_USER" not in grafana  # Grafana never holds the owner
+    assert role["GRAFANA_DB_PASSWORD"] == grafana["GRAFANA_DB_PASSWORD"]  # what grafana-db-role sets is used
+    assert (role["PGHOST"], with_defaults(role["PGDATABASE"])) == (
+        grafana["POSTGRES_HOST"].split(":")[0],
+        with_defaults(grafana["POSTGRES_DB"]),
+    )
+    # the role exists once spanmeter migrated, which it does before answering /healthz (the image's check)
+    assert services["grafana-db-role"]["depends_on"]["spanmeter"]["condition"] == "service_healthy"
+    assert "HEALTHCHECK" in (ROOT / "Dockerfile").read_text()
+
+
+def test_grafana_db_role_sets_exactly_the_configured_password_whatever_it_contains(fresh_db):
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from spanmeter.billing.ledger import migrate
+    from spanmeter.billing.ledger.database import resolve_database
+
+    assert shutil.which("psql"), "psql (the PostgreSQL client) is needed to run grafana-db-role's command"
+    migrate.upgrade(resolve_database(fresh_db, data_dir=None))  # creates the role, as spanmeter serve does
+    service = compose()["services"]["grafana-db-role"]
+    assert service["entrypoint"] == ["sh", "-c"]
+    [command] = service["command"]
+    params = conninfo_to_dict(fresh_db)
+    password = "it's a $ecret; DROP ROLE spanmeter_grafana; --"
+    env = {
+        **os.environ,
+        "PGHOST": str(params["host"]),
+        "PGPORT": str(params.get("port") or 5432),
+        "PGUSER": str(params["user"]),
+        "PGDATABASE": str(params["dbname"]),
+        "GRAFANA_DB_PASSWORD": password,
+        "PGOPTIONS": "-c password_encryption=md5",  # md5 hashes are checkable here; SCRAM ones are salted
+    }
+    done = subprocess.run(["sh", "-c", command.replace("$$", "$")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(fresh_db) as conn:
+        (stored,) = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'spanmeter_grafana'").fetchone()
+    assert stored == "md5" + hashlib.md5((password + "spanmeter_grafana").encode()).hexdigest()
