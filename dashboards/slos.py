@@ -9,8 +9,8 @@ SLO's metadata (``slo:objective:ratio``, ``slo:error_budget:ratio``, ``slo:time_
 
 Panels: an overview table per SLO (objective, SLI over the period, budget remaining, burn rate 1h),
 SLI vs objective, budget remaining, then one burn-rate panel per alert window pair with its factor drawn
-(multi-window multi-burn-rate, SRE Workbook): 1h & 5m above 14.4 and 6h & 30m above 6 page; 1d & 2h above
-3 and 3d & 6h above 1 open a ticket. Last, ``SpanmeterErrorBudgetBurn`` alerts firing.
+(multi-window multi-burn-rate, SRE Workbook, factors for a 30-day period): 1h & 5m above 14.4 and 6h & 30m
+above 6 page (``severity="critical"``); 1d & 2h above 3 and 3d & 6h above 1 open a ticket (``warning``). Last, ``SpanmeterErrorBudgetBurn`` alerts firing.
 
 Variables: ``datasource`` (Prometheus) and ``slo`` (``label_values(slo:objective:ratio, slo)``,
 multi-select, All by default). Shipped SLOs: ``ingest-availability``, ``ingest-freshness`` (service
@@ -24,12 +24,14 @@ from . import builder as b
 __all__ = ["BURN_RATE_WINDOWS", "slos"]
 
 SLO = 'slo=~"$slo"'
-#: (long window, short window, burn-rate factor, severity): both windows above the factor fire the alert.
+#: (long window, short window, burn-rate factor, severity): both windows above the factor fire the alert
+#: (``SpanmeterErrorBudgetBurn``, labels ``long_window``/``short_window``; critical pages, warning tickets).
+#: The factors are for a 30-day period; alerts/ scales them for other periods.
 BURN_RATE_WINDOWS = (
-    ("1h", "5m", 14.4, "page"),
-    ("6h", "30m", 6.0, "page"),
-    ("1d", "2h", 3.0, "ticket"),
-    ("3d", "6h", 1.0, "ticket"),
+    ("1h", "5m", 14.4, "critical"),
+    ("6h", "30m", 6.0, "critical"),
+    ("1d", "2h", 3.0, "warning"),
+    ("3d", "6h", 1.0, "warning"),
 )
 BURN_STEPS = b.thresholds(("green", None), ("yellow", 1), ("orange", 3), ("red", 6), ("dark-red", 14.4))
 
@@ -150,8 +152,8 @@ def _burn_rate_row() -> tuple:
         b.timeseries(
             "Burn rate, all windows",
             "Error ratio ÷ error budget for every window. 1 spends exactly the budget over the period. Dashed "
-            "lines: the alert factors 1, 3, 6 and 14.4; an alert fires when a long and its short window are "
-            "both above the factor (panels below).",
+            "lines: the alert factors 1, 3, 6 and 14.4 (30-day period); an alert fires when a long and its "
+            "short window are both above the factor (panels below).",
             [b.prom(_metric(f"slo:burn_rate:rate{w}"), f"{{{{slo}}}} {w}") for w in ("1h", "6h", "1d", "3d")],
             unit="none",
             width=24,
@@ -163,7 +165,8 @@ def _burn_rate_row() -> tuple:
         panels.append(
             b.timeseries(
                 f"Burn rate {long} & {short} (×{factor:g}, {severity})",
-                f"Both above {factor:g} fires SpanmeterErrorBudgetBurn ({severity}): at this rate the "
+                f"Both above {factor:g} fires SpanmeterErrorBudgetBurn ({severity}, "
+                f"{'pages' if severity == 'critical' else 'opens a ticket'}): at this rate the "
                 f"{long} window alone spends {factor * _hours(long) / (30 * 24):.0%} of a 30-day budget. "
                 "Follow the alert's runbook: find the failing operation on the pipeline dashboard, roll back "
                 "or mitigate; the short window dropping below the factor means it is recovering.",
@@ -189,8 +192,9 @@ def _alerts_row() -> tuple:
         "Alerts",
         b.timeseries(
             "SpanmeterErrorBudgetBurn firing",
-            "Burn-rate alerts firing, by SLO and severity. Each bar is an alert instance; open Alertmanager "
-            "for its runbook link. Firing with a low burn rate above: it resolves after its `for`.",
+            "Burn-rate alerts firing, by SLO and severity (critical pages, warning tickets), one per window "
+            "pair. Open the alert for its runbook_url. Still firing while the short window is back under its "
+            "factor: it resolves once the rule's condition clears.",
             [
                 b.prom(
                     'count by (slo, severity) (ALERTS{alertname="SpanmeterErrorBudgetBurn", '
