@@ -1,4 +1,4 @@
-"""``python -m spanmeter.dashboards [--check] [--output DIR]``: write the dashboards' JSON (default: the
+"""``python -m spanmeter.dashboards [--check] [--out DIR]``: write the dashboards' JSON (default: the
 package's ``json/`` folder, which Grafana provisioning reads), or with ``--check`` list the differences and
 exit 1 when the committed files are stale."""
 
@@ -15,19 +15,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m spanmeter.dashboards", description="Write or check the spanmeter Grafana dashboards."
     )
-    parser.add_argument("--output", type=Path, default=JSON_DIR, help=f"folder for the JSON (default: {JSON_DIR})")
+    parser.add_argument("--out", type=Path, default=JSON_DIR, help=f"folder for the JSON (default: {JSON_DIR})")
     parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on differences")
     args = parser.parse_args(argv)
     if args.check:
-        found = differences(args.output)
+        found = differences(args.out)
         for line in found:
             print(line)
         if found:
             print("regenerate with: spanmeter dashboards render (or python -m spanmeter.dashboards)", file=sys.stderr)
             return 1
-        print(f"dashboards in {args.output} match the code")
+        print(f"dashboards in {args.out} match the code")
         return 0
-    for path in write_all(args.output):
+    for path in write_all(args.out):
         print(f"wrote {path}")
     return 0
 

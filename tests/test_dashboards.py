@@ -90,10 +90,10 @@ def test_write_all_and_the_check_command_report_missing_changed_and_extra_files(
     assert found[1] == f"{written[1]}: missing"
     assert found[2].startswith(f"{tmp_path / 'old-dashboard.json'}: extra")
 
-    check = [sys.executable, "-m", "spanmeter.dashboards", "--check", "--output", str(tmp_path)]
+    check = [sys.executable, "-m", "spanmeter.dashboards", "--check", "--out", str(tmp_path)]
     stale = subprocess.run(check, capture_output=True, text=True)
     assert stale.returncode == 1 and "missing" in stale.stdout and "spanmeter dashboards render" in stale.stderr
-    subprocess.run([sys.executable, "-m", "spanmeter.dashboards", "--output", str(tmp_path)], check=True)
+    subprocess.run([sys.executable, "-m", "spanmeter.dashboards", "--out", str(tmp_path)], check=True)
     (tmp_path / "old-dashboard.json").unlink()
     fresh = subprocess.run(check, capture_output=True, text=True)
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
