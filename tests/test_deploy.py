@@ -147,3 +147,20 @@ def test_grafana_db_role_sets_exactly_the_configured_password_whatever_it_contai
     with psycopg.connect(fresh_db) as conn:
         (stored,) = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'spanmeter_grafana'").fetchone()
     assert stored == "md5" + hashlib.md5((password + "spanmeter_grafana").encode()).hexdigest()
+
+
+def test_prometheus_loads_the_generated_rule_files():
+    """The compose mount and the rule_files glob together pick up exactly the files in alerts/rules/."""
+    import fnmatch
+
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    mounts = [v.split(":") for v in compose()["services"]["prometheus"]["volumes"]]
+    host, container = next((h, c) for h, c, *_ in mounts if h.startswith("./alerts"))
+    loaded = []
+    for pattern in prometheus["rule_files"]:
+        assert pattern.startswith(container + "/")
+        folder = ROOT / host / Path(pattern).parent.relative_to(container)
+        loaded += [p.name for p in folder.iterdir() if fnmatch.fnmatch(p.name, Path(pattern).name)]
+    assert sorted(loaded) == ["spanmeter-alerts.rules.yaml", "spanmeter-slos.rules.yaml"]
+    jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
+    assert "spanmeter" in jobs  # the job the rules select on
