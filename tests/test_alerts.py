@@ -58,7 +58,7 @@ def test_promtool_unit_tests_pass_and_every_alert_has_a_firing_and_a_quiet_case(
         document = yaml.safe_load(path.read_text())
         assert all((path.parent / f).resolve() in [p.resolve() for p in RULE_FILES] for f in document["rule_files"])
         for test in document["tests"]:
-            for case in test.get("alert_rule_tests", []):
+            for case in test.get("alert_rule_test", []):
                 (fires if case.get("exp_alerts") else quiet).add(case["alertname"])
                 for alert in case.get("exp_alerts") or []:  # the annotations are asserted, not just the name
                     assert {"summary", "description", "runbook_url", "dashboard_url"} <= set(alert["exp_annotations"])
