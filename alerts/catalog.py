@@ -7,7 +7,7 @@ derived from the name (``alerts/runbooks/<AlertName>.md``) and a ``dashboard_url
 
 | alert | severity | fires when |
 |---|---|---|
-| ``SpanmeterLedgerStalled`` | critical | spans have waited over ``stall_seconds`` and nothing committed for as long |
+| ``SpanmeterLedgerStalled`` | critical | nothing committed for ``stall_seconds`` while requests wait that long or writes fail (a hung or an unreachable database) |
 | ``SpanmeterPipelineLagHigh`` | warning | p99 of span end → ledger commit over 30 s for 15 min |
 | ``SpanmeterLedgerWriteErrors`` | warning | group commits failing (database errors, timeouts) for 5 min |
 | ``SpanmeterSpansRejected`` | warning | billable spans rejected into ``rejected_spans`` in the last hour |
@@ -16,7 +16,7 @@ derived from the name (``alerts/runbooks/<AlertName>.md``) and a ``dashboard_url
 | ``SpanmeterDuplicateRateHigh`` | warning | over 20 % of usage rows received are already in the ledger (retry storm, replay loop) |
 | ``SpanmeterCollectorDown`` | critical | no ``spanmeter`` scrape target is up |
 | ``SpanmeterReconciliationDelta`` | warning | the latest ``spanmeter reconcile`` found rollups ≠ ledger |
-| ``SpanmeterBillingMetricsStale`` | warning | quota and reconciliation gauges not refreshed for 10 min |
+| ``SpanmeterBillingMetricsStale`` | warning | quota and reconciliation gauges not refreshed for 10 min (then ``for`` 5 min) |
 | ``SpanmeterAccountQuotaHigh`` | warning | an account used 75 % of an included quota (or commitment) this month |
 | ``SpanmeterAccountQuotaExhausted`` | critical | an account used all of it |
 
@@ -70,15 +70,19 @@ def _pipeline(profile: Profile) -> list[Alert]:
         Alert(
             "SpanmeterLedgerStalled",
             f"""
-spanmeter_oldest_pending_span_age_seconds{{{job}}} > {stall}
-and
 time() - spanmeter_ledger_last_commit_timestamp_seconds{{{job}}} > {stall}
+and on (job, instance)
+(
+  spanmeter_oldest_pending_span_age_seconds{{{job}}} > {stall}
+  or
+  sum by (job, instance) (increase(spanmeter_ledger_write_errors_total{{{job}}}[5m])) > 0
+)
 """,
             "2m",
             "critical",
             "The usage ledger has stopped committing while spans are waiting.",
-            "{{ $labels.instance }} holds Export requests that have waited {{ $value | humanizeDuration }} "
-            f"and has committed nothing for over {stall}s. Exporters are being answered UNAVAILABLE and are "
+            "{{ $labels.instance }} has committed nothing for {{ $value | humanizeDuration }} while Export "
+            f"requests wait (over {stall}s) or ledger writes fail. Exporters are answered UNAVAILABLE and are "
             "queueing (or dropping, if their queue is full) billable spans.",
             PIPELINE,
         ),
@@ -100,7 +104,7 @@ histogram_quantile(0.99, sum by (job, le) (rate(spanmeter_pipeline_lag_seconds_b
             "5m",
             "warning",
             "Ledger writes are failing.",
-            "{{ $labels.instance }} fails {{ $value | humanize }} group commits per second ({{ $labels.kind }}). "
+            '{{ $labels.instance }} fails {{ printf "%.2f" $value }} group commits per second ({{ $labels.kind }}). '
             "The affected Export calls are answered UNAVAILABLE and retried by the exporters.",
             PIPELINE,
         ),
@@ -168,12 +172,13 @@ and
             "warning",
             "Many usage rows arrive twice.",
             "{{ $value | humanizePercentage }} of usage rows received in 30 minutes were already in the ledger. "
-            "Nothing is billed twice, but a retry storm or a replay loop is costing capacity.",
+            "Nothing is billed twice, but exporters re-sending acknowledged batches (timeouts shorter than the "
+            "commit, a retry storm, a producer re-sending) are costing capacity.",
             PIPELINE,
         ),
         Alert(
             "SpanmeterCollectorDown",
-            f"absent(up{{{job}}} == 1)",
+            f"sum by (job) (up{{{job}}}) == 0\nor\nabsent(up{{{job}}})",
             "5m",
             "critical",
             "No spanmeter collector is up.",
@@ -192,16 +197,18 @@ def _billing(profile: Profile) -> list[Alert]:
             f"max by (job) (abs(spanmeter_reconciliation_delta{{{job}}})) > 0",
             "1m",
             "warning",
-            "Rollups and the raw ledger disagree.",
-            "The latest `spanmeter reconcile` found a total absolute difference of {{ $value }} between the "
-            "rollups (what invoices read) and the ledger. Do not finalize invoices until it is 0.",
+            "The latest reconciliation found a difference.",
+            "The latest `spanmeter reconcile` found a total absolute difference of {{ $value | humanize }} "
+            "(quantities summed across meters: only zero or not-zero means anything) between the raw ledger, "
+            "the rollups invoices read, and finalized invoices, or usage with no subscription. Do not finalize "
+            "invoices until it is 0.",
             BILLING,
         ),
         Alert(
             "SpanmeterBillingMetricsStale",
             f"time() - max by (job) (spanmeter_billing_metrics_refresh_timestamp_seconds{{{job}}}) "
             f"> {profile.billing_stale_seconds}",
-            "10m",
+            "5m",
             "warning",
             "Quota and reconciliation metrics are not being refreshed.",
             "The billing metrics were last refreshed {{ $value | humanizeDuration }} ago: quota alerts and the "
@@ -214,18 +221,18 @@ def _billing(profile: Profile) -> list[Alert]:
             "5m",
             "warning",
             "An account has used 75% of an included quota this month.",
-            "Account {{ $labels.account_id }} has used {{ $value | humanizePercentage }} of its included "
-            "{{ $labels.meter }} this month; overage pricing starts at 100%.",
+            "Account {{ $labels.account_id }} has used {{ $value | humanizePercentage }} of its "
+            "{{ if eq $labels.meter \"commitment\" }}committed spend{{ else }}included {{ $labels.meter }}{{ end }} this month; overage pricing starts at 100%.",
             BILLING,
         ),
         Alert(
             "SpanmeterAccountQuotaExhausted",
             "max by (account_id, meter) (spanmeter_account_quota_used_ratio) >= 1",
-            "5m",
+            "1m",
             "critical",
             "An account has used all of an included quota this month.",
-            "Account {{ $labels.account_id }} has used {{ $value | humanizePercentage }} of its included "
-            "{{ $labels.meter }}: further usage is billed as overage.",
+            "Account {{ $labels.account_id }} has used {{ $value | humanizePercentage }} of its "
+            "{{ if eq $labels.meter \"commitment\" }}committed spend{{ else }}included {{ $labels.meter }}{{ end }}: further usage is billed as overage.",
             BILLING,
         ),
     ]

@@ -126,6 +126,7 @@ class CollectorMetrics:
         self.plan_cap = LabelCap(plan_codes)
         self.gpu_cap = LabelCap(gpu_models)
         self.sli_cap = SeriesCap(sli_max_series)
+        self._sli_pairs: set[tuple[str, str]] = set()
         r = registry
         self.spans_received = Counter("spanmeter_spans_received", "Spans in parsed Export requests.", registry=r)
         self.spans_rejected = Counter(
@@ -216,6 +217,16 @@ class CollectorMetrics:
         )
         ProcessCollector(registry=r)
         self._initialise_labels()
+
+    def observe_service_request(self, service: str, operation: str, outcome: str, duration_seconds: float) -> None:
+        """Count one entry span in the request SLIs (labels capped)."""
+        pair = self.sli_cap(service, operation)
+        if pair not in self._sli_pairs:  # both outcomes from the first request, so rate() sees the first error
+            for each in ("ok", "error"):
+                self.service_requests.labels(*pair, each)
+            self._sli_pairs.add(pair)
+        self.service_requests.labels(*pair, outcome).inc()
+        self.service_request_duration.labels(*pair).observe(duration_seconds)
 
     def _initialise_labels(self) -> None:
         for reason in REJECT_REASONS:

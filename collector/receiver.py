@@ -207,9 +207,7 @@ class TraceReceiver:
         for row in result.synthetic_rows:
             m.synthetic.labels(row.meter.code).inc()
         for request in result.service_requests:
-            service, operation = m.sli_cap(request.service, request.operation)
-            m.service_requests.labels(service, operation, request.outcome).inc()
-            m.service_request_duration.labels(service, operation).observe(request.duration_seconds)
+            m.observe_service_request(*request)
 
     @staticmethod
     def _response(result: MeteringResult, replaced_strings: int) -> bytes:

@@ -170,3 +170,14 @@ def test_a_deployment_renders_its_own_links_and_job(tmp_path: Path):
     assert stalled["annotations"]["dashboard_url"] == "https://grafana.example/d/spanmeter-pipeline"
     assert 'job="metering"' in stalled["expr"] and 'job="spanmeter"' not in stalled["expr"]
     assert sys.executable  # the CLI ran from this interpreter's environment
+
+
+def test_every_runbook_quotes_its_alert_expression_and_for_as_rendered():
+    """The responder reads the runbook next to the alert: the PromQL and the `for` it quotes are the rule's."""
+    for rule in _alert_rules():
+        if rule["alert"] == "SpanmeterErrorBudgetBurn":
+            continue  # one rule per SLO and window: its runbook explains the family
+        text = (ALERTS / "runbooks" / f"{rule['alert']}.md").read_text()
+        meaning = text.split("## Impact")[0]
+        assert rule["expr"] in meaning, f"{rule['alert']}: the runbook's Meaning does not quote the rule's expr"
+        assert f"`for: {rule['for']}`" in meaning, f"{rule['alert']}: the runbook states another `for`"

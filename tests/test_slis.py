@@ -48,6 +48,8 @@ def test_entry_spans_become_request_slis_by_service_operation_and_outcome(collec
     assert requests("POST api/documents/<int:pk>/", "ok", "docpipe-web") == 2
     assert requests("POST api/documents/<int:pk>/", "error", "docpipe-web") == 1
     assert requests("GET", "ok", "docpipe-web") == 1  # no route template: the span name
+    # the error series exists from a pair's first request, so rate() will see its first error
+    assert after['spanmeter_service_requests_total{operation="GET",outcome="error",service="docpipe-web"}'] == 0
     assert requests("docpipe.extract", "error", "docpipe-worker") == 1  # a Celery task run that raised
     post = 'operation="POST api/documents/<int:pk>/",service="docpipe-web"'
     # durations: 0.2 s and 0.7 s and 3 s; the 0.5 s bucket holds one, the 1 s bucket two, +Inf three
