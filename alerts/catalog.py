@@ -35,6 +35,8 @@ __all__ = ["ALERT_GROUPS", "Alert", "alert_names", "rule_groups"]
 PIPELINE = "spanmeter-pipeline"
 SLOS = "spanmeter-slos"
 BILLING = "spanmeter-billing"
+# "included worker_seconds", or "committed spend" for the commitment pseudo-meter
+_ALLOWANCE = '{{ if eq $labels.meter "commitment" }}committed spend{{ else }}included {{ $labels.meter }}{{ end }}'
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,7 @@ def _billing(profile: Profile) -> list[Alert]:
             "warning",
             "An account has used 75% of an included quota this month.",
             "Account {{ $labels.account_id }} has used {{ $value | humanizePercentage }} of its "
-            "{{ if eq $labels.meter \"commitment\" }}committed spend{{ else }}included {{ $labels.meter }}{{ end }} this month; overage pricing starts at 100%.",
+            f"{_ALLOWANCE} this month; overage pricing starts at 100%.",
             BILLING,
         ),
         Alert(
@@ -232,7 +234,7 @@ def _billing(profile: Profile) -> list[Alert]:
             "critical",
             "An account has used all of an included quota this month.",
             "Account {{ $labels.account_id }} has used {{ $value | humanizePercentage }} of its "
-            "{{ if eq $labels.meter \"commitment\" }}committed spend{{ else }}included {{ $labels.meter }}{{ end }}: further usage is billed as overage.",
+            f"{_ALLOWANCE}: further usage is billed as overage.",
             BILLING,
         ),
     ]
