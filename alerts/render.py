@@ -90,10 +90,12 @@ def write_all(
     return written
 
 
-def differences(directory: Path = RULES_DIR, spec: Path = SPEC) -> list[str]:
-    """What differs between the committed files and a fresh production render (empty: up to date)."""
+def differences(
+    directory: Path = RULES_DIR, spec: Path = SPEC, profile: slo.Profile = PROFILES["production"]
+) -> list[str]:
+    """What differs between the files in ``directory`` and a fresh render (empty: up to date)."""
     found = []
-    expected = render(PROFILES["production"], spec)
+    expected = render(profile, spec)
     for name, text in expected.items():
         path = directory / name
         if not path.exists():

@@ -21,8 +21,9 @@ What is generated (:func:`rule_groups`), per SLO, every series labelled ``slo`` 
 
 - ``slo:sli_errors:rate<w>`` and ``slo:sli_requests:rate<w>`` for w in 5m, 30m, 1h, 2h, 6h, 1d, 3d: bad and
   all events per second. Numerators and denominators are recorded, never a ratio to be averaged later, so
-  any longer ratio is a ratio of sums. Errors fall back to 0 while the total has data, so a service that
-  never failed still has an SLI.
+  any longer ratio is a ratio of sums. There is no fallback to 0 errors: a selector that matches nothing
+  (a typo, a series not initialised) leaves the SLO without data, visible on the dashboard, instead of
+  reading 100 % good and never paging.
 - ``slo:burn_rate:rate<w>``: error ratio ÷ error budget (1 = spending the budget exactly over the period).
 - ``slo:objective:ratio``, ``slo:error_budget:ratio``, ``slo:time_period:days``.
 - In a slower group: ``slo:sli_errors:rate_period``, ``slo:sli_requests:rate_period`` (over the whole
@@ -40,7 +41,7 @@ Alerts: one family, ``SpanmeterErrorBudgetBurn``, labelled ``slo``, ``service``,
 | warning (ticket) | 3d | 6h | 1 | 10 % | 3h |
 
 (The Google SRE Workbook's table, plus the 1d/2h row that Sloth and kubernetes-mixin add.) Periods other
-than 30 days scale the factors so the same budget fractions hold. Low-traffic guard: a row fires only when
+than 30 days scale the factors so the same budget fractions hold, never below 1. Low-traffic guard: a row fires only when
 its long window holds at least ``min_events`` events (default 20), so two failures out of three requests
 at night do not page; the price is that a service with less traffic than that is not paged at all
 (choose a longer-window ticket or synthetic probes for those).
@@ -166,8 +167,9 @@ class SLO:
         return PERIODS_DAYS[self.period]
 
     def factor(self, window: BurnRateWindow) -> Decimal:
-        """Burn rate that spends ``window.budget_fraction`` of the budget within the long window."""
-        return window.budget_fraction * self.period_days * 86400 / _seconds(window.long)
+        """Burn rate that spends ``window.budget_fraction`` of the budget within the long window, at least 1
+        (below 1 the budget lasts the period: nothing to alert on, which short periods would otherwise do)."""
+        return max(window.budget_fraction * self.period_days * 86400 / _seconds(window.long), Decimal(1))
 
 
 class SLOSpecError(ValueError):
@@ -297,9 +299,8 @@ def rule_groups(slos: list[SLO], profile: Profile) -> list[dict[str, Any]]:
         for window in WINDOWS:
             total = slo.sli.total_rate(window)
             rules.append({"record": f"slo:sli_requests:rate{window}", "expr": total, "labels": labels})
-            errors = slo.sli.errors_rate(window)
             rules.append(
-                {"record": f"slo:sli_errors:rate{window}", "expr": f"{errors}\nor\n0 * {total}", "labels": labels}
+                {"record": f"slo:sli_errors:rate{window}", "expr": slo.sli.errors_rate(window), "labels": labels}
             )
         for window in WINDOWS:
             rules.append(
@@ -325,7 +326,7 @@ def rule_groups(slos: list[SLO], profile: Profile) -> list[dict[str, Any]]:
                     {"record": "slo:sli_requests:rate_period", "expr": period_total, "labels": labels},
                     {
                         "record": "slo:sli_errors:rate_period",
-                        "expr": f"{slo.sli.errors_rate(slo.period)}\nor\n0 * {period_total}",
+                        "expr": slo.sli.errors_rate(slo.period),
                         "labels": labels,
                     },
                     {

@@ -45,6 +45,7 @@ class MonthToDate:
     quotas: list[QuotaStatus]
     invoice_so_far: Decimal
     projected_total: Decimal
+    in_force: bool  # a subscription segment contains `as_of` (False: it ended earlier this month)
 
 
 def month_to_date(conn: psycopg.Connection, account_id: str, now: datetime) -> MonthToDate | None:
@@ -64,7 +65,8 @@ def month_to_date(conn: psycopg.Connection, account_id: str, now: datetime) -> M
         scale = length / elapsed if elapsed > 0 else Decimal(0)
         projected = {metric: q * scale for metric, q in part.usage.items()}
         projected_lines.extend(rate_plan(projected, plan, fraction=length / period_seconds))
-    current = next((p for p in parts if p.segment.start <= now < p.segment.end), parts[-1])
+    in_force = next((p for p in parts if p.segment.start <= now < p.segment.end), None)
+    current = in_force or parts[-1]
     sub = current.segment.subscription
     plan = PRICING_VERSIONS[sub.pricing_version].plans[sub.plan_code]
     fraction = Decimal((current.segment.end - current.segment.start).total_seconds()) / period_seconds
@@ -78,6 +80,7 @@ def month_to_date(conn: psycopg.Connection, account_id: str, now: datetime) -> M
         quotas=quota_status(current.usage, plan, fraction=fraction),
         invoice_so_far=draft.total,
         projected_total=invoice_total(projected_lines),
+        in_force=in_force is not None,
     )
 
 
@@ -102,7 +105,8 @@ def refresh_month_to_date(conn: psycopg.Connection, now: datetime) -> list[tuple
             mtd = month_to_date(conn, account, now)
             if mtd is None:
                 continue
-            found.extend((account, q.metric, q.ratio) for q in mtd.quotas)
+            if mtd.in_force:  # an ended subscription's frozen ratios must not keep quota alerts firing
+                found.extend((account, q.metric, q.ratio) for q in mtd.quotas)
             conn.execute(
                 """
                 INSERT INTO account_month_to_date AS m (account_id, period_start, plan_code, pricing_version,

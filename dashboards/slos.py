@@ -193,8 +193,8 @@ def _alerts_row() -> tuple:
         b.timeseries(
             "SpanmeterErrorBudgetBurn firing",
             "Burn-rate alerts firing, by SLO and severity (critical pages, warning tickets), one per window "
-            "pair. Open the alert for its runbook_url. Still firing while the short window is back under its "
-            "factor: it resolves once the rule's condition clears.",
+            "pair. Open the alert for its runbook_url. It resolves as soon as either window drops under its "
+            "factor, so a short window back under it ends the page while the long one is still high.",
             [
                 b.prom(
                     'count by (slo, severity) (ALERTS{alertname="SpanmeterErrorBudgetBurn", '

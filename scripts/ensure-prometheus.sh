@@ -13,7 +13,7 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "apt-get could not install prometheus: the alert tests will fail until promtool is installed" >&2
   fi
   # the package may start a server of its own where an init system runs; the tests do not need it
-  (command -v systemctl >/dev/null 2>&1 && systemctl stop prometheus >/dev/null 2>&1) || true
+  (command -v systemctl >/dev/null 2>&1 && systemctl disable --now prometheus >/dev/null 2>&1) || true
 else
   echo "promtool/prometheus not found and cannot install them here (not root, or no apt-get)." >&2
   echo "Install them with: sudo apt-get update && sudo apt-get install -y prometheus" >&2

@@ -62,9 +62,9 @@ def _alerts(args: argparse.Namespace) -> int:
     )
     try:
         if args.check:
-            found = render.differences(args.out or render.RULES_DIR, spec)
+            found = render.differences(args.out or render.RULES_DIR, spec, profile)
             return _report(found, "spanmeter alerts render")
-        for path in render.write_all(args.out or render.RULES_DIR, profile, spec):
+        for path in render.write_all(args.out or _checkout_dir(render.RULES_DIR), profile, spec):
             print(f"wrote {path}")
     except SLOSpecError as exc:
         print(f"spanmeter: {spec}: {exc}", file=sys.stderr)
@@ -78,9 +78,19 @@ def _dashboards(args: argparse.Namespace) -> int:
     directory = args.out or Path(dashboards.__file__).resolve().parent / "json"
     if args.check:
         return _report(dashboards.differences(directory), "spanmeter dashboards render")
+    directory = args.out or _checkout_dir(directory)
     for path in dashboards.write_all(directory):
         print(f"wrote {path}")
     return 0
+
+
+def _checkout_dir(directory: Path) -> Path:
+    """The package's own folder, only in a source checkout: an installed package is not written into."""
+    if not (directory.parent.parent / "pyproject.toml").exists():
+        from spanmeter.cli import UsageError
+
+        raise UsageError(f"{directory} is inside an installed package: pass --out DIR")
+    return directory
 
 
 def _report(found: list[str], command: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -116,7 +115,7 @@ def test_burn_rate_rows_follow_the_workbook_and_scale_with_the_period():
         {},
     )[0]  # fmt: skip
     assert [short.factor(w) for w in BURN_RATE_WINDOWS] == [
-        Decimal("13.44"), Decimal("5.6"), Decimal("2.8"), Decimal("28") / 30,
+        Decimal("13.44"), Decimal("5.6"), Decimal("2.8"), Decimal(1),  # 0.93 is clamped: under 1 the budget lasts
     ]  # fmt: skip
 
 
@@ -169,7 +168,6 @@ def test_a_deployment_renders_its_own_links_and_job(tmp_path: Path):
     assert stalled["annotations"]["runbook_url"] == "https://wiki.example/rb/SpanmeterLedgerStalled.md"
     assert stalled["annotations"]["dashboard_url"] == "https://grafana.example/d/spanmeter-pipeline"
     assert 'job="metering"' in stalled["expr"] and 'job="spanmeter"' not in stalled["expr"]
-    assert sys.executable  # the CLI ran from this interpreter's environment
 
 
 def test_every_runbook_quotes_its_alert_expression_and_for_as_rendered():

@@ -542,3 +542,19 @@ def test_usage_shows_month_to_date_quotas_and_the_invoice_so_far(db):
     assert mtd["quotas"][0] == {"metric": "worker_seconds", "used": "4600", "included": "3600", "ratio": "1.2778"}
     assert mtd["invoice_so_far"] == "51.00"  # 49 + 1,000 s over the allowance at 0.0020
     assert Decimal(mtd["projected_total"]) >= Decimal("51.00")  # the month is not over: a linear projection
+
+
+def test_quota_gauges_skip_a_subscription_that_ended_earlier_in_the_month(db):
+    """An account cancelled on the 10th keeps its month-to-date row, but its frozen ratios stop paging."""
+    from spanmeter.billing.quotas import refresh_month_to_date
+
+    october = Period.containing(datetime(2026, 10, 1, tzinfo=UTC))
+    subscribe(db, "gone", "starter", october.start, end=datetime(2026, 10, 10, tzinfo=UTC))
+    subscribe(db, "stays", "starter", october.start)
+    day5 = datetime(2026, 10, 5, 12, tzinfo=UTC)
+    write(db, [usage("gone", "worker_seconds", 3_600, day5), usage("stays", "worker_seconds", 3_000, day5)])
+    with psycopg.connect(db) as conn:
+        exported = refresh_month_to_date(conn, datetime(2026, 10, 20, tzinfo=UTC))
+        rows = conn.execute("SELECT account_id FROM account_month_to_date ORDER BY 1").fetchall()
+    assert [(a, m, str(r)) for a, m, r in exported] == [("stays", "worker_seconds", "0.8333")]
+    assert rows == [("gone",), ("stays",)]  # the dashboard still shows what the ended subscription owes

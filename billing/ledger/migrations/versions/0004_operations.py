@@ -1,12 +1,15 @@
 """Operations: a SELECT-only role for Grafana, and the month-to-date table its billing dashboard reads.
 
-- Role ``spanmeter_grafana`` (LOGIN, no password, no other privilege) with ``SELECT`` on the reporting
-  tables only: rollups, subscriptions, invoices and their lines, adjustments, reconciliation runs and
+- Role ``spanmeter_grafana`` (NOLOGIN, no other privilege) with ``SELECT`` on the reporting tables only: rollups, subscriptions, invoices and their lines, adjustments, reconciliation runs and
   ``account_month_to_date``. Not on ``usage_events`` (10M+ rows: a dashboard must read the rollups) nor on the
   rejected payloads (they may carry whatever a producer put in a span). Roles belong to the whole
-  PostgreSQL cluster, so the role is created only if missing; a migrating user that may not create roles
-  gets a warning and the grants are skipped (create the role yourself, then run ``spanmeter db migrate``
-  again or grant by hand). Give it a password in production: ``ALTER ROLE spanmeter_grafana PASSWORD '…'``.
+  PostgreSQL cluster, so the role is created only if missing, and it is the reader of every spanmeter
+  ledger on that cluster whose migration granted it (grants are per database): keep ledgers whose readers
+  must differ on different clusters. It cannot log in until a deployment says so, with a password:
+  ``ALTER ROLE spanmeter_grafana WITH LOGIN PASSWORD '…'`` (the compose stack's ``grafana-db-role``
+  service does this). A migrating user that may not create roles gets a warning naming the statements to
+  run by hand (``CREATE ROLE``, then the ``GRANT`` statements below); re-running the migration does not repeat them.
+  Downgrading revokes the grants and keeps the role (other ledgers on the cluster may use it).
 - ``account_month_to_date``: per account and month, the draft invoice so far and the linear projection,
   rewritten by ``spanmeter serve`` at every billing-metrics refresh. Derived data (rebuildable at any time
   from the ledger and the pricing versions), so unlike the ledger tables it is updated in place.
@@ -63,12 +66,13 @@ def upgrade() -> None:
         BEGIN
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{READER_ROLE}') THEN
                 BEGIN
-                    CREATE ROLE {READER_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT;
+                    CREATE ROLE {READER_ROLE} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT;
                 EXCEPTION
                     WHEN duplicate_object OR unique_violation THEN NULL;  -- created concurrently: fine
                     WHEN insufficient_privilege THEN
-                        RAISE WARNING 'cannot create role {READER_ROLE} (no CREATEROLE): create it, then grant '
-                            'SELECT on {tables} to it';
+                        RAISE WARNING 'cannot create role {READER_ROLE} (no CREATEROLE): create it, then run '
+                            'GRANT USAGE ON SCHEMA % TO {READER_ROLE}; GRANT SELECT ON {tables} TO {READER_ROLE}',
+                            current_schema();
                         RETURN;
                 END;
             END IF;
