@@ -310,14 +310,21 @@ def late_usage_lines(
 
 
 def build_invoice(
-    conn: psycopg.Connection, account_id: str, period: Period, *, pricing_override: str | None = None
+    conn: psycopg.Connection,
+    account_id: str,
+    period: Period,
+    *,
+    pricing_override: str | None = None,
+    parts: list[SegmentUsage] | None = None,
 ) -> Invoice:
     """The invoice for ``account_id`` and ``period``: the stored one when finalized (unless
-    ``pricing_override`` asks for a preview under another version), else a draft computed now."""
+    ``pricing_override`` asks for a preview under another version), else a draft computed now.
+    ``parts``: the period's usage when the caller already read it with :func:`period_usage`."""
     stored = finalized_invoice(conn, account_id, period)
     if stored is not None and pricing_override is None:
         return _from_document(stored)
-    parts = period_usage(conn, account_id, period)
+    if parts is None:
+        parts = period_usage(conn, account_id, period)
     if not parts:
         raise InvoiceError(
             f"{account_id} has no subscription in {period}: "

@@ -54,7 +54,7 @@ def month_to_date(conn: psycopg.Connection, account_id: str, now: datetime) -> M
     parts = invoices.period_usage(conn, account_id, period)
     if not parts:
         return None
-    draft = invoices.build_invoice(conn, account_id, period)
+    draft = invoices.build_invoice(conn, account_id, period, parts=parts)  # one read of the period's usage
     projected_lines = []
     period_seconds = Decimal((period.end - period.start).total_seconds())
     for part in parts:
