@@ -10,7 +10,8 @@ authentication. :class:`SpanmeterMiddleware` runs after ``AuthenticationMiddlewa
    on each span as it starts),
 3. exposes them as ``request.spanmeter`` (an :class:`Attribution`), for views that return the job id.
 
-``job_id`` is a new UUID per request unless the resolver supplies one. :func:`install` (called by
+``job_id`` is a new UUID per request unless the resolver supplies one (the default resolver takes
+``X-Spanmeter-Job-Id`` when present, else makes the new id itself). :func:`install` (called by
 ``import spanmeter.instrumentation.auto``) puts the middleware in ``settings.MIDDLEWARE`` for you, right
 after ``django.contrib.auth.middleware.AuthenticationMiddleware`` (or first after the OpenTelemetry
 middleware when there is no authentication middleware).
@@ -52,6 +53,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from opentelemetry import baggage, context, trace
+from opentelemetry.attributes import BoundedAttributes
 
 from spanmeter import attributes as A
 
@@ -103,7 +105,7 @@ def default_resolver(request: Any) -> Attribution | None:
             return Attribution(
                 account_id=account,
                 plan_code=meta.get("HTTP_X_SPANMETER_PLAN_CODE") or None,
-                job_id=meta.get("HTTP_X_SPANMETER_JOB_ID") or None,
+                job_id=meta.get("HTTP_X_SPANMETER_JOB_ID") or new_job_id(),
                 synthetic=meta.get("HTTP_X_SPANMETER_SYNTHETIC", "").lower() in _TRUE,
             )
     user = getattr(request, "user", None)
@@ -161,16 +163,45 @@ class SpanmeterMiddleware:
             values[A.SYNTHETIC] = True
         span = trace.get_current_span()
         if span.is_recording():
-            span.set_attributes(values)  # the server span started before authentication
+            set_span_attributes(span, values)  # the server span started before authentication
         if found.synthetic:
             values[A.SYNTHETIC] = "true"  # baggage values are strings
         ctx = context.get_current()
         if _BAGGAGE_KEY is not None:
-            ctx = context.set_value(_BAGGAGE_KEY, {**baggage.get_all(ctx), **values}, ctx)
+            current = context.get_value(_BAGGAGE_KEY, ctx)
+            entries = {**current, **values} if isinstance(current, dict) and current else values
+            ctx = context.set_value(_BAGGAGE_KEY, entries, ctx)
         else:  # an API version without the private key: the public, slower way
             for key, value in values.items():
                 ctx = baggage.set_baggage(key, value, ctx)
         return context.attach(ctx)
+
+
+def set_span_attributes(span: Any, values: dict[str, str | bool]) -> None:
+    """``span.set_attributes(values)`` for a few known-clean values (non-empty ``str`` keys, ``str``/``bool`` values).
+
+    The SDK's ``set_attributes`` re-validates every value (≈ 2 µs a request on this path, most of what
+    attribution costs). When the span is the SDK's and its attribute container has the known layout, room
+    for every key and no value-length limit that could apply, the values go straight into the container
+    under both of its locks, exactly what ``set_attributes`` would store; otherwise it is the public call.
+    """
+    attributes = getattr(span, "_attributes", None)
+    lock = getattr(span, "_lock", None)
+    if type(attributes) is BoundedAttributes and lock is not None and not attributes._immutable:
+        stored = attributes._dict
+        maxlen = attributes.maxlen
+        limit = attributes.max_value_len
+        if (maxlen is None or len(stored) + len(values) <= maxlen) and (
+            limit is None or all(type(v) is not str or len(v) <= limit for v in values.values())
+        ):
+            with lock:
+                if getattr(span, "_end_time", True) is None:
+                    with attributes._lock:
+                        for key, value in values.items():
+                            stored.pop(key, None)  # a re-set key moves to the end, as in the SDK
+                            stored[key] = value
+                    return
+    span.set_attributes(values)
 
 
 def install(tracer_provider: Any = None) -> bool:

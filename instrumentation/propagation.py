@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from opentelemetry import baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.context import Context
+from opentelemetry.context import Context, get_current
 from opentelemetry.propagators.textmap import CarrierT, Getter, default_getter
 
 from spanmeter import attributes as A
@@ -44,9 +44,11 @@ class AttributionSafeBaggagePropagator(W3CBaggagePropagator):
     def extract(
         self, carrier: CarrierT, context: Context | None = None, getter: Getter[CarrierT] = default_getter
     ) -> Context:
+        if context is None:
+            context = get_current()
         extracted = super().extract(carrier, context, getter)
-        if self.trusted_getter_types and isinstance(getter, self.trusted_getter_types):
-            return extracted
+        if extracted is context or (self.trusted_getter_types and isinstance(getter, self.trusted_getter_types)):
+            return extracted  # no baggage header (the parent context came back as it was), or a trusted carrier
         entries = baggage.get_all(extracted)
         if not entries:  # no inbound baggage: the common case, nothing to strip
             return extracted

@@ -102,6 +102,64 @@ def test_inbound_baggage_cannot_carry_attribution():
     assert "account_id=acme" in out["baggage"] and "team=blue" in out["baggage"]
 
 
+def test_no_inbound_baggage_leaves_the_context_as_it_was():
+    parent = baggage.set_baggage("team", "blue", context.Context())
+    assert AttributionSafeBaggagePropagator().extract({}, parent) is parent
+    assert dict(baggage.get_all(AttributionSafeBaggagePropagator().extract({"baggage": "account_id=evil"}, parent))) == {
+        "team": "blue"
+    }
+
+
+def _server_span(provider: TracerProvider):
+    return provider.get_tracer("t").start_span("GET /x", kind=SpanKind.SERVER, attributes={"http.route": "x/"})
+
+
+@pytest.mark.parametrize(
+    "provider_kwargs, values",
+    [
+        ({}, {"account_id": "acme", "job_id": "j1", "plan_code": "growth", "spanmeter.synthetic": True}),
+        ({}, {"http.route": "changed/", "account_id": "acme"}),  # a re-set key moves to the end, as in the SDK
+    ],
+)
+def test_fast_attribute_write_stores_what_set_attributes_stores(provider_kwargs, values, monkeypatch):
+    from opentelemetry.sdk.trace import Span
+
+    from spanmeter.instrumentation.django import set_span_attributes
+
+    provider = TracerProvider(**provider_kwargs)
+    fast, slow = _server_span(provider), _server_span(provider)
+    with monkeypatch.context() as patch:  # the fast path must not fall back to the SDK's call here
+        patch.setattr(Span, "set_attributes", lambda *_: pytest.fail("fell back to set_attributes"))
+        set_span_attributes(fast, dict(values))
+    slow.set_attributes(dict(values))
+    fast.end()
+    slow.end()
+    assert list(fast.attributes.items()) == list(slow.attributes.items())
+    assert fast.dropped_attributes == slow.dropped_attributes == 0
+
+
+def test_fast_attribute_write_defers_to_the_sdk_at_its_limits(caplog):
+    from opentelemetry.sdk.trace import SpanLimits
+
+    from spanmeter.instrumentation.django import set_span_attributes
+
+    # value-length limit: the SDK truncates, and so must we
+    provider = TracerProvider(span_limits=SpanLimits(max_span_attribute_length=4))
+    span = _server_span(provider)
+    set_span_attributes(span, {"account_id": "acme-long-name"})
+    assert span.attributes["account_id"] == "acme"
+    # attribute-count limit: the SDK evicts the oldest and counts it dropped
+    provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=2))
+    span = _server_span(provider)
+    set_span_attributes(span, {"account_id": "acme", "job_id": "j1"})
+    assert dict(span.attributes) == {"account_id": "acme", "job_id": "j1"} and span.dropped_attributes == 1
+    # an ended span is not changed
+    span = _server_span(TracerProvider())
+    span.end()
+    set_span_attributes(span, {"account_id": "acme"})
+    assert "account_id" not in span.attributes
+
+
 def test_helpers_are_no_ops_without_a_provider_and_never_raise():
     script = (
         "from spanmeter.instrumentation.helpers import attribution, gpu_section, record_llm_usage\n"
