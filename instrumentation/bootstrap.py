@@ -7,8 +7,8 @@
    global provider can only be set once, so it is never replaced. Otherwise it creates one from the
    standard variables (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``, plus
    ``SPANMETER_SERVICE_VERSION`` / ``SPANMETER_ENVIRONMENT``) and sets it globally.
-2. **Processors.** :class:`~.processors.AttributionSpanProcessor` (baggage → span attributes at start) and
-   :class:`~.processors.SpanmeterSpanProcessor` exporting, through a fork-safe
+2. **Processor.** One :class:`~.processors.SpanmeterSpanProcessor` with ``stamp_attribution=True``
+   (baggage → span attributes at start, what ``AttributionSpanProcessor`` does) exporting, through a fork-safe
    :class:`~.exporting.ProcessLocalExporter`, to the OTLP/gRPC endpoint in ``OTEL_EXPORTER_OTLP_*``.
    The sampler is wrapped in :class:`~.sampling.BillingSafeSampler`: billable spans are exported whatever
    the sampler said.
@@ -50,7 +50,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from . import django as django_support
 from .config import InstrumentationConfig, load_instrumentation_config
 from .exporting import ProcessLocalExporter
-from .processors import AttributionSpanProcessor, SpanmeterSpanProcessor
+from .processors import SpanmeterSpanProcessor
 from .propagation import AttributionSafeBaggagePropagator
 from .sampling import BillingSafeSampler
 
@@ -157,7 +157,8 @@ def _setup_provider(state: Instrumentation, exporter: SpanExporter, batch_option
         log.warning("the global tracer provider (%s) is not the OpenTelemetry SDK's: spanmeter adds nothing", existing)
         return
     state.provider = provider
-    processors = [AttributionSpanProcessor(), SpanmeterSpanProcessor(exporter, **batch_options)]
+    # one processor that stamps and exports: each extra processor is three more calls on every span
+    processors = [SpanmeterSpanProcessor(exporter, stamp_attribution=True, **batch_options)]
     for processor in processors:
         provider.add_span_processor(processor)
     state.processors = processors

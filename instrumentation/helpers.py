@@ -35,7 +35,7 @@ def attribution(
 ) -> Iterator[None]:
     """Attribute everything started inside the block (spans, enqueued tasks) to ``account_id``.
 
-    Sets the keys as baggage (``AttributionSpanProcessor`` stamps them on every span that starts; the
+    Sets the keys as baggage (spanmeter's span processor stamps them on every span that starts; the
     baggage propagator carries them across HTTP and the broker) and on the current span if it records.
     """
     token = None

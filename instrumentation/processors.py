@@ -5,7 +5,10 @@
   child span and every task enqueued inside a request carries them.
 - :class:`SpanmeterSpanProcessor` is a ``BatchSpanProcessor`` that exports the sampled spans *and* every
   unsampled span that matches a meter definition (see :mod:`.billable`), so a sampler can never drop
-  billable usage (use it with :class:`spanmeter.instrumentation.sampling.BillingSafeSampler`).
+  billable usage (use it with :class:`spanmeter.instrumentation.sampling.BillingSafeSampler`). With
+  ``stamp_attribution=True`` it also does what ``AttributionSpanProcessor`` does, in the same call: one
+  processor instead of two on every span's start and end (what ``import spanmeter.instrumentation.auto``
+  installs).
 
 Both follow the SDK's rule for code on the application's hot path: they never raise into the
 application and never block it. The batch queue drops a span when it is full: ``SpanmeterSpanProcessor``
@@ -28,7 +31,7 @@ from spanmeter import attributes as A
 from . import metrics
 from .billable import is_billable
 
-__all__ = ["STAMPED_KEYS", "AttributionSpanProcessor", "SpanmeterSpanProcessor"]
+__all__ = ["STAMPED_KEYS", "AttributionSpanProcessor", "SpanmeterSpanProcessor", "stamp_attribution"]
 
 log = logging.getLogger(__name__)
 STAMPED_KEYS = (A.ACCOUNT_ID, A.JOB_ID, A.PLAN_CODE, A.SYNTHETIC)
@@ -44,18 +47,23 @@ def _baggage_of(parent_context: Context | None) -> Mapping[str, object]:
     return entries if isinstance(entries, dict) else {}
 
 
+def stamp_attribution(span: Span, parent_context: Context | None) -> None:
+    """Copy the attribution keys from the parent context's baggage onto ``span`` (keys it has keep theirs)."""
+    try:
+        entries = _baggage_of(parent_context)
+        if not entries:  # the common case outside a request (and the server span itself): nothing to do
+            return
+        for key in STAMPED_KEYS:
+            value = entries.get(key)
+            if value is not None and span.attributes.get(key) is None:
+                span.set_attribute(key, value == "true" if key == A.SYNTHETIC else str(value))
+    except Exception:  # never into the application
+        log.debug("attribution stamping failed", exc_info=True)
+
+
 class AttributionSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        try:
-            entries = _baggage_of(parent_context)
-            if not entries:  # the common case outside a request (and the server span itself): nothing to do
-                return
-            for key in STAMPED_KEYS:
-                value = entries.get(key)
-                if value is not None and span.attributes.get(key) is None:
-                    span.set_attribute(key, value == "true" if key == A.SYNTHETIC else str(value))
-        except Exception:  # never into the application
-            log.debug("attribution stamping failed", exc_info=True)
+        stamp_attribution(span, parent_context)
 
 
 class SpanmeterSpanProcessor(BatchSpanProcessor):
@@ -63,8 +71,11 @@ class SpanmeterSpanProcessor(BatchSpanProcessor):
 
     _warned_full = False
 
-    def __init__(self, exporter: SpanExporter, **batch_options: int | float | None) -> None:
+    def __init__(
+        self, exporter: SpanExporter, *, stamp_attribution: bool = False, **batch_options: int | float | None
+    ) -> None:
         super().__init__(exporter, **batch_options)  # type: ignore[arg-type]
+        self.stamps_attribution = stamp_attribution
         queue = getattr(self, "_batch_processor", None)  # the SDK's internal queue, checked once at set-up
         if queue is None or not all(hasattr(queue, name) for name in ("_queue", "_max_queue_size", "_shutdown")):
             raise RuntimeError("this opentelemetry-sdk version's BatchSpanProcessor has an unknown layout")
@@ -73,6 +84,10 @@ class SpanmeterSpanProcessor(BatchSpanProcessor):
         self._emit_lock = threading.Lock()
         self._dropped_queue_full = metrics.SPANS_DROPPED.labels("queue_full")
         self._dropped_shutdown = metrics.SPANS_DROPPED.labels("shutdown")
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if self.stamps_attribution:
+            stamp_attribution(span, parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
         try:

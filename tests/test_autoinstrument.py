@@ -129,7 +129,7 @@ def test_instrument_is_idempotent_and_uninstrument_undoes_it():
     )
     assert result == {
         "same": True,
-        "added": 2,
+        "added": 1,
         "after": 0,
         "sampler_during": ["BillingSafeSampler", "ParentBased"],  # the app's sampler, wrapped
         "sampler_restored": True,
