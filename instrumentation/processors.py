@@ -91,9 +91,10 @@ class SpanmeterSpanProcessor(BatchSpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            if span.context is None:
+            span_context = span.context
+            if span_context is None:
                 return
-            if span.context.trace_flags.sampled or is_billable(span.kind, span.attributes):
+            if span_context.trace_flags.sampled or is_billable(span.kind, span.attributes):
                 queue = self._batch_processor
                 with self._emit_lock:
                     if queue._shutdown:

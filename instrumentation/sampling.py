@@ -14,7 +14,9 @@ application's sampler exactly as before.
     provider = TracerProvider(sampler=BillingSafeSampler(ParentBased(TraceIdRatioBased(0.1))))
 
 The cost: unsampled spans are recorded (attributes kept in memory until they end) instead of being
-no-ops; only billable ones are exported.
+no-ops; only billable ones are exported. Where the delegate is a ``ParentBased`` sampler (the SDK's
+default), only the branches that can say DROP are wrapped (``ParentBased(ALWAYS_ON)`` drops only under an
+unsampled parent), so a span the application's sampler samples anyway pays nothing extra.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult, StaticSampler
 from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util.types import Attributes
 
@@ -33,6 +35,11 @@ class BillingSafeSampler(Sampler):
     def __init__(self, delegate: Sampler) -> None:
         self.delegate = delegate
         self._delegate_should_sample = delegate.should_sample  # bound once: this runs for every span
+        fast = _billing_safe_parent_based(delegate)
+        if fast is not None:
+            # the rewritten ParentBased decides alone (same decisions, DROP turned into RECORD_ONLY in the
+            # branches that can drop): the tracer calls it without going through this wrapper
+            self.should_sample = fast.should_sample  # type: ignore[method-assign]
 
     def should_sample(
         self,
@@ -54,3 +61,20 @@ class BillingSafeSampler(Sampler):
 
     def get_description(self) -> str:
         return f"BillingSafeSampler{{{self.delegate.get_description()}}}"
+
+
+def _never_drops(sampler: Sampler) -> bool:
+    return type(sampler) is StaticSampler and getattr(sampler, "_decision", Decision.DROP) is not Decision.DROP
+
+
+def _billing_safe_parent_based(sampler: Sampler) -> ParentBased | None:
+    """``sampler`` (exactly the SDK's ``ParentBased``) with each branch that may DROP wrapped; else None."""
+    if type(sampler) is not ParentBased:
+        return None
+    names = ("_root", "_remote_parent_sampled", "_remote_parent_not_sampled", "_local_parent_sampled",
+             "_local_parent_not_sampled")  # fmt: skip
+    branches = [getattr(sampler, name, None) for name in names]
+    if any(not isinstance(branch, Sampler) for branch in branches):
+        return None  # an SDK version with another layout: keep the plain wrapper
+    safe = [branch if _never_drops(branch) else BillingSafeSampler(branch) for branch in branches]
+    return ParentBased(*safe)

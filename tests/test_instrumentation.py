@@ -105,9 +105,9 @@ def test_inbound_baggage_cannot_carry_attribution():
 def test_no_inbound_baggage_leaves_the_context_as_it_was():
     parent = baggage.set_baggage("team", "blue", context.Context())
     assert AttributionSafeBaggagePropagator().extract({}, parent) is parent
-    assert dict(baggage.get_all(AttributionSafeBaggagePropagator().extract({"baggage": "account_id=evil"}, parent))) == {
-        "team": "blue"
-    }
+    assert dict(
+        baggage.get_all(AttributionSafeBaggagePropagator().extract({"baggage": "account_id=evil"}, parent))
+    ) == {"team": "blue"}
 
 
 def _server_span(provider: TracerProvider):
@@ -234,3 +234,34 @@ def test_a_ten_percent_sampler_loses_no_billable_span(collector, module_db):
     received = collector.metrics()["spanmeter_spans_received_total"] - before
     assert received == 200 + 2 * sampled_roots
     assert 0 < sampled_roots < 60
+
+
+@pytest.mark.parametrize(
+    "delegate",
+    [ParentBased(ALWAYS_ON), ParentBased(TraceIdRatioBased(0.5)), ParentBased(ALWAYS_OFF), TraceIdRatioBased(0.5)],
+    ids=["parentbased-always-on", "parentbased-ratio", "parentbased-always-off", "ratio"],
+)
+def test_billing_safe_sampler_decides_as_its_delegate_except_drop(delegate):
+    from opentelemetry.sdk.trace.sampling import Decision
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    def parent(remote: bool, sampled: bool):
+        flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+        return set_span_in_context(NonRecordingSpan(SpanContext(0x1234, 0x5678, remote, flags)))
+
+    contexts = [None] + [parent(remote, sampled) for remote in (True, False) for sampled in (True, False)]
+    safe = BillingSafeSampler(delegate)
+    # a ParentBased delegate is rewritten so that the tracer calls it directly (no wrapper on the sampled path)
+    assert ("should_sample" in vars(safe)) == isinstance(delegate, ParentBased)
+    decisions = set()
+    for ctx in contexts:
+        for trace_id in (1, 2**127, 2**128 - 1):  # both sides of a 0.5 ratio
+            attributes = {"gpu.count": 2}
+            expected = delegate.should_sample(ctx, trace_id, "s", SpanKind.INTERNAL, attributes)
+            got = safe.should_sample(ctx, trace_id, "s", SpanKind.INTERNAL, attributes)
+            if expected.decision is Decision.DROP:
+                assert got.decision is Decision.RECORD_ONLY and dict(got.attributes) == attributes
+            else:
+                assert got.decision is expected.decision and got.attributes == expected.attributes
+            decisions.add(expected.decision)
+    assert Decision.RECORD_AND_SAMPLE in decisions or Decision.DROP in decisions
