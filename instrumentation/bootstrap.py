@@ -17,8 +17,9 @@
 4. **Django** (if installed): the official instrumentation and :class:`~.django.SpanmeterMiddleware`, put
    into ``settings.MIDDLEWARE`` when Django builds its middleware chain (so the import can sit at the top
    of ``settings.py``).
-5. **Celery** (if installed): the official instrumentation now (so publishers inject context into task
-   messages) and again in ``worker_process_init`` (each prefork child; the exporter and the SDK's batch
+5. **Celery** (if installed): the official instrumentation as soon as the application imports Celery (at
+   once if it already has; a service that never imports it never loads it), so publishers inject context into task
+   messages, and again in ``worker_process_init`` (each prefork child; the exporter and the SDK's batch
    thread are rebuilt after the fork); ``worker_process_shutdown`` flushes.
 6. **SIGTERM** (main thread only): flushes spans (``SPANMETER_FLUSH_TIMEOUT_MILLIS``), then hands over to
    the handler that was installed before, or terminates like the default. Process exit flushes too (the
@@ -32,12 +33,15 @@ global provider (OpenTelemetry does not allow replacing it), now without spanmet
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import wrapt
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
@@ -73,6 +77,7 @@ class Instrumentation:
     django_patched: Any = None  # the original BaseHandler.load_middleware
     django_instrumented: bool = False
     celery_instrumented: bool = False
+    celery_armed: bool = False  # waiting for the application to import Celery
     celery_handlers: list[tuple[Any, Any]] = field(default_factory=list)
     previous_sigterm: Any = None
     sigterm_handler: Any = None
@@ -202,17 +207,14 @@ def _teardown_provider(state: Instrumentation) -> None:
 # --- propagation --------------------------------------------------------------------------------------
 
 
-def _trusted_getter_types() -> tuple[type, ...]:
-    try:
-        from opentelemetry.instrumentation.celery import CeleryGetter
-    except ImportError:
-        return ()
-    return (CeleryGetter,)
+# Celery task messages are written by the application's own web tier: their baggage is trusted. Named, not
+# imported: importing the Celery instrumentation imports Celery (~200 modules) into services that never use it.
+_TRUSTED_GETTERS = ("opentelemetry.instrumentation.celery:CeleryGetter",)
 
 
 def _setup_propagation(state: Instrumentation) -> None:
     previous = propagate.get_global_textmap()
-    safe = AttributionSafeBaggagePropagator(_trusted_getter_types())
+    safe = AttributionSafeBaggagePropagator(trusted_getter_names=_TRUSTED_GETTERS)
     members = list(getattr(previous, "_propagators", [previous]))
     rebuilt: list[TextMapPropagator] = []
     for member in members:
@@ -269,7 +271,37 @@ def _teardown_django(state: Instrumentation) -> None:
 # --- Celery ---------------------------------------------------------------------------------------------
 
 
+_CELERY_INSTRUMENTATION = "opentelemetry.instrumentation.celery"
+
+
 def _setup_celery(state: Instrumentation) -> None:
+    """Instrument Celery when the application imports it (at once if it already has).
+
+    A Django service that never imports Celery never loads it, even when it is installed. When Celery is
+    first imported by the Celery instrumentation module itself (an application importing it directly),
+    the hook on that module finishes the job once it has loaded."""
+    if importlib.util.find_spec("celery") is None:
+        return
+    state.celery_armed = True
+
+    def on_import(_module: Any) -> None:
+        if not state.celery_armed:  # done already, or uninstrumented before the application imported Celery
+            return
+        loading = sys.modules.get(_CELERY_INSTRUMENTATION)
+        if loading is not None and not hasattr(loading, "CeleryInstrumentor"):
+            return  # that module is importing Celery right now: its own hook comes when it is complete
+        state.celery_armed = False
+        try:
+            _instrument_celery(state)
+        except Exception:
+            log.warning("spanmeter could not instrument Celery", exc_info=True)
+
+    if _CELERY_INSTRUMENTATION not in sys.modules:
+        wrapt.register_post_import_hook(on_import, _CELERY_INSTRUMENTATION)
+    wrapt.register_post_import_hook(on_import, "celery")
+
+
+def _instrument_celery(state: Instrumentation) -> None:
     try:
         from celery import signals
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
@@ -303,6 +335,7 @@ def _setup_celery(state: Instrumentation) -> None:
 
 
 def _teardown_celery(state: Instrumentation) -> None:
+    state.celery_armed = False
     for signal_, handler in state.celery_handlers:
         signal_.disconnect(handler)
     if state.celery_instrumented:

@@ -33,13 +33,29 @@ def is_reserved(key: str) -> bool:
 class AttributionSafeBaggagePropagator(W3CBaggagePropagator):
     """W3C baggage that strips reserved keys unless the carrier comes through a trusted getter.
 
-    ``trusted_getter_types``: getter classes whose carriers are written by trusted code only (for
-    example ``opentelemetry.instrumentation.celery.utils.CeleryGetter``, what :mod:`.bootstrap` passes).
+    ``trusted_getter_types``: getter classes whose carriers are written by trusted code only.
+    ``trusted_getter_names``: the same as ``"module:QualName"`` strings, for classes from a library that
+    may never be imported in this process (:mod:`.bootstrap` passes
+    ``"opentelemetry.instrumentation.celery:CeleryGetter"``, so a Django service without Celery never
+    imports Celery for it). A getter is trusted when its class or one of its bases matches either.
     """
 
-    def __init__(self, trusted_getter_types: tuple[type, ...] = ()) -> None:
+    def __init__(self, trusted_getter_types: tuple[type, ...] = (), trusted_getter_names: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.trusted_getter_types = trusted_getter_types
+        self.trusted_getter_names = frozenset(trusted_getter_names)
+        self._trusted_by_type: dict[type, bool] = {}
+
+    def _trusted(self, getter: object) -> bool:
+        cls = type(getter)
+        trusted = self._trusted_by_type.get(cls)
+        if trusted is None:
+            trusted = bool(self.trusted_getter_types) and isinstance(getter, self.trusted_getter_types)
+            trusted = trusted or any(
+                f"{c.__module__}:{c.__qualname__}" in self.trusted_getter_names for c in cls.__mro__
+            )
+            self._trusted_by_type[cls] = trusted
+        return trusted
 
     def extract(
         self, carrier: CarrierT, context: Context | None = None, getter: Getter[CarrierT] = default_getter
@@ -47,7 +63,7 @@ class AttributionSafeBaggagePropagator(W3CBaggagePropagator):
         if context is None:
             context = get_current()
         extracted = super().extract(carrier, context, getter)
-        if extracted is context or (self.trusted_getter_types and isinstance(getter, self.trusted_getter_types)):
+        if extracted is context or self._trusted(getter):
             return extracted  # no baggage header (the parent context came back as it was), or a trusted carrier
         entries = baggage.get_all(extracted)
         if not entries:  # no inbound baggage: the common case, nothing to strip

@@ -395,3 +395,44 @@ def test_a_failing_resolver_never_fails_the_request():
     result = _django("resolvers:broken")
     assert result["anonymous"] == {"baggage": {}, "job_id": None}
     assert result["user"] == {"baggage": {}, "job_id": None}
+
+
+def test_celery_is_instrumented_when_the_application_imports_it_and_never_loaded_before():
+    result = _python(
+        """
+        import json, sys
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from spanmeter.instrumentation import bootstrap
+
+        bootstrap.instrument(exporter=InMemorySpanExporter())
+        loaded_before = "celery" in sys.modules  # a Django-only service pays nothing for Celery
+        from celery import Celery  # the application's Celery module, imported later
+
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+        instrumented = CeleryInstrumentor().is_instrumented_by_opentelemetry
+        bootstrap.uninstrument()
+        print(json.dumps({
+            "loaded_before": loaded_before,
+            "instrumented_on_import": instrumented,
+            "after_uninstrument": CeleryInstrumentor().is_instrumented_by_opentelemetry,
+        }))
+        """
+    )
+    assert result == {"loaded_before": False, "instrumented_on_import": True, "after_uninstrument": False}
+
+
+def test_uninstrumenting_before_celery_is_imported_leaves_it_alone():
+    result = _python(
+        """
+        import json
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from spanmeter.instrumentation import bootstrap
+
+        bootstrap.instrument(exporter=InMemorySpanExporter())
+        bootstrap.uninstrument()
+        import celery
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+        print(json.dumps({"instrumented": CeleryInstrumentor().is_instrumented_by_opentelemetry}))
+        """
+    )
+    assert result == {"instrumented": False}
