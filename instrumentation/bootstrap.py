@@ -285,16 +285,17 @@ def _setup_celery(state: Instrumentation) -> None:
     state.celery_armed = True
 
     def on_import(_module: Any) -> None:
-        if not state.celery_armed:  # done already, or uninstrumented before the application imported Celery
-            return
-        loading = sys.modules.get(_CELERY_INSTRUMENTATION)
-        if loading is not None and not hasattr(loading, "CeleryInstrumentor"):
-            return  # that module is importing Celery right now: its own hook comes when it is complete
-        state.celery_armed = False
-        try:
-            _instrument_celery(state)
-        except Exception:
-            log.warning("spanmeter could not instrument Celery", exc_info=True)
+        with _lock:  # not while another thread is in instrument() / uninstrument()
+            if not state.celery_armed:  # done already, or uninstrumented before the application imported Celery
+                return
+            loading = sys.modules.get(_CELERY_INSTRUMENTATION)
+            if loading is not None and not hasattr(loading, "CeleryInstrumentor"):
+                return  # that module is importing Celery right now: its own hook comes when it is complete
+            state.celery_armed = False
+            try:
+                _instrument_celery(state)
+            except Exception:
+                log.warning("spanmeter could not instrument Celery", exc_info=True)
 
     if _CELERY_INSTRUMENTATION not in sys.modules:
         wrapt.register_post_import_hook(on_import, _CELERY_INSTRUMENTATION)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from opentelemetry import baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.context import Context, get_current
+from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import CarrierT, Getter, default_getter
 
 from spanmeter import attributes as A
@@ -60,11 +60,11 @@ class AttributionSafeBaggagePropagator(W3CBaggagePropagator):
     def extract(
         self, carrier: CarrierT, context: Context | None = None, getter: Getter[CarrierT] = default_getter
     ) -> Context:
-        if context is None:
-            context = get_current()
         extracted = super().extract(carrier, context, getter)
-        if extracted is context or self._trusted(getter):
-            return extracted  # no baggage header (the parent context came back as it was), or a trusted carrier
+        if self._trusted(getter):
+            return extracted
+        # Strip even without a W3C ``baggage`` header: an earlier propagator in the composite (Jaeger's
+        # ``uberctx-*``, OT's ``ot-baggage-*``) may have put client-chosen entries into the context.
         entries = baggage.get_all(extracted)
         if not entries:  # no inbound baggage: the common case, nothing to strip
             return extracted

@@ -35,7 +35,7 @@ class BillingSafeSampler(Sampler):
     def __init__(self, delegate: Sampler) -> None:
         self.delegate = delegate
         self._delegate_should_sample = delegate.should_sample  # bound once: this runs for every span
-        fast = _billing_safe_parent_based(delegate)
+        fast = _billing_safe_parent_based(delegate) if type(self) is BillingSafeSampler else None
         if fast is not None:
             # the rewritten ParentBased decides alone (same decisions, DROP turned into RECORD_ONLY in the
             # branches that can drop): the tracer calls it without going through this wrapper
@@ -68,8 +68,9 @@ def _never_drops(sampler: Sampler) -> bool:
 
 
 def _billing_safe_parent_based(sampler: Sampler) -> ParentBased | None:
-    """``sampler`` (exactly the SDK's ``ParentBased``) with each branch that may DROP wrapped; else None."""
-    if type(sampler) is not ParentBased:
+    """``sampler`` (the SDK's ``ParentBased``, or a subclass that keeps its decision logic, such as
+    ``ParentBasedTraceIdRatio``) with each branch that may DROP wrapped; else None."""
+    if not isinstance(sampler, ParentBased) or type(sampler).should_sample is not ParentBased.should_sample:
         return None
     names = ("_root", "_remote_parent_sampled", "_remote_parent_not_sampled", "_local_parent_sampled",
              "_local_parent_not_sampled")  # fmt: skip

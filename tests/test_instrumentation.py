@@ -102,12 +102,34 @@ def test_inbound_baggage_cannot_carry_attribution():
     assert "account_id=acme" in out["baggage"] and "team=blue" in out["baggage"]
 
 
-def test_no_inbound_baggage_leaves_the_context_as_it_was():
-    parent = baggage.set_baggage("team", "blue", context.Context())
-    assert AttributionSafeBaggagePropagator().extract({}, parent) is parent
-    assert dict(
-        baggage.get_all(AttributionSafeBaggagePropagator().extract({"baggage": "account_id=evil"}, parent))
-    ) == {"team": "blue"}
+def test_reserved_baggage_from_another_propagator_is_stripped_too():
+    """Without a W3C ``baggage`` header, entries an earlier propagator extracted (Jaeger's ``uberctx-*``,
+    OT's ``ot-baggage-*``) must still lose the reserved keys."""
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.propagators.textmap import TextMapPropagator
+
+    class PrefixBaggage(TextMapPropagator):  # what Jaeger's propagator does with uberctx-* headers
+        def extract(self, carrier, context=None, getter=None):
+            for key, value in carrier.items():
+                if key.startswith("uberctx-"):
+                    context = baggage.set_baggage(key[len("uberctx-") :], value, context)
+            return context if context is not None else context_api_current()
+
+        def inject(self, carrier, context=None, setter=None):
+            pass
+
+        @property
+        def fields(self):
+            return set()
+
+    def context_api_current():
+        return context.get_current()
+
+    composite = CompositePropagator([PrefixBaggage(), AttributionSafeBaggagePropagator()])
+    extracted = composite.extract({"uberctx-account_id": "victim", "uberctx-team": "blue"}, context.Context())
+    assert dict(baggage.get_all(extracted)) == {"team": "blue"}
+    plain = AttributionSafeBaggagePropagator().extract({}, baggage.set_baggage("team", "blue", context.Context()))
+    assert dict(baggage.get_all(plain)) == {"team": "blue"}
 
 
 def _server_span(provider: TracerProvider):
@@ -136,6 +158,25 @@ def test_fast_attribute_write_stores_what_set_attributes_stores(provider_kwargs,
     slow.end()
     assert list(fast.attributes.items()) == list(slow.attributes.items())
     assert fast.dropped_attributes == slow.dropped_attributes == 0
+
+
+def test_fast_attribute_write_converts_what_the_sdk_converts():
+    """A custom resolver may hand a UUID or a str subclass: stored exactly as ``set_attributes`` stores it."""
+    import enum
+    import uuid
+
+    from spanmeter.instrumentation.django import set_span_attributes
+
+    class Plan(enum.StrEnum):
+        GROWTH = "growth"
+
+    values = {"job_id": uuid.UUID(int=7), "plan_code": Plan.GROWTH, "account_id": "acme"}
+    provider = TracerProvider()
+    fast, slow = _server_span(provider), _server_span(provider)
+    set_span_attributes(fast, dict(values))
+    slow.set_attributes(dict(values))
+    assert dict(fast.attributes) == dict(slow.attributes)
+    assert [type(v) for v in fast.attributes.values()] == [type(v) for v in slow.attributes.values()]
 
 
 def test_fast_attribute_write_defers_to_the_sdk_at_its_limits(caplog):
@@ -264,4 +305,23 @@ def test_billing_safe_sampler_decides_as_its_delegate_except_drop(delegate):
             else:
                 assert got.decision is expected.decision and got.attributes == expected.attributes
             decisions.add(expected.decision)
-    assert Decision.RECORD_AND_SAMPLE in decisions or Decision.DROP in decisions
+    assert decisions == {Decision.RECORD_AND_SAMPLE, Decision.DROP}  # both paths were exercised
+
+
+def test_billing_safe_sampler_fast_path_keeps_subclass_overrides():
+    from opentelemetry.sdk.trace.sampling import Decision, ParentBasedTraceIdRatio
+
+    # the SDK's parentbased_traceidratio gets the fast path (same decision logic as ParentBased)
+    assert "should_sample" in vars(BillingSafeSampler(ParentBasedTraceIdRatio(0.5)))
+
+    class Custom(ParentBased):  # overrides the decision: must not be bypassed
+        def should_sample(self, *args, **kwargs):
+            return super().should_sample(*args, **kwargs).__class__(Decision.DROP)
+
+    class Wrapper(BillingSafeSampler):  # a subclass of ours may override should_sample: no fast path
+        pass
+
+    assert "should_sample" not in vars(BillingSafeSampler(Custom(ALWAYS_ON)))
+    got = BillingSafeSampler(Custom(ALWAYS_ON)).should_sample(None, 1, "s", SpanKind.INTERNAL, {"a": 1})
+    assert got.decision is Decision.RECORD_ONLY
+    assert "should_sample" not in vars(Wrapper(ParentBased(ALWAYS_ON)))
