@@ -185,35 +185,38 @@ def set_span_attributes(span: Any, values: dict[str, Any]) -> None:
 
     The SDK's ``set_attributes`` re-validates every value (≈ 2 µs a request on this path, most of what
     attribution costs). When the span is the SDK's ``Span`` (not overriding ``set_attributes``) with the
-    known attribute container,
-    every key a non-empty ``str`` and every value exactly a ``str`` or ``bool``, and, checked under both of
-    the span's locks, the span has not ended, there is room for every key and no value-length limit could
-    apply, the values go straight into the container: exactly what ``set_attributes`` would store.
-    Anything else (a custom resolver's UUID or ``str`` subclass, a limit, an ended or non-SDK span) takes
-    the public call, which converts, truncates, evicts and warns as usual.
+    known attribute container, every key a non-empty ``str`` and every value exactly a ``str`` or ``bool``,
+    and, checked under both of the span's locks, the span has not ended, there is room for every key and no
+    value-length limit could apply, the values go straight into the container: exactly what
+    ``set_attributes`` would store. Anything else (a custom resolver's UUID or ``str`` subclass, a limit, an
+    ended or non-SDK span) takes the public call, which converts, truncates, evicts and warns as usual.
     """
-    if (
-        isinstance(span, _SdkSpan)
-        and type(span).set_attributes is _SdkSpan.set_attributes
-        and all(type(key) is str and key and type(value) in _PLAIN for key, value in values.items())
-    ):
-        attributes = getattr(span, "_attributes", None)
-        lock = getattr(span, "_lock", None)
-        if type(attributes) is BoundedAttributes and lock is not None:
-            with lock:
-                if span._end_time is None and not attributes._immutable:
-                    with attributes._lock:
-                        stored = attributes._dict
-                        maxlen = attributes.maxlen
-                        limit = attributes.max_value_len
-                        if (maxlen is None or len(stored) + len(values) <= maxlen) and (
-                            limit is None or all(type(v) is not str or len(v) <= limit for v in values.values())
-                        ):
-                            for key, value in values.items():
-                                stored.pop(key, None)  # a re-set key moves to the end, as in the SDK
-                                stored[key] = value
-                            return
-    span.set_attributes(values)
+    if not _write_plain_attributes(span, values):
+        span.set_attributes(values)
+
+
+def _write_plain_attributes(span: Any, values: dict[str, Any]) -> bool:
+    """The fast path of :func:`set_span_attributes`; False when the public call must do it."""
+    if not isinstance(span, _SdkSpan) or type(span).set_attributes is not _SdkSpan.set_attributes:
+        return False
+    if not all(type(key) is str and key and type(value) in _PLAIN for key, value in values.items()):
+        return False
+    attributes = getattr(span, "_attributes", None)
+    lock = getattr(span, "_lock", None)
+    if type(attributes) is not BoundedAttributes or lock is None:
+        return False
+    with lock, attributes._lock:  # the SDK's order: span, then container
+        stored, maxlen, limit = attributes._dict, attributes.maxlen, attributes.max_value_len
+        if span._end_time is not None or attributes._immutable:
+            return False
+        if maxlen is not None and len(stored) + len(values) > maxlen:
+            return False
+        if limit is not None and any(type(v) is str and len(v) > limit for v in values.values()):
+            return False
+        for key, value in values.items():
+            stored.pop(key, None)  # a re-set key moves to the end, as in the SDK
+            stored[key] = value
+        return True
 
 
 def install(tracer_provider: Any = None) -> bool:
