@@ -103,8 +103,10 @@ def export(conn: psycopg.Connection, what: str, period: Period, account: str | N
             else [
                 a
                 for (a,) in conn.execute(
-                    "SELECT DISTINCT account_id FROM usage_rollups_daily WHERE bucket_start >= %s AND bucket_start < %s ORDER BY 1",
-                    (period.start, period.end),
+                    "SELECT account_id FROM usage_rollups_daily WHERE bucket_start >= %s AND bucket_start < %s "
+                    "UNION SELECT account_id FROM usage_rollup_deltas WHERE bucket_start >= %s AND bucket_start < %s "
+                    "ORDER BY 1",
+                    (period.start, period.end, period.start, period.end),
                 )
             ]
         )

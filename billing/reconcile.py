@@ -82,10 +82,11 @@ def reconcile(conn: psycopg.Connection, period: Period) -> ReconciliationResult:
     accounts = [
         a
         for (a,) in conn.execute(
-            "SELECT DISTINCT account_id FROM usage_rollups_daily WHERE bucket_start >= %s AND bucket_start < %s "
+            "SELECT account_id FROM usage_rollups_daily WHERE bucket_start >= %s AND bucket_start < %s "
+            "UNION SELECT account_id FROM usage_rollup_deltas WHERE bucket_start >= %s AND bucket_start < %s "
             "UNION SELECT account_id FROM invoices WHERE period_start = %s UNION "
             "SELECT account_id FROM usage_adjustments WHERE occurred_at >= %s AND occurred_at < %s ORDER BY 1",
-            (period.start, period.end, period.start, period.start, period.end),
+            (period.start, period.end, period.start, period.end, period.start, period.start, period.end),
         )
     ]
     invoice_differences: list[dict[str, str]] = []

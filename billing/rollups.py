@@ -1,21 +1,33 @@
-"""Usage rollups: per account, meter and UTC hour/day, maintained as usage arrives; rebuilt and checked on demand.
+"""Usage rollups: per account, meter and UTC hour/day, kept exact as usage arrives; folded, rebuilt and checked.
 
 Month-to-date figures, invoices, quota burn and dashboards read rollups, never the raw ledger: a month of a
 large account is a few hundred daily rows instead of a million events.
 
-How they stay exact (see migration ``0003_rating``): a statement-level trigger on ``usage_events``
-aggregates each INSERT statement's *new* rows (the ledger writer inserts a whole batch in one statement;
-rows skipped as duplicates are not new) and upserts the sums into ``usage_rollups_hourly``,
-``usage_rollups_daily`` and ``usage_rollup_jobs``, in key order, inside the inserting transaction. So:
+How they stay exact (migration ``0005_rollup_deltas``), in two steps:
 
-- every event lands in the bucket of its ``occurred_at`` (the span end time), however late it arrives;
-- two receivers committing out of order each add their own deltas: addition commutes, the result is the
-  same in any commit order, and an aborted batch takes its deltas with it;
-- the upkeep is one grouped upsert per batch, not one per row.
+1. **Deltas, in the ingest transaction.** A statement-level trigger on ``usage_events`` groups each INSERT
+   statement's *new* rows (a transition table: rows skipped by ``ON CONFLICT DO NOTHING`` are not in it, so
+   a retried span adds nothing) per (account, UTC hour, meter, meter version, plan code, dimension) and
+   *appends* one row per group to ``usage_rollup_deltas``: sum, count, max, latest, and the distinct job ids
+   of worker time as an array. Appending takes no lock on a shared row, so concurrent writers never wait for
+   each other or deadlock here, and an aborted batch takes its deltas with it.
+2. **Folding, in the background.** :func:`fold` (``spanmeter serve`` runs it every
+   ``SPANMETER_ROLLUP_FOLD_INTERVAL_SECONDS``) consumes up to ``max_deltas`` deltas with ``DELETE …
+   RETURNING`` and upserts their sums into ``usage_rollups_hourly``, ``usage_rollups_daily`` and
+   ``usage_rollup_jobs`` *in the same transaction*, in key order, holding a transaction-level advisory
+   lock: one folder at a time, and a delta is either pending or folded, never both and never neither,
+   whatever crashes. It never uses a time or sequence watermark (``created_at`` is a transaction's start,
+   not its commit order).
 
-``spanmeter rollups check`` recomputes the daily rollups and distinct jobs from the raw ledger and lists
-every difference (there should be none); ``spanmeter rollups rebuild`` recomputes all three tables from the
-raw ledger (it blocks ingest for the duration with a SHARE lock on ``usage_events``).
+Readers add the pending deltas to the folded rows **in one statement** (one snapshot): a fold that commits
+between two statements cannot make a delta count twice or not at all. :func:`rollup_totals`,
+:func:`aggregate`, :func:`check`, the ``*_live`` views (for Grafana and ad-hoc SQL) all do. Distinct jobs
+are exact as |folded set ∪ pending arrays|.
+
+``spanmeter rollups check`` compares the live daily rollups and distinct jobs with a recomputation from the
+raw ledger (there should be no difference); ``spanmeter rollups rebuild`` locks out the folder, blocks
+ingest with a SHARE lock on ``usage_events``, discards every pending delta (their rows are recomputed) and
+recomputes all three tables.
 
 Aggregations (:data:`AGGREGATES`): each is computed from the rollups for an account and a window of whole
 UTC hours. ``sum`` (worker/GPU seconds, tokens), ``count`` (events, e.g. API requests), ``unique_count``
@@ -37,14 +49,23 @@ import psycopg
 
 __all__ = [
     "AGGREGATES",
+    "FOLD_LOCK_ID",
     "Aggregate",
+    "FoldResult",
+    "PendingDeltas",
     "RollupDifference",
     "RollupTotal",
     "aggregate",
     "check",
+    "fold",
+    "pending_deltas",
     "rebuild",
     "rollup_totals",
 ]
+
+# Transaction-level advisory lock held by whoever writes the rollup tables (the folder, a rebuild):
+# "rollupsf" in ASCII, the same in every spanmeter process.
+FOLD_LOCK_ID = 0x726F6C6C75707366
 
 Kind = Literal["sum", "count", "unique_count", "max", "latest", "weighted_sum"]
 
@@ -120,7 +141,7 @@ def _split(start: datetime, end: datetime) -> tuple[datetime, datetime]:
 
 
 # Three plain ranges (whole days from the daily table, the hour edges before and after them from the hourly
-# one), each an index range scan on (account_id, bucket_start) whatever plan PostgreSQL caches for the
+# one) plus the pending deltas of the whole window, each an index range scan on (account_id, bucket_start) whatever plan PostgreSQL caches for the
 # prepared statement: a NOT (…) filter instead makes the generic plan read the whole month of hourly rows.
 _TOTALS = """
 SELECT meter_code, plan_code, sum(quantity), sum(events), array_agg(DISTINCT meter_version) FROM (
@@ -132,6 +153,9 @@ SELECT meter_code, plan_code, sum(quantity), sum(events), array_agg(DISTINCT met
     UNION ALL
     SELECT meter_code, meter_version, plan_code, quantity, events FROM usage_rollups_hourly
      WHERE account_id = %(account)s AND bucket_start >= %(day_to)s AND bucket_start < %(end)s
+    UNION ALL  -- pending deltas (hourly buckets), in the same snapshot as the folded rows
+    SELECT meter_code, meter_version, plan_code, quantity, events FROM usage_rollup_deltas
+     WHERE account_id = %(account)s AND bucket_start >= %(start)s AND bucket_start < %(end)s
 ) AS buckets
 GROUP BY meter_code, plan_code
 ORDER BY meter_code, plan_code
@@ -169,10 +193,20 @@ SELECT dimension, quantity, events, max_quantity, latest_at, latest_quantity FRO
 UNION ALL
 SELECT dimension, quantity, events, max_quantity, latest_at, latest_quantity FROM usage_rollups_hourly
  WHERE account_id = %(account)s AND meter_code = %(meter)s AND bucket_start >= %(day_to)s AND bucket_start < %(end)s
+UNION ALL
+SELECT dimension, quantity, events, max_quantity, latest_at, latest_quantity FROM usage_rollup_deltas
+ WHERE account_id = %(account)s AND meter_code = %(meter)s AND bucket_start >= %(start)s AND bucket_start < %(end)s
 """
+# |folded set ∪ pending arrays|: a job both folded and pending counts once.
 _JOBS = """
-SELECT count(DISTINCT job_id) FROM usage_rollup_jobs
- WHERE account_id = %(account)s AND meter_code = %(meter)s AND month_start >= %(start)s AND month_start < %(end)s
+SELECT count(DISTINCT job_id) FROM (
+    SELECT job_id FROM usage_rollup_jobs
+     WHERE account_id = %(account)s AND meter_code = %(meter)s AND month_start >= %(start)s AND month_start < %(end)s
+    UNION ALL
+    SELECT unnest(job_ids) FROM usage_rollup_deltas
+     WHERE account_id = %(account)s AND meter_code = %(meter)s AND job_ids IS NOT NULL
+       AND date_trunc('month', bucket_start, 'UTC') >= %(start)s AND date_trunc('month', bucket_start, 'UTC') < %(end)s
+) AS jobs
 """
 
 
@@ -235,11 +269,14 @@ _COLUMNS = "account_id, bucket_start, meter_code, meter_version, plan_code, dime
 def rebuild(conn: psycopg.Connection) -> dict[str, int]:
     """Recompute every rollup table from the raw ledger in one transaction; returns rows per table.
 
-    Takes a SHARE lock on ``usage_events`` (ingest waits until the rebuild commits, nothing is lost) so the
-    rebuilt tables match the ledger exactly at commit."""
+    Holds the fold lock (no folder runs meanwhile) and a SHARE lock on ``usage_events`` (ingest waits until
+    the rebuild commits, nothing is lost), discards the pending deltas (the recomputation covers their
+    rows), so the rebuilt tables match the ledger exactly at commit."""
     counts: dict[str, int] = {}
     with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (FOLD_LOCK_ID,))
         conn.execute("LOCK TABLE usage_events IN SHARE MODE")
+        counts["usage_rollup_deltas discarded"] = conn.execute("DELETE FROM usage_rollup_deltas").rowcount
         for table, unit in (("usage_rollups_hourly", "hour"), ("usage_rollups_daily", "day")):
             conn.execute(f"DELETE FROM {table}")
             cur = conn.execute(f"INSERT INTO {table} ({_COLUMNS}) {_recompute_select(unit).format(where='')}")
@@ -256,8 +293,10 @@ def rebuild(conn: psycopg.Connection) -> dict[str, int]:
 def check(
     conn: psycopg.Connection, start: datetime | None = None, end: datetime | None = None
 ) -> list[RollupDifference]:
-    """Differences between the maintained daily rollups / distinct jobs and a recomputation from the raw
-    ledger, for events with ``occurred_at`` in [start, end) (whole UTC days; everything when omitted)."""
+    """Differences between the live daily rollups / distinct jobs (folded + pending deltas) and a
+    recomputation from the raw ledger, for events with ``occurred_at`` in [start, end) (whole UTC days;
+    everything when omitted). Each comparison is one statement, so a fold committing meanwhile cannot
+    show as a difference."""
     where, params = "", {}
     if start is not None and end is not None:
         where, params = "WHERE occurred_at >= %(start)s AND occurred_at < %(end)s", {"start": start, "end": end}
@@ -268,7 +307,7 @@ def check(
     differences: list[RollupDifference] = []
     query = f"""
     WITH recomputed AS ({_recompute_select("day").format(where=where)}),
-         maintained AS (SELECT * FROM usage_rollups_daily WHERE true {bucket})
+         maintained AS (SELECT * FROM usage_rollups_daily_live WHERE true {bucket})
     SELECT coalesce(m.account_id, r.account_id), coalesce(m.bucket_start, r.bucket_start)::text,
            coalesce(m.meter_code, r.meter_code), coalesce(m.meter_version, r.meter_version)::text,
            coalesce(m.plan_code, r.plan_code), coalesce(m.dimension, r.dimension),
@@ -285,7 +324,7 @@ def check(
     jobs_where = "AND occurred_at >= %(start)s AND occurred_at < %(end)s" if where else ""
     query = f"""
     WITH recomputed AS ({_JOBS_SELECT.format(and_where=jobs_where)}),
-         maintained AS (SELECT * FROM usage_rollup_jobs WHERE true {month})
+         maintained AS (SELECT * FROM usage_rollup_jobs_live WHERE true {month})
     SELECT coalesce(m.account_id, r.account_id), coalesce(m.month_start, r.month_start)::text,
            coalesce(m.meter_code, r.meter_code), coalesce(m.job_id, r.job_id),
            CASE WHEN m.job_id IS NULL THEN NULL ELSE 'present' END,
@@ -299,3 +338,88 @@ def check(
         for *key, maintained, recomputed in conn.execute(query, params):
             differences.append(RollupDifference("usage_rollup_jobs", tuple(key), maintained, recomputed))
     return differences
+
+
+# -- folding -------------------------------------------------------------------------------------------
+def _fold_upsert(table: str, unit: str) -> str:
+    return f"""
+    INSERT INTO {table} AS r ({_COLUMNS})
+    SELECT account_id, date_trunc('{unit}', bucket_start, 'UTC'), meter_code, meter_version, plan_code, dimension,
+           sum(quantity), sum(events), max(max_quantity), max(latest_at),
+           (array_agg(latest_quantity ORDER BY latest_at DESC, latest_quantity DESC))[1]
+      FROM taken
+     GROUP BY 1, 2, 3, 4, 5, 6
+     ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (account_id, bucket_start, meter_code, meter_version, plan_code, dimension) DO UPDATE SET
+        quantity = r.quantity + EXCLUDED.quantity,
+        events = r.events + EXCLUDED.events,
+        max_quantity = greatest(r.max_quantity, EXCLUDED.max_quantity),
+        latest_quantity = CASE
+            WHEN (EXCLUDED.latest_at, EXCLUDED.latest_quantity) > (r.latest_at, r.latest_quantity)
+            THEN EXCLUDED.latest_quantity ELSE r.latest_quantity END,
+        latest_at = greatest(r.latest_at, EXCLUDED.latest_at)
+    RETURNING 1
+    """
+
+
+# One statement: consume (DELETE … RETURNING) the oldest deltas, add them to both rollup tables and the job
+# sets. Deltas another transaction holds (a rebuild) are skipped, never waited for or taken twice.
+_FOLD = f"""
+WITH taken AS (
+    DELETE FROM usage_rollup_deltas
+     WHERE delta_id IN (SELECT delta_id FROM usage_rollup_deltas ORDER BY delta_id LIMIT %(limit)s
+                        FOR UPDATE SKIP LOCKED)
+    RETURNING *
+),
+hourly AS ({_fold_upsert("usage_rollups_hourly", "hour")}),
+daily AS ({_fold_upsert("usage_rollups_daily", "day")}),
+jobs AS (
+    INSERT INTO usage_rollup_jobs (account_id, month_start, meter_code, job_id)
+    SELECT DISTINCT account_id, date_trunc('month', bucket_start, 'UTC'), meter_code, unnest(job_ids)
+      FROM taken WHERE job_ids IS NOT NULL
+     ORDER BY 1, 2, 3, 4
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM taken), (SELECT coalesce(sum(events), 0) FROM taken),
+       (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily), (SELECT count(*) FROM jobs)
+"""
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """What one :func:`fold` call did (``locked_out``: another folder or a rebuild held the lock)."""
+
+    deltas: int
+    events: int
+    hourly_rows: int = 0
+    daily_rows: int = 0
+    new_jobs: int = 0
+    locked_out: bool = False
+
+
+def fold(conn: psycopg.Connection, max_deltas: int = 50_000) -> FoldResult:
+    """Fold up to ``max_deltas`` pending deltas into the rollups, in one transaction; call it until it folds
+    fewer than ``max_deltas``. Returns at once (``locked_out``) when another folder or a rebuild runs."""
+    with conn.transaction():
+        (locked,) = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (FOLD_LOCK_ID,)).fetchone()
+        if not locked:
+            return FoldResult(0, 0, locked_out=True)
+        deltas, events, hourly, daily, jobs = conn.execute(_FOLD, {"limit": max_deltas}).fetchone()
+    return FoldResult(int(deltas), int(events), int(hourly), int(daily), int(jobs))
+
+
+@dataclass(frozen=True)
+class PendingDeltas:
+    """The deltas not folded yet: how many, and how long the oldest has waited (0 when none)."""
+
+    deltas: int
+    oldest_age_seconds: float
+
+
+def pending_deltas(conn: psycopg.Connection) -> PendingDeltas:
+    """The fold backlog. The age is measured from the writing transaction's start (``created_at``)."""
+    count, age = conn.execute(
+        "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0) FROM usage_rollup_deltas"
+    ).fetchone()
+    return PendingDeltas(int(count), max(0.0, float(age)))

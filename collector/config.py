@@ -13,6 +13,7 @@ each bad setting and how to fix it; after start-up nothing re-reads the environm
 | ``SPANMETER_LEDGER_WRITE_TIMEOUT_SECONDS`` | ``5`` | a request not committed within this is answered UNAVAILABLE |
 | ``SPANMETER_LEDGER_BATCH_MAX_ROWS`` | ``20000`` | most usage rows one group commit writes |
 | ``SPANMETER_LEDGER_WRITERS`` | ``2`` | ledger connections writing in parallel |
+| ``SPANMETER_ROLLUP_FOLD_INTERVAL_SECONDS`` | ``1`` | how often pending rollup deltas are folded into the rollups |
 | ``SPANMETER_MAX_RECEIVE_MESSAGE_BYTES`` | ``67108864`` (64 MiB) | Export size limit, after decompression |
 | ``SPANMETER_MAX_INFLIGHT_REQUESTS`` | ``32`` | Export calls handled at once; more are answered UNAVAILABLE + RetryInfo |
 | ``SPANMETER_MAX_INFLIGHT_SPANS`` | ``262144`` | spans held at once; beyond it UNAVAILABLE + RetryInfo |
@@ -65,6 +66,7 @@ class CollectorConfig:
     billing_metrics_interval_seconds: float = 60.0
     ledger_batch_max_rows: int = 20_000
     ledger_writers: int = 2
+    rollup_fold_interval_seconds: float = 1.0
     max_receive_message_bytes: int = 64 * 1024 * 1024
     max_inflight_requests: int = 32
     max_inflight_spans: int = 262_144
@@ -127,6 +129,7 @@ _ENV: dict[str, tuple[str, str]] = {
     "billing_metrics_interval_seconds": ("SPANMETER_BILLING_METRICS_INTERVAL_SECONDS", "positive_float"),
     "ledger_batch_max_rows": ("SPANMETER_LEDGER_BATCH_MAX_ROWS", "positive_int"),
     "ledger_writers": ("SPANMETER_LEDGER_WRITERS", "positive_int"),
+    "rollup_fold_interval_seconds": ("SPANMETER_ROLLUP_FOLD_INTERVAL_SECONDS", "positive_float"),
     "max_receive_message_bytes": ("SPANMETER_MAX_RECEIVE_MESSAGE_BYTES", "positive_int"),
     "max_inflight_requests": ("SPANMETER_MAX_INFLIGHT_REQUESTS", "positive_int"),
     "max_inflight_spans": ("SPANMETER_MAX_INFLIGHT_SPANS", "positive_int"),

@@ -22,6 +22,11 @@ and absences behave from the first scrape.
 | ``spanmeter_ledger_last_commit_timestamp_seconds`` | gauge | | Unix time of the last commit (0 before the first) |
 | ``spanmeter_oldest_pending_span_age_seconds`` | gauge | | age of the oldest received, uncommitted request (0 when none) |
 | ``spanmeter_ledger_pending_requests`` | gauge | | Export requests waiting for their commit |
+| ``spanmeter_rollup_fold_lag_seconds`` | gauge | | age of the oldest rollup delta not folded yet (0 when none; figures stay exact meanwhile) |
+| ``spanmeter_rollup_pending_deltas`` | gauge | | rollup deltas not folded yet |
+| ``spanmeter_rollup_deltas_folded_total`` | counter | | rollup deltas this process folded into the rollups |
+| ``spanmeter_rollup_fold_errors_total`` | counter | | fold attempts that failed (the deltas stay pending, nothing is lost) |
+| ``spanmeter_rollup_last_fold_timestamp_seconds`` | gauge | | Unix time this process last folded or found nothing to fold (0 before) |
 | ``spanmeter_billable_worker_seconds_total`` | counter | plan_code | worker seconds newly committed |
 | ``spanmeter_billable_gpu_seconds_total`` | counter | plan_code, gpu_model | GPU seconds newly committed |
 | ``spanmeter_billable_tokens_total`` | counter | plan_code, direction | tokens newly committed (input, output) |
@@ -190,6 +195,25 @@ class CollectorMetrics:
             "spanmeter_ledger_pending_requests", "Export requests waiting for their commit.", registry=r
         )
         self.pending_requests.set_function(pending_requests)
+        self.rollup_fold_lag = Gauge(
+            "spanmeter_rollup_fold_lag_seconds",
+            "Age of the oldest rollup delta not folded into the rollups yet (0 when none).",
+            registry=r,
+        )
+        self.rollup_pending_deltas = Gauge(
+            "spanmeter_rollup_pending_deltas", "Rollup deltas not folded into the rollups yet.", registry=r
+        )
+        self.rollup_deltas_folded = Counter(
+            "spanmeter_rollup_deltas_folded", "Rollup deltas this process folded into the rollups.", registry=r
+        )
+        self.rollup_fold_errors = Counter(
+            "spanmeter_rollup_fold_errors", "Failed attempts to fold rollup deltas (they stay pending).", registry=r
+        )
+        self.rollup_last_fold = Gauge(
+            "spanmeter_rollup_last_fold_timestamp_seconds",
+            "Unix time this process last folded deltas or found none to fold.",
+            registry=r,
+        )
         self.billable_worker_seconds = Counter(
             "spanmeter_billable_worker_seconds", "Billable worker seconds committed.", ["plan_code"], registry=r
         )

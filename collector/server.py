@@ -28,6 +28,7 @@ from spanmeter.billing.ledger.database import Database, resolve_database
 
 from .auth import Authenticator
 from .billing_metrics import BillingMetrics
+from .compactor import RollupCompactor
 from .config import CollectorConfig
 from .exporters.ledger import LedgerExporter
 from .metrics import CollectorMetrics
@@ -62,6 +63,7 @@ class CollectorServer:
         self._authenticator: Authenticator | None = None
         self._readiness: Readiness | None = None
         self._billing_metrics: BillingMetrics | None = None
+        self._compactor: RollupCompactor | None = None
         self.registry = CollectorRegistry(auto_describe=True)
 
     def start(self) -> ListenAddresses:
@@ -126,6 +128,8 @@ class CollectorServer:
 
         self._billing_metrics = BillingMetrics(database, self.registry, config.billing_metrics_interval_seconds)
         self._billing_metrics.start()
+        self._compactor = RollupCompactor(database, metrics, config.rollup_fold_interval_seconds)
+        self._compactor.start()
 
         metrics_address = None
         if config.metrics_port or config.metrics_port == 0:
@@ -158,6 +162,9 @@ class CollectorServer:
         if self._billing_metrics is not None:
             self._billing_metrics.shutdown()
             self._billing_metrics = None
+        if self._compactor is not None:
+            self._compactor.shutdown()
+            self._compactor = None
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

@@ -6,7 +6,8 @@ datasource ``$ledger``, which logs in as the SELECT-only role ``spanmeter_grafan
 
 Panels (``$account`` filters all but the reconciliation runs):
 
-- usage per meter and per (span) plan over time, from ``usage_rollups_hourly`` in hourly buckets;
+- usage per meter and per (span) plan over time, from ``usage_rollups_hourly_live`` (folded rollups +
+  pending deltas, migration ``0005_rollup_deltas``) in hourly buckets;
 - top 10 accounts per meter in the time range (hourly buckets that start in the range);
 - month to date, from ``account_month_to_date`` (rewritten by ``spanmeter serve`` every minute): each
   account's draft invoice so far and its linear projection for the current UTC month, totals per
@@ -50,7 +51,7 @@ def _table_overrides() -> list[dict]:
 def _usage_series(label_sql: str) -> str:
     return f"""
 SELECT $__timeGroupAlias(bucket_start, '1h'), {label_sql} AS metric, sum(quantity) AS quantity
-FROM usage_rollups_hourly
+FROM usage_rollups_hourly_live
 WHERE $__timeFilter(bucket_start) AND {ACCOUNT_FILTER}
 GROUP BY 1, 2
 ORDER BY 1
@@ -66,7 +67,7 @@ def _usage_row() -> tuple:
         b.timeseries(
             "Usage per meter (hourly)",
             "Committed usage per meter and hour (worker and GPU seconds, tokens, API requests), from the hourly "
-            "rollups. A meter dropping to 0 for accounts that are active: check the pipeline dashboard "
+            "rollups (folded + pending). A meter dropping to 0 for accounts that are active: check the pipeline dashboard "
             "(rejects, unattributed spans) before invoicing.",
             [b.sql(_usage_series("meter_code"))],
             unit="short",
@@ -97,7 +98,7 @@ SELECT meter_code AS "Meter", account_id AS "Account", quantity AS "Quantity", e
 FROM (
     SELECT meter_code, account_id, sum(quantity) AS quantity, sum(events) AS events,
            row_number() OVER (PARTITION BY meter_code ORDER BY sum(quantity) DESC, account_id) AS rank
-    FROM usage_rollups_hourly
+    FROM usage_rollups_hourly_live
     WHERE $__timeFilter(bucket_start) AND {ACCOUNT_FILTER}
     GROUP BY meter_code, account_id
 ) ranked

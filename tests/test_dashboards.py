@@ -48,6 +48,8 @@ PROVISIONING = ROOT / "dashboards" / "provisioning"
 MODELS = build_all()
 GRID = 24
 OPERATIONS = importlib.import_module("spanmeter.billing.ledger.migrations.versions.0004_operations")
+DELTAS = importlib.import_module("spanmeter.billing.ledger.migrations.versions.0005_rollup_deltas")
+GRANTED = (*OPERATIONS.READABLE_TABLES, *DELTAS.LIVE_VIEWS)
 REGENERATE = "regenerate with `spanmeter dashboards render` (or `python -m spanmeter.dashboards`) and commit"
 # Grafana built-ins and PostgreSQL macros a query may use without defining them.
 BUILTINS = {"__rate_interval", "__interval", "__range", "__timeFilter", "__timeGroupAlias", "__timeFrom", "__timeTo"}
@@ -269,8 +271,10 @@ def test_the_billing_dashboard_reads_only_tables_the_grafana_role_may_read():
     model = MODELS["spanmeter-billing.json"]
     assert {p["datasource"]["type"] for p in panels(model)} == {"grafana-postgresql-datasource"}
     tables = {t for _, sql in sql_queries(model) for t in re.findall(r"\b(?:FROM|JOIN)\s+([a-z_]+)\b(?!\s*\()", sql)}
-    assert tables - {"ranked", "latest"} <= set(OPERATIONS.READABLE_TABLES)  # (subquery aliases aside)
-    assert "usage_events" not in tables and "usage_rollups_hourly" in tables
+    assert tables - {"ranked", "latest"} <= set(GRANTED)  # (subquery aliases aside)
+    # usage reads folded rollups + pending deltas (never the folded table alone: it lags), never the raw ledger
+    assert "usage_events" not in tables and "usage_rollups_hourly_live" in tables
+    assert "usage_rollups_hourly" not in tables
     [account] = [v for v in model["templating"]["list"] if v["name"] == "account"]
     assert account["query"] == "SELECT DISTINCT account_id FROM subscriptions"
     assert account["multi"] and account["includeAll"]
@@ -484,7 +488,7 @@ def test_the_grafana_role_cannot_read_the_raw_ledger_nor_write_anything(ledger, 
 def test_the_grafana_role_reads_every_table_granted_to_it(ledger):
     with psycopg.connect(ledger.grafana, autocommit=True) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (OPERATIONS.READER_ROLE,)
-        for table in OPERATIONS.READABLE_TABLES:
+        for table in GRANTED:
             conn.execute(f"SELECT * FROM {table} LIMIT 1")
 
 

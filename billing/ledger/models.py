@@ -50,6 +50,7 @@ __all__ = [
     "UsageAdjustment",
     "UsageEvent",
     "UsageRollupDaily",
+    "UsageRollupDelta",
     "UsageRollupHourly",
     "UsageRollupJob",
 ]
@@ -172,6 +173,36 @@ class UsageRollupHourly(_Rollup, Base):
 
 class UsageRollupDaily(_Rollup, Base):
     __tablename__ = "usage_rollups_daily"
+
+
+class UsageRollupDelta(Base):
+    """Pending rollup delta: written by the ingest transaction's trigger, consumed by the fold (see
+    :mod:`spanmeter.billing.rollups`). Readers add these to the folded rollups."""
+
+    __tablename__ = "usage_rollup_deltas"
+
+    delta_id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    account_id: Mapped[str] = mapped_column(Text)
+    bucket_start: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    meter_code: Mapped[str] = mapped_column(Text)
+    meter_version: Mapped[int] = mapped_column(SmallInteger)
+    plan_code: Mapped[str] = mapped_column(Text)
+    dimension: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[Decimal] = mapped_column(Numeric)
+    events: Mapped[int] = mapped_column(BigInteger)
+    max_quantity: Mapped[Decimal] = mapped_column(Numeric)
+    latest_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    latest_quantity: Mapped[Decimal] = mapped_column(Numeric)
+    job_ids: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        Index("usage_rollup_deltas_account_idx", "account_id", "bucket_start"),
+        {
+            "comment": "Pending rollup deltas written with each ledger insert; folded into usage_rollups_* by "
+            "spanmeter serve. Read rollups through the *_live views (rollups + pending deltas)"
+        },
+    )
 
 
 class UsageRollupJob(Base):

@@ -1,0 +1,120 @@
+"""The rollup compactor: folds pending rollup deltas into the rollups, in the background of ``spanmeter serve``.
+
+Every ingest transaction appends pre-aggregated deltas (migration ``0005_rollup_deltas``); this component
+calls :func:`spanmeter.billing.rollups.fold` every ``SPANMETER_ROLLUP_FOLD_INTERVAL_SECONDS`` (default 1 s)
+on its own connection, and again at once while a fold comes back full, so a backlog drains at storage
+speed. Correctness never depends on it: readers add pending deltas to the folded rows, so figures are exact
+whether it runs or not. It only keeps the pending set small (readers fast, the table small).
+
+Several ``serve`` processes on one ledger: the fold holds a transaction-level advisory lock, so one folds at
+a time and the others find the lock taken and wait for the next tick. Every process still measures the
+backlog and exports it:
+
+- ``spanmeter_rollup_fold_lag_seconds``: age of the oldest pending delta (alert
+  ``SpanmeterRollupFoldLagging``);
+- ``spanmeter_rollup_pending_deltas``, ``spanmeter_rollup_deltas_folded_total``,
+  ``spanmeter_rollup_fold_errors_total``, ``spanmeter_rollup_last_fold_timestamp_seconds``.
+
+A database error is counted and logged once per streak; the next tick reconnects. Lifecycle: ``start()``,
+``shutdown()`` (safe without ``start()``; a fold in progress finishes or rolls back, never half-applies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+
+import psycopg
+
+from spanmeter.billing import rollups
+from spanmeter.billing.ledger.database import Database
+
+from .metrics import CollectorMetrics
+
+__all__ = ["RollupCompactor"]
+
+log = logging.getLogger(__name__)
+
+
+class RollupCompactor:
+    def __init__(
+        self,
+        database: Database,
+        metrics: CollectorMetrics,
+        interval_seconds: float = 1.0,
+        max_deltas_per_fold: int = 50_000,
+    ) -> None:
+        self._database = database
+        self._metrics = metrics
+        self._interval = interval_seconds
+        self._max_deltas = max_deltas_per_fold
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg.Connection | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rollup-compactor", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+        self._close()
+
+    def run_once(self) -> rollups.FoldResult:
+        """Fold until the backlog is below one batch (or another process holds the lock); update the gauges.
+        Returns what this call folded in all."""
+        conn = self._connection()
+        deltas = events = 0
+        locked_out = False
+        while not self._stop.is_set():
+            result = rollups.fold(conn, self._max_deltas)
+            if result.locked_out:
+                locked_out = True
+                break
+            deltas, events = deltas + result.deltas, events + result.events
+            self._metrics.rollup_deltas_folded.inc(result.deltas)
+            self._metrics.rollup_last_fold.set(time.time())
+            if result.deltas < self._max_deltas:
+                break
+        pending = rollups.pending_deltas(conn)
+        conn.commit()
+        self._metrics.rollup_pending_deltas.set(pending.deltas)
+        self._metrics.rollup_fold_lag.set(pending.oldest_age_seconds)
+        return rollups.FoldResult(deltas, events, locked_out=locked_out)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                if self._failing:
+                    log.info("rollup folding works again")
+                self._failing = False
+            except Exception as exc:  # never let the thread die: deltas stay pending, figures stay exact
+                self._metrics.rollup_fold_errors.inc()
+                if not self._failing:
+                    lines = str(exc).strip().splitlines()
+                    log.warning(
+                        "folding rollup deltas failed (retrying): %s", lines[0] if lines else type(exc).__name__
+                    )
+                self._failing = True
+                self._close()
+            self._stop.wait(self._interval)
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._database.connect(connect_timeout=5)
+            self._conn.execute("SET statement_timeout = 120000")
+            self._conn.commit()
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
