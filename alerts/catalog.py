@@ -9,6 +9,7 @@ derived from the name (``alerts/runbooks/<AlertName>.md``) and a ``dashboard_url
 |---|---|---|
 | ``SpanmeterLedgerStalled`` | critical | nothing committed for ``stall_seconds`` while requests wait that long or writes fail (a hung or an unreachable database) |
 | ``SpanmeterPipelineLagHigh`` | warning | p99 of span end → ledger commit over 30 s for 15 min |
+| ``SpanmeterRollupFoldLagging`` | warning | the oldest pending rollup delta is over 2 min old for 10 min (folding stopped or too slow) |
 | ``SpanmeterLedgerWriteErrors`` | warning | group commits failing (database errors, timeouts) for 5 min |
 | ``SpanmeterSpansRejected`` | warning | billable spans rejected into ``rejected_spans`` in the last hour |
 | ``SpanmeterSpansUnattributed`` | warning | over 5 % of a count-only meter's spans carry no ``account_id`` |
@@ -98,6 +99,17 @@ histogram_quantile(0.99, sum by (job, le) (rate(spanmeter_pipeline_lag_seconds_b
             "Usage reaches the ledger late.",
             "The 99th percentile from span end to ledger commit is {{ $value | humanizeDuration }} "
             "(threshold 30s): exporters are queueing or retrying, or producers flush late.",
+            PIPELINE,
+        ),
+        Alert(
+            "SpanmeterRollupFoldLagging",
+            f"max by (job) (spanmeter_rollup_fold_lag_seconds{{{job}}}) > 120",
+            "10m",
+            "warning",
+            "Rollup deltas are not being folded.",
+            "The oldest pending rollup delta has waited {{ $value | humanizeDuration }} (threshold 2m). Figures "
+            "stay exact (readers add pending deltas), but month-to-date, invoice and dashboard queries slow "
+            "down as the backlog grows.",
             PIPELINE,
         ),
         Alert(
