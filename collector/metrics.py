@@ -17,7 +17,7 @@ and absences behave from the first scrape.
 | ``spanmeter_export_throttled_total`` | counter | limit | calls answered UNAVAILABLE for an in-flight bound (``requests``, ``spans``) |
 | ``spanmeter_auth_reloads_total`` | counter | outcome | producers-file reloads (``ok``, ``failed``: previous producers kept) |
 | ``spanmeter_ledger_write_duration_seconds`` | histogram | | one group commit: stage, insert, commit |
-| ``spanmeter_ledger_write_errors_total`` | counter | kind | failed group commits (``database``, ``timeout``) |
+| ``spanmeter_ledger_write_errors_total`` | counter | kind | failed group commits (``database``: retryable, ``timeout``, ``configuration``: a missing table or refused credentials, retried until fixed) |
 | ``spanmeter_pipeline_lag_seconds`` | histogram | | commit time minus span end, per committed row |
 | ``spanmeter_ledger_last_commit_timestamp_seconds`` | gauge | | Unix time of the last commit (0 before the first) |
 | ``spanmeter_oldest_pending_span_age_seconds`` | gauge | | age of the oldest received, uncommitted request (0 when none) |
@@ -262,7 +262,7 @@ class CollectorMetrics:
             self.synthetic.labels(meter)
         for code in GRPC_CODES:
             self.export_requests.labels(code)
-        for kind in ("database", "timeout"):
+        for kind in ("database", "timeout", "configuration"):
             self.ledger_write_errors.labels(kind)
         for limit in ("requests", "spans"):
             self.overload.labels(limit)

@@ -39,10 +39,10 @@ from spanmeter.billing.ledger.writer import RejectedRequestRow
 
 from .auth import Authenticator, Producer
 from .config import CollectorConfig
-from .exporters.ledger import LedgerExporter, LedgerUnavailable, PendingWrite
+from .consumer import PendingWrite, RetryableError, UsageConsumer
 from .metrics import CollectorMetrics
 from .otlp import SERVICE_NAME, DecodedRequest, UnparseableRequest, abort, decode_request
-from .processors.usage import MeteringResult, meter_request
+from .processors.usage import MeteringResult, meter_request, span_payload
 
 __all__ = ["RETRY_DELAY_SECONDS", "TraceReceiver"]
 
@@ -55,7 +55,7 @@ class TraceReceiver:
     def __init__(
         self,
         config: CollectorConfig,
-        exporter: LedgerExporter,
+        exporter: UsageConsumer,
         metrics: CollectorMetrics,
         clock_unix_nano: Callable[[], int] = time.time_ns,
         authenticator: Authenticator | None = None,
@@ -163,13 +163,22 @@ class TraceReceiver:
         result = meter_request(decoded.request, self._limits, self._clock(), producer)
         self._metrics.spans_received.inc(result.spans_received)
         if result.rows or result.rejections:
-            pending = self._exporter.submit(PendingWrite(rows=result.rows, rejections=result.rejections))
+            request = decoded.request
+            pending = self._exporter.submit(
+                PendingWrite(
+                    rows=result.rows,
+                    rejections=result.rejections,
+                    span_payload=lambda row: span_payload(request, row.trace_id, row.span_id),
+                )
+            )
             try:
                 self._exporter.wait(pending, self._config.ledger_write_timeout_seconds)
-            except LedgerUnavailable as exc:
+            except RetryableError as exc:
                 self._count("UNAVAILABLE")
                 self._log_refusal(context, producer, "UNAVAILABLE", str(exc))
                 abort(context, grpc.StatusCode.UNAVAILABLE, f"{exc}; retry", RETRY_DELAY_SECONDS)
+            if pending.refused:  # rows the ledger can never take: kept as rejects, the rest committed
+                result.rejections.extend(pending.refused)
         self._record(result)
         if result.rejections or decoded.replaced_strings:
             log.warning(
@@ -240,5 +249,5 @@ class TraceReceiver:
         pending = self._exporter.submit(PendingWrite(rows=[], rejections=[], rejected_request=row))
         try:
             self._exporter.wait(pending, self._config.ledger_write_timeout_seconds)
-        except LedgerUnavailable as exc:
+        except RetryableError as exc:
             log.error("could not keep an unparseable request of %d bytes from %s: %s", len(body), peer, exc)

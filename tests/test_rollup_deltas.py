@@ -75,7 +75,9 @@ def test_a_batch_appends_one_delta_per_group_and_no_row_per_job(db):
     with psycopg.connect(db) as conn:
         # one delta for the 500 worker rows (same account, hour, meter, plan, dimension), one per token model
         assert pending(conn) == 3
-        (jobs,) = conn.execute("SELECT cardinality(job_ids) FROM usage_rollup_deltas WHERE job_ids IS NOT NULL").fetchone()
+        (jobs,) = conn.execute(
+            "SELECT cardinality(job_ids) FROM usage_rollup_deltas WHERE job_ids IS NOT NULL"
+        ).fetchone()
         assert jobs == 500
         assert conn.execute("SELECT count(*) FROM usage_rollup_jobs").fetchone()[0] == 0  # nothing per job yet
         assert rollups.aggregate(conn, "jobs", "acme", NOV.start, NOV.end) == 500

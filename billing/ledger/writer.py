@@ -143,6 +143,11 @@ class LedgerWriter:
             cur.execute(_NEW_KEYS)
             return UsageWrite(len(rows), inserted, frozenset(key for (key,) in cur.fetchall()))
 
+    def discard_staged(self) -> None:
+        """Empty the staging table before another ``write_usage`` in the same transaction (staged rows live
+        until commit): the rare path that writes a batch in parts, under savepoints."""
+        self.conn.execute("DELETE FROM usage_staging")
+
     def write_rejected_spans(self, rows: Iterable[RejectedSpanRow]) -> None:
         rows = list(rows)
         if rows:

@@ -6,14 +6,22 @@ connection) take everything queued, up to ``SPANMETER_LEDGER_BATCH_MAX_ROWS`` ro
 transaction through :class:`spanmeter.billing.ledger.writer.LedgerWriter`: while one transaction commits,
 the next one fills up, so concurrent requests share the cost of a commit (fsync) and of each statement.
 
-Failure handling, from the client's point of view:
+Failure handling, from the client's point of view (errors classed by SQLSTATE, see
+:mod:`spanmeter.billing.ledger.errors`):
 
-- database unreachable or a write fails: every request in that transaction is told so; the handler
-  answers UNAVAILABLE with a RetryInfo, the client retries, and idempotency keys make the retry exact;
-- a transaction that fails for a reason other than the connection (a bug, bad data that slipped through)
-  is split: each request is retried alone, so one poisoned request cannot hold the others hostage;
+- database unreachable, a deadlock, a serialization failure, a timeout (*retryable*): every request in
+  that transaction is told so; the handler answers UNAVAILABLE with a RetryInfo, the client retries, and
+  idempotency keys make the retry exact. A missing table or refused credentials are retryable too (usage
+  is never dropped for a deployment mistake) and counted as ``kind="configuration"`` so an alert fires;
+- a value the database can never accept (*permanent*: a data exception or a constraint violation): the
+  transaction is replayed with savepoints, bisecting the rows until the offending ones are found; those
+  are kept in ``rejected_spans`` (reason ``ledger_refused``, the database's message, the span's payload)
+  and reported in ``partial_success``; every other row of every request in the batch commits;
 - a request whose handler gave up waiting (write timeout) and that is still queued is dropped from the
   queue: the client retries it anyway, and the queue must not grow with abandoned work.
+
+Writers take no lock on shared rows (the rollup upkeep only appends deltas, see
+:mod:`spanmeter.billing.rollups`), so concurrent writers cannot deadlock each other.
 
 Lifecycle: ``start()`` starts the writers; ``shutdown()`` (safe without ``start()``) writes what is queued,
 then stops them.
@@ -21,17 +29,19 @@ then stops them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
 
 import psycopg
 
 from spanmeter.billing.ledger.database import Database
-from spanmeter.billing.ledger.writer import LedgerWriter, RejectedRequestRow, UsageWrite
+from spanmeter.billing.ledger.errors import WriteErrorClass, classify
+from spanmeter.billing.ledger.writer import LedgerWriter, UsageEventRow, UsageWrite
 
+from ..consumer import PendingWrite, RetryableError
 from ..metrics import CollectorMetrics
 from ..processors.meters import API_REQUESTS, GPU_SECONDS, INPUT_TOKENS, OUTPUT_TOKENS, WORKER_SECONDS
 from ..processors.usage import Rejection, UsageRow
@@ -42,24 +52,30 @@ __all__ = ["LedgerExporter", "LedgerUnavailable", "PendingWrite"]
 log = logging.getLogger(__name__)
 
 
+def _refusal(pending: PendingWrite, row: UsageRow, message: str) -> Rejection:
+    """A usage row the ledger refused permanently, kept like a span rejected at validation."""
+    payload = pending.span_payload(row) if pending.span_payload is not None else b""
+    return Rejection(
+        reason="ledger_refused",
+        message=f"the ledger refused {row.meter.code}: {message}"[:1000],
+        rejection_key=hashlib.blake2b(payload + row.idempotency_key.encode(), digest_size=16).hexdigest(),
+        trace_id=row.trace_id,
+        span_id=row.span_id,
+        meter_codes=(row.meter.code,),
+        account_id=row.account_id,
+        service_name=row.metadata.get("service.name"),
+        end_time_unix_nano=row.end_time_unix_nano,
+        payload=payload,
+    )
+
+
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
 
 
-class LedgerUnavailable(Exception):
+class LedgerUnavailable(RetryableError):
     """The ledger did not commit this request; the client must retry."""
-
-
-@dataclass(eq=False)
-class PendingWrite:
-    rows: list[UsageRow]
-    rejections: list[Rejection]
-    rejected_request: RejectedRequestRow | None = None
-    received_monotonic: float = field(default_factory=time.monotonic)
-    done: threading.Event = field(default_factory=threading.Event)
-    error: str | None = None
-    abandoned: bool = False
 
 
 class LedgerExporter:
@@ -170,29 +186,42 @@ class LedgerExporter:
                     conn.execute("SET statement_timeout = 60000")
                     writer = LedgerWriter(conn)
                 self._write(conn, writer, batch)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                log.warning("ledger unavailable: %s", _first_line(exc))
-                self._fail(batch, "ledger database unavailable")
-                conn = writer = self._reset(conn)
-            except Exception:
-                log.exception("ledger write failed; retrying each request alone")
-                self._safe_rollback(conn)
-                if writer is None or conn is None or conn.closed:  # could not even set up: start afresh
-                    self._fail(batch, "ledger write failed")
-                    conn = writer = self._reset(conn)
-                elif len(batch) == 1:
-                    self._fail(batch, "ledger write failed")
-                else:
-                    for pending in batch:
-                        try:
-                            assert conn is not None and writer is not None
-                            self._write(conn, writer, [pending])
-                        except Exception:
-                            log.exception("ledger write of one request failed")
-                            self._safe_rollback(conn)
-                            self._fail([pending], "ledger write failed")
+            except Exception as exc:
+                conn, writer = self._handle_failure(conn, writer, batch, exc)
         if conn is not None:
             conn.close()
+
+    def _handle_failure(
+        self, conn: psycopg.Connection | None, writer: LedgerWriter | None, batch: list[PendingWrite], exc: Exception
+    ) -> tuple[psycopg.Connection | None, LedgerWriter | None]:
+        """Answer a failed group commit by its error class; returns the connection to go on with."""
+        kind = classify(exc)
+        self._safe_rollback(conn)
+        usable = conn is not None and not conn.closed and writer is not None
+        if kind is WriteErrorClass.PERMANENT and usable:
+            assert conn is not None and writer is not None
+            log.warning("the ledger refused a value (%s); isolating the offending rows", _first_line(exc))
+            try:
+                self._write(conn, writer, batch, isolate=True)
+                return conn, writer
+            except Exception as again:
+                self._safe_rollback(conn)
+                exc, kind = again, classify(again)
+                usable = not conn.closed
+                if kind is WriteErrorClass.PERMANENT:  # not a row's fault after all: never refuse a whole batch
+                    kind = WriteErrorClass.RETRYABLE
+        if kind is WriteErrorClass.MISCONFIGURED:
+            log.error("ledger misconfigured (retrying; fix the deployment): %s", _first_line(exc))
+            self._fail(batch, f"ledger misconfigured: {_first_line(exc)}", kind="configuration")
+        elif isinstance(exc, psycopg.Error):
+            log.warning("ledger unavailable: %s", _first_line(exc))
+            self._fail(batch, "ledger database unavailable")
+        else:
+            log.exception("ledger write failed (retrying)", exc_info=exc)
+            self._fail(batch, "ledger write failed")
+        if usable and isinstance(exc, psycopg.Error) and exc.sqlstate and not exc.sqlstate.startswith("08"):
+            return conn, writer  # the server answered: the session is fine
+        return self._reset(conn), None
 
     @staticmethod
     def _reset(conn: psycopg.Connection | None) -> None:
@@ -209,15 +238,17 @@ class LedgerExporter:
             except psycopg.Error:
                 conn.close()
 
-    def _fail(self, batch: list[PendingWrite], message: str) -> None:
-        self._metrics.ledger_write_errors.labels("database").inc()
+    def _fail(self, batch: list[PendingWrite], message: str, kind: str = "database") -> None:
+        self._metrics.ledger_write_errors.labels(kind).inc()
         with self._cond:
             for pending in batch:
                 pending.error = message
                 self._in_flight.discard(pending)
                 pending.done.set()
 
-    def _write(self, conn: psycopg.Connection, writer: LedgerWriter, batch: list[PendingWrite]) -> None:
+    def _write(
+        self, conn: psycopg.Connection, writer: LedgerWriter, batch: list[PendingWrite], isolate: bool = False
+    ) -> None:
         with self._cond:  # a handler that gave up has answered UNAVAILABLE: its client retries
             for pending in batch:
                 if pending.abandoned:
@@ -227,9 +258,14 @@ class LedgerExporter:
         if not batch:
             return
         started = time.perf_counter()
-        rows = [row for pending in batch for row in pending.rows]
-        written = writer.write_usage([usage_event_row(row) for row in rows])
-        writer.write_rejected_spans(rejected_span_row(r) for pending in batch for r in pending.rejections)
+        if isolate:
+            rows, written = self._write_isolating(conn, writer, batch)
+        else:
+            rows = [row for pending in batch for row in pending.rows]
+            written = writer.write_usage([usage_event_row(row) for row in rows])
+        writer.write_rejected_spans(
+            rejected_span_row(r) for pending in batch for r in (*pending.rejections, *pending.refused)
+        )
         for pending in batch:
             if pending.rejected_request is not None:
                 writer.write_rejected_request(pending.rejected_request)
@@ -245,6 +281,43 @@ class LedgerExporter:
             for pending in batch:
                 self._in_flight.discard(pending)
                 pending.done.set()
+
+    def _write_isolating(
+        self, conn: psycopg.Connection, writer: LedgerWriter, batch: list[PendingWrite]
+    ) -> tuple[list[UsageRow], UsageWrite]:
+        """Write the batch's rows under savepoints, bisecting around rows the database refuses permanently;
+        those become ``ledger_refused`` rejections of their request. Returns the rows written and which
+        were new."""
+        written_rows: list[UsageRow] = []
+        new_keys: set[str] = set()
+
+        def attempt(pending: PendingWrite, rows: list[UsageRow]) -> None:
+            events: list[UsageEventRow] = [usage_event_row(row) for row in rows]
+            try:
+                with conn.transaction():  # a savepoint: a refusal undoes only this part
+                    writer.discard_staged()
+                    result = writer.write_usage(events)
+            except psycopg.Error as exc:
+                if classify(exc) is not WriteErrorClass.PERMANENT:
+                    raise
+                if len(rows) > 1:
+                    middle = len(rows) // 2
+                    attempt(pending, rows[:middle])
+                    attempt(pending, rows[middle:])
+                else:
+                    pending.refused.append(_refusal(pending, rows[0], _first_line(exc)))
+                return
+            written_rows.extend(rows)
+            new_keys.update(e[1] for e in events if result.is_new(e[1]))
+
+        for pending in batch:
+            pending.refused.clear()
+            if pending.rows:
+                attempt(pending, list(pending.rows))
+        refused = sum(len(p.refused) for p in batch)
+        if refused:
+            log.warning("%d usage rows refused by the ledger, kept in rejected_spans (ledger_refused)", refused)
+        return written_rows, UsageWrite(len(written_rows), len(new_keys), frozenset(new_keys))
 
     def _record(self, rows: list[UsageRow], written: UsageWrite, committed_at: float) -> None:
         m = self._metrics

@@ -65,6 +65,7 @@ __all__ = [
     "idempotency_key",
     "meter_request",
     "rounded_tenths_of_second",
+    "span_payload",
 ]
 
 NANOS_PER_100MS = 100_000_000
@@ -74,6 +75,7 @@ MAX_ATTRIBUTION_LENGTH = 256
 MAX_METADATA_TEXT = 512
 
 REJECT_REASONS = (
+    "ledger_refused",  # set by the ledger exporter: the database refused the row's value (see billing.ledger.errors)
     "unattributed",
     "unauthorized_producer",
     "invalid_id",
@@ -279,6 +281,17 @@ def _payload(resource_spans: ResourceSpans, scope_spans: ScopeSpans, span: Span)
     single.scope_spans.append(ScopeSpans(scope=scope_spans.scope, schema_url=scope_spans.schema_url))
     single.scope_spans[0].spans.append(span)
     return single.SerializeToString(deterministic=True)
+
+
+def span_payload(request: ExportTraceServiceRequest, trace_hex: str, span_hex: str) -> bytes:
+    """The stored payload (resource, scope, span) of the span with these ids, ``b""`` when absent."""
+    trace_id, span_id = bytes.fromhex(trace_hex), bytes.fromhex(span_hex)
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                if span.span_id == span_id and span.trace_id == trace_id:
+                    return _payload(resource_spans, scope_spans, span)
+    return b""
 
 
 def meter_request(
