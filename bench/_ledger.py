@@ -235,6 +235,22 @@ def trim(conninfo: str, name: str, textbook: bool, log) -> int:
         return deleted
 
 
+ROLLUP_TRIGGER = "usage_events_rollup_deltas"  # migration 0005: appends rollup deltas per INSERT statement
+
+
+def set_rollup_upkeep(conninfo: str, enabled: bool) -> None:
+    """Enable or disable the rollup-delta trigger in a bench ledger: (2) measures the bare table (its
+    indexes, no rollup upkeep: the storage ceiling), (2r), (3) and (4) the product with its upkeep."""
+    with connect(conninfo, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE usage_events {'ENABLE' if enabled else 'DISABLE'} TRIGGER {ROLLUP_TRIGGER}")
+
+
+def discard_rollup_deltas(conninfo: str) -> int:
+    """Bench ledgers only: drop pending deltas (trimmed rows leave theirs behind; rollups are not measured)."""
+    with connect(conninfo, autocommit=True) as conn:
+        return conn.execute("DELETE FROM usage_rollup_deltas").rowcount
+
+
 def checkpoint(conninfo: str) -> None:
     with connect(conninfo, autocommit=True) as conn:
         conn.execute("CHECKPOINT")

@@ -14,7 +14,8 @@ sizes (weight 1/rank^s; the largest account, ``acct_00001``, holds >= 10% of the
 2. the same month-to-date totals from the raw ``usage_events`` for the largest account, with the existing
    ``(account_id, occurred_at)`` index and with a covering index (created for the measurement, then dropped).
 3. rollup upkeep: the same 2,000-row batches through ``LedgerWriter.write_usage`` + commit with the rollup
-   trigger enabled vs disabled (``ALTER TABLE … DISABLE TRIGGER usage_events_rollup``), interleaved A/B;
+   delta trigger enabled (then the block's deltas folded, the time counted) vs disabled (``ALTER TABLE …
+   DISABLE TRIGGER usage_events_rollup_deltas``), interleaved A/B;
    they land on Oct 31 (the live day after the prefill) and are deleted again at the end of the run.
 4. rating every account for 2026-10: ``set_subscription`` for all, then ``build_invoice`` for all (target
    <= 10 s), and the pure ``rate_plan`` alone.
@@ -52,7 +53,7 @@ MONTH_US = 30 * 86_400 * 1_000_000
 CHUNK_ROWS = 500_000
 PLANS = ("starter", "growth", "scale", "platform")  # plan of rank a: PLANS[(a + 1) % 4] (the largest: scale)
 MODELS = ("gpt-4o-mini", "claude-sonnet-4", "docpipe-classifier-small")
-TRIGGER = "usage_events_rollup"
+TRIGGER = "usage_events_rollup_deltas"  # migration 0005: appends rollup deltas; serve folds them
 COVERING_INDEX = "bench_usage_events_account_time_cover"
 
 
@@ -181,7 +182,7 @@ def trim(url: str) -> int:
         conn.execute(f"ALTER TABLE usage_events ENABLE TRIGGER {TRIGGER}")
         conn.execute("SET session_replication_role = replica")
         deleted = conn.execute("DELETE FROM usage_events WHERE occurred_at >= %s", (PREFILL_END,)).rowcount
-        for table in ("usage_rollups_hourly", "usage_rollups_daily"):
+        for table in ("usage_rollups_hourly", "usage_rollups_daily", "usage_rollup_deltas"):
             conn.execute(f"DELETE FROM {table} WHERE bucket_start >= %s", (PREFILL_END,))
         conn.execute("DELETE FROM usage_rollup_jobs WHERE job_id LIKE 'ingest-%%'")
         conn.execute("RESET session_replication_role")
@@ -642,6 +643,7 @@ def materialize(templates: list[list[tuple]], block: int, rng: random.Random) ->
 
 
 def stage_ingest(url: str, probs: list[float], rounds: int, batches: int, batch_rows: int) -> dict:
+    from spanmeter.billing import rollups
     from spanmeter.billing.ledger.writer import LedgerWriter
 
     templates = make_templates(probs, batches, batch_rows)
@@ -658,7 +660,7 @@ def stage_ingest(url: str, probs: list[float], rounds: int, batches: int, batch_
             admin.execute("SELECT pg_stat_clear_snapshot()")
             row = admin.execute(
                 "SELECT coalesce(sum(calls), 0), coalesce(sum(total_time), 0) FROM pg_stat_user_functions"
-                " WHERE funcname = 'spanmeter_rollup_new_events'"
+                " WHERE funcname = 'spanmeter_rollup_deltas'"
             ).fetchone()
             return int(row[0]), float(row[1])
 
@@ -675,12 +677,18 @@ def stage_ingest(url: str, probs: list[float], rounds: int, batches: int, batch_
                 latencies.append(time.perf_counter() - t)
                 if result.inserted != len(rows):
                     raise RuntimeError(f"block {block}: {result.inserted} of {len(rows)} rows were new")
+            fold_seconds = 0.0
+            if enabled:  # the upkeep's second half: fold the block's deltas, as serve does in the background
+                t = time.perf_counter()
+                while rollups.fold(wconn).deltas:
+                    pass
+                fold_seconds = time.perf_counter() - t
             wconn.execute("SELECT pg_stat_force_next_flush()")
             wconn.commit()
             time.sleep(0.3)
             calls1, ms1 = trigger_ms()
             rows_n = sum(len(r) for r in work)
-            seconds = sum(latencies)
+            seconds = sum(latencies) + fold_seconds
             return {
                 "block": block,
                 "trigger": enabled,
@@ -691,6 +699,7 @@ def stage_ingest(url: str, probs: list[float], rounds: int, batches: int, batch_
                 "batch_p50_ms": pct(latencies, 0.5) * 1e3,
                 "batch_p99_ms": pct(latencies, 0.99) * 1e3,
                 "trigger_calls": calls1 - calls0,
+                "fold_ms_per_1k": fold_seconds * 1e3 / (rows_n / 1000),
                 "trigger_fn_ms_per_1k": (ms1 - ms0) / (rows_n / 1000),
             }
 
@@ -705,14 +714,15 @@ def stage_ingest(url: str, probs: list[float], rounds: int, batches: int, batch_
                     f"    round {rnd + 1} trigger {'on ' if enabled else 'off'}: {res['rows']:,} rows, "
                     f"{res['ms_per_1k']:.1f} ms per 1,000 rows ({res['rows_per_s']:,.0f} rows/s), batch p50 "
                     f"{res['batch_p50_ms']:.0f} ms p99 {res['batch_p99_ms']:.0f} ms; trigger function "
-                    f"{res['trigger_fn_ms_per_1k']:.1f} ms per 1,000 rows in {res['trigger_calls']} calls"
+                    f"{res['trigger_fn_ms_per_1k']:.1f} ms per 1,000 rows in {res['trigger_calls']} calls; fold "
+                    f"{res['fold_ms_per_1k']:.1f} ms per 1,000 rows"
                 )
                 block += 1
         admin.execute(f"ALTER TABLE usage_events ENABLE TRIGGER {TRIGGER}")
         # the rollups must hold exactly the rows written with the trigger on (warm-up included)
         expected = warm["rows"] + sum(b["rows"] for b in blocks if b["trigger"])
         got = admin.execute(
-            "SELECT coalesce(sum(events), 0) FROM usage_rollups_daily WHERE bucket_start >= %s", (PREFILL_END,)
+            "SELECT coalesce(sum(events), 0) FROM usage_rollups_daily_live WHERE bucket_start >= %s", (PREFILL_END,)
         ).fetchone()[0]
     finally:
         wconn.close()
@@ -731,6 +741,7 @@ def stage_ingest(url: str, probs: list[float], rounds: int, batches: int, batch_
         "ms_per_1k_diff": ms_on - ms_off,
         "rows_per_s_ratio": ms_off / ms_on,
         "trigger_fn_ms_per_1k": statistics.median(b["trigger_fn_ms_per_1k"] for b in on),
+        "fold_ms_per_1k": statistics.median(b["fold_ms_per_1k"] for b in on),
         "rollup_events_check": {"expected": expected, "in_rollups": int(got), "exact": expected == int(got)},
         "warmup": warm,
         "blocks": blocks,
@@ -963,13 +974,14 @@ def summarize(results: dict, args: argparse.Namespace, n_accounts: int) -> list[
         "    ratio largest: raw covering index / rollups",
         f"{r2['largest_covering_ms'] / r1['largest_ms']:,.0f}x",
     )
-    row("(3) LedgerWriter.write_usage + commit, rollup trigger ON", f"{r3['ms_per_1k_on']:.1f} ms/1k rows")
+    row("(3) LedgerWriter.write_usage + commit + fold, delta trigger ON", f"{r3['ms_per_1k_on']:.1f} ms/1k rows")
     row("(3) LedgerWriter.write_usage + commit, rollup trigger OFF", f"{r3['ms_per_1k_off']:.1f} ms/1k rows")
     row("(3) rollup upkeep (ON - OFF)", f"{r3['ms_per_1k_diff']:.1f} ms/1k rows")
     row(
         "    info: time inside the trigger function (pg_stat_user_functions)",
         f"{r3['trigger_fn_ms_per_1k']:.1f} ms/1k rows",
     )
+    row("    info: of it, folding the deltas afterwards", f"{r3['fold_ms_per_1k']:.1f} ms/1k rows")
     row("    ratio rows/s ON / OFF", f"{r3['rows_per_s_ratio']:.2f}")
     row(
         f"(4) build_invoice for all {n_accounts:,} accounts (slowest of {len(r4['build_invoice_pass_s'])} passes)",
