@@ -272,15 +272,21 @@ def client_main(conf: dict, pipe) -> None:
             for k in range(TEMPLATES_PER_CLIENT)
         ]
         factory = RequestFactory(templates, conf["nonce"], conf["client"], conf["phase"])
-        channel = grpc.insecure_channel(
-            conf["target"],
-            options=[
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ],
-        )
-        grpc.channel_ready_future(channel).result(timeout=15)
-        call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+        # one TCP connection per channel (no shared subchannel pool): `serve --processes N` spreads connections
+        channels = [
+            grpc.insecure_channel(
+                conf["target"],
+                options=[
+                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                    ("grpc.use_local_subchannel_pool", 1),
+                ],
+            )
+            for _ in range(conf.get("channels", 1))
+        ]
+        for channel in channels:
+            grpc.channel_ready_future(channel).result(timeout=15)
+        calls = [c.unary_unary(METHOD, request_serializer=None, response_deserializer=None) for c in channels]
         result = ClientResult(
             client=conf["client"], bytes_per_span=sum(len(t.body) for t in templates) / (len(templates) * conf["spans"])
         )
@@ -309,6 +315,7 @@ def client_main(conf: dict, pipe) -> None:
 
     while time.time() < t_start:
         time.sleep(0.005)
+    sent = 0
     while True:
         inflight.acquire()
         if time.time() >= t1:
@@ -316,12 +323,14 @@ def client_main(conf: dict, pipe) -> None:
             break
         body, spans, billable = factory.next()
         sent_at = time.time()
-        fut = call.future(body, timeout=conf.get("timeout", 30.0))
+        fut = calls[sent % len(calls)].future(body, timeout=conf.get("timeout", 30.0))
+        sent += 1
         result.sent_requests += 1
         fut.add_done_callback(lambda f, s=sent_at, n=spans, b=billable: done(f, s, n, b))
     for _ in range(conf["inflight"]):  # drain
         inflight.acquire(timeout=conf.get("timeout", 30.0))
-    channel.close()
+    for channel in channels:
+        channel.close()
     pipe.send(("result", result))
 
 

@@ -176,6 +176,15 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"{name} did not print 'listening otlp=' within 90 s:\n{log_path.read_text()[-3000:]}")
 
+    def pids(self) -> list[int]:
+        """The receiver and its receiver processes (``serve --processes N``)."""
+        import psutil
+
+        try:
+            return [self.proc.pid] + [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return [self.proc.pid]
+
     def command(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
@@ -350,13 +359,14 @@ class Bench:
                 "spans": args.spans_per_request,
                 "billable_every": billable_every,
                 "inflight": args.inflight,
+                "channels": args.channels_per_client,
             }
             for c in range(args.clients)
         ]
         profile_path = self.work / f"profile-{server.name}-{self.phase_no}.json"
 
         def on_t0(pids):
-            snap = self._snap({"receiver": [server.proc.pid], "load generator": pids}, dbname)
+            snap = self._snap({"receiver": server.pids(), "load generator": pids}, dbname)
             if extra0:
                 snap.update(extra0())
             server.profile_begin()
@@ -364,7 +374,7 @@ class Bench:
 
         def on_t1(pids):
             profile = server.profile_end(profile_path)
-            snap = self._snap({"receiver": [server.proc.pid], "load generator": pids}, dbname)
+            snap = self._snap({"receiver": server.pids(), "load generator": pids}, dbname)
             snap["profile"] = profile
             if extra1:
                 snap.update(extra1())
@@ -466,6 +476,7 @@ class Bench:
             [PY, str(BENCH_DIR / "_serve_profiled.py")]
             + (["--no-instrument"] if args.no_instrument else [])
             + ["--", "serve", "--otlp-endpoint", "127.0.0.1:0", "--metrics-port", "0", "--database-url", self.pg.ledger]
+            + ["--processes", str(args.serve_processes)]
         )
         return Server("serve", cmd, env, self.work / "serve.log")
 
@@ -738,6 +749,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spans-per-request", type=int, default=512)
     p.add_argument("--inflight", type=int, default=4, help="outstanding Export requests per client process")
     p.add_argument(
+        "--channels-per-client",
+        type=int,
+        default=1,
+        help="gRPC connections per client process (requests round-robin); more than 1 lets --serve-processes spread",
+    )
+    p.add_argument(
+        "--serve-processes",
+        type=int,
+        default=1,
+        help="`spanmeter serve --processes N` for (3)/(4) (receiver processes on one port; stage timers: main only)",
+    )
+    p.add_argument(
         "--writers",
         type=int,
         default=2,
@@ -809,6 +832,10 @@ def main(argv: list[str] | None = None) -> int:
         f" windows {args.seconds:g} s after {args.warmup:g} s warm-up; repeat {args.repeat}"
     )
     log(f"  bare writes: {args.writers} connections, {args.write_batch} rows/transaction")
+    log(
+        f"  spanmeter serve --processes {args.serve_processes}; {args.channels_per_client} gRPC connection(s) per "
+        "client process"
+    )
     code = code_under_test()
     log(f"  code under test: {code}")
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)

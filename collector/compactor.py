@@ -31,7 +31,7 @@ import psycopg
 from spanmeter.billing import rollups
 from spanmeter.billing.ledger.database import Database
 
-from .metrics import CollectorMetrics
+from .metrics import RollupMetrics
 
 __all__ = ["RollupCompactor"]
 
@@ -42,7 +42,7 @@ class RollupCompactor:
     def __init__(
         self,
         database: Database,
-        metrics: CollectorMetrics,
+        metrics: RollupMetrics,
         interval_seconds: float = 1.0,
         max_deltas_per_fold: int = 50_000,
     ) -> None:
@@ -78,14 +78,14 @@ class RollupCompactor:
                 locked_out = True
                 break
             deltas, events = deltas + result.deltas, events + result.events
-            self._metrics.rollup_deltas_folded.inc(result.deltas)
-            self._metrics.rollup_last_fold.set(time.time())
+            self._metrics.deltas_folded.inc(result.deltas)
+            self._metrics.last_fold.set(time.time())
             if result.deltas < self._max_deltas:
                 break
         pending = rollups.pending_deltas(conn)
         conn.commit()
-        self._metrics.rollup_pending_deltas.set(pending.deltas)
-        self._metrics.rollup_fold_lag.set(pending.oldest_age_seconds)
+        self._metrics.pending_deltas.set(pending.deltas)
+        self._metrics.fold_lag.set(pending.oldest_age_seconds)
         return rollups.FoldResult(deltas, events, locked_out=locked_out)
 
     def _run(self) -> None:
@@ -96,7 +96,7 @@ class RollupCompactor:
                     log.info("rollup folding works again")
                 self._failing = False
             except Exception as exc:  # never let the thread die: deltas stay pending, figures stay exact
-                self._metrics.rollup_fold_errors.inc()
+                self._metrics.fold_errors.inc()
                 if not self._failing:
                     lines = str(exc).strip().splitlines()
                     log.warning(

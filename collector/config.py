@@ -13,6 +13,7 @@ each bad setting and how to fix it; after start-up nothing re-reads the environm
 | ``SPANMETER_LEDGER_WRITE_TIMEOUT_SECONDS`` | ``5`` | a request not committed within this is answered UNAVAILABLE |
 | ``SPANMETER_LEDGER_BATCH_MAX_ROWS`` | ``20000`` | most usage rows one group commit writes |
 | ``SPANMETER_LEDGER_WRITERS`` | ``2`` | ledger connections writing in parallel |
+| ``SPANMETER_PROCESSES`` | ``1`` | receiver processes sharing the OTLP port (``serve --processes``; 1..64): one per core, see the README's sizing |
 | ``SPANMETER_ROLLUP_FOLD_INTERVAL_SECONDS`` | ``1`` | how often pending rollup deltas are folded into the rollups |
 | ``SPANMETER_MAX_RECEIVE_MESSAGE_BYTES`` | ``67108864`` (64 MiB) | Export size limit, after decompression |
 | ``SPANMETER_MAX_INFLIGHT_REQUESTS`` | ``32`` | Export calls handled at once; more are answered UNAVAILABLE + RetryInfo |
@@ -67,6 +68,7 @@ class CollectorConfig:
     ledger_batch_max_rows: int = 20_000
     ledger_writers: int = 2
     rollup_fold_interval_seconds: float = 1.0
+    processes: int = 1
     max_receive_message_bytes: int = 64 * 1024 * 1024
     max_inflight_requests: int = 32
     max_inflight_spans: int = 262_144
@@ -130,6 +132,7 @@ _ENV: dict[str, tuple[str, str]] = {
     "ledger_batch_max_rows": ("SPANMETER_LEDGER_BATCH_MAX_ROWS", "positive_int"),
     "ledger_writers": ("SPANMETER_LEDGER_WRITERS", "positive_int"),
     "rollup_fold_interval_seconds": ("SPANMETER_ROLLUP_FOLD_INTERVAL_SECONDS", "positive_float"),
+    "processes": ("SPANMETER_PROCESSES", "processes"),
     "max_receive_message_bytes": ("SPANMETER_MAX_RECEIVE_MESSAGE_BYTES", "positive_int"),
     "max_inflight_requests": ("SPANMETER_MAX_INFLIGHT_REQUESTS", "positive_int"),
     "max_inflight_spans": ("SPANMETER_MAX_INFLIGHT_SPANS", "positive_int"),
@@ -167,6 +170,11 @@ def _parse(kind: str, raw: Any) -> Any:
         value = int(text)
         if value <= 0:
             raise ValueError("must be > 0")
+        return value
+    if kind == "processes":
+        value = int(text)
+        if not 1 <= value <= 64:
+            raise ValueError("must be 1..64")
         return value
     if kind == "nonnegative_int":
         value = int(text)
@@ -217,6 +225,7 @@ _HOW = {
     "positive_int": "write a whole number greater than 0",
     "nonnegative_int": "write a whole number, 0 or more",
     "positive_float": "write a number of seconds greater than 0",
+    "processes": "write a whole number from 1 to 64 (one receiver process per core is the usual choice)",
     "list": "write comma-separated values, e.g. starter,growth",
     "database_url": "write e.g. postgresql://user:password@host:5432/spanmeter, or unset it for the embedded database",
     "log_level": "write DEBUG, INFO, WARNING or ERROR",

@@ -52,7 +52,7 @@ from prometheus_client.process_collector import ProcessCollector
 from .processors.meters import METER_CODES
 from .processors.usage import REJECT_REASONS
 
-__all__ = ["GRPC_CODES", "OVERFLOW", "CollectorMetrics", "LabelCap", "SeriesCap"]
+__all__ = ["GRPC_CODES", "OVERFLOW", "CollectorMetrics", "LabelCap", "RollupMetrics", "SeriesCap"]
 
 GRPC_CODES = (
     "OK",
@@ -116,6 +116,32 @@ class SeriesCap:
             return service, operation
 
 
+class RollupMetrics:
+    """The rollup compactor's metrics (see :mod:`.compactor`): in the process that folds."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.fold_lag = Gauge(
+            "spanmeter_rollup_fold_lag_seconds",
+            "Age of the oldest rollup delta not folded into the rollups yet (0 when none).",
+            registry=r,
+        )
+        self.pending_deltas = Gauge(
+            "spanmeter_rollup_pending_deltas", "Rollup deltas not folded into the rollups yet.", registry=r
+        )
+        self.deltas_folded = Counter(
+            "spanmeter_rollup_deltas_folded", "Rollup deltas this process folded into the rollups.", registry=r
+        )
+        self.fold_errors = Counter(
+            "spanmeter_rollup_fold_errors", "Failed attempts to fold rollup deltas (they stay pending).", registry=r
+        )
+        self.last_fold = Gauge(
+            "spanmeter_rollup_last_fold_timestamp_seconds",
+            "Unix time this process last folded deltas or found none to fold.",
+            registry=r,
+        )
+
+
 class CollectorMetrics:
     def __init__(
         self,
@@ -125,7 +151,12 @@ class CollectorMetrics:
         sli_max_series: int = 500,
         oldest_pending_age_seconds: Callable[[], float] = lambda: 0.0,
         pending_requests: Callable[[], int] = lambda: 0,
+        multiprocess: bool = False,
     ) -> None:
+        """``multiprocess``: this is one of ``serve --processes N``'s receiver processes, whose samples
+        prometheus_client's multiprocess mode merges: counters and histograms add up, and the gauges below
+        merge as their ``multiprocess_mode`` says. Gauges computed at scrape time cannot cross processes,
+        so there :meth:`sample_gauges` must be called periodically instead."""
         disable_created_metrics()  # the *_created series double the exposition for no use here
         self.registry = registry
         self.plan_cap = LabelCap(plan_codes)
@@ -183,37 +214,27 @@ class CollectorMetrics:
             registry=r,
         )
         self.last_commit = Gauge(
-            "spanmeter_ledger_last_commit_timestamp_seconds", "Unix time of the last ledger commit.", registry=r
+            "spanmeter_ledger_last_commit_timestamp_seconds",
+            "Unix time of the last ledger commit.",
+            registry=r,
+            multiprocess_mode="max",  # the latest commit of any process
         )
         self.oldest_pending = Gauge(
             "spanmeter_oldest_pending_span_age_seconds",
             "Age of the oldest received request whose spans are not committed yet.",
             registry=r,
+            multiprocess_mode="livemax",  # the oldest wait in any running process
         )
-        self.oldest_pending.set_function(oldest_pending_age_seconds)
         self.pending_requests = Gauge(
-            "spanmeter_ledger_pending_requests", "Export requests waiting for their commit.", registry=r
-        )
-        self.pending_requests.set_function(pending_requests)
-        self.rollup_fold_lag = Gauge(
-            "spanmeter_rollup_fold_lag_seconds",
-            "Age of the oldest rollup delta not folded into the rollups yet (0 when none).",
+            "spanmeter_ledger_pending_requests",
+            "Export requests waiting for their commit.",
             registry=r,
+            multiprocess_mode="livesum",  # all running processes together
         )
-        self.rollup_pending_deltas = Gauge(
-            "spanmeter_rollup_pending_deltas", "Rollup deltas not folded into the rollups yet.", registry=r
-        )
-        self.rollup_deltas_folded = Counter(
-            "spanmeter_rollup_deltas_folded", "Rollup deltas this process folded into the rollups.", registry=r
-        )
-        self.rollup_fold_errors = Counter(
-            "spanmeter_rollup_fold_errors", "Failed attempts to fold rollup deltas (they stay pending).", registry=r
-        )
-        self.rollup_last_fold = Gauge(
-            "spanmeter_rollup_last_fold_timestamp_seconds",
-            "Unix time this process last folded deltas or found none to fold.",
-            registry=r,
-        )
+        self._gauge_sources = (oldest_pending_age_seconds, pending_requests)
+        if not multiprocess:
+            self.oldest_pending.set_function(oldest_pending_age_seconds)
+            self.pending_requests.set_function(pending_requests)
         self.billable_worker_seconds = Counter(
             "spanmeter_billable_worker_seconds", "Billable worker seconds committed.", ["plan_code"], registry=r
         )
@@ -241,6 +262,12 @@ class CollectorMetrics:
         )
         ProcessCollector(registry=r)
         self._initialise_labels()
+
+    def sample_gauges(self) -> None:
+        """Multiprocess mode: store the current values of the scrape-time gauges (called every second)."""
+        oldest, pending = self._gauge_sources
+        self.oldest_pending.set(oldest())
+        self.pending_requests.set(pending())
 
     def observe_service_request(self, service: str, operation: str, outcome: str, duration_seconds: float) -> None:
         """Count one entry span in the request SLIs (labels capped)."""

@@ -31,7 +31,7 @@ from .billing_metrics import BillingMetrics
 from .compactor import RollupCompactor
 from .config import CollectorConfig
 from .exporters.ledger import LedgerExporter
-from .metrics import CollectorMetrics
+from .metrics import CollectorMetrics, RollupMetrics
 from .receiver import TraceReceiver
 
 __all__ = ["CollectorServer", "ListenAddresses"]
@@ -54,8 +54,17 @@ def _describe_security(config: CollectorConfig) -> str:
 
 
 class CollectorServer:
-    def __init__(self, config: CollectorConfig, database: Database | None = None) -> None:
+    """``role="all"``: the whole collector in one process. ``role="receiver"``: one of ``serve --processes N``'s
+    receiver processes (see :mod:`.supervisor`): gRPC receiver and ledger writers only, on a port shared
+    with its siblings (SO_REUSEPORT), metrics in prometheus_client's multiprocess mode; the supervisor
+    migrates, folds rollups, refreshes billing metrics and serves HTTP."""
+
+    def __init__(self, config: CollectorConfig, database: Database | None = None, role: str = "all") -> None:
+        if role not in ("all", "receiver"):
+            raise ValueError(f"role must be 'all' or 'receiver', not {role!r}")
         self.config = config
+        self._role = role
+        self._gauges_stop = threading.Event()
         self._database = database
         self._grpc: grpc.Server | None = None
         self._http: ThreadingHTTPServer | None = None
@@ -70,9 +79,11 @@ class CollectorServer:
         config = self.config
         database = self._database or resolve_database(config.database_url, config.data_dir)
         self._database = database
-        before, after = migrate.upgrade(database)
-        if before != after:
-            log.info("ledger schema migrated from %s to %s", before or "empty", after)
+        receiver_only = self._role == "receiver"
+        if not receiver_only:  # a receiver process's supervisor migrated before starting it
+            before, after = migrate.upgrade(database)
+            if before != after:
+                log.info("ledger schema migrated from %s to %s", before or "empty", after)
         exporter: LedgerExporter | None = None  # the gauges below read it once it exists
         metrics = CollectorMetrics(
             self.registry,
@@ -81,6 +92,7 @@ class CollectorServer:
             sli_max_series=config.sli_max_series,
             oldest_pending_age_seconds=lambda: exporter.oldest_pending_age_seconds() if exporter else 0.0,
             pending_requests=lambda: exporter.pending_requests() if exporter else 0,
+            multiprocess=receiver_only,
         )
         exporter = LedgerExporter(
             database, metrics, batch_max_rows=config.ledger_batch_max_rows, writers=config.ledger_writers
@@ -103,7 +115,9 @@ class CollectorServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
+                # off unless the supervisor shares the port between its receiver processes: a second,
+                # unrelated `spanmeter serve` on the same port must fail, not split the traffic
+                ("grpc.so_reuseport", 1 if receiver_only else 0),
             ],
             maximum_concurrent_rpcs=config.max_inflight_requests * 4,
         )
@@ -125,10 +139,15 @@ class CollectorServer:
             raise OSError(f"cannot listen for OTLP on {config.otlp_endpoint} (address in use?)")
         server.start()
         self._grpc = server
+        if receiver_only:
+            threading.Thread(target=self._sample_gauges, args=(metrics,), name="gauges", daemon=True).start()
+            return ListenAddresses(
+                otlp=f"{host}:{bound}", metrics=None, database=database.description, security=_describe_security(config)
+            )
 
         self._billing_metrics = BillingMetrics(database, self.registry, config.billing_metrics_interval_seconds)
         self._billing_metrics.start()
-        self._compactor = RollupCompactor(database, metrics, config.rollup_fold_interval_seconds)
+        self._compactor = RollupCompactor(database, RollupMetrics(self.registry), config.rollup_fold_interval_seconds)
         self._compactor.start()
 
         metrics_address = None
@@ -144,12 +163,20 @@ class CollectorServer:
             security=_describe_security(config),
         )
 
+    def _sample_gauges(self, metrics: CollectorMetrics) -> None:
+        while not self._gauges_stop.wait(1.0):
+            try:
+                metrics.sample_gauges()
+            except Exception:  # a metrics hiccup never takes the receiver down
+                log.debug("sampling gauges failed", exc_info=True)
+
     def reload_auth(self) -> bool | None:
         """Re-read the producers file now (SIGHUP); None when authentication is not configured."""
         return self._authenticator.reload() if self._authenticator is not None else None
 
     def shutdown(self, grace_seconds: float | None = None) -> None:
         grace = grace_seconds if grace_seconds is not None else self.config.ledger_write_timeout_seconds + 1
+        self._gauges_stop.set()
         if self._grpc is not None:
             self._grpc.stop(grace).wait()
             self._grpc = None

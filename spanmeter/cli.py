@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--otlp-endpoint", help="HOST:PORT to listen on (default 127.0.0.1:4317)")
     serve.add_argument("--metrics-port", type=str, help="port for /metrics, /healthz, /readyz (default 9464)")
     serve.add_argument(
+        "--processes",
+        type=str,
+        help="receiver processes sharing the OTLP port, one per core (default 1; env SPANMETER_PROCESSES)",
+    )
+    serve.add_argument(
         "--insecure-listen",
         action="store_true",
         default=None,
@@ -171,7 +176,11 @@ def _serve(args: argparse.Namespace) -> int:
     from spanmeter.logs import configure_logging
 
     config = _config(
-        args, otlp_endpoint=args.otlp_endpoint, metrics_port=args.metrics_port, insecure_listen=args.insecure_listen
+        args,
+        otlp_endpoint=args.otlp_endpoint,
+        metrics_port=args.metrics_port,
+        insecure_listen=args.insecure_listen,
+        processes=args.processes,
     )
     problem = listen_problem(config)
     if problem:
@@ -180,7 +189,12 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = CollectorServer(config)
+    if config.processes > 1:
+        from spanmeter.collector.supervisor import Supervisor
+
+        server = Supervisor(config)
+    else:
+        server = CollectorServer(config)
 
     def reload_producers(*_: object) -> None:
         try:
