@@ -705,8 +705,10 @@ def bound_by(kind: str, res: dict) -> str:
             f"receiver GIL ({a['python_cores']:.2f} cores of Python threads, GIL wait p99 "
             f"{gil.get('p99') or 0:.0f} ms; top: {top})"
         )
-    elif a:
+    elif a and cores.get("receiver", 0.0) < 1.5 * a.get("process_cores", 0.0) + 0.05:
         parts.append(f"receiver {a.get('process_cores', 0):.2f}c (top: {top})")
+    else:  # --serve-processes > 1: the stage timers see the supervisor only; the CPU window sees them all
+        parts.append(f"receiver processes {cores.get('receiver', 0.0):.2f}c (no stage profile across processes)")
     if kind == "serve_mixed" and a.get("handler_wait_ms"):
         parts.append(f"every request waits {a['handler_wait_ms']:.0f} ms for a commit (closed loop)")
     parts.append(f"Postgres {pg:.2f}c; load gen {gen:.2f}c; {sat}")
