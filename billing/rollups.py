@@ -346,10 +346,9 @@ def _fold_upsert(table: str, unit: str) -> str:
     INSERT INTO {table} AS r ({_COLUMNS})
     SELECT account_id, date_trunc('{unit}', bucket_start, 'UTC'), meter_code, meter_version, plan_code, dimension,
            sum(quantity), sum(events), max(max_quantity), max(latest_at),
-           (array_agg(latest_quantity ORDER BY latest_at DESC, latest_quantity DESC))[1]
+           (max(ARRAY[extract(epoch FROM latest_at), latest_quantity]))[2]
       FROM taken
      GROUP BY 1, 2, 3, 4, 5, 6
-     ORDER BY 1, 2, 3, 4, 5, 6
     ON CONFLICT (account_id, bucket_start, meter_code, meter_version, plan_code, dimension) DO UPDATE SET
         quantity = r.quantity + EXCLUDED.quantity,
         events = r.events + EXCLUDED.events,
@@ -362,13 +361,16 @@ def _fold_upsert(table: str, unit: str) -> str:
     """
 
 
-# One statement: consume (DELETE … RETURNING) the oldest deltas, add them to both rollup tables and the job
-# sets. Deltas another transaction holds (a rebuild) are skipped, never waited for or taken twice.
+# One statement: consume (DELETE … RETURNING) at most %(limit)s of the oldest deltas, add them to both rollup
+# tables and the job sets. The id range only bounds the batch: DELETE takes exactly the committed deltas its
+# snapshot sees and returns exactly those, so a delta committed later (with a lower id) stays pending for the
+# next fold; nothing is judged folded by a watermark. No key order is needed for the upserts, and no row
+# locks are skipped: the fold lock makes the folder (or a rebuild) the only writer of these tables.
+# The latest quantity is the second element of the greatest [epoch, quantity] pair (no sort per group).
 _FOLD = f"""
 WITH taken AS (
     DELETE FROM usage_rollup_deltas
-     WHERE delta_id IN (SELECT delta_id FROM usage_rollup_deltas ORDER BY delta_id LIMIT %(limit)s
-                        FOR UPDATE SKIP LOCKED)
+     WHERE delta_id < (SELECT min(delta_id) FROM usage_rollup_deltas) + %(limit)s
     RETURNING *
 ),
 hourly AS ({_fold_upsert("usage_rollups_hourly", "hour")}),
@@ -377,7 +379,6 @@ jobs AS (
     INSERT INTO usage_rollup_jobs (account_id, month_start, meter_code, job_id)
     SELECT DISTINCT account_id, date_trunc('month', bucket_start, 'UTC'), meter_code, unnest(job_ids)
       FROM taken WHERE job_ids IS NOT NULL
-     ORDER BY 1, 2, 3, 4
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
