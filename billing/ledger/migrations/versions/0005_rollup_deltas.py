@@ -10,8 +10,8 @@ Now:
 - ``usage_rollup_deltas``: one row per (account, UTC hour, meter, meter version, plan code, dimension) that an
   INSERT statement into ``usage_events`` actually added rows to (the transition table holds only new rows:
   a retried span skipped by ``ON CONFLICT DO NOTHING`` adds nothing). It carries what the rollups keep: sum,
-  count, max, latest (time and quantity) and, for ``worker_seconds``, the distinct job ids as an array: no
-  row per job on the hot path. The trigger only *inserts* (no upsert, no lock on a shared row), so
+  count, max, latest (time and quantity) and, for ``worker_seconds``, the job ids as an array (made distinct
+  when folded): no row per job on the hot path. The trigger only *inserts* (no upsert, no lock on a shared row), so
   concurrent writers never wait for each other here, and the deltas commit or roll back with their rows.
 - The compactor (:func:`spanmeter.billing.rollups.fold`, run by ``spanmeter serve``) consumes deltas with
   ``DELETE … RETURNING`` and upserts them into the hourly and daily rollups and ``usage_rollup_jobs`` in
@@ -47,8 +47,10 @@ BEGIN
     SELECT account_id, date_trunc('hour', occurred_at, 'UTC'), meter_code, meter_version, coalesce(plan_code, ''),
            coalesce(metadata->>'gen_ai.model', metadata->>'gpu.model', ''),
            sum(quantity), count(*), max(quantity), max(occurred_at),
-           (array_agg(quantity ORDER BY occurred_at DESC, quantity DESC))[1],
-           array_agg(DISTINCT job_id) FILTER (WHERE job_id IS NOT NULL AND meter_code = 'worker_seconds')
+           -- the quantity of the latest (occurred_at, quantity) pair, without a sort per group
+           (max(ARRAY[extract(epoch FROM occurred_at), quantity]))[2],
+           -- distinct at the fold: no sort per group here
+           array_agg(job_id) FILTER (WHERE job_id IS NOT NULL AND meter_code = 'worker_seconds')
       FROM new_events
      GROUP BY 1, 2, 3, 4, 5, 6;
     RETURN NULL;
@@ -62,7 +64,7 @@ CREATE VIEW {view} AS
 SELECT account_id, bucket_start, meter_code, meter_version, plan_code, dimension,
        sum(quantity) AS quantity, sum(events)::bigint AS events, max(max_quantity) AS max_quantity,
        max(latest_at) AS latest_at,
-       (array_agg(latest_quantity ORDER BY latest_at DESC, latest_quantity DESC))[1] AS latest_quantity
+       (max(ARRAY[extract(epoch FROM latest_at), latest_quantity]))[2] AS latest_quantity
   FROM (
     SELECT account_id, bucket_start, meter_code, meter_version, plan_code, dimension, quantity, events,
            max_quantity, latest_at, latest_quantity
@@ -136,7 +138,7 @@ hourly AS (
                                            quantity, events, max_quantity, latest_at, latest_quantity)
     SELECT account_id, bucket_start, meter_code, meter_version, plan_code, dimension, sum(quantity), sum(events),
            max(max_quantity), max(latest_at),
-           (array_agg(latest_quantity ORDER BY latest_at DESC, latest_quantity DESC))[1]
+           (max(ARRAY[extract(epoch FROM latest_at), latest_quantity]))[2]
       FROM taken GROUP BY 1, 2, 3, 4, 5, 6
     ON CONFLICT (account_id, bucket_start, meter_code, meter_version, plan_code, dimension) DO UPDATE SET
         quantity = r.quantity + EXCLUDED.quantity, events = r.events + EXCLUDED.events,
@@ -150,7 +152,7 @@ daily AS (
                                           quantity, events, max_quantity, latest_at, latest_quantity)
     SELECT account_id, date_trunc('day', bucket_start, 'UTC'), meter_code, meter_version, plan_code, dimension,
            sum(quantity), sum(events), max(max_quantity), max(latest_at),
-           (array_agg(latest_quantity ORDER BY latest_at DESC, latest_quantity DESC))[1]
+           (max(ARRAY[extract(epoch FROM latest_at), latest_quantity]))[2]
       FROM taken GROUP BY 1, 2, 3, 4, 5, 6
     ON CONFLICT (account_id, bucket_start, meter_code, meter_version, plan_code, dimension) DO UPDATE SET
         quantity = r.quantity + EXCLUDED.quantity, events = r.events + EXCLUDED.events,
