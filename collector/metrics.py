@@ -7,6 +7,7 @@ and absences behave from the first scrape.
 
 | metric | type | labels | meaning |
 |---|---|---|---|
+| ``spanmeter_build_info`` | gauge | version, metering | 1; ``metering`` is ``native`` (the Rust core, Python as fallback) or ``python`` |
 | ``spanmeter_spans_received_total`` | counter | | spans in parsed Export requests |
 | ``spanmeter_spans_rejected_total`` | counter | reason | billable spans rejected (kept in ``rejected_spans``) |
 | ``spanmeter_spans_billed_total`` | counter | meter | usage rows newly committed to the ledger |
@@ -164,6 +165,18 @@ class CollectorMetrics:
         self.sli_cap = SeriesCap(sli_max_series)
         self._sli_pairs: set[tuple[str, str]] = set()
         r = registry
+        from spanmeter import __version__
+
+        from .processors.native import metering_mode
+
+        self.build_info = Gauge(
+            "spanmeter_build_info",
+            "1; metering is native (the compiled core, Python as fallback) or python.",
+            ["version", "metering"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.build_info.labels(__version__, metering_mode()).set(1)
         self.spans_received = Counter("spanmeter_spans_received", "Spans in parsed Export requests.", registry=r)
         self.spans_rejected = Counter(
             "spanmeter_spans_rejected", "Billable spans rejected, kept in rejected_spans.", ["reason"], registry=r

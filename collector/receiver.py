@@ -9,9 +9,12 @@ For each request:
 1. Size: more than ``max_receive_message_bytes`` after decompression is RESOURCE_EXHAUSTED without a
    RetryInfo (OTLP: not retryable). gRPC itself enforces the same limit on the decompressed message.
 2. Empty body: success, nothing to do.
-3. Decode (see :mod:`.otlp`): a body that is not OTLP is answered INVALID_ARGUMENT, counted, and kept in
+3. Decode and meter: with the compiled core (:mod:`.processors.native`, Rust, GIL released), both in one
+   call; it hands back to the Python reference anything unusual (invalid UTF-8, odd wire data, limits).
+   Python (see :mod:`.otlp`): a body that is not OTLP is answered INVALID_ARGUMENT, counted, and kept in
    ``rejected_requests`` (first ``rejected_request_max_bytes`` bytes); invalid UTF-8 is repaired.
-4. Meter (see :mod:`.processors.usage`): usage rows, rejections and counts; pure.
+4. Meter (see :mod:`.processors.usage`, the reference the native core is tested against): usage rows,
+   rejections and counts; pure.
 5. Write (see :mod:`.exporters.ledger`) and wait for COMMIT. Only then answer OK, with ``partial_success``
    when spans were rejected (``rejected_spans`` and an English ``error_message``). A write that fails or
    does not commit within ``ledger_write_timeout_seconds`` is answered UNAVAILABLE with a 1 s RetryInfo.
@@ -32,6 +35,7 @@ from collections.abc import Callable
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
+    ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
@@ -41,7 +45,8 @@ from .auth import Authenticator, Producer
 from .config import CollectorConfig
 from .consumer import PendingWrite, RetryableError, UsageConsumer
 from .metrics import CollectorMetrics
-from .otlp import SERVICE_NAME, DecodedRequest, UnparseableRequest, abort, decode_request
+from .otlp import SERVICE_NAME, UnparseableRequest, abort, decode_request
+from .processors.native import meter_native, metering_mode, to_metering_result
 from .processors.usage import MeteringResult, meter_request, span_payload
 
 __all__ = ["RETRY_DELAY_SECONDS", "TraceReceiver"]
@@ -69,6 +74,7 @@ class TraceReceiver:
         self._exporter = exporter
         self._metrics = metrics
         self._clock = clock_unix_nano
+        self._metering = metering_mode()  # "native" (the Rust core, Python as fallback) or "python"
 
     def handler(self) -> grpc.GenericRpcHandler:
         """A generic handler with no deserializer: ``export`` receives the request bytes as they came."""
@@ -106,7 +112,16 @@ class TraceReceiver:
             return _EMPTY_RESPONSE
         self._acquire(context, requests=1, spans=0)
         spans = 0
+        now = self._clock()
         try:
+            native = (
+                meter_native(body, self._limits, now, producer) if self._metering == "native" else None
+            )  # None: the Python reference decides (invalid UTF-8, unusual wire data, limits)
+            if native is not None:
+                self._acquire(context, requests=0, spans=native.spans_received)
+                spans = native.spans_received  # acquired: released below
+                result = to_metering_result(native, body)
+                return self._write(result, 0, lambda: decode_request(body).request, producer, context)
             try:
                 decoded = decode_request(body)
             except UnparseableRequest as exc:
@@ -117,7 +132,8 @@ class TraceReceiver:
             count = sum(len(ss.spans) for rs in decoded.request.resource_spans for ss in rs.scope_spans)
             self._acquire(context, requests=0, spans=count)
             spans = count  # acquired: released below
-            return self._meter_and_write(decoded, producer, context)
+            result = meter_request(decoded.request, self._limits, now, producer)
+            return self._write(result, decoded.replaced_strings, lambda: decoded.request, producer, context)
         finally:
             self._release(requests=1, spans=spans)
 
@@ -157,18 +173,21 @@ class TraceReceiver:
             self._requests_in_flight -= requests
             self._spans_in_flight -= spans
 
-    def _meter_and_write(
-        self, decoded: DecodedRequest, producer: Producer | None, context: grpc.ServicerContext
+    def _write(
+        self,
+        result: MeteringResult,
+        replaced_strings: int,
+        request_of: Callable[[], ExportTraceServiceRequest],
+        producer: Producer | None,
+        context: grpc.ServicerContext,
     ) -> bytes:
-        result = meter_request(decoded.request, self._limits, self._clock(), producer)
         self._metrics.spans_received.inc(result.spans_received)
         if result.rows or result.rejections:
-            request = decoded.request
             pending = self._exporter.submit(
                 PendingWrite(
                     rows=result.rows,
                     rejections=result.rejections,
-                    span_payload=lambda row: span_payload(request, row.trace_id, row.span_id),
+                    span_payload=lambda row: span_payload(request_of(), row.trace_id, row.span_id),
                 )
             )
             try:
@@ -180,7 +199,7 @@ class TraceReceiver:
             if pending.refused:  # rows the ledger can never take: kept as rejects, the rest committed
                 result.rejections.extend(pending.refused)
         self._record(result)
-        if result.rejections or decoded.replaced_strings:
+        if result.rejections or replaced_strings:
             log.warning(
                 "export partially rejected",
                 extra={
@@ -189,10 +208,10 @@ class TraceReceiver:
                     "producer": producer.name if producer else None,
                     "spans": result.spans_received,
                     "rejected": dict(Counter(r.reason for r in result.rejections)),
-                    "invalid_utf8_fields": decoded.replaced_strings,
+                    "invalid_utf8_fields": replaced_strings,
                 },
             )
-        return self._response(result, decoded.replaced_strings)
+        return self._response(result, replaced_strings)
 
     def _log_refusal(self, context: grpc.ServicerContext, producer: Producer | None, code: str, detail: str) -> None:
         log.warning(

@@ -30,3 +30,20 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ] || ! .venv/bin/python 
   .venv/bin/python -m pip install --quiet -e ".[test]"
   echo "$wanted" > "$stamp"
 fi
+
+# The compiled metering core (native/: Rust, PyO3, built by maturin) when a Rust toolchain is present; without
+# one spanmeter meters in pure Python (and says so at start). Rebuilt when its sources change.
+native_stamp=.venv/.spanmeter-native
+native_wanted=$(cat native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/*.rs | cksum)
+if command -v cargo >/dev/null 2>&1; then
+  if [ "$(cat "$native_stamp" 2>/dev/null || true)" != "$native_wanted" ] || ! .venv/bin/python -c 'import spanmeter_native' 2>/dev/null; then
+    echo "building the native metering core (native/, Rust; the first build takes a minute or two)"
+    if .venv/bin/python -m pip install --quiet ./native; then
+      echo "$native_wanted" > "$native_stamp"
+    else
+      echo "the native metering core did not build: spanmeter meters in pure Python (see the pip output above)" >&2
+    fi
+  fi
+else
+  echo "no Rust toolchain (cargo): spanmeter meters in pure Python; install Rust (rustup) and rerun for the native core"
+fi

@@ -215,6 +215,16 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"  metrics    http://{addresses.metrics}/metrics  (/healthz, /readyz)", flush=True)
     print(f"  ledger     {addresses.database}", flush=True)
     print(f"  security   {addresses.security}", flush=True)
+    from spanmeter.collector.processors.native import metering_mode
+
+    if metering_mode() == "native":
+        print("  metering   native (the compiled Rust core; Python for what it hands back)", flush=True)
+    else:
+        print(
+            "  metering   python (no compiled core: install a Rust toolchain and rerun ./scripts/bootstrap.sh,"
+            " or SPANMETER_NATIVE=0 is set)",
+            flush=True,
+        )
     print(f"listening otlp={addresses.otlp} metrics={addresses.metrics or '-'}", flush=True)
     while not stop.wait(3600):
         pass

@@ -1,0 +1,154 @@
+"""The native metering core (Rust, ``native/``) behind the Python reference's interface.
+
+``spanmeter_native`` is an optional compiled module: ``./scripts/bootstrap.sh`` builds it when a Rust
+toolchain (cargo) is present; without one, spanmeter meters in pure Python and says so at start
+(``metering python``) and in ``spanmeter_build_info{metering="python"}``. ``SPANMETER_NATIVE=0`` forces the
+pure-Python path even where the module is installed. :func:`metering_mode` tells which is in force.
+
+``meter_request_native(body, limits, now, producer)``:
+
+Returns the exact ``MeteringResult`` that ``meter_request(decode_request(body).request, limits, now, producer)``
+returns (``UsageRow`` with Decimal quantities and metadata dicts, ``Rejection`` with its stored payload), or
+``None`` when the native core falls back (invalid UTF-8, malformed or unusual wire data, limits): the caller
+then runs the Python path. ``meter_native(...)`` returns the raw native result (COPY text + compact tuples),
+which is what a receiver would use; ``to_metering_result`` converts it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+from ..otlp import decode_request
+from .meters import CURRENT_METERS
+from .native_table import build_table, producer_argument
+from .requests import ServiceRequest
+from .usage import MeteringLimits, MeteringResult, Rejection, UsageRow, _payload
+
+try:
+    import spanmeter_native
+except ImportError:  # no Rust toolchain where spanmeter was installed: pure Python
+    spanmeter_native = None
+
+__all__ = [
+    "STATS",
+    "meter",
+    "meter_native",
+    "meter_request_native",
+    "metering_mode",
+    "to_metering_result",
+]
+
+STATS: Counter[str] = Counter()  # "native", "fallback", "panic", "overflow", "producer"
+_METER: Any = None
+_METER_LOCK = threading.Lock()
+
+
+def metering_mode() -> str:
+    """``native`` when the compiled core is installed and not disabled (``SPANMETER_NATIVE=0``), else
+    ``python``."""
+    if spanmeter_native is None or os.environ.get("SPANMETER_NATIVE", "1").strip() == "0":
+        return "python"
+    return "native"
+
+
+def meter() -> Any:
+    """The compiled metering table (built once, from the Python meter definitions)."""
+    global _METER
+    if _METER is None:
+        with _METER_LOCK:
+            if _METER is None:
+                if spanmeter_native is None:
+                    raise RuntimeError("spanmeter_native is not installed: run ./scripts/bootstrap.sh with cargo")
+                _METER = spanmeter_native.Meter(build_table())
+    return _METER
+
+
+def _bounds(limits: MeteringLimits, now_unix_nano: int) -> tuple[int, int, int]:
+    return (
+        limits.max_span_duration_seconds * 1_000_000_000,
+        now_unix_nano - limits.max_span_age_seconds * 1_000_000_000,
+        now_unix_nano + limits.max_clock_skew_seconds * 1_000_000_000,
+    )
+
+
+def meter_native(body: bytes, limits: MeteringLimits, now_unix_nano: int, producer: Any = None) -> Any:
+    """The raw native result, or None (fall back)."""
+    max_duration_ns, oldest, newest = _bounds(limits, now_unix_nano)
+    try:
+        native_producer = producer_argument(producer)
+    except TypeError:  # a producer policy other than collector.auth.Producer
+        STATS["producer"] += 1
+        return None
+    try:
+        result = meter().meter(body, now_unix_nano, max_duration_ns, oldest, newest, native_producer)
+    except spanmeter_native.NativePanic:
+        STATS["panic"] += 1
+        return None
+    except OverflowError:  # a bound beyond 128 bits
+        STATS["overflow"] += 1
+        return None
+    STATS["native" if result is not None else "fallback"] += 1
+    return result
+
+
+def to_metering_result(native: Any, body: bytes) -> MeteringResult:
+    result = MeteringResult(spans_received=native.spans_received)
+    for synthetic, target in ((False, result.rows), (True, result.synthetic_rows)):
+        for code, version, key, account, job, plan, quantity, end_ns, trace, span, metadata in native.full_rows(
+            synthetic
+        ):
+            meter = CURRENT_METERS[code]
+            assert meter.version == version
+            target.append(
+                UsageRow(
+                    meter=meter,
+                    idempotency_key=key,
+                    account_id=account,
+                    job_id=job,
+                    plan_code=plan,
+                    quantity=Decimal(quantity),
+                    end_time_unix_nano=end_ns,
+                    trace_id=trace,
+                    span_id=span,
+                    metadata=dict(metadata),
+                )
+            )
+    rejections = native.rejections
+    if rejections:
+        request = decode_request(body).request  # only when there is something to store
+        for reason, message, trace, span, codes, account, service, end_ns, (ri, si, pi) in rejections:
+            rs = request.resource_spans[ri]
+            ss = rs.scope_spans[si]
+            payload = _payload(rs, ss, ss.spans[pi])
+            result.rejections.append(
+                Rejection(
+                    reason=reason,
+                    message=message,
+                    rejection_key=hashlib.blake2b(payload, digest_size=16).hexdigest(),
+                    trace_id=trace,
+                    span_id=span,
+                    meter_codes=codes,
+                    account_id=account,
+                    service_name=service,
+                    end_time_unix_nano=end_ns,
+                    payload=payload,
+                )
+            )
+    for code, count in native.unattributed:
+        result.unattributed[code] += count
+    result.service_requests = [ServiceRequest(*sr) for sr in native.service_requests]
+    return result
+
+
+def meter_request_native(
+    body: bytes, limits: MeteringLimits, now_unix_nano: int, producer: Any = None
+) -> MeteringResult | None:
+    native = meter_native(body, limits, now_unix_nano, producer)
+    if native is None:
+        return None
+    return to_metering_result(native, body)
