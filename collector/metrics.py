@@ -8,6 +8,7 @@ and absences behave from the first scrape.
 | metric | type | labels | meaning |
 |---|---|---|---|
 | ``spanmeter_build_info`` | gauge | version, metering | 1; ``metering`` is ``native`` (the Rust core, Python as fallback) or ``python`` |
+| ``spanmeter_native_fallbacks_total`` | counter | reason | requests the native core handed to the Python reference (``handed_back``: invalid UTF-8, unusual wire data, limits; ``panic``: a caught bug; ``overflow``, ``producer``) |
 | ``spanmeter_spans_received_total`` | counter | | spans in parsed Export requests |
 | ``spanmeter_spans_rejected_total`` | counter | reason | billable spans rejected (kept in ``rejected_spans``) |
 | ``spanmeter_spans_billed_total`` | counter | meter | usage rows newly committed to the ledger |
@@ -50,7 +51,10 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.process_collector import ProcessCollector
 
+from spanmeter import __version__
+
 from .processors.meters import METER_CODES
+from .processors.native import FALLBACK_REASONS, metering_mode
 from .processors.usage import REJECT_REASONS
 
 __all__ = ["GRPC_CODES", "OVERFLOW", "CollectorMetrics", "LabelCap", "RollupMetrics", "SeriesCap"]
@@ -165,10 +169,6 @@ class CollectorMetrics:
         self.sli_cap = SeriesCap(sli_max_series)
         self._sli_pairs: set[tuple[str, str]] = set()
         r = registry
-        from spanmeter import __version__
-
-        from .processors.native import metering_mode
-
         self.build_info = Gauge(
             "spanmeter_build_info",
             "1; metering is native (the compiled core, Python as fallback) or python.",
@@ -177,6 +177,12 @@ class CollectorMetrics:
             multiprocess_mode="max",
         )
         self.build_info.labels(__version__, metering_mode()).set(1)
+        self.native_fallbacks = Counter(
+            "spanmeter_native_fallbacks",
+            "Export requests the native metering core handed to the Python reference, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.spans_received = Counter("spanmeter_spans_received", "Spans in parsed Export requests.", registry=r)
         self.spans_rejected = Counter(
             "spanmeter_spans_rejected", "Billable spans rejected, kept in rejected_spans.", ["reason"], registry=r
@@ -302,6 +308,8 @@ class CollectorMetrics:
             self.synthetic.labels(meter)
         for code in GRPC_CODES:
             self.export_requests.labels(code)
+        for reason in FALLBACK_REASONS:
+            self.native_fallbacks.labels(reason)
         for kind in ("database", "timeout", "configuration"):
             self.ledger_write_errors.labels(kind)
         for limit in ("requests", "spans"):

@@ -94,6 +94,9 @@ class TraceReceiver:
         self._count("OK")
         return response
 
+    def _count_fallback(self, reason: str) -> None:
+        self._metrics.native_fallbacks.labels(reason).inc()
+
     def _count(self, code: str) -> None:
         self._metrics.export_requests.labels(code).inc()
 
@@ -115,7 +118,9 @@ class TraceReceiver:
         now = self._clock()
         try:
             native = (
-                meter_native(body, self._limits, now, producer) if self._metering == "native" else None
+                meter_native(body, self._limits, now, producer, self._count_fallback)
+                if self._metering == "native"
+                else None
             )  # None: the Python reference decides (invalid UTF-8, unusual wire data, limits)
             if native is not None:
                 self._acquire(context, requests=0, spans=native.spans_received)

@@ -44,3 +44,20 @@ def test_serve_says_which_metering_path_it_runs(fresh_db):
         _bill(forced, fresh_db, "acct-python")
     finally:
         forced.kill()
+
+
+def test_what_the_native_core_hands_back_is_metered_by_python_and_counted(fresh_db):
+    expected = "python" if os.environ.get("SPANMETER_NATIVE") == "0" else "native"
+    collector = Collector(fresh_db).start()
+    try:
+        f = SpanFactory({"service.name": "mode-svc"})
+        attributes = {"account_id": "acct-utf8", "celery.action": "run", "celery.task_name": "MARK"}
+        body = request_bytes([f.span("run", attributes, 300 * MS)]).replace(b"MARK", b"M\xffRK")
+        result = raw_export(collector.endpoint, body)
+        assert result.code == grpc.StatusCode.OK  # invalid UTF-8: repaired by the Python reference
+        assert "invalid UTF-8" in result.response.partial_success.error_message
+        assert str(totals(fresh_db, "acct-utf8")["worker_seconds"]) == "0.3"
+        handed_back = collector.metrics()['spanmeter_native_fallbacks_total{reason="handed_back"}']
+        assert handed_back == (1 if expected == "native" else 0)
+    finally:
+        collector.kill()

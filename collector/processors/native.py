@@ -20,6 +20,7 @@ import hashlib
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +36,7 @@ except ImportError:  # no Rust toolchain where spanmeter was installed: pure Pyt
     spanmeter_native = None
 
 __all__ = [
+    "FALLBACK_REASONS",
     "STATS",
     "meter",
     "meter_native",
@@ -43,7 +45,7 @@ __all__ = [
     "to_metering_result",
 ]
 
-STATS: Counter[str] = Counter()  # "native", "fallback", "panic", "overflow", "producer"
+STATS: Counter[str] = Counter()  # "native" and the fallback reasons, per process
 _METER: Any = None
 _METER_LOCK = threading.Lock()
 
@@ -76,24 +78,39 @@ def _bounds(limits: MeteringLimits, now_unix_nano: int) -> tuple[int, int, int]:
     )
 
 
-def meter_native(body: bytes, limits: MeteringLimits, now_unix_nano: int, producer: Any = None) -> Any:
-    """The raw native result, or None (fall back)."""
+def meter_native(
+    body: bytes,
+    limits: MeteringLimits,
+    now_unix_nano: int,
+    producer: Any = None,
+    on_fallback: Callable[[str], None] | None = None,
+) -> Any:
+    """The raw native result, or None (fall back to the Python reference). ``on_fallback(reason)`` is told why:
+    ``handed_back`` (the core met something it leaves to Python: invalid UTF-8, unusual wire data, limits),
+    ``panic`` (a bug in the core, caught: never a dead handler), ``overflow`` (a bound beyond 128 bits),
+    ``producer`` (a producer policy the core cannot express)."""
     max_duration_ns, oldest, newest = _bounds(limits, now_unix_nano)
+    reason = None
+    result = None
     try:
         native_producer = producer_argument(producer)
     except TypeError:  # a producer policy other than collector.auth.Producer
-        STATS["producer"] += 1
-        return None
-    try:
-        result = meter().meter(body, now_unix_nano, max_duration_ns, oldest, newest, native_producer)
-    except spanmeter_native.NativePanic:
-        STATS["panic"] += 1
-        return None
-    except OverflowError:  # a bound beyond 128 bits
-        STATS["overflow"] += 1
-        return None
-    STATS["native" if result is not None else "fallback"] += 1
+        reason = "producer"
+    if reason is None:
+        try:
+            result = meter().meter(body, now_unix_nano, max_duration_ns, oldest, newest, native_producer)
+            reason = None if result is not None else "handed_back"
+        except spanmeter_native.NativePanic:
+            reason = "panic"
+        except OverflowError:
+            reason = "overflow"
+    STATS[reason or "native"] += 1
+    if reason is not None and on_fallback is not None:
+        on_fallback(reason)
     return result
+
+
+FALLBACK_REASONS = ("handed_back", "panic", "overflow", "producer")
 
 
 def to_metering_result(native: Any, body: bytes) -> MeteringResult:
