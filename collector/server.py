@@ -1,7 +1,9 @@
 """The collector process: database, migrations, ledger exporter, gRPC receiver, metrics and health.
 
 ``CollectorServer(config).start()`` resolves the database (embedded by default), applies migrations under
-the advisory lock, starts the ledger writers, the gRPC server and the HTTP server on the metrics port:
+the advisory lock, starts the ledger writers, the gRPC server, the rollup compactor (:mod:`.compactor`),
+the billing metrics refresh and the HTTP server on the metrics port (``serve --processes N`` runs N of these
+as receivers only, under :mod:`.supervisor`):
 
 - ``/metrics``: Prometheus text exposition of every ``spanmeter_*`` metric (see :mod:`.metrics`);
 - ``/healthz``: 200 while the process runs;
