@@ -958,6 +958,17 @@ def main(argv: list[str] | None = None) -> int:
                         log("(4) spanmeter serve, 90% non-billable spans")
                         r = bench.phase_serve(server, billable_every=10)
                         rr["4"] = r
+                        # a closed loop cannot beat in-flight requests x spans / request latency
+                        r["closed_loop_bound"] = (
+                            args.clients * args.inflight * args.spans_per_request / r["request_latency_p50"]
+                            if r["request_latency_p50"]
+                            else float("nan")
+                        )
+                        log(
+                            f"    closed-loop bound: {args.clients} x {args.inflight} in flight x "
+                            f"{args.spans_per_request} spans / p50 latency {r['request_latency_p50'] * 1e3:.0f} ms = "
+                            f"{fmt_rate(r['closed_loop_bound'])} spans/s (raise --inflight while (4) is near it)"
+                        )
                         log(
                             f"    received {fmt_rate(r['value'])} spans/s (spans_received_total: "
                             f"{fmt_rate(r['received_per_s_metric'])}/s), billable committed {fmt_rate(r['committed_per_s'])}/s;"
