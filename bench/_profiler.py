@@ -105,14 +105,16 @@ def instrument_spanmeter() -> None:
     wrap(R, "_export", "handler: _export (whole handler)")
     wrap(receiver_mod, "decode_request", "handler: decode_request")
     wrap(receiver_mod, "meter_request", "handler: meter_request")
+    wrap(receiver_mod, "meter_native", "handler: meter_native (Rust: decode + meter + COPY text)")
+    wrap(receiver_mod, "to_metering_result", "handler: to_metering_result (native result to Python)")
     E = exporter_mod.LedgerExporter
     wrap(E, "submit", "handler: exporter.submit")
     wrap(E, "wait", "handler: exporter.wait (for COMMIT)")
-    wrap(E, "_write", "writer: _write (one group commit)", items=lambda a: sum(len(p.rows) for p in a[3]))
+    wrap(E, "_write", "writer: _write (one group commit)", items=lambda a: sum(p.row_count for p in a[3]))
     wrap(E, "_record", "writer: _record (metrics, per row)")
     wrap(E, "_take_batch", "writer: _take_batch (waiting for work)")
     W = writer_mod.LedgerWriter
-    wrap(W, "write_usage", "writer: write_usage (COPY + INSERT)", items=lambda a: len(a[1]))
+    wrap(W, "write_copy", "writer: write_usage (COPY + INSERT)", items=lambda a: a[2])
     wrap(W, "write_rejected_spans", "writer: write_rejected_spans")
     wrap(psycopg.Connection, "commit", "writer: COMMIT")
 

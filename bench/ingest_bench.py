@@ -599,8 +599,12 @@ def analyse_profile(profile: dict, rate: float, writers: int) -> dict:
         export = t("handler: _export (whole handler)")
         us["decode"] = 1e6 * t("handler: decode_request") / units
         us["meter"] = 1e6 * t("handler: meter_request") / units
+        native = "handler: meter_native (Rust: decode + meter + COPY text)"
+        adapter = "handler: to_metering_result (native result to Python)"
+        us["native decode + meter (Rust)"] = 1e6 * t(native) / units
+        us["native result to Python"] = 1e6 * t(adapter) / units
         us["handler rest (submit, wait, metrics)"] = (
-            1e6 * (export - t("handler: decode_request") - t("handler: meter_request")) / units
+            1e6 * (export - t("handler: decode_request") - t("handler: meter_request") - t(native) - t(adapter)) / units
         )
         us["grpc python, per call (handler threads)"] = 1e6 * (handler_threads - export) / units
         w = "writer: _write (one group commit)"
@@ -614,7 +618,7 @@ def analyse_profile(profile: dict, rate: float, writers: int) -> dict:
                 "writer: write_rejected_spans",
             )
         }
-        us["writer: build rows (_usage_row) + bookkeeping"] = 1e6 * (write_cpu - sum(parts.values())) / units
+        us["writer: join COPY text, encode Python rows, bookkeeping"] = 1e6 * (write_cpu - sum(parts.values())) / units
         us["writer: COPY + INSERT (client side)"] = 1e6 * parts["writer: write_usage (COPY + INSERT)"] / units
         us["writer: _record (metrics)"] = 1e6 * parts["writer: _record (metrics, per row)"] / units
         calls = timers.get(w, {}).get("calls", 0)

@@ -26,19 +26,36 @@ from spanmeter.billing.ledger.writer import RejectedRequestRow
 
 from .processors.usage import Rejection, UsageRow
 
-__all__ = ["PendingWrite", "RetryableError", "UsageConsumer"]
+__all__ = ["CompactRow", "EncodedRows", "PendingWrite", "RetryableError", "UsageConsumer"]
+
+# What the store needs of a row besides its COPY text (the metrics after commit): (meter code, meter version,
+# idempotency key, plan_code, label (the GPU model) or None, quantity as a decimal string, span end in ns).
+CompactRow = tuple[str, int, str, str | None, str | None, str, int]
 
 
 class RetryableError(Exception):
     """The usage was not committed, and may be later: the client must retry."""
 
 
+@dataclass(frozen=True, eq=False)
+class EncodedRows:
+    """Usage rows the native core has already encoded: the ledger's COPY text (byte-identical to what
+    :func:`spanmeter.billing.ledger.writer.encode_copy` makes of the same rows), one :data:`CompactRow` per
+    row, and the full :class:`UsageRow` objects on demand (only the rare path that isolates a row the
+    ledger refuses needs them)."""
+
+    copy_text: bytes
+    compact: list[CompactRow]
+    materialize: Callable[[], list[UsageRow]]
+
+
 @dataclass(eq=False)
 class PendingWrite:
     """One request's usage on its way to the store, and what became of it."""
 
-    rows: list[UsageRow]
+    rows: list[UsageRow]  # the rows, unless ``encoded`` carries them
     rejections: list[Rejection]
+    encoded: EncodedRows | None = None
     rejected_request: RejectedRequestRow | None = None
     # the stored payload (resource, scope, span) of a row's span, for a row the store refuses permanently
     span_payload: Callable[[UsageRow], bytes] | None = None
@@ -47,6 +64,16 @@ class PendingWrite:
     error: str | None = None
     abandoned: bool = False
     refused: list[Rejection] = field(default_factory=list)  # rows refused permanently, kept as rejects
+
+    @property
+    def row_count(self) -> int:
+        return len(self.encoded.compact) if self.encoded is not None else len(self.rows)
+
+    def usage_rows(self) -> list[UsageRow]:
+        """The full rows (materialized from ``encoded`` on first use)."""
+        if self.encoded is not None and not self.rows:
+            self.rows = self.encoded.materialize()
+        return self.rows
 
 
 class UsageConsumer(Protocol):

@@ -43,10 +43,10 @@ from spanmeter.billing.ledger.writer import RejectedRequestRow
 
 from .auth import Authenticator, Producer
 from .config import CollectorConfig
-from .consumer import PendingWrite, RetryableError, UsageConsumer
+from .consumer import EncodedRows, PendingWrite, RetryableError, UsageConsumer
 from .metrics import CollectorMetrics
 from .otlp import SERVICE_NAME, UnparseableRequest, abort, decode_request
-from .processors.native import meter_native, metering_mode, to_metering_result
+from .processors.native import meter_native, metering_mode, to_metering_result, usage_rows
 from .processors.usage import MeteringResult, meter_request, span_payload
 
 __all__ = ["RETRY_DELAY_SECONDS", "TraceReceiver"]
@@ -125,8 +125,12 @@ class TraceReceiver:
             if native is not None:
                 self._acquire(context, requests=0, spans=native.spans_received)
                 spans = native.spans_received  # acquired: released below
-                result = to_metering_result(native, body)
-                return self._write(result, 0, lambda: decode_request(body).request, producer, context)
+                result = to_metering_result(native, body, with_rows=False)
+                encoded = EncodedRows(native.copy_text, native.rows, lambda: usage_rows(native))
+                synthetic = [row[0] for row in native.synthetic_rows]
+                return self._write(
+                    result, 0, lambda: decode_request(body).request, producer, context, encoded, synthetic
+                )
             try:
                 decoded = decode_request(body)
             except UnparseableRequest as exc:
@@ -138,7 +142,10 @@ class TraceReceiver:
             self._acquire(context, requests=0, spans=count)
             spans = count  # acquired: released below
             result = meter_request(decoded.request, self._limits, now, producer)
-            return self._write(result, decoded.replaced_strings, lambda: decoded.request, producer, context)
+            synthetic = [row.meter.code for row in result.synthetic_rows]
+            return self._write(
+                result, decoded.replaced_strings, lambda: decoded.request, producer, context, None, synthetic
+            )
         finally:
             self._release(requests=1, spans=spans)
 
@@ -185,13 +192,18 @@ class TraceReceiver:
         request_of: Callable[[], ExportTraceServiceRequest],
         producer: Producer | None,
         context: grpc.ServicerContext,
+        encoded: EncodedRows | None,
+        synthetic_codes: list[str],
     ) -> bytes:
+        """Hand the metered usage to the consumer, wait for its commit, answer. ``encoded``: the native
+        core's rows, ready for the ledger (``result.rows`` is then empty)."""
         self._metrics.spans_received.inc(result.spans_received)
-        if result.rows or result.rejections:
+        if result.rows or result.rejections or (encoded is not None and encoded.compact):
             pending = self._exporter.submit(
                 PendingWrite(
                     rows=result.rows,
                     rejections=result.rejections,
+                    encoded=encoded,
                     span_payload=lambda row: span_payload(request_of(), row.trace_id, row.span_id),
                 )
             )
@@ -203,7 +215,7 @@ class TraceReceiver:
                 abort(context, grpc.StatusCode.UNAVAILABLE, f"{exc}; retry", RETRY_DELAY_SECONDS)
             if pending.refused:  # rows the ledger can never take: kept as rejects, the rest committed
                 result.rejections.extend(pending.refused)
-        self._record(result)
+        self._record(result, synthetic_codes)
         if result.rejections or replaced_strings:
             log.warning(
                 "export partially rejected",
@@ -231,14 +243,14 @@ class TraceReceiver:
             },
         )
 
-    def _record(self, result: MeteringResult) -> None:
+    def _record(self, result: MeteringResult, synthetic_codes: list[str]) -> None:
         m = self._metrics
         for rejection in result.rejections:
             m.spans_rejected.labels(rejection.reason).inc()
         for code, count in result.unattributed.items():
             m.unattributed.labels(code).inc(count)
-        for row in result.synthetic_rows:
-            m.synthetic.labels(row.meter.code).inc()
+        for code, count in Counter(synthetic_codes).items():
+            m.synthetic.labels(code).inc(count)
         for request in result.service_requests:
             m.observe_service_request(*request)
 

@@ -24,9 +24,9 @@ from opentelemetry.proto.common.v1.common_pb2 import (  # noqa: E402
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource  # noqa: E402
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span  # noqa: E402
 
-from spanmeter.billing.ledger.writer import _text as copy_text  # noqa: E402
+from spanmeter.billing.ledger.writer import encode_copy  # noqa: E402
 from spanmeter.collector.auth import Producer  # noqa: E402
-from spanmeter.collector.exporters.rows import usage_event_row  # noqa: E402
+from spanmeter.collector.exporters.rows import compact_row, usage_event_row  # noqa: E402
 from spanmeter.collector.otlp import UnparseableRequest, decode_request  # noqa: E402
 from spanmeter.collector.processors.native import _bounds, meter, to_metering_result  # noqa: E402
 from spanmeter.collector.processors.native_table import producer_argument  # noqa: E402
@@ -318,10 +318,8 @@ def serialize(request: ExportTraceServiceRequest, rng: random.Random) -> bytes:
 
 # ---------------------------------------------------------------------------------------------------
 def python_copy(rows) -> bytes:
-    return "".join(
-        f"{us}\t{key}\t{copy_text(a)}\t{copy_text(j)}\t{copy_text(p)}\t{m}\t{v}\t{q}\t{u}\t{t}\t{s}\t{copy_text(md)}\n"
-        for us, key, a, j, p, m, v, q, u, t, s, md in map(usage_event_row, rows)
-    ).encode()
+    """The COPY text the ledger writer stages for the reference's rows (what the native core must equal)."""
+    return encode_copy(map(usage_event_row, rows))
 
 
 class Stats:
@@ -395,18 +393,7 @@ def check(body: bytes, limits: MeteringLimits, now: int, producer, stats: Stats)
             assert list(a.metadata.items()) == list(b.metadata.items())
             assert [type(v) for v in a.metadata.values()] == [type(v) for v in b.metadata.values()]
     for compact, ref in ((native.rows, expected.rows), (native.synthetic_rows, expected.synthetic_rows)):
-        assert compact == [
-            (
-                r.meter.code,
-                r.meter.version,
-                r.idempotency_key,
-                r.plan_code,
-                r.metadata.get("gpu.model"),
-                str(r.quantity),
-                r.end_time_unix_nano,
-            )
-            for r in ref
-        ]
+        assert compact == [compact_row(r) for r in ref]  # what the exporter's metrics read, from either path
     assert got.rejections == expected.rejections
     assert got.unattributed == expected.unattributed
     assert got.service_requests == expected.service_requests

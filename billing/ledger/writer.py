@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-__all__ = ["LedgerWriter", "RejectedRequestRow", "RejectedSpanRow", "UsageEventRow", "UsageWrite"]
+__all__ = ["LedgerWriter", "RejectedRequestRow", "RejectedSpanRow", "UsageEventRow", "UsageWrite", "encode_copy"]
 
 # (occurred_at_us, idempotency_key hex, account_id, job_id, plan_code, meter_code, meter_version,
 #  quantity as a decimal string, unit, trace_id hex, span_id hex, metadata JSON text)
@@ -90,6 +90,17 @@ def _text(value: str | None) -> str:
     return value.translate(_ESCAPES) if _NEEDS_ESCAPE(value) else value
 
 
+def encode_copy(rows: Iterable[UsageEventRow]) -> bytes:
+    """Rows as the COPY text ``write_copy`` stages: one line per row, tab-separated, UTF-8. The native
+    metering core (``native/``) produces these bytes itself; the differential tests hold the two equal."""
+    text = _text
+    return "".join(
+        f"{us}\t{key}\t{text(account)}\t{text(job)}\t{text(plan)}\t{meter}\t{version}\t{quantity}\t{unit}\t"
+        f"{trace}\t{span}\t{text(metadata)}\n"
+        for us, key, account, job, plan, meter, version, quantity, unit, trace, span, metadata in rows
+    ).encode()
+
+
 @dataclass(frozen=True, slots=True)
 class UsageWrite:
     """What one ``write_usage`` did: how many rows were new, and which (``None``: all of them)."""
@@ -125,23 +136,22 @@ class LedgerWriter:
 
     def write_usage(self, rows: Sequence[UsageEventRow]) -> UsageWrite:
         """Stage and insert rows (the caller commits); say which were new to the ledger."""
-        if not rows:
+        return self.write_copy(encode_copy(rows), len(rows))
+
+    def write_copy(self, copy_text: bytes, staged: int) -> UsageWrite:
+        """Stage ``staged`` rows given as COPY text (:func:`encode_copy`'s format, UTF-8; the native core
+        writes the same bytes) and insert them (the caller commits); say which were new to the ledger."""
+        if not staged:
             return UsageWrite(0, 0, None)
-        text = _text
-        lines = [
-            f"{us}\t{key}\t{text(account)}\t{text(job)}\t{text(plan)}\t{meter}\t{version}\t{quantity}\t{unit}\t"
-            f"{trace}\t{span}\t{text(metadata)}\n"
-            for us, key, account, job, plan, meter, version, quantity, unit, trace, span, metadata in rows
-        ]
         with self.conn.cursor() as cur:
             with cur.copy(_COPY) as copy:
-                copy.write("".join(lines))
+                copy.write(copy_text)
             cur.execute(_INSERT)
             inserted = cur.rowcount
-            if inserted == len(rows):
-                return UsageWrite(len(rows), inserted, None)
+            if inserted == staged:
+                return UsageWrite(staged, inserted, None)
             cur.execute(_NEW_KEYS)
-            return UsageWrite(len(rows), inserted, frozenset(key for (key,) in cur.fetchall()))
+            return UsageWrite(staged, inserted, frozenset(key for (key,) in cur.fetchall()))
 
     def discard_staged(self) -> None:
         """Empty the staging table before another ``write_usage`` in the same transaction (staged rows live

@@ -34,18 +34,23 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from decimal import Decimal
 
 import psycopg
 
 from spanmeter.billing.ledger.database import Database
 from spanmeter.billing.ledger.errors import WriteErrorClass, classify
-from spanmeter.billing.ledger.writer import LedgerWriter, UsageEventRow, UsageWrite
+from spanmeter.billing.ledger.writer import LedgerWriter, UsageEventRow, UsageWrite, encode_copy
 
-from ..consumer import PendingWrite, RetryableError
+from ..consumer import CompactRow, PendingWrite, RetryableError
 from ..metrics import CollectorMetrics
 from ..processors.meters import API_REQUESTS, GPU_SECONDS, INPUT_TOKENS, OUTPUT_TOKENS, WORKER_SECONDS
 from ..processors.usage import Rejection, UsageRow
-from .rows import rejected_span_row, usage_event_row
+from .rows import compact_row, rejected_span_row, usage_event_row
+
+_WORKER, _GPU, _INPUT, _OUTPUT, _API = (
+    m.code for m in (WORKER_SECONDS, GPU_SECONDS, INPUT_TOKENS, OUTPUT_TOKENS, API_REQUESTS)
+)
 
 __all__ = ["LedgerExporter", "LedgerUnavailable", "PendingWrite"]
 
@@ -165,10 +170,10 @@ class LedgerExporter:
                 return None
             batch: list[PendingWrite] = []
             rows = 0
-            while self._queue and (not batch or rows + len(self._queue[0].rows) <= self._batch_max_rows):
+            while self._queue and (not batch or rows + self._queue[0].row_count <= self._batch_max_rows):
                 pending = self._queue.popleft()
                 batch.append(pending)
-                rows += len(pending.rows)
+                rows += pending.row_count
             return batch
 
     def _run(self) -> None:
@@ -260,9 +265,17 @@ class LedgerExporter:
         started = time.perf_counter()
         if isolate:
             rows, written = self._write_isolating(conn, writer, batch)
-        else:
-            rows = [row for pending in batch for row in pending.rows]
-            written = writer.write_usage([usage_event_row(row) for row in rows])
+        else:  # the native core's COPY text as it is; rows metered in Python are encoded here
+            chunks: list[bytes] = []
+            rows = []
+            for pending in batch:
+                if pending.encoded is not None:
+                    chunks.append(pending.encoded.copy_text)
+                    rows.extend(pending.encoded.compact)
+                elif pending.rows:
+                    chunks.append(encode_copy(map(usage_event_row, pending.rows)))
+                    rows.extend(map(compact_row, pending.rows))
+            written = writer.write_copy(b"".join(chunks), len(rows))
         writer.write_rejected_spans(
             rejected_span_row(r) for pending in batch for r in (*pending.rejections, *pending.refused)
         )
@@ -284,11 +297,11 @@ class LedgerExporter:
 
     def _write_isolating(
         self, conn: psycopg.Connection, writer: LedgerWriter, batch: list[PendingWrite]
-    ) -> tuple[list[UsageRow], UsageWrite]:
+    ) -> tuple[list[CompactRow], UsageWrite]:
         """Write the batch's rows under savepoints, bisecting around rows the database refuses permanently;
         those become ``ledger_refused`` rejections of their request. Returns the rows written and which
         were new."""
-        written_rows: list[UsageRow] = []
+        written_rows: list[CompactRow] = []
         new_keys: set[str] = set()
 
         def attempt(pending: PendingWrite, rows: list[UsageRow]) -> None:
@@ -307,49 +320,52 @@ class LedgerExporter:
                 else:
                     pending.refused.append(_refusal(pending, rows[0], _first_line(exc)))
                 return
-            written_rows.extend(rows)
+            written_rows.extend(map(compact_row, rows))
             new_keys.update(e[1] for e in events if result.is_new(e[1]))
 
         for pending in batch:
             pending.refused.clear()
-            if pending.rows:
-                attempt(pending, list(pending.rows))
+            rows = pending.usage_rows()
+            if rows:
+                attempt(pending, list(rows))
         refused = sum(len(p.refused) for p in batch)
         if refused:
             log.warning("%d usage rows refused by the ledger, kept in rejected_spans (ledger_refused)", refused)
         return written_rows, UsageWrite(len(written_rows), len(new_keys), frozenset(new_keys))
 
-    def _record(self, rows: list[UsageRow], written: UsageWrite, committed_at: float) -> None:
+    def _record(self, rows: list[CompactRow], written: UsageWrite, committed_at: float) -> None:
         m = self._metrics
         billed: Counter[str] = Counter()
         duplicate: Counter[str] = Counter()
-        amounts: Counter[tuple] = Counter()  # (labelled counter, label values) -> quantity
+        quantities: dict[tuple, list[str]] = {}  # (labelled counter, label values) -> quantities as text
         observe_lag = m.pipeline_lag.observe
         # the same span twice in one batch is inserted once: count each new key once
         unclaimed = set(written.inserted_keys) if written.inserted_keys is not None else None
-        for row in rows:
-            code = row.meter.code
+        for code, _version, key, plan_code, label, quantity, end_ns in rows:
             if unclaimed is not None:
-                if row.idempotency_key not in unclaimed:
+                if key not in unclaimed:
                     duplicate[code] += 1
                     continue
-                unclaimed.discard(row.idempotency_key)
+                unclaimed.discard(key)
             billed[code] += 1
-            observe_lag(max(0.0, committed_at - row.end_time_unix_nano / 1e9))
-            plan = m.plan_cap(row.plan_code)
-            if row.meter is WORKER_SECONDS:
-                amounts[(m.billable_worker_seconds, (plan,))] += row.quantity
-            elif row.meter is GPU_SECONDS:
-                amounts[(m.billable_gpu_seconds, (plan, m.gpu_cap(row.metadata.get("gpu.model"))))] += row.quantity
-            elif row.meter is INPUT_TOKENS:
-                amounts[(m.billable_tokens, (plan, "input"))] += row.quantity
-            elif row.meter is OUTPUT_TOKENS:
-                amounts[(m.billable_tokens, (plan, "output"))] += row.quantity
-            elif row.meter is API_REQUESTS:
-                amounts[(m.billable_api_requests, (plan,))] += row.quantity
+            observe_lag(max(0.0, committed_at - end_ns / 1e9))
+            plan = m.plan_cap(plan_code)
+            if code == _WORKER:
+                target = (m.billable_worker_seconds, (plan,))
+            elif code == _GPU:
+                target = (m.billable_gpu_seconds, (plan, m.gpu_cap(label)))
+            elif code == _INPUT:
+                target = (m.billable_tokens, (plan, "input"))
+            elif code == _OUTPUT:
+                target = (m.billable_tokens, (plan, "output"))
+            elif code == _API:
+                target = (m.billable_api_requests, (plan,))
+            else:
+                continue
+            quantities.setdefault(target, []).append(quantity)
         for code, count in billed.items():
             m.spans_billed.labels(code).inc(count)
         for code, count in duplicate.items():
             m.duplicates.labels(code).inc(count)
-        for (counter, labels), amount in amounts.items():
-            counter.labels(*labels).inc(float(amount))
+        for (counter, labels), amounts in quantities.items():  # summed exactly, then handed over as a float
+            counter.labels(*labels).inc(float(sum(map(Decimal, amounts))))

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 
+from spanmeter.attributes import GPU_MODEL
 from spanmeter.billing.ledger.writer import RejectedSpanRow, UsageEventRow
 
+from ..consumer import CompactRow
 from ..processors.usage import Rejection, UsageRow
 
-__all__ = ["rejected_span_row", "usage_event_row"]
+__all__ = ["compact_row", "rejected_span_row", "usage_event_row"]
 
 
 _METADATA_JSON: dict[tuple, str] = {}
@@ -48,6 +50,20 @@ def usage_event_row(row: UsageRow) -> UsageEventRow:
         row.trace_id,
         row.span_id,
         _metadata_json(row.metadata),
+    )
+
+
+def compact_row(row: UsageRow) -> CompactRow:
+    """What the exporter's metrics need of a row: the same tuple the native core hands over."""
+    label = row.metadata.get(GPU_MODEL)
+    return (
+        row.meter.code,
+        row.meter.version,
+        row.idempotency_key,
+        row.plan_code,
+        None if label is None else str(label),
+        str(row.quantity),
+        row.end_time_unix_nano,
     )
 
 

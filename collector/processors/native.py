@@ -43,6 +43,7 @@ __all__ = [
     "meter_request_native",
     "metering_mode",
     "to_metering_result",
+    "usage_rows",
 ]
 
 STATS: Counter[str] = Counter()  # "native" and the fallback reasons, per process
@@ -113,28 +114,37 @@ def meter_native(
 FALLBACK_REASONS = ("handed_back", "panic", "overflow", "producer")
 
 
-def to_metering_result(native: Any, body: bytes) -> MeteringResult:
-    result = MeteringResult(spans_received=native.spans_received)
-    for synthetic, target in ((False, result.rows), (True, result.synthetic_rows)):
-        for code, version, key, account, job, plan, quantity, end_ns, trace, span, metadata in native.full_rows(
-            synthetic
-        ):
-            meter = CURRENT_METERS[code]
-            assert meter.version == version
-            target.append(
-                UsageRow(
-                    meter=meter,
-                    idempotency_key=key,
-                    account_id=account,
-                    job_id=job,
-                    plan_code=plan,
-                    quantity=Decimal(quantity),
-                    end_time_unix_nano=end_ns,
-                    trace_id=trace,
-                    span_id=span,
-                    metadata=dict(metadata),
-                )
+def usage_rows(native: Any, synthetic: bool = False) -> list[UsageRow]:
+    """The native result's ledger rows (or its synthetic rows) as the reference's :class:`UsageRow`."""
+    rows = []
+    for code, version, key, account, job, plan, quantity, end_ns, trace, span, metadata in native.full_rows(synthetic):
+        meter = CURRENT_METERS[code]
+        assert meter.version == version
+        rows.append(
+            UsageRow(
+                meter=meter,
+                idempotency_key=key,
+                account_id=account,
+                job_id=job,
+                plan_code=plan,
+                quantity=Decimal(quantity),
+                end_time_unix_nano=end_ns,
+                trace_id=trace,
+                span_id=span,
+                metadata=dict(metadata),
             )
+        )
+    return rows
+
+
+def to_metering_result(native: Any, body: bytes, with_rows: bool = True) -> MeteringResult:
+    """The native result as the reference's :class:`MeteringResult`. ``with_rows=False`` leaves ``rows``
+    and ``synthetic_rows`` empty: a receiver hands the ledger ``native.copy_text`` and the compact
+    ``native.rows`` instead, and builds :func:`usage_rows` only if it ever needs them."""
+    result = MeteringResult(spans_received=native.spans_received)
+    if with_rows:
+        result.rows = usage_rows(native)
+        result.synthetic_rows = usage_rows(native, synthetic=True)
     rejections = native.rejections
     if rejections:
         request = decode_request(body).request  # only when there is something to store
