@@ -107,16 +107,8 @@ def refresh_month_to_date(conn: psycopg.Connection, now: datetime) -> list[tuple
                 continue
             if mtd.in_force:  # an ended subscription's frozen ratios must not keep quota alerts firing
                 found.extend((account, q.metric, q.ratio) for q in mtd.quotas)
-            conn.execute(
-                """
-                INSERT INTO account_month_to_date AS m (account_id, period_start, plan_code, pricing_version,
-                                                         currency, invoice_so_far, projected_total, computed_at)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (account_id, period_start) DO UPDATE SET
-                    plan_code = excluded.plan_code, pricing_version = excluded.pricing_version,
-                    currency = excluded.currency, invoice_so_far = excluded.invoice_so_far,
-                    projected_total = excluded.projected_total, computed_at = excluded.computed_at
-                """,
+            conn.execute(  # a SECURITY DEFINER upsert (migration 0006): serve's role cannot change the table
+                "SELECT spanmeter_put_month_to_date(%s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     account,
                     period.start,

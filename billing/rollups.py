@@ -341,50 +341,15 @@ def check(
 
 
 # -- folding -------------------------------------------------------------------------------------------
-def _fold_upsert(table: str, unit: str) -> str:
-    return f"""
-    INSERT INTO {table} AS r ({_COLUMNS})
-    SELECT account_id, date_trunc('{unit}', bucket_start, 'UTC'), meter_code, meter_version, plan_code, dimension,
-           sum(quantity), sum(events), max(max_quantity), max(latest_at),
-           (max(ARRAY[extract(epoch FROM latest_at), latest_quantity]))[2]
-      FROM taken
-     GROUP BY 1, 2, 3, 4, 5, 6
-    ON CONFLICT (account_id, bucket_start, meter_code, meter_version, plan_code, dimension) DO UPDATE SET
-        quantity = r.quantity + EXCLUDED.quantity,
-        events = r.events + EXCLUDED.events,
-        max_quantity = greatest(r.max_quantity, EXCLUDED.max_quantity),
-        latest_quantity = CASE
-            WHEN (EXCLUDED.latest_at, EXCLUDED.latest_quantity) > (r.latest_at, r.latest_quantity)
-            THEN EXCLUDED.latest_quantity ELSE r.latest_quantity END,
-        latest_at = greatest(r.latest_at, EXCLUDED.latest_at)
-    RETURNING 1
-    """
-
-
-# One statement: consume (DELETE … RETURNING) at most %(limit)s of the oldest deltas, add them to both rollup
-# tables and the job sets. The id range only bounds the batch: DELETE takes exactly the committed deltas its
+# The fold is the SECURITY DEFINER function spanmeter_fold_rollups(max_deltas) (migration 0006), so that the
+# role serve writes as needs no right to change the rollup tables: in one statement, under the fold lock, it
+# consumes (DELETE … RETURNING) at most max_deltas of the oldest deltas and adds them to both rollup tables
+# and the job sets. The id range only bounds the batch: DELETE takes exactly the committed deltas its
 # snapshot sees and returns exactly those, so a delta committed later (with a lower id) stays pending for the
-# next fold; nothing is judged folded by a watermark. No key order is needed for the upserts, and no row
-# locks are skipped: the fold lock makes the folder (or a rebuild) the only writer of these tables.
-# The latest quantity is the second element of the greatest [epoch, quantity] pair (no sort per group).
-_FOLD = f"""
-WITH taken AS (
-    DELETE FROM usage_rollup_deltas
-     WHERE delta_id < (SELECT min(delta_id) FROM usage_rollup_deltas) + %(limit)s
-    RETURNING *
-),
-hourly AS ({_fold_upsert("usage_rollups_hourly", "hour")}),
-daily AS ({_fold_upsert("usage_rollups_daily", "day")}),
-jobs AS (
-    INSERT INTO usage_rollup_jobs (account_id, month_start, meter_code, job_id)
-    SELECT DISTINCT account_id, date_trunc('month', bucket_start, 'UTC'), meter_code, unnest(job_ids)
-      FROM taken WHERE job_ids IS NOT NULL
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM taken), (SELECT coalesce(sum(events), 0) FROM taken),
-       (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily), (SELECT count(*) FROM jobs)
-"""
+# next fold; nothing is judged folded by a watermark. No key order is needed for the upserts: the fold lock
+# makes the folder (or a rebuild) the only writer of these tables. No row comes back when another folder
+# or a rebuild holds the lock.
+_FOLD = "SELECT * FROM spanmeter_fold_rollups(%(limit)s)"
 
 
 @dataclass(frozen=True)
@@ -403,10 +368,10 @@ def fold(conn: psycopg.Connection, max_deltas: int = 50_000) -> FoldResult:
     """Fold up to ``max_deltas`` pending deltas into the rollups, in one transaction; call it until it folds
     fewer than ``max_deltas``. Returns at once (``locked_out``) when another folder or a rebuild runs."""
     with conn.transaction():
-        (locked,) = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (FOLD_LOCK_ID,)).fetchone()
-        if not locked:
-            return FoldResult(0, 0, locked_out=True)
-        deltas, events, hourly, daily, jobs = conn.execute(_FOLD, {"limit": max_deltas}).fetchone()
+        row = conn.execute(_FOLD, {"limit": max_deltas}).fetchone()
+    if row is None:
+        return FoldResult(0, 0, locked_out=True)
+    deltas, events, hourly, daily, jobs = row
     return FoldResult(int(deltas), int(events), int(hourly), int(daily), int(jobs))
 
 

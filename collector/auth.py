@@ -12,11 +12,17 @@ meters it is allowed. The file is TOML::
     token_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
     services = ["docs-worker", "docs-api"]      # allowed service.name values; ["*"] for any
     meters = ["worker_seconds", "gpu_seconds"]  # allowed meters; ["*"] for any
+    accounts = ["acct-docs", "docs-*"]          # accounts it may bill: ids, or prefixes ending in *
     tls_common_names = ["docs-workers.internal"]  # optional: mTLS identities of this producer
 
 - A request without valid credentials is answered UNAUTHENTICATED (counted, logged, nothing stored).
-- A span whose ``service.name`` or meters are outside its producer's allow-list is rejected with reason
-  ``unauthorized_producer``: kept in ``rejected_spans`` and counted, like every other rejection.
+- A span whose ``service.name`` or meters are outside its producer's allow-list, or that bills an account
+  outside its ``accounts``, is rejected with reason ``unauthorized_producer``: kept in ``rejected_spans``
+  and counted, like every other rejection.
+- ``accounts`` is optional, and its absence means *any account* (logged as a warning at every load):
+  a producer that sends for many tenants (a shared platform service, an OpenTelemetry Collector in
+  front of them) would otherwise need every account listed. Give every producer that serves a known set
+  of tenants its list; ``["*"]`` says "any" explicitly and silences the warning.
 - Tokens are stored only as SHA-256 hashes. Rotation without restart: add the new token's hash, roll the
   producers over, remove the old hash. The file is re-read when it changes (checked every 2 s) and on
   SIGHUP; a file that does not parse is refused with a log line and the previous producers stay in force.
@@ -56,11 +62,19 @@ class Producer:
     name: str
     services: frozenset[str] | None  # None: any service
     meters: frozenset[str] | None  # None: any meter
+    # None: any account. Otherwise exact account ids, and prefixes written with a trailing "*" ("team-a-*")
+    accounts: frozenset[str] | None = None
 
     def allows(self, service_name: str | None, meter_codes: Iterable[str]) -> bool:
         if self.services is not None and (service_name is None or service_name not in self.services):
             return False
         return self.meters is None or all(code in self.meters for code in meter_codes)
+
+    def allows_account(self, account_id: str | None) -> bool:
+        """May this producer bill ``account_id``? (None, no account: the span is unattributed anyway.)"""
+        if self.accounts is None or account_id is None or account_id in self.accounts:
+            return True
+        return any(entry.endswith("*") and account_id.startswith(entry[:-1]) for entry in self.accounts)
 
 
 @dataclass(frozen=True)
@@ -113,7 +127,13 @@ def load_producers(path: Path) -> ProducerRegistry:
             name=name,
             services=_names(entry, "services", where, problems),
             meters=_names(entry, "meters", where, problems, known=METER_CODES),
+            accounts=_names(entry, "accounts", where, problems) if "accounts" in entry else None,
         )
+        if "accounts" not in entry:
+            log.warning(
+                "%s may bill any account: give it accounts = [...] (ids, or prefixes ending in *) to limit it",
+                where,
+            )
         hashes = entry.get("token_sha256", [])
         names = entry.get("tls_common_names", [])
         if not isinstance(hashes, list) or not isinstance(names, list):

@@ -95,6 +95,12 @@ class BillingMetrics(Collector):
         while not self._stop.is_set():
             try:
                 self.refresh()
+            except psycopg.OperationalError as exc:  # the database is away: one line, not a traceback
+                self.errors.inc()
+                lines = str(exc).strip().splitlines()
+                log.warning(
+                    "refreshing the billing metrics failed (%s); the previous values stay", lines[0] if lines else exc
+                )
             except Exception:
                 self.errors.inc()
                 log.warning("refreshing the billing metrics failed; the previous values stay", exc_info=True)

@@ -69,7 +69,10 @@ class CollectorConfig:
     ledger_writers: int = 2
     rollup_fold_interval_seconds: float = 1.0
     processes: int = 1
-    max_receive_message_bytes: int = 64 * 1024 * 1024
+    # a request must be one the ledger commits well within the write timeout: 65,536 rows take ~1.5 s on
+    # the 2-core reference machine; 16 MiB is 65,536 spans of ~256 bytes (a billable span is ~300 bytes)
+    max_receive_message_bytes: int = 16 * 1024 * 1024
+    max_spans_per_request: int = 65_536
     max_inflight_requests: int = 32
     max_inflight_spans: int = 262_144
     auth_file: Path | None = None
@@ -77,6 +80,7 @@ class CollectorConfig:
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     insecure_listen: bool = False
+    allow_owner: bool = False
     max_span_duration_seconds: int = 7 * 86_400
     max_span_age_seconds: int = 30 * 86_400
     max_clock_skew_seconds: int = 300
@@ -134,6 +138,7 @@ _ENV: dict[str, tuple[str, str]] = {
     "rollup_fold_interval_seconds": ("SPANMETER_ROLLUP_FOLD_INTERVAL_SECONDS", "positive_float"),
     "processes": ("SPANMETER_PROCESSES", "processes"),
     "max_receive_message_bytes": ("SPANMETER_MAX_RECEIVE_MESSAGE_BYTES", "positive_int"),
+    "max_spans_per_request": ("SPANMETER_MAX_SPANS_PER_REQUEST", "positive_int"),
     "max_inflight_requests": ("SPANMETER_MAX_INFLIGHT_REQUESTS", "positive_int"),
     "max_inflight_spans": ("SPANMETER_MAX_INFLIGHT_SPANS", "positive_int"),
     "auth_file": ("SPANMETER_AUTH_FILE", "file"),
@@ -141,6 +146,7 @@ _ENV: dict[str, tuple[str, str]] = {
     "tls_key_file": ("SPANMETER_TLS_KEY_FILE", "file"),
     "tls_client_ca_file": ("SPANMETER_TLS_CLIENT_CA_FILE", "file"),
     "insecure_listen": ("SPANMETER_INSECURE_LISTEN", "bool"),
+    "allow_owner": ("SPANMETER_ALLOW_OWNER", "bool"),
     "max_span_duration_seconds": ("SPANMETER_MAX_SPAN_DURATION_SECONDS", "positive_int"),
     "max_span_age_seconds": ("SPANMETER_MAX_SPAN_AGE_SECONDS", "positive_int"),
     "max_clock_skew_seconds": ("SPANMETER_MAX_CLOCK_SKEW_SECONDS", "nonnegative_int"),

@@ -45,7 +45,8 @@ from .auth import Authenticator, Producer
 from .config import CollectorConfig
 from .consumer import EncodedRows, PendingWrite, RetryableError, UsageConsumer
 from .metrics import CollectorMetrics
-from .otlp import SERVICE_NAME, UnparseableRequest, abort, decode_request
+from .otlp import SERVICE_NAME, DecodedRequest, UnparseableRequest, abort, count_spans, decode_request
+from .processors.native import count_spans as native_count_spans
 from .processors.native import meter_native, metering_mode, to_metering_result, usage_rows
 from .processors.usage import MeteringResult, meter_request, span_payload
 
@@ -117,30 +118,31 @@ class TraceReceiver:
         spans = 0
         now = self._clock()
         try:
-            native = (
-                meter_native(body, self._limits, now, producer, self._count_fallback)
-                if self._metering == "native"
-                else None
-            )  # None: the Python reference decides (invalid UTF-8, unusual wire data, limits)
-            if native is not None:
-                self._acquire(context, requests=0, spans=native.spans_received)
-                spans = native.spans_received  # acquired: released below
-                result = to_metering_result(native, body, with_rows=False)
-                encoded = EncodedRows(native.copy_text, native.rows, lambda: usage_rows(native))
-                synthetic = [row[0] for row in native.synthetic_rows]
-                return self._write(
-                    result, 0, lambda: decode_request(body).request, producer, context, encoded, synthetic
-                )
-            try:
-                decoded = decode_request(body)
-            except UnparseableRequest as exc:
-                self._keep_unparseable(body, str(exc), context.peer())
-                self._count("INVALID_ARGUMENT")
-                self._log_refusal(context, producer, "INVALID_ARGUMENT", str(exc))
-                abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), bad_request=True)
-            count = sum(len(ss.spans) for rs in decoded.request.resource_spans for ss in rs.scope_spans)
+            native_mode = self._metering == "native"
+            decoded = None
+            # counted from the framing, before any decoding (pure Python: only when the body could be over)
+            if native_mode:
+                count = native_count_spans(body)
+            else:
+                count = count_spans(body) if len(body) > 2 * self._config.max_spans_per_request else None
+            if count is None:
+                decoded = self._decode(body, context, producer)
+                count = sum(len(ss.spans) for rs in decoded.request.resource_spans for ss in rs.scope_spans)
+            if count > self._config.max_spans_per_request:
+                self._refuse_too_many_spans(body, count, context, producer)
             self._acquire(context, requests=0, spans=count)
             spans = count  # acquired: released below
+            if decoded is None:
+                native = meter_native(body, self._limits, now, producer, self._count_fallback)
+                if native is not None:
+                    result = to_metering_result(native, body, with_rows=False)
+                    encoded = EncodedRows(native.copy_text, native.rows, lambda: usage_rows(native))
+                    synthetic = [row[0] for row in native.synthetic_rows]
+                    return self._write(
+                        result, 0, lambda: decode_request(body).request, producer, context, encoded, synthetic
+                    )
+                # the Python reference decides (invalid UTF-8, unusual wire data, limits)
+                decoded = self._decode(body, context, producer)
             result = meter_request(decoded.request, self._limits, now, producer)
             synthetic = [row.meter.code for row in result.synthetic_rows]
             return self._write(
@@ -148,6 +150,34 @@ class TraceReceiver:
             )
         finally:
             self._release(requests=1, spans=spans)
+
+    def _decode(self, body: bytes, context: grpc.ServicerContext, producer: Producer | None) -> DecodedRequest:
+        """Decode with the Python reference; a body that is not OTLP is kept, counted and refused."""
+        try:
+            return decode_request(body)
+        except UnparseableRequest as exc:
+            self._keep_request(
+                body[: self._config.rejected_request_max_bytes], len(body), "unparseable", str(exc), context
+            )
+            self._count("INVALID_ARGUMENT")
+            self._log_refusal(context, producer, "INVALID_ARGUMENT", str(exc))
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), bad_request=True)
+
+    def _refuse_too_many_spans(
+        self, body: bytes, count: int, context: grpc.ServicerContext, producer: Producer | None
+    ) -> None:
+        """More spans than the ledger commits within the write timeout: refused before decoding, like a
+        request over the size limit (RESOURCE_EXHAUSTED, no RetryInfo: the sender must split it); the whole
+        request is kept in ``rejected_requests`` first, so its usage is never lost."""
+        limit = self._config.max_spans_per_request
+        message = (
+            f"request of {count} spans exceeds the {limit}-span limit (SPANMETER_MAX_SPANS_PER_REQUEST); "
+            "send smaller batches (e.g. the Collector batch processor's send_batch_max_size)"
+        )
+        self._keep_request(body, len(body), "too_many_spans", message, context)
+        self._count("RESOURCE_EXHAUSTED")
+        self._log_refusal(context, producer, "RESOURCE_EXHAUSTED", f"{count} spans")
+        abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
     def _authenticate(self, context: grpc.ServicerContext) -> Producer | None:
         if self._authenticator is None:
@@ -272,18 +302,21 @@ class TraceReceiver:
         partial = ExportTracePartialSuccess(rejected_spans=len(result.rejections), error_message=message)
         return ExportTraceServiceResponse(partial_success=partial).SerializeToString()
 
-    def _keep_unparseable(self, body: bytes, message: str, peer: str | None) -> None:
-        """Store the raw bytes (capped) before answering; a failure to store is logged, never raised."""
+    def _keep_request(
+        self, kept: bytes, size_bytes: int, reason: str, message: str, context: grpc.ServicerContext
+    ) -> None:
+        """Store a refused request's bytes before answering; a failure to store is logged, never raised."""
+        peer = context.peer()
         row = RejectedRequestRow(
-            request_key=hashlib.blake2b(body, digest_size=16).hexdigest(),
-            reason="unparseable",
+            request_key=hashlib.blake2b(kept, digest_size=16).hexdigest(),
+            reason=reason,
             error_message=message[:1000],
-            size_bytes=len(body),
-            body=body[: self._config.rejected_request_max_bytes],
+            size_bytes=size_bytes,
+            body=kept,
             peer=peer,
         )
         pending = self._exporter.submit(PendingWrite(rows=[], rejections=[], rejected_request=row))
         try:
             self._exporter.wait(pending, self._config.ledger_write_timeout_seconds)
         except RetryableError as exc:
-            log.error("could not keep an unparseable request of %d bytes from %s: %s", len(body), peer, exc)
+            log.error("could not keep a refused request (%s) of %d bytes from %s: %s", reason, size_bytes, peer, exc)

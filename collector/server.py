@@ -35,6 +35,7 @@ from .config import CollectorConfig
 from .exporters.ledger import LedgerExporter
 from .metrics import CollectorMetrics, RollupMetrics
 from .receiver import TraceReceiver
+from .schema import LedgerAccess, LedgerSchema, PrivilegedCredential, ledger_access
 
 __all__ = ["CollectorServer", "ListenAddresses"]
 
@@ -75,17 +76,23 @@ class CollectorServer:
         self._readiness: Readiness | None = None
         self._billing_metrics: BillingMetrics | None = None
         self._compactor: RollupCompactor | None = None
+        self._schema: LedgerSchema | None = None
         self.registry = CollectorRegistry(auto_describe=True)
 
     def start(self) -> ListenAddresses:
         config = self.config
-        database = self._database or resolve_database(config.database_url, config.data_dir)
-        self._database = database
         receiver_only = self._role == "receiver"
-        if not receiver_only:  # a receiver process's supervisor migrated before starting it
-            before, after = migrate.upgrade(database)
-            if before != after:
-                log.info("ledger schema migrated from %s to %s", before or "empty", after)
+        if receiver_only:  # the supervisor resolved the credentials and migrates: wait for the head schema
+            assert self._database is not None
+            access = LedgerAccess(writer=self._database, migrator=None, refuse_privileged=False)
+        else:
+            access = ledger_access(resolve_database(config.database_url, config.data_dir), config.allow_owner)
+        database = self._database = access.writer
+        # migrate now (if this process does); if the database is down, serve anyway, answering UNAVAILABLE,
+        # and keep trying in the background; refuse a credential that could change rows (see .schema)
+        self._schema = LedgerSchema(access)
+        if not self._schema.start() and self._schema.refused:
+            raise PrivilegedCredential(self._schema.refused)
         exporter: LedgerExporter | None = None  # the gauges below read it once it exists
         metrics = CollectorMetrics(
             self.registry,
@@ -97,7 +104,11 @@ class CollectorServer:
             multiprocess=receiver_only,
         )
         exporter = LedgerExporter(
-            database, metrics, batch_max_rows=config.ledger_batch_max_rows, writers=config.ledger_writers
+            database,
+            metrics,
+            batch_max_rows=config.ledger_batch_max_rows,
+            writers=config.ledger_writers,
+            ready=self._schema.ready,
         )
         exporter.start()
         self._exporter = exporter
@@ -110,8 +121,13 @@ class CollectorServer:
         receiver = TraceReceiver(config, exporter, metrics, authenticator=self._authenticator)
         limit = config.max_receive_message_bytes
         server = grpc.server(
-            # a few threads beyond the in-flight bound, so calls over it are refused quickly (UNAVAILABLE +
-            # RetryInfo) instead of queueing; gRPC's own hard cap far above it is a last resort only
+            # A few threads beyond the in-flight bound, so calls over it are refused quickly (UNAVAILABLE +
+            # RetryInfo). No `maximum_concurrent_rpcs`: gRPC answers calls over it RESOURCE_EXHAUSTED, which
+            # OTLP exporters treat as "drop". No `grpc.max_concurrent_streams` either: a client that opens
+            # streams before it has read the server's SETTINGS gets them reset (REFUSED_STREAM, UNAVAILABLE
+            # without RetryInfo). Calls beyond the threads wait for one holding only their stream state (a
+            # unary body is read by the thread that handles it; HTTP/2 flow control bounds what a connection
+            # can buffer meanwhile).
             futures.ThreadPoolExecutor(max_workers=config.max_inflight_requests + 4, thread_name_prefix="otlp"),
             handlers=[receiver.handler()],
             options=[
@@ -121,7 +137,6 @@ class CollectorServer:
                 # unrelated `spanmeter serve` on the same port must fail, not split the traffic
                 ("grpc.so_reuseport", 1 if receiver_only else 0),
             ],
-            maximum_concurrent_rpcs=config.max_inflight_requests * 4,
         )
         host, port = config.otlp_host, config.otlp_port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -154,7 +169,7 @@ class CollectorServer:
 
         metrics_address = None
         if config.metrics_port or config.metrics_port == 0:
-            self._readiness = Readiness(database)
+            self._readiness = Readiness(database, self._schema)
             self._http = _health_server(config.metrics_bind_host, config.metrics_port, self.registry, self._readiness)
             threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True).start()
             metrics_address = f"{config.metrics_bind_host}:{self._http.server_address[1]}"
@@ -201,13 +216,17 @@ class CollectorServer:
         if self._readiness is not None:
             self._readiness.close()
             self._readiness = None
+        if self._schema is not None:
+            self._schema.shutdown()
+            self._schema = None
 
 
 class Readiness:
     """``/readyz``: database reachable and schema at the head migration. One pooled connection, and the
     answer is reused for a second, so a flood of probes cannot exhaust the database's connections."""
 
-    def __init__(self, database: Database, cache_seconds: float = 1.0) -> None:
+    def __init__(self, database: Database, schema: LedgerSchema | None = None, cache_seconds: float = 1.0) -> None:
+        self._schema = schema
         self._engine = database.engine(pool_size=1, max_overflow=0, pool_timeout=5, pool_pre_ping=True)
         self._cache_seconds = cache_seconds
         self._lock = threading.Lock()
@@ -232,6 +251,8 @@ class Readiness:
         head = migrate.head_revision()
         if current != head:
             return False, f"schema at {current}, expected {head}: run `spanmeter db upgrade`"
+        if self._schema is not None and not self._schema.ready.is_set():
+            return False, f"ledger writes not open yet: {self._schema.problem or 'starting'}"
         return True, f"ready (schema {head})"
 
     def close(self) -> None:

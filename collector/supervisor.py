@@ -53,13 +53,13 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client.process_collector import ProcessCollector
 
-from spanmeter.billing.ledger import migrate
 from spanmeter.billing.ledger.database import Database, resolve_database
 
 from .billing_metrics import BillingMetrics
 from .compactor import RollupCompactor
 from .config import CollectorConfig
 from .metrics import RollupMetrics
+from .schema import LedgerSchema, PrivilegedCredential, ledger_access
 from .server import ListenAddresses, Readiness, _describe_security, _health_server
 
 __all__ = ["Supervisor"]
@@ -105,7 +105,7 @@ def _safely(call) -> None:
 
 class _Readiness:
     def __init__(self, database: Database, supervisor: Supervisor) -> None:
-        self._database = Readiness(database)
+        self._database = Readiness(database, supervisor._schema)
         self._supervisor = supervisor
 
     def check(self) -> tuple[bool, str]:
@@ -138,14 +138,18 @@ class Supervisor:
         self._compactor: RollupCompactor | None = None
         self._billing_metrics: BillingMetrics | None = None
         self._monitor: threading.Thread | None = None
+        self._schema: LedgerSchema | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> ListenAddresses:
         config = self.config
-        database = resolve_database(config.database_url, config.data_dir)
-        before, after = migrate.upgrade(database)
-        if before != after:
-            log.info("ledger schema migrated from %s to %s", before or "empty", after)
+        access = ledger_access(resolve_database(config.database_url, config.data_dir), config.allow_owner)
+        database = access.writer
+        # migrate before the receivers start; with the database down, they start anyway and answer
+        # UNAVAILABLE until the schema is at head (each receiver waits for it, see .schema)
+        self._schema = LedgerSchema(access)
+        if not self._schema.start() and self._schema.refused:
+            raise PrivilegedCredential(self._schema.refused)
         host, port = self._hold_port(config.otlp_host, config.otlp_port)
         self._metrics_dir = Path(tempfile.mkdtemp(prefix="spanmeter-metrics-"))
         self._database = database
@@ -222,6 +226,9 @@ class Supervisor:
         if self._readiness is not None:
             self._readiness.close()
             self._readiness = None
+        if self._schema is not None:
+            self._schema.shutdown()
+            self._schema = None
         if self._guard is not None:
             self._guard.close()
             self._guard = None

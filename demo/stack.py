@@ -168,6 +168,25 @@ class DemoStack:
             raise
         return self
 
+    def _serve_credentials(self) -> list[str]:
+        """Migrate as the owner (this conninfo), then serve as ``spanmeter_writer``, as in production (README:
+        least privilege); where the writer cannot log in (a password-protected server), the owner with
+        ``--allow-owner``."""
+        import psycopg
+
+        from spanmeter.billing.ledger import migrate
+        from spanmeter.billing.ledger.database import resolve_database
+        from spanmeter.billing.ledger.roles import WRITER_ROLE
+
+        owner = resolve_database(self.database_conninfo, Path("."))
+        migrate.upgrade(owner)
+        writer = owner.as_user(WRITER_ROLE)
+        try:
+            psycopg.connect(writer.conninfo, connect_timeout=5).close()
+        except psycopg.OperationalError:
+            return ["--database-url", self.database_conninfo, "--allow-owner"]
+        return ["--database-url", writer.conninfo]
+
     def _start_collector(self, timeout: float, on_step: Callable[[str], None]) -> None:
         on_step("collector")
         self.collector = Process(
@@ -177,8 +196,7 @@ class DemoStack:
                 "-m",
                 "spanmeter",
                 "serve",
-                "--database-url",
-                self.database_conninfo,
+                *self._serve_credentials(),
                 "--otlp-endpoint",
                 "127.0.0.1:0",
                 "--metrics-port",

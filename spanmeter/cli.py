@@ -52,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="allow a non-loopback address without producer authentication (behind a private network only)",
     )
+    serve.add_argument(
+        "--allow-owner",
+        action="store_true",
+        default=None,
+        help="serve with a superuser or the ledger tables' owner (it could disable the append-only triggers); "
+        "env SPANMETER_ALLOW_OWNER",
+    )
     _common(serve)
 
     db = sub.add_parser("db", help="manage the ledger database")
@@ -172,6 +179,7 @@ class UsageError(ValueError):
 def _serve(args: argparse.Namespace) -> int:
     from spanmeter.collector.auth import AuthConfigError
     from spanmeter.collector.config import listen_problem
+    from spanmeter.collector.schema import PrivilegedCredential
     from spanmeter.collector.server import CollectorServer
     from spanmeter.logs import configure_logging
 
@@ -180,6 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
         otlp_endpoint=args.otlp_endpoint,
         metrics_port=args.metrics_port,
         insecure_listen=args.insecure_listen,
+        allow_owner=args.allow_owner,
         processes=args.processes,
     )
     problem = listen_problem(config)
@@ -205,6 +214,10 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, reload_producers)
     try:
         addresses = server.start()
+    except PrivilegedCredential as exc:
+        print(f"spanmeter: {exc}", file=sys.stderr)
+        server.shutdown(0)
+        return 2
     except (OSError, AuthConfigError) as exc:
         print(f"spanmeter: {exc}", file=sys.stderr)
         server.shutdown(0)

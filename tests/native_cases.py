@@ -27,7 +27,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from spanmeter.billing.ledger.writer import encode_copy  # noqa: E402
 from spanmeter.collector.auth import Producer  # noqa: E402
 from spanmeter.collector.exporters.rows import compact_row, usage_event_row  # noqa: E402
-from spanmeter.collector.otlp import UnparseableRequest, decode_request  # noqa: E402
+from spanmeter.collector.otlp import UnparseableRequest, count_spans, decode_request  # noqa: E402
 from spanmeter.collector.processors.native import _bounds, meter, to_metering_result  # noqa: E402
 from spanmeter.collector.processors.native_table import producer_argument  # noqa: E402
 from spanmeter.collector.processors.usage import _RESOURCE_KEYS, _SPAN_KEYS, MeteringLimits, meter_request  # noqa: E402
@@ -200,7 +200,10 @@ def rand_producer(rng: random.Random):
         return None
     services = rng.choice([None, frozenset({"svc-a"}), frozenset(SERVICES), frozenset()])
     meters = rng.choice([None, frozenset({"worker_seconds", "api_requests"}), frozenset(METER.codes), frozenset()])
-    return Producer(name=rng.choice(PRODUCER_NAMES), services=services, meters=meters)
+    accounts = rng.choice(
+        [None, None, frozenset({"acct_00001"}), frozenset({"acct*"}), frozenset({"ü*", "acct\t\\n"}), frozenset({"*x"})]
+    )
+    return Producer(name=rng.choice(PRODUCER_NAMES), services=services, meters=meters, accounts=accounts)
 
 
 def rand_request(rng: random.Random, limits: MeteringLimits, now: int) -> ExportTraceServiceRequest:
@@ -354,6 +357,12 @@ def check(body: bytes, limits: MeteringLimits, now: int, producer, stats: Stats)
         strict = True
     except DecodeError:
         strict = False
+    # the span counters (framing only: what the receiver's span limit reads before decoding) agree with
+    # each other on every body, and with the decode on every body the strict parse accepts
+    framed = spanmeter_native.count_spans(body)
+    assert framed == count_spans(body), (framed, count_spans(body))
+    if strict and framed is not None:
+        assert framed == sum(len(ss.spans) for rs in decoded.request.resource_spans for ss in rs.scope_spans)
     if isinstance(native, str):
         stats.c["fallback"] += 1
         stats.fallback_reasons[native] += 1

@@ -132,23 +132,40 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 @dataclass
 class Collector:
-    """A `spanmeter serve` subprocess."""
+    """A `spanmeter serve` subprocess.
+
+    ``as_writer`` (the default, as in production): the ledger is migrated first as the owner (the test's
+    URL), then serve connects as ``spanmeter_writer``, so every test proves the writer role suffices.
+    ``as_writer=False``: serve gets the owner's URL with ``--allow-owner`` and migrates itself (for a
+    database that is down at start)."""
 
     database_url: str
     env: dict = field(default_factory=dict)
     otlp_endpoint: str = "127.0.0.1:0"
+    as_writer: bool = True
     proc: subprocess.Popen | None = None
     output: list[str] = field(default_factory=list)
     metrics_address: str = ""
 
     def start(self, timeout: float = 60) -> Collector:
         env = {**os.environ, **self.env}
+        if self.as_writer:
+            from spanmeter.billing.ledger import migrate
+            from spanmeter.billing.ledger.database import resolve_database
+            from spanmeter.billing.ledger.roles import WRITER_ROLE
+
+            owner = resolve_database(self.database_url, Path("."))
+            migrate.upgrade(owner)
+            url = owner.as_user(WRITER_ROLE).conninfo
+        else:
+            env["SPANMETER_ALLOW_OWNER"] = "true"
+            url = self.database_url
         self.proc = subprocess.Popen(
             [
                 SPANMETER,
                 "serve",
                 "--database-url",
-                self.database_url,
+                url,
                 "--otlp-endpoint",
                 self.otlp_endpoint,
                 "--metrics-port",

@@ -202,3 +202,59 @@ def test_a_certificate_name_given_to_two_producers_is_refused(tmp_path):
     path.write_text(entry.format("a") + entry.format("b"))
     with pytest.raises(AuthConfigError, match=re.escape("'shared.internal' is also given to a")):
         load_producers(path)
+
+
+def test_a_producer_bills_only_the_accounts_it_is_allowed(tmp_path, fresh_db):
+    """Producer A, allowed only svc-a, set account_id=acct-b and it was billed to acct-b: now its accounts
+    list (ids and prefixes) binds it, from a span attribute and from a resource attribute alike."""
+    path = tmp_path / "producers.toml"
+    path.write_text(f"""
+[[producer]]
+name = "tenant-a"
+token_sha256 = ["{hash_token(TOKEN_A)}"]
+services = ["svc-a"]
+meters = ["*"]
+accounts = ["acct-a", "team-a-*"]
+
+[[producer]]
+name = "tenant-b"
+token_sha256 = ["{hash_token(TOKEN_B)}"]
+services = ["svc-b"]
+meters = ["*"]
+accounts = ["acct-b"]
+
+[[producer]]
+name = "platform"
+token_sha256 = ["{hash_token(TOKEN_OPS)}"]
+services = ["*"]
+meters = ["*"]
+""")
+    collector = Collector(fresh_db, env={"SPANMETER_AUTH_FILE": str(path)}).start()
+    try:
+        output = "\n".join(collector.output)
+        assert "(platform) may bill any account" in output and "(tenant-a) may bill" not in output
+        a = exporter(collector.endpoint, headers=bearer(TOKEN_A))
+        result = raw_export(
+            collector.endpoint, request_bytes(worker_spans("acct-b", "svc-a")), metadata=bearer(TOKEN_A)
+        )
+        assert result.code == grpc.StatusCode.OK
+        assert result.response.partial_success.rejected_spans == 3
+        assert "producer 'tenant-a' may not bill this account" in result.response.partial_success.error_message
+        from_resource = SpanFactory({"service.name": "svc-a", "account_id": "acct-b"})
+        assert a.export([from_resource.span("run", {"celery.action": "run"}, 200 * MS)]) == SpanExportResult.SUCCESS
+        assert totals(fresh_db, "acct-b") == {}
+        assert ledger(fresh_db, "SELECT reason, account_id, count(*) FROM rejected_spans GROUP BY 1, 2") == [
+            ("unauthorized_producer", "acct-b", 4)
+        ]
+        # its own accounts, exact and by prefix, bill; so does B for acct-b, and the platform for anyone
+        assert a.export(worker_spans("acct-a", "svc-a")) == SpanExportResult.SUCCESS
+        assert a.export(worker_spans("team-a-7", "svc-a")) == SpanExportResult.SUCCESS
+        b = exporter(collector.endpoint, headers=bearer(TOKEN_B))
+        assert b.export(worker_spans("acct-b", "svc-b")) == SpanExportResult.SUCCESS
+        ops = exporter(collector.endpoint, headers=bearer(TOKEN_OPS))
+        assert ops.export(worker_spans("acct-z", "anything")) == SpanExportResult.SUCCESS
+        for account in ("acct-a", "team-a-7", "acct-b", "acct-z"):
+            assert totals(fresh_db, account) == {"worker_seconds": Decimal("0.6")}
+        assert collector.metrics()['spanmeter_spans_rejected_total{reason="unauthorized_producer"}'] == 4
+    finally:
+        collector.kill()

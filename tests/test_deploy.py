@@ -28,7 +28,7 @@ def test_compose_spanmeter_environment_is_a_valid_configuration():
     env = {k: with_defaults(v) for k, v in service["environment"].items()}
     config = load_config(env)  # raises ConfigError naming any bad or unknown-format setting
     assert listen_problem(config) is None  # `spanmeter serve` would start with this environment
-    assert config.database_url == "postgresql://spanmeter:spanmeter@postgres:5432/spanmeter"
+    assert config.database_url == "postgresql://spanmeter_writer:spanmeter-writer@postgres:5432/spanmeter"
     assert (config.otlp_host, config.otlp_port, config.metrics_bind_host) == ("0.0.0.0", 4317, "0.0.0.0")
     published = {with_defaults(p).split("#")[0].strip().rsplit(":", 1)[-1] for p in service["ports"]}
     assert {str(config.otlp_port), str(config.metrics_port)} <= published
@@ -99,22 +99,35 @@ def test_grafana_gets_every_setting_its_datasources_expand_and_the_role_password
     import json
 
     services = compose()["services"]
-    grafana, role = services["grafana"]["environment"], services["grafana-db-role"]["environment"]
+    grafana, role = services["grafana"]["environment"], services["ledger-roles"]["environment"]
     datasources = yaml.safe_load((ROOT / "dashboards" / "provisioning" / "datasources" / "spanmeter.yaml").read_text())
     expanded = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", json.dumps(datasources)))
     assert expanded and expanded <= set(grafana)
     assert "POSTGRES_PASSWORD" not in grafana and "POSTGRES_USER" not in grafana  # Grafana never holds the owner
-    assert role["GRAFANA_DB_PASSWORD"] == grafana["GRAFANA_DB_PASSWORD"]  # what grafana-db-role sets is used
+    assert role["GRAFANA_DB_PASSWORD"] == grafana["GRAFANA_DB_PASSWORD"]  # what ledger-roles sets is used
     assert (role["PGHOST"], with_defaults(role["PGDATABASE"])) == (
         grafana["POSTGRES_HOST"].split(":")[0],
         with_defaults(grafana["POSTGRES_DB"]),
     )
-    # the role exists once spanmeter migrated, which it does before answering /healthz (the image's check)
-    assert services["grafana-db-role"]["depends_on"]["spanmeter"]["condition"] == "service_healthy"
-    assert "HEALTHCHECK" in (ROOT / "Dockerfile").read_text()
+    # the roles exist once the owner migrated; spanmeter and grafana start after their passwords are set
+    assert services["ledger-migrate"]["command"] == ["db", "upgrade"]
+    assert services["ledger-roles"]["depends_on"]["ledger-migrate"]["condition"] == "service_completed_successfully"
+    for name in ("spanmeter", "grafana"):
+        assert services[name]["depends_on"]["ledger-roles"]["condition"] == "service_completed_successfully"
 
 
-def test_grafana_db_role_sets_exactly_the_configured_password_whatever_it_contains(fresh_db):
+def test_spanmeter_writes_as_the_writer_role_with_the_password_ledger_roles_sets():
+    from psycopg.conninfo import conninfo_to_dict
+
+    services = compose()["services"]
+    url = conninfo_to_dict(with_defaults(services["spanmeter"]["environment"]["SPANMETER_DATABASE_URL"]))
+    owner = conninfo_to_dict(with_defaults(services["ledger-migrate"]["environment"]["SPANMETER_DATABASE_URL"]))
+    assert url["user"] == "spanmeter_writer" and owner["user"] != "spanmeter_writer"
+    assert url["password"] == with_defaults(services["ledger-roles"]["environment"]["WRITER_DB_PASSWORD"])
+    assert "SPANMETER_ALLOW_OWNER" not in services["spanmeter"]["environment"]
+
+
+def test_ledger_roles_sets_exactly_the_configured_passwords_whatever_they_contain(fresh_db):
     import hashlib
     import os
     import shutil
@@ -126,9 +139,9 @@ def test_grafana_db_role_sets_exactly_the_configured_password_whatever_it_contai
     from spanmeter.billing.ledger import migrate
     from spanmeter.billing.ledger.database import resolve_database
 
-    assert shutil.which("psql"), "psql (the PostgreSQL client) is needed to run grafana-db-role's command"
-    migrate.upgrade(resolve_database(fresh_db, data_dir=None))  # creates the role, as spanmeter serve does
-    service = compose()["services"]["grafana-db-role"]
+    assert shutil.which("psql"), "psql (the PostgreSQL client) is needed to run ledger-roles' command"
+    migrate.upgrade(resolve_database(fresh_db, data_dir=None))  # creates the roles, as ledger-migrate does
+    service = compose()["services"]["ledger-roles"]
     assert service["entrypoint"] == ["sh", "-c"]
     [command] = service["command"]
     params = conninfo_to_dict(fresh_db)
@@ -140,13 +153,21 @@ def test_grafana_db_role_sets_exactly_the_configured_password_whatever_it_contai
         "PGUSER": str(params["user"]),
         "PGDATABASE": str(params["dbname"]),
         "GRAFANA_DB_PASSWORD": password,
+        "WRITER_DB_PASSWORD": password[::-1],
         "PGOPTIONS": "-c password_encryption=md5",  # md5 hashes are checkable here; SCRAM ones are salted
     }
     done = subprocess.run(["sh", "-c", command.replace("$$", "$")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     with psycopg.connect(fresh_db) as conn:
-        (stored,) = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'spanmeter_grafana'").fetchone()
-    assert stored == "md5" + hashlib.md5((password + "spanmeter_grafana").encode()).hexdigest()
+        stored = dict(
+            conn.execute(
+                "SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN ('spanmeter_grafana', 'spanmeter_writer')"
+            ).fetchall()
+        )
+    assert stored == {
+        "spanmeter_grafana": "md5" + hashlib.md5((password + "spanmeter_grafana").encode()).hexdigest(),
+        "spanmeter_writer": "md5" + hashlib.md5((password[::-1] + "spanmeter_writer").encode()).hexdigest(),
+    }
 
 
 def test_prometheus_loads_the_generated_rule_files():

@@ -119,3 +119,36 @@ def test_receiver_killed_mid_stream(postgres_admin: str, fresh_db: str):
     finally:
         restarted.kill()
     assert make_conninfo(postgres_admin)  # the session server was untouched
+
+
+def test_serve_starts_while_the_database_is_down_and_commits_once_it_appears(tmp_path: Path):
+    """A restart during an outage must leave a receiver that answers UNAVAILABLE + RetryInfo and /readyz 503
+    (it used to exit 1 with a traceback), then migrate and commit when the database comes."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    url = server.start()
+    server.stop()
+    collector = Collector(url, env={"SPANMETER_LEDGER_WRITE_TIMEOUT_SECONDS": "2"}, as_writer=False).start()
+    try:
+        body = request_bytes(_batches("acct-late", 1, 5)[0])
+        probe = raw_export(collector.endpoint, body)
+        assert probe.code == grpc.StatusCode.UNAVAILABLE, probe.details
+        retry = error_details_pb2.RetryInfo.FromString(probe.trailers["google.rpc.retryinfo-bin"])
+        assert 0 < retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9 <= 1
+        status, reason = collector.get("/readyz")
+        assert status == 503 and "database unreachable" in reason
+        assert collector.metrics()['spanmeter_ledger_write_errors_total{kind="database"}'] >= 1
+        assert any("ledger not usable yet" in line for line in collector.output)
+        assert not any("Traceback" in line for line in collector.output)
+
+        server.start()
+        deadline = time.monotonic() + 60
+        while (result := raw_export(collector.endpoint, body)).code != grpc.StatusCode.OK:
+            assert result.code == grpc.StatusCode.UNAVAILABLE, result.details
+            assert time.monotonic() < deadline, "never committed after the database came back"
+            time.sleep(0.5)
+        assert totals(url, "acct-late") == {"worker_seconds": Decimal("1.5")}  # 0.1 + … + 0.5 s, once
+        assert collector.get("/readyz")[0] == 200
+        assert any("ledger schema migrated" in line for line in collector.output)
+    finally:
+        collector.kill()
+        server.stop()

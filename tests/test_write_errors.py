@@ -97,6 +97,7 @@ def test_a_deadlock_is_retried_until_the_rows_commit_exactly_once(fresh_db, make
     collector = make_collector(fresh_db)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         conn.execute("CREATE SEQUENCE test_attempts")
+        conn.execute("GRANT USAGE ON SEQUENCE test_attempts TO spanmeter_writer")  # serve writes as the writer
     # the first two attempts die as a deadlock victim would (nextval is not rolled back with them)
     _install(
         fresh_db,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import Engine, create_engine
 
 __all__ = ["Database", "DatabaseUrlError", "normalize_database_url", "resolve_database"]
@@ -61,6 +61,16 @@ class Database:
 
     def connect(self, **kwargs: object) -> psycopg.Connection:
         return psycopg.connect(self.conninfo, **kwargs)  # type: ignore[arg-type]
+
+    def as_user(self, user: str) -> Database:
+        """The same server and database under another role (no password: the embedded server trusts its
+        socket). ``spanmeter serve`` uses it to write as ``spanmeter_writer`` on the embedded database."""
+        params = conninfo_to_dict(self.conninfo)
+        params.pop("password", None)
+        params["user"] = user
+        conninfo = make_conninfo(**params)
+        description = self.description if self.embedded else describe(conninfo)
+        return Database(conninfo=conninfo, embedded=self.embedded, description=f"{description} as {user}")
 
 
 def describe(conninfo: str) -> str:

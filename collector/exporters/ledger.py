@@ -79,6 +79,12 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _always_ready() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
 class LedgerUnavailable(RetryableError):
     """The ledger did not commit this request; the client must retry."""
 
@@ -90,8 +96,11 @@ class LedgerExporter:
         metrics: CollectorMetrics,
         batch_max_rows: int = 20_000,
         writers: int = 2,
+        ready: threading.Event | None = None,
     ) -> None:
         self._database = database
+        # set once the ledger is usable (see collector.schema); until then every write is answered retryable
+        self._ready = ready if ready is not None else _always_ready()
         self._metrics = metrics
         self._batch_max_rows = batch_max_rows
         self._writer_count = writers
@@ -125,6 +134,11 @@ class LedgerExporter:
 
     # -- handler side ----------------------------------------------------------------------------------
     def submit(self, pending: PendingWrite) -> PendingWrite:
+        if not self._ready.is_set():  # database down at start, or schema not migrated yet
+            self._metrics.ledger_write_errors.labels("database").inc()
+            pending.error = "ledger database not available yet"
+            pending.done.set()
+            return pending
         with self._cond:
             if self._stopping and not self._threads:
                 pending.error = "collector shutting down"

@@ -38,6 +38,7 @@ except ImportError:  # no Rust toolchain where spanmeter was installed: pure Pyt
 __all__ = [
     "FALLBACK_REASONS",
     "STATS",
+    "count_spans",
     "meter",
     "meter_native",
     "meter_request_native",
@@ -69,6 +70,17 @@ def meter() -> Any:
                     raise RuntimeError("spanmeter_native is not installed: run ./scripts/bootstrap.sh with cargo")
                 _METER = spanmeter_native.Meter(build_table())
     return _METER
+
+
+def count_spans(body: bytes) -> int | None:
+    """The spans in an Export request, from its framing alone (microseconds, GIL released), or None: the
+    compiled core is not installed, or the framing is not well formed (a full decode decides)."""
+    if spanmeter_native is None:
+        return None
+    try:
+        return spanmeter_native.count_spans(body)
+    except Exception:  # never raises for any bytes; if it did, the full decode decides
+        return None
 
 
 def _bounds(limits: MeteringLimits, now_unix_nano: int) -> tuple[int, int, int]:

@@ -48,10 +48,11 @@ from spanmeter.collector.processors.meters import (
     OnUnattributed,
 )
 
-__all__ = ["TABLE_FORMAT", "build_table", "producer_argument", "unauthorized_message"]
+__all__ = ["TABLE_FORMAT", "account_message", "build_table", "producer_argument", "unauthorized_message"]
 
 TABLE_FORMAT = 1
 _AUTH_ALLOWS = Producer.allows  # the rule the core reproduces from (services, meters)
+_AUTH_ALLOWS_ACCOUNT = Producer.allows_account  # and from (exact accounts, prefixes)
 _SERVER = int(Span.SpanKind.SPAN_KIND_SERVER)
 _ERROR = int(Status.StatusCode.STATUS_CODE_ERROR)
 
@@ -205,12 +206,29 @@ def unauthorized_message(producer: Any) -> str:
     return f"producer {producer.name!r} may not send this service's spans or these meters"
 
 
+def account_message(producer: Any) -> str:
+    # usage._meter_span: f"producer {producer.name!r} may not bill this account"
+    return f"producer {producer.name!r} may not bill this account"
+
+
 def producer_argument(producer: Any) -> tuple | None:
-    """The ``producer`` argument of ``Meter.meter`` for a ``collector.auth.Producer`` (or None)."""
+    """The ``producer`` argument of ``Meter.meter`` for a ``collector.auth.Producer`` (or None):
+    (services, meters, message, exact accounts, account prefixes, account message); None for "any"."""
     if producer is None:
         return None
     services, meters = getattr(producer, "services", ...), getattr(producer, "meters", ...)
-    if services is ... or meters is ... or type(producer).allows is not _AUTH_ALLOWS:
+    accounts = getattr(producer, "accounts", ...)
+    if (
+        services is ...
+        or meters is ...
+        or accounts is ...
+        or type(producer).allows is not _AUTH_ALLOWS
+        or type(producer).allows_account is not _AUTH_ALLOWS_ACCOUNT
+    ):
         # another ProducerPolicy: its allows() may be anything, so the caller falls back to Python
         raise TypeError(f"no native form for producer policy {type(producer).__name__}")
-    return (services, meters, unauthorized_message(producer))
+    exact = prefixes = None
+    if accounts is not None:
+        exact = {a for a in accounts if not a.endswith("*")}
+        prefixes = sorted(a[:-1] for a in accounts if a.endswith("*"))
+    return (services, meters, unauthorized_message(producer), exact, prefixes, account_message(producer))

@@ -95,6 +95,8 @@ class ProducerPolicy(Protocol):
 
     def allows(self, service_name: str | None, meter_codes: Iterable[str]) -> bool: ...
 
+    def allows_account(self, account_id: str | None) -> bool: ...
+
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -393,6 +395,9 @@ def _meter_span(
     if producer is not None and not producer.allows(service_name, [m.code for m in matched]):
         reason = "unauthorized_producer"
         message = f"producer {producer.name!r} may not send this service's spans or these meters"
+    elif producer is not None and not producer.allows_account(account_id):
+        reason = "unauthorized_producer"
+        message = f"producer {producer.name!r} may not bill this account"
     elif len(trace_id) != 16 or trace_id == _ZERO_TRACE or len(span_id) != 8 or span_id == _ZERO_SPAN:
         reason, message = "invalid_id", "trace id must be 16 non-zero bytes and span id 8 non-zero bytes"
     elif end_ns < start_ns:

@@ -46,6 +46,9 @@ pub struct Producer {
     pub services: Option<HashSet<String>>,
     pub meters: Option<HashSet<String>>,
     pub message: String,
+    /// None: any account; else exact ids and prefixes (`collector.auth.Producer.accounts`)
+    pub accounts: Option<(HashSet<String>, Vec<String>)>,
+    pub account_message: String,
 }
 
 impl Producer {
@@ -60,6 +63,14 @@ impl Producer {
         match &self.meters {
             None => true,
             Some(m) => codes.into_iter().all(|c| m.contains(c)),
+        }
+    }
+
+    /// `collector.auth.Producer.allows_account`
+    fn allows_account(&self, account: Option<&str>) -> bool {
+        match (&self.accounts, account) {
+            (None, _) | (_, None) => true,
+            (Some((exact, prefixes)), Some(a)) => exact.contains(a) || prefixes.iter().any(|p| a.starts_with(p.as_str())),
         }
     }
 }
@@ -700,6 +711,9 @@ impl Core {
             if let Some(p) = &params.producer {
                 if !p.allows(service_name, matched.iter().map(|&m| t.meters[m].code.as_str())) {
                     break 'check Some((rj.unauthorized_producer.clone(), p.message.clone()));
+                }
+                if !p.allows_account(account_id.as_deref()) {
+                    break 'check Some((rj.unauthorized_producer.clone(), p.account_message.clone()));
                 }
             }
             if s.trace_id.len() != 16 || s.trace_id.iter().all(|&b| b == 0) || s.span_id.len() != 8 || s.span_id.iter().all(|&b| b == 0) {

@@ -301,3 +301,26 @@ pub fn status(buf: &[u8]) -> R<i32> {
     }
     Ok(code)
 }
+
+/// The number of spans in an `ExportTraceServiceRequest`, read from the framing only (lengths and tags
+/// of the three outer levels; nothing inside a span is looked at), so a receiver can refuse a request
+/// over its span bound before decoding it. `None` when the framing itself is not well formed: the full
+/// decode then decides.
+pub fn count_spans(body: &[u8]) -> Option<u64> {
+    fn count_in(buf: &[u8], field: u32, inner: &dyn Fn(&[u8]) -> Option<u64>) -> Option<u64> {
+        let mut r = Reader::new(buf);
+        let mut total: u64 = 0;
+        while !r.done() {
+            let (number, wt) = r.tag().ok()?;
+            if number == field && wt == WT_LEN {
+                total += inner(r.bytes().ok()?)?;
+            } else {
+                r.skip(wt).ok()?;
+            }
+        }
+        Some(total)
+    }
+    let spans = |scope_spans: &[u8]| count_in(scope_spans, 2, &|_| Some(1));
+    let scopes = |resource_spans: &[u8]| count_in(resource_spans, 2, &spans);
+    count_in(body, 1, &scopes)
+}
