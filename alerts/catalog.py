@@ -12,6 +12,7 @@ derived from the name (``alerts/runbooks/<AlertName>.md``) and a ``dashboard_url
 | ``SpanmeterRollupFoldLagging`` | warning | the oldest pending rollup delta is over 2 min old for 10 min (folding stopped or too slow) |
 | ``SpanmeterLedgerWriteErrors`` | warning | group commits failing (database errors, timeouts) for 5 min |
 | ``SpanmeterSpansRejected`` | warning | billable spans rejected into ``rejected_spans`` in the last hour |
+| ``SpanmeterUsageKeyConflict`` | critical | a span arrived with the key of usage already billed with other content (a squat, or a producer bug) |
 | ``SpanmeterSpansUnattributed`` | warning | over 5 % of a count-only meter's spans carry no ``account_id`` |
 | ``SpanmeterUnauthorizedProducer`` | warning | Export calls without valid credentials, or producers sending what they may not |
 | ``SpanmeterDuplicateRateHigh`` | warning | over 20 % of usage rows received are already in the ledger (retry storm, replay loop) |
@@ -126,7 +127,7 @@ histogram_quantile(0.99, sum by (job, le) (rate(spanmeter_pipeline_lag_seconds_b
             "SpanmeterSpansRejected",
             f"""
 sum by (job, reason) (
-  increase(spanmeter_spans_rejected_total{{{job},reason!="unauthorized_producer"}}[1h])
+  increase(spanmeter_spans_rejected_total{{{job},reason!~"unauthorized_producer|key_conflict"}}[1h])
 ) > 0
 """,
             "5m",
@@ -134,6 +135,17 @@ sum by (job, reason) (
             "Billable spans are being rejected into the dead-letter table.",
             "{{ $value | humanize }} billable spans were rejected in the last hour for {{ $labels.reason }}. "
             "They are kept in rejected_spans, not billed, until fixed and replayed.",
+            PIPELINE,
+        ),
+        Alert(
+            "SpanmeterUsageKeyConflict",
+            f"sum by (job) (increase(spanmeter_spans_rejected_total{{{job},reason=\"key_conflict\"}}[1h])) > 0",
+            "0m",
+            "critical",
+            "Usage arrived with a key the ledger already holds with other content.",
+            "{{ $value | humanize }} spans in the last hour carried the idempotency key of usage already billed "
+            "with another account, job, plan or quantity: a producer re-sending another's span ids, or a "
+            "producer bug. They are kept as key_conflict in rejected_spans, not billed; someone must decide.",
             PIPELINE,
         ),
         Alert(

@@ -14,4 +14,4 @@ cd "$(dirname "$0")/.."
 echo "again with SPANMETER_NATIVE=0 (pure-Python metering): the receiver's end-to-end tests"
 SPANMETER_NATIVE=0 exec .venv/bin/pytest -q -p no:cacheprovider tests/test_receiver.py tests/test_fuzz.py \
   tests/test_hostile.py tests/test_limits.py tests/test_write_errors.py tests/test_metering_mode.py \
-  tests/test_overload.py tests/test_auth.py
+  tests/test_overload.py tests/test_auth.py tests/test_conflicts.py

@@ -19,10 +19,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 import psycopg
 
-__all__ = ["LedgerWriter", "RejectedRequestRow", "RejectedSpanRow", "UsageEventRow", "UsageWrite", "encode_copy"]
+__all__ = [
+    "KeyConflict",
+    "LedgerWriter",
+    "RejectedRequestRow",
+    "RejectedSpanRow",
+    "UsageEventRow",
+    "UsageWrite",
+    "encode_copy",
+]
 
 # (occurred_at_us, idempotency_key hex, account_id, job_id, plan_code, meter_code, meter_version,
 #  quantity as a decimal string, unit, trace_id hex, span_id hex, metadata JSON text)
@@ -79,6 +88,19 @@ JOIN usage_events u
  AND u.idempotency_key = s.idempotency_key
 WHERE u.xmin = pg_current_xact_id()::xid
 """
+# Also only then: staged rows whose key the ledger already holds with other content (another account, job,
+# plan, meter version or quantity at the same end time). Never silently a duplicate: the exporter keeps each
+# as a ``key_conflict`` rejection. Compared with the row in the ledger, so of two rows with one key in one
+# batch, the one that was inserted matches and the other is the conflict.
+_CONFLICTS = """
+SELECT replace(s.idempotency_key::text, '-', ''), u.account_id, u.job_id, u.plan_code, u.meter_version, u.quantity::text
+FROM usage_staging s
+JOIN usage_events u
+  ON u.occurred_at = timestamptz 'epoch' + s.occurred_at_us * interval '1 microsecond'
+ AND u.idempotency_key = s.idempotency_key
+WHERE (u.account_id, u.job_id, u.plan_code, u.meter_code, u.meter_version, u.quantity)
+      IS DISTINCT FROM (s.account_id, s.job_id, s.plan_code, s.meter_code, s.meter_version, s.quantity)
+"""
 _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]").search
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -102,12 +124,36 @@ def encode_copy(rows: Iterable[UsageEventRow]) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyConflict:
+    """A staged row whose key the ledger already holds with other content: what the ledger holds."""
+
+    idempotency_key: str
+    account_id: str
+    job_id: str | None
+    plan_code: str | None
+    meter_version: int
+    quantity: str
+
+    def differs(self, account_id: str, job_id: str | None, plan_code: str | None, version: int, quantity: str) -> bool:
+        mine = (self.account_id, self.job_id, self.plan_code, self.meter_version, Decimal(self.quantity))
+        return mine != (account_id, job_id, plan_code, version, Decimal(quantity))
+
+    def describe(self) -> str:
+        return (
+            f"account {self.account_id!r}, job {self.job_id!r}, plan {self.plan_code!r}, "
+            f"meter version {self.meter_version}, quantity {self.quantity}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class UsageWrite:
-    """What one ``write_usage`` did: how many rows were new, and which (``None``: all of them)."""
+    """What one ``write_usage`` did: how many rows were new, and which (``None``: all of them); the staged
+    rows whose key the ledger holds with other content."""
 
     staged: int
     inserted: int
     inserted_keys: frozenset[str] | None
+    conflicts: tuple[KeyConflict, ...] = ()
 
     def is_new(self, idempotency_key: str) -> bool:
         return self.inserted_keys is None or idempotency_key in self.inserted_keys
@@ -151,7 +197,10 @@ class LedgerWriter:
             if inserted == staged:
                 return UsageWrite(staged, inserted, None)
             cur.execute(_NEW_KEYS)
-            return UsageWrite(staged, inserted, frozenset(key for (key,) in cur.fetchall()))
+            new_keys = frozenset(key for (key,) in cur.fetchall())
+            cur.execute(_CONFLICTS)
+            conflicts = tuple(KeyConflict(*row) for row in cur.fetchall())
+            return UsageWrite(staged, inserted, new_keys, conflicts)
 
     def discard_staged(self) -> None:
         """Empty the staging table before another ``write_usage`` in the same transaction (staged rows live

@@ -40,7 +40,7 @@ import psycopg
 
 from spanmeter.billing.ledger.database import Database
 from spanmeter.billing.ledger.errors import WriteErrorClass, classify
-from spanmeter.billing.ledger.writer import LedgerWriter, UsageEventRow, UsageWrite, encode_copy
+from spanmeter.billing.ledger.writer import KeyConflict, LedgerWriter, UsageEventRow, UsageWrite, encode_copy
 
 from ..consumer import CompactRow, PendingWrite, RetryableError
 from ..metrics import CollectorMetrics
@@ -72,6 +72,55 @@ def _refusal(pending: PendingWrite, row: UsageRow, message: str) -> Rejection:
         end_time_unix_nano=row.end_time_unix_nano,
         payload=payload,
     )
+
+
+def _conflict(pending: PendingWrite, row: UsageRow, held: KeyConflict) -> Rejection:
+    """A row whose key the ledger already holds with other content: kept, counted, never a silent duplicate."""
+    payload = pending.span_payload(row) if pending.span_payload is not None else b""
+    return Rejection(
+        reason="key_conflict",
+        message=(
+            f"{row.meter.code} usage with this span's key is already billed with other content "
+            f"({held.describe()}); this span says account {row.account_id!r}, quantity {row.quantity}: "
+            "kept for review, not billed"
+        )[:1000],
+        rejection_key=hashlib.blake2b(
+            payload + row.idempotency_key.encode() + b"/conflict", digest_size=16
+        ).hexdigest(),
+        trace_id=row.trace_id,
+        span_id=row.span_id,
+        meter_codes=(row.meter.code,),
+        account_id=row.account_id,
+        service_name=row.metadata.get("service.name"),
+        end_time_unix_nano=row.end_time_unix_nano,
+        payload=payload,
+    )
+
+
+def _refuse_conflicts(batch: list[PendingWrite], conflicts: tuple[KeyConflict, ...]) -> set[str]:
+    """Turn the rows of ``batch`` that conflict with the ledger into ``key_conflict`` rejections of their
+    requests; returns their keys."""
+    held = {c.idempotency_key: c for c in conflicts}
+    found: set[str] = set()
+    for pending in batch:
+        if pending.encoded is not None:
+            keys = {compact[2] for compact in pending.encoded.compact}
+        else:
+            keys = {row.idempotency_key for row in pending.rows}
+        if keys.isdisjoint(held):
+            continue
+        for row in pending.usage_rows():
+            c = held.get(row.idempotency_key)
+            if c is not None and c.differs(
+                row.account_id, row.job_id, row.plan_code, row.meter.version, str(row.quantity)
+            ):
+                pending.refused.append(_conflict(pending, row, c))
+                found.add(row.idempotency_key)
+    if found:
+        log.warning(
+            "%d usage rows arrived with a key the ledger holds with other content; kept as key_conflict", len(found)
+        )
+    return found
 
 
 def _first_line(exc: BaseException) -> str:
@@ -290,6 +339,9 @@ class LedgerExporter:
                     chunks.append(encode_copy(map(usage_event_row, pending.rows)))
                     rows.extend(map(compact_row, pending.rows))
             written = writer.write_copy(b"".join(chunks), len(rows))
+            for pending in batch:
+                pending.refused.clear()
+        conflicted = _refuse_conflicts(batch, written.conflicts) if written.conflicts else set()
         writer.write_rejected_spans(
             rejected_span_row(r) for pending in batch for r in (*pending.rejections, *pending.refused)
         )
@@ -301,7 +353,7 @@ class LedgerExporter:
         try:  # the rows are durable now: nothing below may turn that into an error for the client
             self._metrics.ledger_write_duration.observe(time.perf_counter() - started)
             self._metrics.last_commit.set(committed_at)
-            self._record(rows, written, committed_at)
+            self._record(rows, written, committed_at, conflicted)
         except Exception:
             log.exception("updating metrics after a commit failed")
         with self._cond:
@@ -317,6 +369,7 @@ class LedgerExporter:
         were new."""
         written_rows: list[CompactRow] = []
         new_keys: set[str] = set()
+        conflicts: list[KeyConflict] = []
 
         def attempt(pending: PendingWrite, rows: list[UsageRow]) -> None:
             events: list[UsageEventRow] = [usage_event_row(row) for row in rows]
@@ -336,6 +389,7 @@ class LedgerExporter:
                 return
             written_rows.extend(map(compact_row, rows))
             new_keys.update(e[1] for e in events if result.is_new(e[1]))
+            conflicts.extend(result.conflicts)
 
         for pending in batch:
             pending.refused.clear()
@@ -345,9 +399,11 @@ class LedgerExporter:
         refused = sum(len(p.refused) for p in batch)
         if refused:
             log.warning("%d usage rows refused by the ledger, kept in rejected_spans (ledger_refused)", refused)
-        return written_rows, UsageWrite(len(written_rows), len(new_keys), frozenset(new_keys))
+        return written_rows, UsageWrite(len(written_rows), len(new_keys), frozenset(new_keys), tuple(conflicts))
 
-    def _record(self, rows: list[CompactRow], written: UsageWrite, committed_at: float) -> None:
+    def _record(
+        self, rows: list[CompactRow], written: UsageWrite, committed_at: float, conflicted: set[str] = frozenset()
+    ) -> None:
         m = self._metrics
         billed: Counter[str] = Counter()
         duplicate: Counter[str] = Counter()
@@ -358,7 +414,8 @@ class LedgerExporter:
         for code, _version, key, plan_code, label, quantity, end_ns in rows:
             if unclaimed is not None:
                 if key not in unclaimed:
-                    duplicate[code] += 1
+                    if key not in conflicted:  # a conflict is counted as a rejection, not a duplicate
+                        duplicate[code] += 1
                     continue
                 unclaimed.discard(key)
             billed[code] += 1

@@ -75,7 +75,8 @@ MAX_ATTRIBUTION_LENGTH = 256
 MAX_METADATA_TEXT = 512
 
 REJECT_REASONS = (
-    "ledger_refused",  # set by the ledger exporter: the database refused the row's value (see billing.ledger.errors)
+    "ledger_refused",
+    "key_conflict",  # set by the ledger exporter: the database refused the row's value (see billing.ledger.errors)
     "unattributed",
     "unauthorized_producer",
     "invalid_id",

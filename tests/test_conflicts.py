@@ -1,0 +1,126 @@
+"""The same usage key with other content is a conflict, never a silent duplicate.
+
+The idempotency key is BLAKE2b(trace_id ‖ span_id ‖ meter): it makes retries and replays exact. A producer
+that re-sends another's span ids first (a squat) used to win silently: the genuine export was answered OK
+and dropped as a duplicate, so the usage stayed billed to the squatter's account."""
+
+from __future__ import annotations
+
+import os
+import time
+from decimal import Decimal
+
+import grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from support import Collector, ledger, raw_export, totals
+
+SECOND = 1_000_000_000
+
+
+def _request(spans: list[tuple[bytes, bytes, str, int]], service: str) -> bytes:
+    """Celery task runs (one worker_seconds row each) with the given (trace id, span id, account, duration)."""
+    end = time.time_ns() - SECOND
+    out = []
+    for trace_id, span_id, account, duration in spans:
+        attributes = [
+            KeyValue(key="account_id", value=AnyValue(string_value=account)),
+            KeyValue(key="celery.action", value=AnyValue(string_value="run")),
+        ]
+        out.append(
+            Span(
+                trace_id=trace_id,
+                span_id=span_id,
+                name="run",
+                kind=Span.SpanKind.SPAN_KIND_CONSUMER,
+                start_time_unix_nano=end - duration,
+                end_time_unix_nano=end,
+                attributes=attributes,
+            )
+        )
+    resource = Resource(attributes=[KeyValue(key="service.name", value=AnyValue(string_value=service))])
+    request = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(spans=out)])]
+    )
+    return request.SerializeToString()
+
+
+def test_a_squatted_key_is_a_kept_counted_conflict_not_a_silent_duplicate(fresh_db):
+    collector = Collector(fresh_db).start()
+    try:
+        victim = (os.urandom(16), os.urandom(8))
+        other = (os.urandom(16), os.urandom(8))
+        # the squatter sends the victim's span ids (and the same times) first, under its own account
+        end_time_pinned = _request([(*victim, "acct-squatter", 2 * SECOND), (*other, "acct-squatter", SECOND)], "svc-a")
+        assert raw_export(collector.endpoint, end_time_pinned).code == grpc.StatusCode.OK
+        # the genuine export: same ids and end time (the same bytes but for the account)
+        genuine = _swap_account(end_time_pinned, "acct-squatter", "acct-victim")
+        result = raw_export(collector.endpoint, genuine)
+        assert result.code == grpc.StatusCode.OK  # not retryable: retrying cannot change the answer
+        partial = result.response.partial_success
+        assert partial.rejected_spans == 2
+        assert "key_conflict x2" in partial.error_message
+        assert "account 'acct-squatter'" in partial.error_message and "acct-victim" in partial.error_message
+        # kept with both versions: the ledger's row, and the conflicting span whole in rejected_spans
+        kept = ledger(fresh_db, "SELECT reason, account_id, error_message FROM rejected_spans ORDER BY span_id")
+        assert [(reason, account) for reason, account, _ in kept] == [("key_conflict", "acct-victim")] * 2
+        assert all("account 'acct-squatter'" in message for _, _, message in kept)
+        assert totals(fresh_db, "acct-squatter") == {"worker_seconds": Decimal("3.0")}
+        assert totals(fresh_db, "acct-victim") == {}
+        m = collector.metrics()
+        assert m['spanmeter_spans_rejected_total{reason="key_conflict"}'] == 2
+        assert m['spanmeter_usage_events_duplicate_total{meter="worker_seconds"}'] == 0  # conflicts are not duplicates
+        # the genuine producer retries: the same conflict, kept once
+        again = raw_export(collector.endpoint, genuine)
+        assert again.code == grpc.StatusCode.OK and again.response.partial_success.rejected_spans == 2
+        assert ledger(fresh_db, "SELECT count(*) FROM rejected_spans") == [(2,)]
+        # a true duplicate (the squatter's own retry, same content) stays a silent, exact duplicate
+        dup = raw_export(collector.endpoint, end_time_pinned)
+        assert dup.code == grpc.StatusCode.OK and not dup.response.HasField("partial_success")
+        assert totals(fresh_db, "acct-squatter") == {"worker_seconds": Decimal("3.0")}
+        assert collector.metrics()['spanmeter_usage_events_duplicate_total{meter="worker_seconds"}'] == 2
+    finally:
+        collector.kill()
+
+
+def test_the_same_key_with_another_quantity_is_a_conflict_too(fresh_db):
+    collector = Collector(fresh_db).start()
+    try:
+        ids = (os.urandom(16), os.urandom(8))
+        first = _request([(*ids, "acct-q", 2 * SECOND)], "svc-q")
+        assert raw_export(collector.endpoint, first).code == grpc.StatusCode.OK
+        # same ids, same end, a longer span: the start moved (a producer bug or a forgery)
+        longer = _request([(*ids, "acct-q", 5 * SECOND)], "svc-q")
+        longer = _with_end_of(longer, first)
+        result = raw_export(collector.endpoint, longer)
+        assert result.response.partial_success.rejected_spans == 1
+        assert "quantity 2.0" in result.response.partial_success.error_message
+        assert totals(fresh_db, "acct-q") == {"worker_seconds": Decimal("2.0")}
+        assert ledger(fresh_db, "SELECT reason FROM rejected_spans") == [("key_conflict",)]
+    finally:
+        collector.kill()
+
+
+def _swap_account(body: bytes, old: str, new: str) -> bytes:
+    request = ExportTraceServiceRequest.FromString(body)
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                for kv in span.attributes:
+                    if kv.key == "account_id" and kv.value.string_value == old:
+                        kv.value.string_value = new
+    return request.SerializeToString()
+
+
+def _with_end_of(body: bytes, reference: bytes) -> bytes:
+    """``body`` with each span's end time (and its start, keeping the duration) taken from ``reference``."""
+    request = ExportTraceServiceRequest.FromString(body)
+    ref = ExportTraceServiceRequest.FromString(reference).resource_spans[0].scope_spans[0].spans
+    for span, pinned in zip(request.resource_spans[0].scope_spans[0].spans, ref, strict=True):
+        duration = span.end_time_unix_nano - span.start_time_unix_nano
+        span.end_time_unix_nano = pinned.end_time_unix_nano
+        span.start_time_unix_nano = pinned.end_time_unix_nano - duration
+    return request.SerializeToString()
