@@ -463,9 +463,28 @@ class Bench:
         }
 
     # (3) and (4)
+    def _writer_url(self) -> str:
+        """serve writes as spanmeter_writer, as in production (the ledger was migrated as the owner); a server
+        whose writer cannot log in (a password-protected --database-url) falls back to the owner."""
+        import psycopg
+
+        from spanmeter.billing.ledger.database import Database
+        from spanmeter.billing.ledger.roles import WRITER_ROLE
+
+        writer = Database(self.pg.ledger, embedded=False, description="bench").as_user(WRITER_ROLE).conninfo
+        try:
+            psycopg.connect(writer, connect_timeout=5).close()
+        except psycopg.OperationalError:
+            return ""
+        return writer
+
     def start_serve(self) -> Server:
         args = self.args
         env = dict(os.environ)
+        database_url = self._writer_url()
+        if not database_url:
+            database_url = self.pg.ledger
+            env["SPANMETER_ALLOW_OWNER"] = "true"
         env.update({"SPANMETER_DATA_DIR": str(self.work / "serve-data"), "SPANMETER_LOG_LEVEL": "WARNING"})
         for item in args.serve_env:
             key, _, value = item.partition("=")
@@ -475,7 +494,16 @@ class Bench:
         cmd = (
             [PY, str(BENCH_DIR / "_serve_profiled.py")]
             + (["--no-instrument"] if args.no_instrument else [])
-            + ["--", "serve", "--otlp-endpoint", "127.0.0.1:0", "--metrics-port", "0", "--database-url", self.pg.ledger]
+            + [
+                "--",
+                "serve",
+                "--otlp-endpoint",
+                "127.0.0.1:0",
+                "--metrics-port",
+                "0",
+                "--database-url",
+                self._writer_url(),
+            ]
             + ["--processes", str(args.serve_processes)]
         )
         return Server("serve", cmd, env, self.work / "serve.log")
