@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from .ledger.models import DeadLetterReplay, RejectedSpan
+from .ledger.models import DeadLetterReplay, DeadLetterResolution, RejectedSpan
 
 __all__ = ["DeadLetter", "get_dead_letter", "list_dead_letters"]
 
@@ -32,19 +32,31 @@ class DeadLetter:
     replay_reason: str | None
     replay_patch: dict[str, Any] | None
     payload: bytes | None = None
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    resolution: str | None = None  # keep_ledger, bill_span, dismiss
+    resolution_reason: str | None = None
+    adjustment_keys: list[str] | None = None
 
     @property
     def status(self) -> str:
-        return "replayed" if self.replayed_at else "pending"
+        return "replayed" if self.replayed_at else "resolved" if self.resolved_at else "pending"
 
 
 def _query():
-    return select(RejectedSpan, DeadLetterReplay).outerjoin(
-        DeadLetterReplay, DeadLetterReplay.rejection_key == RejectedSpan.rejection_key
+    return (
+        select(RejectedSpan, DeadLetterReplay, DeadLetterResolution)
+        .outerjoin(DeadLetterReplay, DeadLetterReplay.rejection_key == RejectedSpan.rejection_key)
+        .outerjoin(DeadLetterResolution, DeadLetterResolution.rejection_key == RejectedSpan.rejection_key)
     )
 
 
-def _row(span: RejectedSpan, replay: DeadLetterReplay | None, with_payload: bool) -> DeadLetter:
+def _row(
+    span: RejectedSpan,
+    replay: DeadLetterReplay | None,
+    resolution: DeadLetterResolution | None,
+    with_payload: bool,
+) -> DeadLetter:
     return DeadLetter(
         rejection_key=str(span.rejection_key),
         rejected_at=span.rejected_at,
@@ -61,6 +73,11 @@ def _row(span: RejectedSpan, replay: DeadLetterReplay | None, with_payload: bool
         replay_reason=replay.reason if replay else None,
         replay_patch=replay.patch if replay else None,
         payload=span.payload if with_payload else None,
+        resolved_at=resolution.resolved_at if resolution else None,
+        resolved_by=resolution.resolved_by if resolution else None,
+        resolution=resolution.decision if resolution else None,
+        resolution_reason=resolution.reason if resolution else None,
+        adjustment_keys=list(resolution.adjustment_keys) if resolution else None,
     )
 
 
@@ -73,7 +90,7 @@ def list_dead_letters(
     if since is not None:
         statement = statement.where(RejectedSpan.rejected_at >= since)
     with Session(engine) as session:
-        return [_row(span, replay, False) for span, replay in session.execute(statement).tuples()]
+        return [_row(span, replay, done, False) for span, replay, done in session.execute(statement).tuples()]
 
 
 def get_dead_letter(engine: Engine, rejection_key: str) -> DeadLetter | None:
@@ -83,4 +100,4 @@ def get_dead_letter(engine: Engine, rejection_key: str) -> DeadLetter | None:
         return None
     with Session(engine) as session:
         found = session.execute(_query().where(RejectedSpan.rejection_key == key)).tuples().first()
-        return _row(found[0], found[1], True) if found else None
+        return _row(found[0], found[1], found[2], True) if found else None

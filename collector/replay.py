@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import psycopg
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -27,19 +29,128 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from spanmeter import attributes as A
+from spanmeter.billing import adjustments as adjustments_module
 from spanmeter.billing.ledger.database import Database
 from spanmeter.billing.ledger.writer import LedgerWriter
 
 from .exporters.rows import usage_event_row
 from .processors.usage import MeteringLimits, meter_request
 
-__all__ = ["PATCHABLE_KEYS", "ReplayError", "ReplayReport", "patch_span", "replay"]
+__all__ = [
+    "DECISIONS",
+    "PATCHABLE_KEYS",
+    "ReplayError",
+    "ReplayReport",
+    "Resolution",
+    "patch_span",
+    "replay",
+    "resolve",
+]
 
 PATCHABLE_KEYS = frozenset(A.ATTRIBUTION_KEYS)
 
 
 class ReplayError(ValueError):
     pass
+
+
+_CONFLICTS_ARE_RESOLVED = (
+    "a key_conflict span cannot be replayed (its key is already billed with other content): decide with "
+    "`spanmeter dead-letter resolve ID --decision keep-ledger|bill-span --why …`"
+)
+DECISIONS = ("keep_ledger", "bill_span", "dismiss")
+
+
+@dataclass(frozen=True)
+class Resolution:
+    rejection_key: str
+    decision: str
+    adjustments: list[tuple[str, str, Decimal]]  # (account, meter, signed quantity)
+
+    def line(self) -> str:
+        moved = "; ".join(f"{q:+} {meter} on {account}" for account, meter, q in self.adjustments)
+        return f"resolved {self.rejection_key}: {self.decision}" + (f"; corrections: {moved}" if moved else "")
+
+
+def resolve(
+    database: Database, *, rejection_key: str, decision: str, resolved_by: str, why: str, limits: MeteringLimits
+) -> Resolution:
+    """Record an operator's decision on a rejected span that is not replayed (append-only, once per span).
+
+    ``keep_ledger`` (a ``key_conflict``): the ledger's row is right; nothing is billed. ``bill_span`` (a
+    ``key_conflict``): the span is right, so the usage moves from the account the ledger holds to the one
+    the span says, as two corrections in ``usage_adjustments`` (minus the ledger's quantity there, plus the
+    span's quantity here, dated at the ledger row's time; the ledger row is never edited). ``dismiss``
+    (any reason): recorded, never billed, never replayed."""
+    if decision not in DECISIONS:
+        raise ReplayError(f"--decision must be one of {', '.join(d.replace('_', '-') for d in DECISIONS)}")
+    if not why.strip():
+        raise ReplayError("--why is required: finance must be able to explain the decision months later")
+    try:
+        key = str(uuid.UUID(rejection_key))
+    except ValueError:
+        raise ReplayError(f"no rejected span with id {rejection_key!r} (ids come from `dead-letter list`)") from None
+    adjustments: list[tuple[str, str, Decimal]] = []
+    adjustment_keys: list[str] = []
+    with psycopg.connect(database.conninfo) as conn:
+        found = conn.execute(
+            "SELECT reason, payload FROM rejected_spans WHERE rejection_key = %s FOR UPDATE", (key,)
+        ).fetchone()
+        if found is None:
+            raise ReplayError(f"no rejected span with id {rejection_key!r} (ids come from `dead-letter list`)")
+        reason, payload = found
+        done = conn.execute(
+            "SELECT 'replayed' FROM dead_letter_replays WHERE rejection_key = %(k)s UNION ALL "
+            "SELECT 'resolved (' || decision || ')' FROM dead_letter_resolutions WHERE rejection_key = %(k)s",
+            {"k": key},
+        ).fetchone()
+        if done is not None:
+            raise ReplayError(f"rejected span {key} is already {done[0]}")
+        if decision != "dismiss" and reason != "key_conflict":
+            raise ReplayError(
+                f"keep-ledger and bill-span decide key_conflict spans; this one is {reason}: dismiss or replay it"
+            )
+        if decision == "bill_span":
+            resource_spans = ResourceSpans.FromString(payload)
+            end_ns = resource_spans.scope_spans[0].spans[0].end_time_unix_nano
+            # metered as at its arrival (its end time as "now"), so an old conflict is not judged stale
+            result = meter_request(ExportTraceServiceRequest(resource_spans=[resource_spans]), limits, end_ns)
+            for row in result.rows:
+                held = conn.execute(
+                    "SELECT account_id, quantity, occurred_at FROM usage_events WHERE idempotency_key = %s"
+                    " AND occurred_at = timestamptz 'epoch' + %s * interval '1 microsecond'",
+                    (row.idempotency_key, row.end_time_unix_nano // 1000),
+                ).fetchone()
+                if held is None or (held[0], held[1]) == (row.account_id, row.quantity):
+                    continue  # not the conflicting row
+                account, quantity, occurred_at = held
+                for suffix, who, amount in (("out", account, -quantity), ("in", row.account_id, row.quantity)):
+                    adjustment_key = f"conflict-{key}-{row.meter.code}-{suffix}"
+                    adjustments_module.record(
+                        conn,
+                        idempotency_key=adjustment_key,
+                        account_id=who,
+                        meter_code=row.meter.code,
+                        quantity=amount,
+                        occurred_at=occurred_at,
+                        reason=f"key conflict {key} resolved bill-span: {why}",
+                        created_by=resolved_by,
+                        reference=key,
+                    )
+                    adjustments.append((who, row.meter.code, amount))
+                    adjustment_keys.append(adjustment_key)
+            if not adjustments:
+                raise ReplayError(
+                    f"rejected span {key} bills the same account and quantity as the ledger's row (or no longer "
+                    "conflicts): there is nothing to move; decide keep-ledger"
+                )
+        conn.execute(
+            "INSERT INTO dead_letter_resolutions (rejection_key, resolved_by, decision, reason, adjustment_keys)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (key, resolved_by, decision, why, adjustment_keys),
+        )
+        conn.commit()
+    return Resolution(key, decision, adjustments)
 
 
 @dataclass
@@ -74,6 +185,8 @@ _SELECT = """
 SELECT r.rejection_key, r.reason, r.payload
 FROM rejected_spans r
 WHERE NOT EXISTS (SELECT 1 FROM dead_letter_replays d WHERE d.rejection_key = r.rejection_key)
+  AND NOT EXISTS (SELECT 1 FROM dead_letter_resolutions s WHERE s.rejection_key = r.rejection_key)
+  AND r.reason <> 'key_conflict'
   AND (%(reason)s::text IS NULL OR r.reason = %(reason)s)
   AND (%(key)s::uuid IS NULL OR r.rejection_key = %(key)s)
 ORDER BY r.rejected_at, r.rejection_key
@@ -105,8 +218,14 @@ def replay(
         raise ReplayError(f"--patch may set only {', '.join(sorted(PATCHABLE_KEYS))}, not {', '.join(sorted(unknown))}")
     if patch and not why.strip():
         raise ReplayError("--why is required with --patch: say why the attribution is being supplied")
+    if reason == "key_conflict":
+        raise ReplayError(_CONFLICTS_ARE_RESOLVED)
     report = ReplayReport()
     with psycopg.connect(database.conninfo) as conn:
+        if rejection_key is not None:
+            found = conn.execute("SELECT reason FROM rejected_spans WHERE rejection_key = %s", (rejection_key,))
+            if (found.fetchone() or (None,))[0] == "key_conflict":
+                raise ReplayError(_CONFLICTS_ARE_RESOLVED)
         writer = LedgerWriter(conn)
         selected = conn.execute(_SELECT, {"reason": reason, "key": rejection_key}).fetchall()
         report.selected = len(selected)

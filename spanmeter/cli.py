@@ -4,6 +4,7 @@
     spanmeter demo [--documents N] [--broker URL]      (the main job: a metered Django + Celery pipeline)
     spanmeter db upgrade | url | stop
     spanmeter usage --account ID [--from DATE] [--to DATE] [--format table|json|csv]
+    spanmeter dead-letter list | show ID | replay --reason R | resolve ID --decision D --why TEXT
     spanmeter subscription | rollups | ledger adjust | invoice | reconcile | export   (billing: see billing_cli)
 
 Every command reads the same ``SPANMETER_*`` variables (see :mod:`spanmeter.collector.config`); flags win.
@@ -123,6 +124,20 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("--by", default=None, help="who is replaying (default: $USER)")
     rerun.add_argument("--why", default="", help="why; required with --patch; recorded with the usage rows")
     _common(rerun)
+    decide = dead_sub.add_parser(
+        "resolve", help="record a decision on a rejected span that is not replayed (key_conflict, or dismiss)"
+    )
+    decide.add_argument("id", help="rejection key (from `dead-letter list`)")
+    decide.add_argument(
+        "--decision",
+        required=True,
+        choices=("keep-ledger", "bill-span", "dismiss"),
+        help="key_conflict: keep-ledger (the ledger's row is right) or bill-span (move the usage to the span's "
+        "account, as two corrections); any reason: dismiss (never billed, never replayed)",
+    )
+    decide.add_argument("--by", default=None, help="who decides (default: $USER)")
+    decide.add_argument("--why", required=True, help="why; recorded with the decision and its corrections")
+    _common(decide)
 
     from spanmeter import billing_cli, ops_cli
 
@@ -433,6 +448,23 @@ def _dead_letter(args: argparse.Namespace) -> int:
     config = _config(args)
     database = resolve_database(config.database_url, config.data_dir)
     migrate.upgrade(database)
+    if args.dead_command == "resolve":
+        from spanmeter.collector.replay import resolve
+
+        by = args.by or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+        try:
+            done = resolve(
+                database,
+                rejection_key=args.id,
+                decision=args.decision.replace("-", "_"),
+                resolved_by=by,
+                why=args.why,
+                limits=config.limits,
+            )
+        except ReplayError as exc:
+            raise UsageError(str(exc)) from None
+        print(done.line())
+        return 0
     if args.dead_command == "replay":
         patch = {}
         for item in args.patch:
@@ -505,6 +537,14 @@ def _dead_letter_document(r, with_span: bool) -> dict:
             "by": r.replayed_by,
             "why": r.replay_reason,
             "patch": r.replay_patch,
+        }
+    if r.resolved_at:
+        doc["resolution"] = {
+            "at": _iso(r.resolved_at),
+            "by": r.resolved_by,
+            "decision": r.resolution,
+            "why": r.resolution_reason,
+            "corrections": r.adjustment_keys,
         }
     if with_span and r.payload is not None:
         from spanmeter.collector.otlp_json import resource_spans_to_json

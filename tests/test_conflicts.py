@@ -6,7 +6,9 @@ and dropped as a duplicate, so the usage stayed billed to the squatter's account
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 from decimal import Decimal
 
@@ -16,7 +18,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from support import Collector, ledger, raw_export, totals
+from support import SPANMETER, Collector, ledger, raw_export, totals
 
 SECOND = 1_000_000_000
 
@@ -124,3 +126,50 @@ def _with_end_of(body: bytes, reference: bytes) -> bytes:
         span.end_time_unix_nano = pinned.end_time_unix_nano
         span.start_time_unix_nano = pinned.end_time_unix_nano - duration
     return request.SerializeToString()
+
+
+def _cli(db: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SPANMETER, *args, "--database-url", db], capture_output=True, text=True, timeout=60)
+
+
+def test_an_operator_resolves_a_conflict_with_the_dead_letter_tools_and_who_and_why_are_kept(fresh_db):
+    collector = Collector(fresh_db).start()
+    try:
+        squat = _request([(os.urandom(16), os.urandom(8), "acct-squatter", 2 * SECOND) for _ in range(2)], "svc-a")
+        assert raw_export(collector.endpoint, squat).code == grpc.StatusCode.OK
+        genuine = _swap_account(squat, "acct-squatter", "acct-victim")
+        assert raw_export(collector.endpoint, genuine).response.partial_success.rejected_spans == 2
+    finally:
+        collector.kill()
+    listed = json.loads(_cli(fresh_db, "dead-letter", "list", "--reason", "key_conflict", "--format", "json").stdout)
+    assert [d["status"] for d in listed] == ["pending", "pending"]
+    first, second = (d["id"] for d in listed)
+
+    # a conflict is decided, not replayed
+    refused = _cli(fresh_db, "dead-letter", "replay", "--reason", "key_conflict", "--why", "try")
+    assert refused.returncode == 2 and "dead-letter resolve" in refused.stderr
+    # the span was right: its usage moves to the victim's account as two corrections; the ledger row stays
+    done = _cli(
+        fresh_db, "dead-letter", "resolve", first, "--decision", "bill-span", "--by", "ops-ana", "--why", "squat, INC-7"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "-2.0 worker_seconds on acct-squatter; +2.0 worker_seconds on acct-victim" in done.stdout
+    adjustments = ledger(
+        fresh_db, "SELECT account_id, quantity, created_by, reference FROM usage_adjustments ORDER BY quantity"
+    )
+    assert adjustments == [
+        ("acct-squatter", Decimal("-2.0"), "ops-ana", first),
+        ("acct-victim", Decimal("2.0"), "ops-ana", first),
+    ]
+    assert totals(fresh_db, "acct-squatter") == {"worker_seconds": Decimal("4.0")}  # append-only: rows unchanged
+    # the other one: the ledger's row was right
+    kept = _cli(fresh_db, "dead-letter", "resolve", second, "--decision", "keep-ledger", "--why", "producer bug")
+    assert kept.returncode == 0, kept.stderr
+    again = _cli(fresh_db, "dead-letter", "resolve", first, "--decision", "dismiss", "--why", "twice")
+    assert again.returncode == 2 and "already resolved (bill_span)" in again.stderr
+    shown = json.loads(_cli(fresh_db, "dead-letter", "show", first).stdout)
+    assert shown["status"] == "resolved"
+    assert shown["resolution"]["by"] == "ops-ana" and shown["resolution"]["why"] == "squat, INC-7"
+    assert len(shown["resolution"]["corrections"]) == 2
+    statuses = json.loads(_cli(fresh_db, "dead-letter", "list", "--format", "json").stdout)
+    assert [d["status"] for d in statuses] == ["resolved", "resolved"]

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    CheckConstraint,
     ForeignKey,
     Identity,
     Index,
@@ -41,6 +42,7 @@ __all__ = [
     "AccountMonthToDate",
     "Base",
     "DeadLetterReplay",
+    "DeadLetterResolution",
     "Invoice",
     "InvoiceLine",
     "ReconciliationRun",
@@ -109,6 +111,26 @@ class RejectedRequest(Base):
     stored_bytes: Mapped[int] = mapped_column(Integer)
     peer: Mapped[str | None] = mapped_column(Text)
     body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class DeadLetterResolution(Base):
+    """An operator's decision on a rejected span that is not replayed (``spanmeter dead-letter resolve``)."""
+
+    __tablename__ = "dead_letter_resolutions"
+
+    rejection_key: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("rejected_spans.rejection_key"), primary_key=True
+    )
+    resolved_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    resolved_by: Mapped[str] = mapped_column(Text)
+    decision: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    adjustment_keys: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+
+    __table_args__ = (
+        CheckConstraint("decision IN ('keep_ledger', 'bill_span', 'dismiss')", name="decision_known"),
+        {"comment": "One row per rejected span an operator decided on (spanmeter dead-letter resolve); never replayed"},
+    )
 
 
 class DeadLetterReplay(Base):
