@@ -44,6 +44,7 @@ from spanmeter.billing.ledger.writer import RejectedRequestRow
 from .auth import Authenticator, Producer
 from .config import CollectorConfig
 from .consumer import EncodedRows, PendingWrite, RetryableError, UsageConsumer
+from .memory import release_after
 from .metrics import CollectorMetrics
 from .otlp import SERVICE_NAME, DecodedRequest, UnparseableRequest, abort, count_spans, decode_request
 from .processors.native import count_spans as native_count_spans
@@ -150,6 +151,7 @@ class TraceReceiver:
             )
         finally:
             self._release(requests=1, spans=spans)
+            release_after(spans)  # a large request: give the freed memory back to the kernel
 
     def _decode(self, body: bytes, context: grpc.ServicerContext, producer: Producer | None) -> DecodedRequest:
         """Decode with the Python reference; a body that is not OTLP is kept, counted and refused."""

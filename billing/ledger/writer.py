@@ -101,6 +101,7 @@ JOIN usage_events u
 WHERE (u.account_id, u.job_id, u.plan_code, u.meter_code, u.meter_version, u.quantity)
       IS DISTINCT FROM (s.account_id, s.job_id, s.plan_code, s.meter_code, s.meter_version, s.quantity)
 """
+_COPY_PIECE_BYTES = 1 << 20
 _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]").search
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -191,7 +192,11 @@ class LedgerWriter:
             return UsageWrite(0, 0, None)
         with self.conn.cursor() as cur:
             with cur.copy(_COPY) as copy:
-                copy.write(copy_text)
+                # in 1 MiB pieces: libpq's output buffer grows to the largest piece and keeps that size for
+                # the connection's life, so one 16 MiB write would pin 16 MiB per writer connection
+                view = memoryview(copy_text)
+                for start in range(0, len(view), _COPY_PIECE_BYTES):
+                    copy.write(view[start : start + _COPY_PIECE_BYTES])
             cur.execute(_INSERT)
             inserted = cur.rowcount
             if inserted == staged:

@@ -256,6 +256,9 @@ class LedgerExporter:
                 self._write(conn, writer, batch)
             except Exception as exc:
                 conn, writer = self._handle_failure(conn, writer, batch, exc)
+            # drop the batch before waiting for the next: it holds its requests' bodies and COPY text, tens
+            # of MiB after a large request, which would otherwise stay alive until the next batch arrives
+            batch = None
         if conn is not None:
             conn.close()
 
