@@ -139,7 +139,7 @@ sum by (job, reason) (
         ),
         Alert(
             "SpanmeterUsageKeyConflict",
-            f"sum by (job) (increase(spanmeter_spans_rejected_total{{{job},reason=\"key_conflict\"}}[1h])) > 0",
+            f'sum by (job) (increase(spanmeter_spans_rejected_total{{{job},reason="key_conflict"}}[1h])) > 0',
             "0m",
             "critical",
             "Usage arrived with a key the ledger already holds with other content.",
