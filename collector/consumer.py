@@ -56,6 +56,7 @@ class PendingWrite:
     rows: list[UsageRow]  # the rows, unless ``encoded`` carries them
     rejections: list[Rejection]
     encoded: EncodedRows | None = None
+    producer: str | None = None  # the authenticated producer's name, recorded on every row (None: none)
     rejected_request: RejectedRequestRow | None = None
     # the stored payload (resource, scope, span) of a row's span, for a row the store refuses permanently
     span_payload: Callable[[UsageRow], bytes] | None = None

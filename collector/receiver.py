@@ -236,6 +236,7 @@ class TraceReceiver:
                     rows=result.rows,
                     rejections=result.rejections,
                     encoded=encoded,
+                    producer=producer.name if producer is not None else None,
                     span_payload=lambda row: span_payload(request_of(), row.trace_id, row.span_id),
                 )
             )

@@ -173,3 +173,33 @@ def test_an_operator_resolves_a_conflict_with_the_dead_letter_tools_and_who_and_
     assert len(shown["resolution"]["corrections"]) == 2
     statuses = json.loads(_cli(fresh_db, "dead-letter", "list", "--format", "json").stdout)
     assert [d["status"] for d in statuses] == ["resolved", "resolved"]
+
+
+def test_rows_record_their_producer_and_another_producer_sending_the_same_span_is_a_conflict(tmp_path, fresh_db):
+    from spanmeter.collector.auth import hash_token
+
+    path = tmp_path / "producers.toml"
+    path.write_text(
+        "".join(
+            f'[[producer]]\nname = "{name}"\ntoken_sha256 = ["{hash_token(name + "-token")}"]\n'
+            'services = ["*"]\nmeters = ["*"]\naccounts = ["*"]\n\n'
+            for name in ("tenant-a", "tenant-b")
+        )
+    )
+    collector = Collector(fresh_db, env={"SPANMETER_AUTH_FILE": str(path)}).start()
+    try:
+        body = _request([(os.urandom(16), os.urandom(8), "acct-p", 2 * SECOND)], "svc-p")
+        as_a = (("authorization", "Bearer tenant-a-token"),)
+        as_b = (("authorization", "Bearer tenant-b-token"),)
+        assert raw_export(collector.endpoint, body, metadata=as_a).code == grpc.StatusCode.OK
+        assert ledger(fresh_db, "SELECT account_id, producer FROM usage_events") == [("acct-p", "tenant-a")]
+        # the same producer again: an exact duplicate; the same bytes from another producer: a conflict
+        again = raw_export(collector.endpoint, body, metadata=as_a)
+        assert again.code == grpc.StatusCode.OK and not again.response.HasField("partial_success")
+        other = raw_export(collector.endpoint, body, metadata=as_b)
+        assert other.response.partial_success.rejected_spans == 1
+        assert "producer 'tenant-a'" in other.response.partial_success.error_message
+        assert "producer 'tenant-b'" in other.response.partial_success.error_message
+        assert ledger(fresh_db, "SELECT count(*), min(producer) FROM usage_events") == [(1, "tenant-a")]
+    finally:
+        collector.kill()

@@ -41,6 +41,18 @@ def write(db, rows):
         return result
 
 
+def write_before_0008(db, rows):
+    """Rows as the writer of a ledger before migration 0008 inserted them (no producer column yet)."""
+    with psycopg.connect(db) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO usage_events (occurred_at, idempotency_key, account_id, job_id, plan_code, meter_code,"
+            " meter_version, quantity, unit, trace_id, span_id, metadata) VALUES (timestamptz 'epoch' + %s *"
+            " interval '1 microsecond', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)",
+            rows,
+        )
+        conn.commit()
+
+
 @pytest.fixture
 def db(fresh_db):
     migrate.upgrade(resolve_database(fresh_db, data_dir=None))
@@ -265,7 +277,7 @@ def test_upgrading_a_ledger_the_old_trigger_maintained_keeps_its_rollups(fresh_d
     database = resolve_database(fresh_db, data_dir=None)
     migrate.upgrade(database, "0004_operations")
     t = datetime(2026, 11, 3, 10, 0, tzinfo=UTC)
-    write(fresh_db, [row("acme", "worker_seconds", "3", t, job="old"), row("acme", "input_tokens", 7, t)])
+    write_before_0008(fresh_db, [row("acme", "worker_seconds", "3", t, job="old"), row("acme", "input_tokens", 7, t)])
     with psycopg.connect(fresh_db) as conn:  # the old trigger upserted the rollups directly
         assert conn.execute("SELECT count(*) FROM usage_rollups_daily").fetchone()[0] == 2
     migrate.upgrade(database)

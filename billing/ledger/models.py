@@ -78,6 +78,13 @@ class UsageEvent(Base):
     span_id: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default="{}")
+    # the authenticated producer whose Export carried the row (None: no authentication, backfill, replay)
+    producer: Mapped[str | None] = mapped_column(
+        Text,
+        nullable=True,
+        comment="The authenticated producer whose Export carried the row; NULL without producer authentication, "
+        "for backfills, replays and rows older than the column",
+    )
 
     __table_args__ = (Index("usage_events_account_time_idx", "account_id", "occurred_at"),)
 

@@ -64,7 +64,9 @@ CREATE TEMP TABLE IF NOT EXISTS usage_staging (
     unit text NOT NULL,
     trace_id text NOT NULL,
     span_id text NOT NULL,
-    metadata text NOT NULL
+    metadata text NOT NULL,
+    -- not in the COPY: filled per COPY from the transaction-local setting (see write_copies)
+    producer text DEFAULT nullif(current_setting('spanmeter.producer', true), '')
 ) ON COMMIT DELETE ROWS
 """
 _COPY = (
@@ -73,9 +75,9 @@ _COPY = (
 )
 _INSERT = """
 INSERT INTO usage_events (occurred_at, idempotency_key, account_id, job_id, plan_code, meter_code,
-                          meter_version, quantity, unit, trace_id, span_id, metadata)
+                          meter_version, quantity, unit, trace_id, span_id, metadata, producer)
 SELECT timestamptz 'epoch' + occurred_at_us * interval '1 microsecond', idempotency_key, account_id, job_id,
-       plan_code, meter_code, meter_version, quantity, unit, trace_id, span_id, metadata::jsonb
+       plan_code, meter_code, meter_version, quantity, unit, trace_id, span_id, metadata::jsonb, producer
 FROM usage_staging
 ON CONFLICT DO NOTHING
 """
@@ -93,13 +95,15 @@ WHERE u.xmin = pg_current_xact_id()::xid
 # as a ``key_conflict`` rejection. Compared with the row in the ledger, so of two rows with one key in one
 # batch, the one that was inserted matches and the other is the conflict.
 _CONFLICTS = """
-SELECT replace(s.idempotency_key::text, '-', ''), u.account_id, u.job_id, u.plan_code, u.meter_version, u.quantity::text
+SELECT replace(s.idempotency_key::text, '-', ''), u.account_id, u.job_id, u.plan_code, u.meter_version,
+       u.quantity::text, u.producer
 FROM usage_staging s
 JOIN usage_events u
   ON u.occurred_at = timestamptz 'epoch' + s.occurred_at_us * interval '1 microsecond'
  AND u.idempotency_key = s.idempotency_key
 WHERE (u.account_id, u.job_id, u.plan_code, u.meter_code, u.meter_version, u.quantity)
       IS DISTINCT FROM (s.account_id, s.job_id, s.plan_code, s.meter_code, s.meter_version, s.quantity)
+   OR (u.producer IS NOT NULL AND u.producer IS DISTINCT FROM s.producer)
 """
 _COPY_PIECE_BYTES = 1 << 20
 _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]").search
@@ -134,15 +138,26 @@ class KeyConflict:
     plan_code: str | None
     meter_version: int
     quantity: str
+    producer: str | None = None  # None: the stored row names no producer (then any producer matches)
 
-    def differs(self, account_id: str, job_id: str | None, plan_code: str | None, version: int, quantity: str) -> bool:
+    def differs(
+        self,
+        account_id: str,
+        job_id: str | None,
+        plan_code: str | None,
+        version: int,
+        quantity: str,
+        producer: str | None = None,
+    ) -> bool:
         mine = (self.account_id, self.job_id, self.plan_code, self.meter_version, Decimal(self.quantity))
-        return mine != (account_id, job_id, plan_code, version, Decimal(quantity))
+        if mine != (account_id, job_id, plan_code, version, Decimal(quantity)):
+            return True
+        return self.producer is not None and self.producer != producer
 
     def describe(self) -> str:
         return (
             f"account {self.account_id!r}, job {self.job_id!r}, plan {self.plan_code!r}, "
-            f"meter version {self.meter_version}, quantity {self.quantity}"
+            f"meter version {self.meter_version}, quantity {self.quantity}, producer {self.producer!r}"
         )
 
 
@@ -181,22 +196,32 @@ class LedgerWriter:
         conn.execute(_STAGING)
         conn.commit()
 
-    def write_usage(self, rows: Sequence[UsageEventRow]) -> UsageWrite:
+    def write_usage(self, rows: Sequence[UsageEventRow], producer: str | None = None) -> UsageWrite:
         """Stage and insert rows (the caller commits); say which were new to the ledger."""
-        return self.write_copy(encode_copy(rows), len(rows))
+        return self.write_copies([(producer, encode_copy(rows))], len(rows))
 
     def write_copy(self, copy_text: bytes, staged: int) -> UsageWrite:
+        """:meth:`write_copies` of one piece with no producer."""
+        return self.write_copies([(None, copy_text)], staged)
+
+    def write_copies(self, pieces: Sequence[tuple[str | None, bytes]], staged: int) -> UsageWrite:
         """Stage ``staged`` rows given as COPY text (:func:`encode_copy`'s format, UTF-8; the native core
-        writes the same bytes) and insert them (the caller commits); say which were new to the ledger."""
+        writes the same bytes), each piece with the producer its rows record (None: none), and insert them
+        (the caller commits); say which were new to the ledger, and which conflict with it."""
         if not staged:
             return UsageWrite(0, 0, None)
         with self.conn.cursor() as cur:
-            with cur.copy(_COPY) as copy:
-                # in 1 MiB pieces: libpq's output buffer grows to the largest piece and keeps that size for
-                # the connection's life, so one 16 MiB write would pin 16 MiB per writer connection
-                view = memoryview(copy_text)
-                for start in range(0, len(view), _COPY_PIECE_BYTES):
-                    copy.write(view[start : start + _COPY_PIECE_BYTES])
+            for producer, copy_text in pieces:
+                if not copy_text:
+                    continue
+                # the staging column's default reads it: the COPY text itself carries no producer
+                cur.execute("SELECT set_config('spanmeter.producer', %s, true)", (producer or "",))
+                with cur.copy(_COPY) as copy:
+                    # in 1 MiB pieces: libpq's output buffer grows to the largest piece and keeps that size
+                    # for the connection's life, so one 16 MiB write would pin 16 MiB per writer connection
+                    view = memoryview(copy_text)
+                    for start in range(0, len(view), _COPY_PIECE_BYTES):
+                        copy.write(view[start : start + _COPY_PIECE_BYTES])
             cur.execute(_INSERT)
             inserted = cur.rowcount
             if inserted == staged:

@@ -81,7 +81,8 @@ def _conflict(pending: PendingWrite, row: UsageRow, held: KeyConflict) -> Reject
         reason="key_conflict",
         message=(
             f"{row.meter.code} usage with this span's key is already billed with other content "
-            f"({held.describe()}); this span says account {row.account_id!r}, quantity {row.quantity}: "
+            f"({held.describe()}); this span says account {row.account_id!r}, quantity {row.quantity}, "
+            f"producer {pending.producer!r}: "
             "kept for review, not billed"
         )[:1000],
         rejection_key=hashlib.blake2b(
@@ -112,7 +113,7 @@ def _refuse_conflicts(batch: list[PendingWrite], conflicts: tuple[KeyConflict, .
         for row in pending.usage_rows():
             c = held.get(row.idempotency_key)
             if c is not None and c.differs(
-                row.account_id, row.job_id, row.plan_code, row.meter.version, str(row.quantity)
+                row.account_id, row.job_id, row.plan_code, row.meter.version, str(row.quantity), pending.producer
             ):
                 pending.refused.append(_conflict(pending, row, c))
                 found.add(row.idempotency_key)
@@ -332,16 +333,16 @@ class LedgerExporter:
         if isolate:
             rows, written = self._write_isolating(conn, writer, batch)
         else:  # the native core's COPY text as it is; rows metered in Python are encoded here
-            chunks: list[bytes] = []
+            chunks: dict[str | None, list[bytes]] = {}  # by producer: one COPY each
             rows = []
             for pending in batch:
                 if pending.encoded is not None:
-                    chunks.append(pending.encoded.copy_text)
+                    chunks.setdefault(pending.producer, []).append(pending.encoded.copy_text)
                     rows.extend(pending.encoded.compact)
                 elif pending.rows:
-                    chunks.append(encode_copy(map(usage_event_row, pending.rows)))
+                    chunks.setdefault(pending.producer, []).append(encode_copy(map(usage_event_row, pending.rows)))
                     rows.extend(map(compact_row, pending.rows))
-            written = writer.write_copy(b"".join(chunks), len(rows))
+            written = writer.write_copies([(who, b"".join(parts)) for who, parts in chunks.items()], len(rows))
             for pending in batch:
                 pending.refused.clear()
         conflicted = _refuse_conflicts(batch, written.conflicts) if written.conflicts else set()
@@ -379,7 +380,7 @@ class LedgerExporter:
             try:
                 with conn.transaction():  # a savepoint: a refusal undoes only this part
                     writer.discard_staged()
-                    result = writer.write_usage(events)
+                    result = writer.write_usage(events, pending.producer)
             except psycopg.Error as exc:
                 if classify(exc) is not WriteErrorClass.PERMANENT:
                     raise
