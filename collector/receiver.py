@@ -176,7 +176,11 @@ class TraceReceiver:
             f"request of {count} spans exceeds the {limit}-span limit (SPANMETER_MAX_SPANS_PER_REQUEST); "
             "send smaller batches (e.g. the Collector batch processor's send_batch_max_size)"
         )
-        self._keep_request(body, len(body), "too_many_spans", message, context)
+        if not self._keep_request(body, len(body), "too_many_spans", message, context):
+            # its usage must not be lost: not kept now (the ledger is away), so the sender must come back
+            self._count("UNAVAILABLE")
+            self._log_refusal(context, producer, "UNAVAILABLE", f"{count} spans, not kept yet")
+            abort(context, grpc.StatusCode.UNAVAILABLE, "ledger unavailable; retry", RETRY_DELAY_SECONDS)
         self._count("RESOURCE_EXHAUSTED")
         self._log_refusal(context, producer, "RESOURCE_EXHAUSTED", f"{count} spans")
         abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
@@ -307,8 +311,9 @@ class TraceReceiver:
 
     def _keep_request(
         self, kept: bytes, size_bytes: int, reason: str, message: str, context: grpc.ServicerContext
-    ) -> None:
-        """Store a refused request's bytes before answering; a failure to store is logged, never raised."""
+    ) -> bool:
+        """Store a refused request's bytes before answering; a failure to store is logged (False), never
+        raised."""
         peer = context.peer()
         row = RejectedRequestRow(
             request_key=hashlib.blake2b(kept, digest_size=16).hexdigest(),
@@ -323,3 +328,5 @@ class TraceReceiver:
             self._exporter.wait(pending, self._config.ledger_write_timeout_seconds)
         except RetryableError as exc:
             log.error("could not keep a refused request (%s) of %d bytes from %s: %s", reason, size_bytes, peer, exc)
+            return False
+        return True

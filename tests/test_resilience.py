@@ -127,9 +127,14 @@ def test_serve_starts_while_the_database_is_down_and_commits_once_it_appears(tmp
     server = EmbeddedPostgres(tmp_path / "pg")
     url = server.start()
     server.stop()
-    collector = Collector(url, env={"SPANMETER_LEDGER_WRITE_TIMEOUT_SECONDS": "2"}, as_writer=False).start()
+    env = {"SPANMETER_LEDGER_WRITE_TIMEOUT_SECONDS": "2", "SPANMETER_MAX_SPANS_PER_REQUEST": "5"}
+    collector = Collector(url, env=env, as_writer=False).start()
     try:
         body = request_bytes(_batches("acct-late", 1, 5)[0])
+        oversized = request_bytes(_batches("acct-big", 1, 6)[0])
+        # over the span limit, but it cannot be kept yet: retryable, never "drop" an unkept request
+        early = raw_export(collector.endpoint, oversized)
+        assert early.code == grpc.StatusCode.UNAVAILABLE and "google.rpc.retryinfo-bin" in early.trailers
         probe = raw_export(collector.endpoint, body)
         assert probe.code == grpc.StatusCode.UNAVAILABLE, probe.details
         retry = error_details_pb2.RetryInfo.FromString(probe.trailers["google.rpc.retryinfo-bin"])
@@ -147,6 +152,9 @@ def test_serve_starts_while_the_database_is_down_and_commits_once_it_appears(tmp
             assert time.monotonic() < deadline, "never committed after the database came back"
             time.sleep(0.5)
         assert totals(url, "acct-late") == {"worker_seconds": Decimal("1.5")}  # 0.1 + … + 0.5 s, once
+        late = raw_export(collector.endpoint, oversized)  # now it is kept, then refused for the sender to split
+        assert late.code == grpc.StatusCode.RESOURCE_EXHAUSTED, late.details
+        assert ledger(url, "SELECT reason, body FROM rejected_requests") == [("too_many_spans", oversized)]
         assert collector.get("/readyz")[0] == 200
         assert any("ledger schema migrated" in line for line in collector.output)
     finally:
