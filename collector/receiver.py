@@ -133,7 +133,7 @@ class TraceReceiver:
                 self._refuse_too_many_spans(body, count, context, producer)
             self._acquire(context, requests=0, spans=count)
             spans = count  # acquired: released below
-            if decoded is None:
+            if decoded is None and native_mode:
                 native = meter_native(body, self._limits, now, producer, self._count_fallback)
                 if native is not None:
                     result = to_metering_result(native, body, with_rows=False)
@@ -143,6 +143,7 @@ class TraceReceiver:
                         result, 0, lambda: decode_request(body).request, producer, context, encoded, synthetic
                     )
                 # the Python reference decides (invalid UTF-8, unusual wire data, limits)
+            if decoded is None:  # pure Python, or the native core handed the body back
                 decoded = self._decode(body, context, producer)
             result = meter_request(decoded.request, self._limits, now, producer)
             synthetic = [row.meter.code for row in result.synthetic_rows]

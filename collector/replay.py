@@ -94,11 +94,11 @@ def resolve(
     adjustment_keys: list[str] = []
     with psycopg.connect(database.conninfo) as conn:
         found = conn.execute(
-            "SELECT reason, payload FROM rejected_spans WHERE rejection_key = %s FOR UPDATE", (key,)
+            "SELECT reason, payload, meter_codes FROM rejected_spans WHERE rejection_key = %s FOR UPDATE", (key,)
         ).fetchone()
         if found is None:
             raise ReplayError(f"no rejected span with id {rejection_key!r} (ids come from `dead-letter list`)")
-        reason, payload = found
+        reason, payload, meter_codes = found
         done = conn.execute(
             "SELECT 'replayed' FROM dead_letter_replays WHERE rejection_key = %(k)s UNION ALL "
             "SELECT 'resolved (' || decision || ')' FROM dead_letter_resolutions WHERE rejection_key = %(k)s",
@@ -116,6 +116,8 @@ def resolve(
             # metered as at its arrival (its end time as "now"), so an old conflict is not judged stale
             result = meter_request(ExportTraceServiceRequest(resource_spans=[resource_spans]), limits, end_ns)
             for row in result.rows:
+                if row.meter.code not in meter_codes:  # another meter of the span: its own rejection, if any
+                    continue
                 held = conn.execute(
                     "SELECT account_id, quantity, occurred_at FROM usage_events WHERE idempotency_key = %s"
                     " AND occurred_at = timestamptz 'epoch' + %s * interval '1 microsecond'",
@@ -125,7 +127,18 @@ def resolve(
                     continue  # not the conflicting row
                 account, quantity, occurred_at = held
                 for suffix, who, amount in (("out", account, -quantity), ("in", row.account_id, row.quantity)):
-                    adjustment_key = f"conflict-{key}-{row.meter.code}-{suffix}"
+                    # keyed by the usage row: the ledger's row can be moved once, whichever span claims it
+                    adjustment_key = f"conflict-{row.idempotency_key}-{suffix}"
+                    if (
+                        suffix == "out"
+                        and conn.execute(
+                            "SELECT 1 FROM usage_adjustments WHERE idempotency_key = %s", (adjustment_key,)
+                        ).fetchone()
+                    ):
+                        raise ReplayError(
+                            f"the ledger's {row.meter.code} row for this span was already moved by another "
+                            "bill-span decision: decide keep-ledger (or correct by hand with `ledger adjust`)"
+                        )
                     adjustments_module.record(
                         conn,
                         idempotency_key=adjustment_key,

@@ -84,7 +84,9 @@ class CollectorServer:
         receiver_only = self._role == "receiver"
         if receiver_only:  # the supervisor resolved the credentials and migrates: wait for the head schema
             assert self._database is not None
-            access = LedgerAccess(writer=self._database, migrator=None, refuse_privileged=False)
+            # each receiver checks the credential itself too: the supervisor's first check may not have run
+            # (database down at start), and a receiver must never open writes with an owner credential
+            access = LedgerAccess(writer=self._database, migrator=None, refuse_privileged=not config.allow_owner)
         else:
             access = ledger_access(resolve_database(config.database_url, config.data_dir), config.allow_owner)
         database = self._database = access.writer

@@ -102,6 +102,8 @@ def meter_native(
     ``handed_back`` (the core met something it leaves to Python: invalid UTF-8, unusual wire data, limits),
     ``panic`` (a bug in the core, caught: never a dead handler), ``overflow`` (a bound beyond 128 bits),
     ``producer`` (a producer policy the core cannot express)."""
+    if spanmeter_native is None:  # not installed: the Python reference decides
+        return None
     max_duration_ns, oldest, newest = _bounds(limits, now_unix_nano)
     reason = None
     result = None

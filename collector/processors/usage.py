@@ -75,8 +75,8 @@ MAX_ATTRIBUTION_LENGTH = 256
 MAX_METADATA_TEXT = 512
 
 REJECT_REASONS = (
-    "ledger_refused",
-    "key_conflict",  # set by the ledger exporter: the database refused the row's value (see billing.ledger.errors)
+    "ledger_refused",  # set by the ledger exporter: the database refused the row's value (see billing.ledger.errors)
+    "key_conflict",  # set by the ledger exporter: the key is already billed with other content
     "unattributed",
     "unauthorized_producer",
     "invalid_id",
