@@ -439,6 +439,11 @@ def _ingest(args: argparse.Namespace) -> int:
     return status
 
 
+def _who(given: str | None) -> str:
+    """Who runs a recorded operation: --by, else the login name."""
+    return given or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+
+
 def _dead_letter(args: argparse.Namespace) -> int:
     from spanmeter.billing.deadletters import get_dead_letter, list_dead_letters
     from spanmeter.billing.ledger import migrate
@@ -451,7 +456,7 @@ def _dead_letter(args: argparse.Namespace) -> int:
     if args.dead_command == "resolve":
         from spanmeter.collector.replay import resolve
 
-        by = args.by or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+        by = _who(args.by)
         try:
             done = resolve(
                 database,
@@ -472,7 +477,7 @@ def _dead_letter(args: argparse.Namespace) -> int:
             if not sep or not key.strip() or not value:
                 raise UsageError(f"--patch {item!r}: write KEY=VALUE, e.g. --patch account_id=acme")
             patch[key.strip()] = value
-        by = args.by or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+        by = _who(args.by)
         try:
             report = replay(
                 database,

@@ -57,13 +57,13 @@ __all__ = ["LedgerExporter", "LedgerUnavailable", "PendingWrite"]
 log = logging.getLogger(__name__)
 
 
-def _refusal(pending: PendingWrite, row: UsageRow, message: str) -> Rejection:
-    """A usage row the ledger refused permanently, kept like a span rejected at validation."""
+def _kept_row(pending: PendingWrite, row: UsageRow, reason: str, message: str, salt: bytes = b"") -> Rejection:
+    """A usage row kept as a rejected span of its request (its span's payload, for a later decision)."""
     payload = pending.span_payload(row) if pending.span_payload is not None else b""
     return Rejection(
-        reason="ledger_refused",
-        message=f"the ledger refused {row.meter.code}: {message}"[:1000],
-        rejection_key=hashlib.blake2b(payload + row.idempotency_key.encode(), digest_size=16).hexdigest(),
+        reason=reason,
+        message=message[:1000],
+        rejection_key=hashlib.blake2b(payload + row.idempotency_key.encode() + salt, digest_size=16).hexdigest(),
         trace_id=row.trace_id,
         span_id=row.span_id,
         meter_codes=(row.meter.code,),
@@ -72,30 +72,21 @@ def _refusal(pending: PendingWrite, row: UsageRow, message: str) -> Rejection:
         end_time_unix_nano=row.end_time_unix_nano,
         payload=payload,
     )
+
+
+def _refusal(pending: PendingWrite, row: UsageRow, message: str) -> Rejection:
+    """A usage row the ledger refused permanently, kept like a span rejected at validation."""
+    return _kept_row(pending, row, "ledger_refused", f"the ledger refused {row.meter.code}: {message}")
 
 
 def _conflict(pending: PendingWrite, row: UsageRow, held: KeyConflict) -> Rejection:
     """A row whose key the ledger already holds with other content: kept, counted, never a silent duplicate."""
-    payload = pending.span_payload(row) if pending.span_payload is not None else b""
-    return Rejection(
-        reason="key_conflict",
-        message=(
-            f"{row.meter.code} usage with this span's key is already billed with other content "
-            f"({held.describe()}); this span says account {row.account_id!r}, quantity {row.quantity}, "
-            f"producer {pending.producer!r}: "
-            "kept for review, not billed"
-        )[:1000],
-        rejection_key=hashlib.blake2b(
-            payload + row.idempotency_key.encode() + b"/conflict", digest_size=16
-        ).hexdigest(),
-        trace_id=row.trace_id,
-        span_id=row.span_id,
-        meter_codes=(row.meter.code,),
-        account_id=row.account_id,
-        service_name=row.metadata.get("service.name"),
-        end_time_unix_nano=row.end_time_unix_nano,
-        payload=payload,
+    message = (
+        f"{row.meter.code} usage with this span's key is already billed with other content ({held.describe()}); "
+        f"this span says account {row.account_id!r}, quantity {row.quantity}, producer {pending.producer!r}: "
+        "kept for review, not billed"
     )
+    return _kept_row(pending, row, "key_conflict", message, salt=b"/conflict")
 
 
 def _refuse_conflicts(batch: list[PendingWrite], conflicts: tuple[KeyConflict, ...]) -> set[str]:
