@@ -49,7 +49,7 @@ from .metrics import CollectorMetrics
 from .otlp import SERVICE_NAME, DecodedRequest, UnparseableRequest, abort, count_spans, decode_request
 from .processors.native import count_spans as native_count_spans
 from .processors.native import meter_native, metering_mode, to_metering_result, usage_rows
-from .processors.usage import MeteringResult, meter_request, span_payload
+from .processors.usage import MeteringResult, SpanPayloads, meter_request
 
 __all__ = ["RETRY_DELAY_SECONDS", "TraceReceiver"]
 
@@ -236,13 +236,14 @@ class TraceReceiver:
         core's rows, ready for the ledger (``result.rows`` is then empty)."""
         self._metrics.spans_received.inc(result.spans_received)
         if result.rows or result.rejections or (encoded is not None and encoded.compact):
+            payloads = SpanPayloads(request_of)  # decodes and indexes the request once, only if a row is kept
             pending = self._exporter.submit(
                 PendingWrite(
                     rows=result.rows,
                     rejections=result.rejections,
                     encoded=encoded,
                     producer=producer.name if producer is not None else None,
-                    span_payload=lambda row: span_payload(request_of(), row.trace_id, row.span_id),
+                    span_payload=lambda row: payloads(row.trace_id, row.span_id),
                 )
             )
             try:

@@ -109,7 +109,7 @@ class LedgerSchema:
                 problem = privileged(conn) if access.refuse_privileged else None
                 if problem is not None:
                     self.refused = (
-                        f"refusing to write the ledger as {problem}: it could disable the append-only triggers. "
+                        f"refusing to write the ledger as {problem}: it could change or remove billed rows. "
                         f"Connect as {WRITER_ROLE} (README: least privilege), or pass --allow-owner "
                         "(SPANMETER_ALLOW_OWNER=true) to accept that risk"
                     )

@@ -106,6 +106,33 @@ def test_the_same_key_with_another_quantity_is_a_conflict_too(fresh_db):
         collector.kill()
 
 
+def test_a_request_of_many_conflicting_rows_is_answered_within_the_export_timeout(fresh_db):
+    """Each conflicting row is kept with its span's payload; finding the payloads decodes the request once, so
+    20,000 conflicts (a flood from a hostile producer) answer like any request, within an exporter's 10 s."""
+    collector = Collector(fresh_db).start()
+    try:
+        spans = [(os.urandom(16), os.urandom(8), "acct-flood", 2 * SECOND) for _ in range(20_000)]
+        first = _request(spans, "svc-flood")
+        assert raw_export(collector.endpoint, first, timeout=10).code == grpc.StatusCode.OK
+        forged = _swap_account(first, "acct-flood", "acct-forged")
+        result = raw_export(collector.endpoint, forged, timeout=10)
+        assert result.code == grpc.StatusCode.OK, result.details
+        assert result.response.partial_success.rejected_spans == 20_000
+        kept = ledger(
+            fresh_db,
+            "SELECT span_id, payload FROM rejected_spans WHERE reason = 'key_conflict' ORDER BY random() LIMIT 50",
+        )
+        assert ledger(fresh_db, "SELECT count(*) FROM rejected_spans WHERE reason = 'key_conflict'") == [(20_000,)]
+        for span_id, payload in kept:  # each keeps its own span, with the forged account
+            (span,) = ResourceSpans.FromString(payload).scope_spans[0].spans
+            assert span.span_id.hex() == span_id
+            assert any(kv.value.string_value == "acct-forged" for kv in span.attributes)
+        assert totals(fresh_db, "acct-flood") == {"worker_seconds": Decimal("40000.0")}
+        assert totals(fresh_db, "acct-forged") == {}
+    finally:
+        collector.kill()
+
+
 def _swap_account(body: bytes, old: str, new: str) -> bytes:
     request = ExportTraceServiceRequest.FromString(body)
     for rs in request.resource_spans:

@@ -136,6 +136,35 @@ def test_serve_refuses_a_superuser_or_an_owner_unless_allowed(fresh_db, postgres
             conn.execute("ALTER TABLE usage_events OWNER TO CURRENT_USER")
             conn.execute("DROP ROLE ledger_owner_t")
 
+    # so is any other power to change or remove rows: the schema's owner (it can drop the tables), a grant of
+    # DELETE, CREATEROLE (it can grant itself the owner's role); each otherwise a valid writer
+    routes = {
+        "schema_owner_t": ("ALTER SCHEMA public OWNER TO schema_owner_t", "owns the ledger's schema public"),
+        "deleter_t": (
+            "GRANT DELETE ON usage_adjustments TO deleter_t",
+            "may UPDATE, DELETE or TRUNCATE usage_adjustments",
+        ),
+        "rolemaker_t": ("ALTER ROLE rolemaker_t CREATEROLE", "has CREATEROLE"),
+    }
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        schema_owner = conn.execute(
+            "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'public'"
+        ).fetchone()[0]
+    for role, (grant, expected) in routes.items():
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+            conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE {WRITER_ROLE}")
+            conn.execute(grant)
+        try:
+            refused = _serve(make_conninfo(fresh_db, user=role))
+            assert refused.returncode == 2 and expected in refused.stderr, (role, refused.stderr)
+            assert "Traceback" not in refused.stderr
+        finally:
+            with psycopg.connect(fresh_db, autocommit=True) as conn:
+                conn.execute(f"ALTER SCHEMA public OWNER TO {schema_owner}")
+                conn.execute(f"DROP OWNED BY {role}")
+                conn.execute(f"DROP ROLE {role}")
+
     allowed = Collector(fresh_db, as_writer=False).start()  # --allow-owner (SPANMETER_ALLOW_OWNER=true)
     try:
         f = SpanFactory({"service.name": "roles"})

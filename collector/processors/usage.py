@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -61,11 +61,11 @@ __all__ = [
     "MeteringResult",
     "ProducerPolicy",
     "Rejection",
+    "SpanPayloads",
     "UsageRow",
     "idempotency_key",
     "meter_request",
     "rounded_tenths_of_second",
-    "span_payload",
 ]
 
 NANOS_PER_100MS = 100_000_000
@@ -286,15 +286,27 @@ def _payload(resource_spans: ResourceSpans, scope_spans: ScopeSpans, span: Span)
     return single.SerializeToString(deterministic=True)
 
 
-def span_payload(request: ExportTraceServiceRequest, trace_hex: str, span_hex: str) -> bytes:
-    """The stored payload (resource, scope, span) of the span with these ids, ``b""`` when absent."""
-    trace_id, span_id = bytes.fromhex(trace_hex), bytes.fromhex(span_hex)
-    for resource_spans in request.resource_spans:
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                if span.span_id == span_id and span.trace_id == trace_id:
-                    return _payload(resource_spans, scope_spans, span)
-    return b""
+class SpanPayloads:
+    """The stored payloads of one request's spans, found by ids: the request is decoded (``request_of``) and
+    indexed once, on the first lookup, so keeping every span of a large request costs one pass, not one per
+    span (a request of conflicting rows must not cost quadratic time). The first span with given ids wins."""
+
+    __slots__ = ("_index", "_request_of")
+
+    def __init__(self, request_of: Callable[[], ExportTraceServiceRequest]) -> None:
+        self._request_of = request_of
+        self._index: dict[tuple[bytes, bytes], tuple[ResourceSpans, ScopeSpans, Span]] | None = None
+
+    def __call__(self, trace_hex: str, span_hex: str) -> bytes:
+        if self._index is None:
+            index: dict[tuple[bytes, bytes], tuple[ResourceSpans, ScopeSpans, Span]] = {}
+            for resource_spans in self._request_of().resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        index.setdefault((span.trace_id, span.span_id), (resource_spans, scope_spans, span))
+            self._index = index
+        found = self._index.get((bytes.fromhex(trace_hex), bytes.fromhex(span_hex)))
+        return _payload(*found) if found is not None else b""
 
 
 def meter_request(
