@@ -78,6 +78,13 @@ def _string_fields(descriptor: Any) -> frozenset[str]:
     return frozenset(f.name for f in original.fields if f.type == f.TYPE_STRING)
 
 
+def _repeated(field: Any) -> bool:
+    """Whether a field is repeated, at every protobuf version pyproject admits (``is_repeated`` is new in
+    protobuf 6; ``label`` is what 5.x has, deprecated later)."""
+    is_repeated = getattr(field, "is_repeated", None)
+    return bool(is_repeated) if is_repeated is not None else field.label == field.LABEL_REPEATED
+
+
 def _repair(message: Message, cache: dict[str, frozenset[str]]) -> int:
     """Replace invalid UTF-8 in former string fields; return how many values changed."""
     changed = 0
@@ -87,13 +94,13 @@ def _repair(message: Message, cache: dict[str, frozenset[str]]) -> int:
     strings = cache[name]
     for field, value in message.ListFields():
         if field.type == field.TYPE_MESSAGE:
-            if field.is_repeated:
+            if _repeated(field):
                 for item in value:
                     changed += _repair(item, cache)
             else:
                 changed += _repair(value, cache)
         elif field.name in strings:
-            if field.is_repeated:
+            if _repeated(field):
                 for index, item in enumerate(value):
                     fixed = item.decode("utf-8", "replace").encode("utf-8")
                     if fixed != item:

@@ -38,6 +38,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import django as django_support
+from . import metrics
 from .config import InstrumentationConfig, load_instrumentation_config
 from .exporting import ProcessLocalExporter
 from .processors import SpanmeterSpanProcessor
@@ -119,15 +121,33 @@ def instrument(
         django_support.trusted_headers = config.trusted_headers
         django_support.resolver_path = config.attribution_resolver
         state = Instrumentation(config)
-        _setup_provider(state, exporter or ProcessLocalExporter(), batch_options)
-        _setup_propagation(state)
+        # Each step is on its own: one that fails (an SDK, Django or Celery version it cannot hook into) is
+        # logged once and shown in spanmeter_sdk_degraded{hook}; the application starts regardless.
+        _guarded("provider", _setup_provider, state, exporter or ProcessLocalExporter(), batch_options)
+        _guarded("propagation", _setup_propagation, state)
         if config.instrument_django:
-            _setup_django(state)
+            _guarded("django", _setup_django, state)
         if config.instrument_celery:
-            _setup_celery(state)
-        _setup_sigterm(state)
+            _guarded("celery", _setup_celery, state)
+        _guarded("sigterm", _setup_sigterm, state)
         _state = state
         return state
+
+
+def _guarded(hook: str, step: Callable[..., None], *args: Any) -> None:
+    """Run one set-up step; never raise into the application (a failure is a warning and a metric)."""
+    try:
+        step(*args)
+    except Exception as exc:
+        metrics.DEGRADED.labels(hook).set(1)
+        log.warning(
+            "spanmeter could not set up %s (%s: %s): the application runs without it; please report your "
+            "opentelemetry-sdk, Django and Celery versions",
+            hook,
+            type(exc).__name__,
+            exc,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
 
 
 def uninstrument() -> None:

@@ -11,7 +11,11 @@ metric                                 labels    meaning
 ``spanmeter_sdk_spans_dropped_total``  ``reason``  ``queue_full``: the batch queue was full (raise
                                                  ``OTEL_BSP_MAX_QUEUE_SIZE``); ``export_failed``: the exporter
                                                  gave up after its retries/timeout; ``shutdown``: ended after
-                                                 the processor shut down
+                                                 the processor shut down; ``unsupported_sdk``: a billable
+                                                 span the sampler dropped, at an SDK version whose batch
+                                                 queue spanmeter cannot reach (see below)
+``spanmeter_sdk_degraded``             ``hook``  1 when a hook into the SDK fell back to plain OpenTelemetry
+                                                 behaviour (``batch_queue``, ``instrument``), with one warning
 =====================================  ========  =============================================================
 
 Expose them with the application's existing ``/metrics`` endpoint (django-prometheus, or
@@ -21,11 +25,11 @@ billable usage may be missing: the durable fix is the sidecar collector (``deplo
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
-__all__ = ["DROP_REASONS", "SPANS_DROPPED", "SPANS_EXPORTED", "snapshot"]
+__all__ = ["DEGRADED", "DROP_REASONS", "SPANS_DROPPED", "SPANS_EXPORTED", "snapshot"]
 
-DROP_REASONS = ("queue_full", "export_failed", "shutdown")
+DROP_REASONS = ("queue_full", "export_failed", "shutdown", "unsupported_sdk")
 
 SPANS_EXPORTED = Counter(
     "spanmeter_sdk_spans_exported",
@@ -35,6 +39,11 @@ SPANS_DROPPED = Counter(
     "spanmeter_sdk_spans_dropped",
     "Spans this process lost before the receiver acknowledged them, by reason.",
     ["reason"],
+)
+DEGRADED = Gauge(
+    "spanmeter_sdk_degraded",
+    "1 when spanmeter could not hook into this opentelemetry-sdk version and fell back to plain export.",
+    ["hook"],
 )
 for _reason in DROP_REASONS:
     SPANS_DROPPED.labels(_reason)

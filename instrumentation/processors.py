@@ -18,12 +18,14 @@ counts every such drop in ``spanmeter_sdk_spans_dropped_total{reason="queue_full
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Mapping
 
 from opentelemetry import baggage, context
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import export as _sdk_export
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from spanmeter import attributes as A
@@ -65,25 +67,57 @@ class AttributionSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         stamp_attribution(span, parent_context)
 
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        # nothing to flush; SDKs before 1.34 return None from the base method, which stops the provider's
+        # force_flush before it reaches the exporting processor after this one
+        return True
+
+
+def _layout_of(processor: BatchSpanProcessor) -> str:
+    """Which of the SDK's internal batch-queue layouts ``processor`` has: ``"batch_processor"`` (SDK 1.34 and
+    later: a ``_batch_processor`` holding the queue), ``"queue"`` (1.27 to 1.33: the queue on the processor
+    itself), or ``"unknown"`` (a layout spanmeter was not tested with: it degrades, see below)."""
+    inner = getattr(processor, "_batch_processor", None)
+    if inner is not None and all(hasattr(inner, n) for n in ("_queue", "_max_queue_size", "_shutdown", "emit")):
+        return "batch_processor"
+    names = ("queue", "condition", "done", "max_queue_size", "max_export_batch_size", "_pid", "_at_fork_reinit")
+    if all(hasattr(processor, name) for name in names):
+        return "queue"
+    return "unknown"
+
 
 class SpanmeterSpanProcessor(BatchSpanProcessor):
-    """Exports sampled spans and billable unsampled spans through ``exporter`` in batches."""
+    """Exports sampled spans and billable unsampled spans through ``exporter`` in batches.
+
+    The SDK's ``BatchSpanProcessor.on_end`` discards unsampled spans, and it has no public way to queue
+    one, so this processor puts spans on the SDK's own queue through a version-gated adapter (one per
+    internal layout, each tested at the pyproject floor and at the newest release). At a layout it does not
+    know it degrades, never raising: sampled spans are exported through the public ``on_end``, a billable
+    span the sampler dropped is counted in ``spanmeter_sdk_spans_dropped_total{reason="unsupported_sdk"}``,
+    one warning is logged and ``spanmeter_sdk_degraded{hook="batch_queue"}`` is 1."""
 
     _warned_full = False
+    _warned_degraded = False
 
     def __init__(
         self, exporter: SpanExporter, *, stamp_attribution: bool = False, **batch_options: int | float | None
     ) -> None:
         super().__init__(exporter, **batch_options)  # type: ignore[arg-type]
         self.stamps_attribution = stamp_attribution
-        queue = getattr(self, "_batch_processor", None)  # the SDK's internal queue, checked once at set-up
-        if queue is None or not all(hasattr(queue, name) for name in ("_queue", "_max_queue_size", "_shutdown")):
-            raise RuntimeError("this opentelemetry-sdk version's BatchSpanProcessor has an unknown layout")
+        self.layout = _layout_of(self)  # checked once, at set-up
+        if self.layout == "unknown":
+            metrics.DEGRADED.labels("batch_queue").set(1)
+            log.warning(
+                "spanmeter does not know this opentelemetry-sdk version's batch queue: sampled spans are exported "
+                "as usual, billable spans your sampler drops are not (counted in spanmeter_sdk_spans_dropped_total"
+                '{reason="unsupported_sdk"}); use an always-on sampler or a supported SDK version'
+            )
         # Only this method adds to the queue (the export thread only takes from it), so under this lock a
         # queue seen with room keeps it until the span is in: every span not queued is counted, exactly.
         self._emit_lock = threading.Lock()
         self._dropped_queue_full = metrics.SPANS_DROPPED.labels("queue_full")
         self._dropped_shutdown = metrics.SPANS_DROPPED.labels("shutdown")
+        self._dropped_unsupported = metrics.SPANS_DROPPED.labels("unsupported_sdk")
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         if self.stamps_attribution:
@@ -94,17 +128,51 @@ class SpanmeterSpanProcessor(BatchSpanProcessor):
             span_context = span.context
             if span_context is None:
                 return
-            if span_context.trace_flags.sampled or is_billable(span.kind, span.attributes):
-                queue = self._batch_processor
-                with self._emit_lock:
-                    if queue._shutdown:
-                        self._dropped_shutdown.inc()
-                    elif len(queue._queue) >= queue._max_queue_size:
-                        self._dropped_queue_full.inc()  # drop the newest (the SDK would drop the oldest, uncounted)
-                        if not self._warned_full:
-                            log.warning("the span queue is full: billable spans are dropped (OTEL_BSP_MAX_QUEUE_SIZE)")
-                            self._warned_full = True
-                    else:
-                        queue.emit(span)
+            sampled = span_context.trace_flags.sampled
+            if not sampled and not is_billable(span.kind, span.attributes):
+                return
+            layout = self.layout
+            if layout == "batch_processor":
+                self._emit_new(span)
+            elif layout == "queue":
+                self._emit_old(span)
+            elif sampled:
+                super().on_end(span)
+            else:
+                self._dropped_unsupported.inc()
         except Exception:
             log.debug("queueing a span for export failed", exc_info=True)
+
+    def _queue_full(self) -> None:
+        self._dropped_queue_full.inc()  # drop the newest (the SDK would drop the oldest, uncounted)
+        if not self._warned_full:
+            log.warning("the span queue is full: billable spans are dropped (OTEL_BSP_MAX_QUEUE_SIZE)")
+            self._warned_full = True
+
+    def _emit_new(self, span: ReadableSpan) -> None:
+        """SDK 1.34 and later: ``_batch_processor.emit`` (it handles forks and wakes the export thread)."""
+        queue = self._batch_processor
+        with self._emit_lock:
+            if queue._shutdown:
+                self._dropped_shutdown.inc()
+            elif len(queue._queue) >= queue._max_queue_size:
+                self._queue_full()
+            else:
+                queue.emit(span)
+
+    def _emit_old(self, span: ReadableSpan) -> None:
+        """SDK 1.27 to 1.33: what that version's own ``on_end`` does after its sampled check."""
+        with self._emit_lock:
+            if self.done:
+                self._dropped_shutdown.inc()
+                return
+            if self._pid != os.getpid():  # a forked child: the SDK's own reset, once per process
+                reset = getattr(_sdk_export, "_BSP_RESET_ONCE", None)
+                reset.do_once(self._at_fork_reinit) if reset is not None else self._at_fork_reinit()
+            if len(self.queue) >= self.max_queue_size:
+                self._queue_full()
+                return
+            self.queue.appendleft(span)
+            if len(self.queue) >= self.max_export_batch_size:
+                with self.condition:
+                    self.condition.notify()

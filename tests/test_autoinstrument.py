@@ -436,3 +436,75 @@ def test_uninstrumenting_before_celery_is_imported_leaves_it_alone():
         """
     )
     assert result == {"instrumented": False}
+
+
+def test_at_an_sdk_layout_it_does_not_know_the_import_degrades_and_counts_never_raises():
+    """An SDK whose batch queue spanmeter cannot reach: sampled spans are still exported, a billable span the
+    sampler dropped is counted (not silently lost), one warning, spanmeter_sdk_degraded{hook="batch_queue"}."""
+    out = _python(
+        """
+        import json, logging
+        logging.basicConfig(level=logging.WARNING)
+        import spanmeter.instrumentation.processors as processors
+        processors._layout_of = lambda processor: "unknown"  # as if the SDK's internals had moved
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from spanmeter.instrumentation import bootstrap, metrics
+        memory = InMemorySpanExporter()
+        state = bootstrap.instrument(exporter=memory)
+        from opentelemetry import trace
+        from spanmeter.instrumentation.helpers import attribution, gpu_section
+        tracer = trace.get_tracer("t")
+        with attribution(account_id="acct-x", job_id="j", plan_code="p"):
+            with tracer.start_as_current_span("sampled request"):
+                with gpu_section(count=1, model="t4"):
+                    pass
+        trace.get_tracer_provider().force_flush()
+        exported = sorted(s.name for s in memory.get_finished_spans())
+        print(json.dumps({"exported": exported, "layout": state.processors[0].layout,
+                          "degraded": metrics.DEGRADED.labels("batch_queue")._value.get(),
+                          "dropped": metrics.SPANS_DROPPED.labels("unsupported_sdk")._value.get()}))
+        """,
+        OTEL_TRACES_SAMPLER="always_on",
+    )
+    assert out["layout"] == "unknown" and out["degraded"] == 1
+    assert out["exported"] == ["gpu.section", "sampled request"] and out["dropped"] == 0
+
+    unsampled = _python(
+        """
+        import json
+        import spanmeter.instrumentation.processors as processors
+        processors._layout_of = lambda processor: "unknown"
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from spanmeter.instrumentation import bootstrap, metrics
+        memory = InMemorySpanExporter()
+        bootstrap.instrument(exporter=memory)
+        from opentelemetry import trace
+        from spanmeter.instrumentation.helpers import attribution, gpu_section
+        with attribution(account_id="acct-x", job_id="j", plan_code="p"):
+            with gpu_section(count=1, model="t4"):
+                pass
+        trace.get_tracer_provider().force_flush()
+        print(json.dumps({"exported": [s.name for s in memory.get_finished_spans()],
+                          "dropped": metrics.SPANS_DROPPED.labels("unsupported_sdk")._value.get()}))
+        """,
+        OTEL_TRACES_SAMPLER="always_off",
+    )
+    assert unsampled == {"exported": [], "dropped": 1}  # counted, with the warning's advice
+
+
+def test_a_set_up_step_that_fails_is_a_warning_and_a_metric_never_an_exception():
+    out = _python(
+        """
+        import json, logging, sys
+        logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+        import spanmeter.instrumentation.processors as processors
+        def unknown_sdk(*args, **kwargs):
+            raise AttributeError("'BatchSpanProcessor' object has no attribute '_batch_processor'")
+        processors.SpanmeterSpanProcessor.__init__ = unknown_sdk
+        import spanmeter.instrumentation.auto  # the one import, in settings.py: must not raise
+        from spanmeter.instrumentation import bootstrap, metrics
+        print(json.dumps({"instrumented": bootstrap.current() is not None,
+                          "degraded": metrics.DEGRADED.labels("provider")._value.get()}))
+        """
+    )
+    assert out == {"instrumented": True, "degraded": 1}
