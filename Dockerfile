@@ -1,7 +1,7 @@
 # spanmeter: OTLP/gRPC receiver that meters spans into the Postgres usage ledger.
 #
 #   docker build -t spanmeter .
-#   docker run --rm -p 4317:4317 -p 9464:9464 \
+#   docker run --rm -p 4317:4317 -p 4318:4318 -p 9464:9464 \
 #       -e SPANMETER_DATABASE_URL=postgresql://user:password@db-host:5432/spanmeter spanmeter
 #
 # Listening on 0.0.0.0 needs producer authentication (SPANMETER_AUTH_FILE, or mTLS) or an explicit
@@ -35,6 +35,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SPANMETER_OTLP_ENDPOINT=0.0.0.0:4317 \
+    SPANMETER_OTLP_HTTP_ENDPOINT=0.0.0.0:4318 \
     SPANMETER_METRICS_HOST=0.0.0.0 \
     SPANMETER_METRICS_PORT=9464 \
     SPANMETER_DATA_DIR=/var/lib/spanmeter
@@ -48,8 +49,8 @@ COPY --from=build /opt/venv /opt/venv
 USER spanmeter:spanmeter
 WORKDIR /var/lib/spanmeter
 
-# 4317: OTLP/gRPC (TraceService/Export); 9464: /metrics, /healthz, /readyz
-EXPOSE 4317 9464
+# 4317: OTLP/gRPC (TraceService/Export); 4318: OTLP/HTTP (POST /v1/traces); 9464: /metrics, /healthz, /readyz
+EXPOSE 4317 4318 9464
 
 # Liveness only (/healthz); /readyz also checks the database and schema. slim has no curl.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

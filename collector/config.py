@@ -6,6 +6,8 @@ each bad setting and how to fix it; after start-up nothing re-reads the environm
 | variable | default | meaning |
 |---|---|---|
 | ``SPANMETER_OTLP_ENDPOINT`` | ``127.0.0.1:4317`` | OTLP/gRPC listen address (HOST:PORT) |
+| ``SPANMETER_OTLP_HTTP_ENDPOINT`` | ``127.0.0.1:4318`` | OTLP/HTTP listen address (HOST:PORT; ``none`` turns the HTTP door off) |
+| ``SPANMETER_OTLP_HTTP_CORS_ORIGINS`` | unset: CORS off | browser origins allowed to POST spans (comma-separated, e.g. ``https://app.example.com``) |
 | ``SPANMETER_METRICS_PORT`` | ``9464`` | Prometheus ``/metrics``, ``/healthz``, ``/readyz`` port (0 disables) |
 | ``SPANMETER_METRICS_HOST`` | host of the OTLP endpoint | address the metrics server binds |
 | ``SPANMETER_DATABASE_URL`` | unset: embedded PostgreSQL | PostgreSQL URL (libpq or SQLAlchemy form) |
@@ -15,7 +17,7 @@ each bad setting and how to fix it; after start-up nothing re-reads the environm
 | ``SPANMETER_LEDGER_WRITERS`` | ``2`` | ledger connections writing in parallel |
 | ``SPANMETER_PROCESSES`` | ``1`` | receiver processes sharing the OTLP port (``serve --processes``; 1..64): one per core, see the README's sizing |
 | ``SPANMETER_ROLLUP_FOLD_INTERVAL_SECONDS`` | ``1`` | how often pending rollup deltas are folded into the rollups |
-| ``SPANMETER_MAX_RECEIVE_MESSAGE_BYTES`` | ``67108864`` (64 MiB) | Export size limit, after decompression |
+| ``SPANMETER_MAX_RECEIVE_MESSAGE_BYTES`` | ``16777216`` (16 MiB) | Export size limit, as sent and after decompression (both doors) |
 | ``SPANMETER_MAX_INFLIGHT_REQUESTS`` | ``32`` | Export calls handled at once; more are answered UNAVAILABLE + RetryInfo |
 | ``SPANMETER_MAX_INFLIGHT_SPANS`` | ``262144`` | spans held at once; beyond it UNAVAILABLE + RetryInfo |
 | ``SPANMETER_AUTH_FILE`` | unset | producers file (TOML, see :mod:`.auth`): tokens, allowed services and meters |
@@ -36,6 +38,7 @@ each bad setting and how to fix it; after start-up nothing re-reads the environm
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,8 @@ from spanmeter.billing.ledger.database import DatabaseUrlError, normalize_databa
 from .processors.usage import MeteringLimits
 
 __all__ = ["CollectorConfig", "ConfigError", "listen_problem", "load_config", "parse_endpoint"]
+
+_NONE = object()  # an explicit "none" (a door turned off), told apart from "not set"
 
 
 class ConfigError(ValueError):
@@ -59,6 +64,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class CollectorConfig:
     otlp_endpoint: str = "127.0.0.1:4317"
+    otlp_http_endpoint: str | None = "127.0.0.1:4318"  # None: no HTTP door
+    otlp_http_cors_origins: tuple[str, ...] = ()
     metrics_port: int = 9464
     metrics_host: str | None = None
     database_url: str | None = None
@@ -100,6 +107,14 @@ class CollectorConfig:
         return parse_endpoint(self.otlp_endpoint)[1]
 
     @property
+    def otlp_http_host(self) -> str | None:
+        return parse_endpoint(self.otlp_http_endpoint)[0] if self.otlp_http_endpoint else None
+
+    @property
+    def otlp_http_port(self) -> int | None:
+        return parse_endpoint(self.otlp_http_endpoint)[1] if self.otlp_http_endpoint else None
+
+    @property
     def metrics_bind_host(self) -> str:
         return self.metrics_host or self.otlp_host
 
@@ -127,6 +142,8 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
 # field name -> (environment variable, kind)
 _ENV: dict[str, tuple[str, str]] = {
     "otlp_endpoint": ("SPANMETER_OTLP_ENDPOINT", "endpoint"),
+    "otlp_http_endpoint": ("SPANMETER_OTLP_HTTP_ENDPOINT", "endpoint_or_none"),
+    "otlp_http_cors_origins": ("SPANMETER_OTLP_HTTP_CORS_ORIGINS", "origins"),
     "metrics_port": ("SPANMETER_METRICS_PORT", "port"),
     "metrics_host": ("SPANMETER_METRICS_HOST", "str"),
     "database_url": ("SPANMETER_DATABASE_URL", "database_url"),
@@ -167,6 +184,17 @@ def _parse(kind: str, raw: Any) -> Any:
     if kind == "endpoint":
         parse_endpoint(text)
         return text
+    if kind == "endpoint_or_none":
+        if text.lower() in {"none", "off"}:
+            return _NONE
+        parse_endpoint(text)
+        return text
+    if kind == "origins":
+        origins = tuple(item.strip().rstrip("/") for item in text.split(",") if item.strip())
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin")
+        return origins
     if kind == "port":
         value = int(text)
         if not 0 <= value <= 65535:
@@ -227,6 +255,8 @@ def _parse(kind: str, raw: Any) -> Any:
 
 _HOW = {
     "endpoint": "write HOST:PORT, e.g. 127.0.0.1:4317",
+    "endpoint_or_none": "write HOST:PORT, e.g. 127.0.0.1:4318, or none to turn the OTLP/HTTP door off",
+    "origins": "write comma-separated origins, e.g. https://app.example.com,http://localhost:3000",
     "port": "write a port number 0..65535",
     "positive_int": "write a whole number greater than 0",
     "nonnegative_int": "write a whole number, 0 or more",
@@ -259,6 +289,7 @@ def load_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None 
             problems.append(f"{source}={raw!r} is invalid{detail}: {_HOW.get(kind, 'check the value')}")
     if problems:
         raise ConfigError(problems)
+    values = {name: (None if value is _NONE else value) for name, value in values.items()}
     config = CollectorConfig(**values)
     if (config.tls_cert_file is None) != (config.tls_key_file is None):
         problems.append("SPANMETER_TLS_CERT_FILE and SPANMETER_TLS_KEY_FILE go together: set both, or neither")
@@ -266,6 +297,13 @@ def load_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None 
         problems.append("SPANMETER_TLS_CLIENT_CA_FILE (mTLS) needs SPANMETER_TLS_CERT_FILE and SPANMETER_TLS_KEY_FILE")
     if problems:
         raise ConfigError(problems)
+    if config.otlp_http_port and (config.otlp_http_host, config.otlp_http_port) == (config.otlp_host, config.otlp_port):
+        raise ConfigError(
+            [
+                f"SPANMETER_OTLP_HTTP_ENDPOINT={config.otlp_http_endpoint} is the OTLP/gRPC endpoint too: pick another "
+                "port (4318 is OTLP/HTTP's), or none to turn the HTTP door off"
+            ]
+        )
     if config.metrics_port and config.metrics_port == config.otlp_port and config.metrics_bind_host == config.otlp_host:
         raise ConfigError(
             [f"SPANMETER_METRICS_PORT={config.metrics_port} is the OTLP port too: pick another metrics port"]
@@ -282,15 +320,20 @@ def listen_problem(config: CollectorConfig) -> str | None:
     """
     if config.authenticated or config.insecure_listen:
         return None
-    host = config.otlp_host
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback:
+    for endpoint in (config.otlp_endpoint, config.otlp_http_endpoint):
+        if endpoint is None:
+            continue
+        host = parse_endpoint(endpoint)[0]
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            break
+    else:
         return None
     return (
-        f"refusing to listen on {config.otlp_endpoint} without authentication: anyone who can reach it could "
+        f"refusing to listen on {endpoint} without authentication: anyone who can reach it could "
         "bill any account. Configure producers (SPANMETER_AUTH_FILE) or mTLS (SPANMETER_TLS_CLIENT_CA_FILE), "
         "listen on 127.0.0.1, or pass --insecure-listen (SPANMETER_INSECURE_LISTEN=true) if a private "
         "network stands in front of it."

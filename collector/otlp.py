@@ -203,13 +203,11 @@ class _Status(collections.namedtuple("_Status", ("code", "details", "trailing_me
     pass
 
 
-def abort(
-    context: grpc.ServicerContext,
-    code: grpc.StatusCode,
-    message: str,
-    retry_delay_seconds: float | None = None,
-    bad_request: bool = False,
-) -> NoReturn:
+def status_details(
+    code: grpc.StatusCode, message: str, retry_delay_seconds: float | None = None, bad_request: bool = False
+) -> tuple[status_pb2.Status, list[tuple[str, bytes]]]:
+    """The ``google.rpc.Status`` of a refusal (with RetryInfo and BadRequest details) and the gRPC trailing
+    metadata that carries it."""
     status = status_pb2.Status(code=code.value[0], message=message)
     metadata: list[tuple[str, bytes]] = []
     if retry_delay_seconds is not None:
@@ -222,5 +220,16 @@ def abort(
         violation = error_details_pb2.BadRequest.FieldViolation(field="request", description=message)
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
     metadata.append(("grpc-status-details-bin", status.SerializeToString()))
+    return status, metadata
+
+
+def abort(
+    context: grpc.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    retry_delay_seconds: float | None = None,
+    bad_request: bool = False,
+) -> NoReturn:
+    _, metadata = status_details(code, message, retry_delay_seconds, bad_request)
     context.abort_with_status(_Status(code, message, tuple(metadata)))
     raise AssertionError("unreachable")  # abort_with_status raises

@@ -1,4 +1,11 @@
-"""The OTLP/gRPC trace receiver: ``TraceService/Export``, handled as raw bytes.
+"""The receiver core, and its gRPC door: ``TraceService/Export``, handled as raw bytes.
+
+:meth:`TraceReceiver.handle` takes a request as OTLP protobuf bytes and the :class:`Call` that brought it,
+and returns the serialized ``ExportTraceServiceResponse`` or raises a :class:`Refusal` (a gRPC status
+code, a message, and a retry delay when a retry may succeed). Two doors call it: gRPC's
+``TraceService/Export`` (:meth:`TraceReceiver.export`, a refusal becomes a ``google.rpc.Status`` with
+RetryInfo) and OTLP/HTTP's ``POST /v1/traces`` (:mod:`.http_receiver`, an HTTP status with Retry-After).
+The numbered steps below name gRPC's codes; the HTTP door maps them (see there).
 
 For each request:
 
@@ -30,9 +37,11 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import grpc
+from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceRequest,
@@ -46,16 +55,67 @@ from .config import CollectorConfig
 from .consumer import EncodedRows, PendingWrite, RetryableError, UsageConsumer
 from .memory import release_after
 from .metrics import CollectorMetrics
-from .otlp import SERVICE_NAME, DecodedRequest, UnparseableRequest, abort, count_spans, decode_request
+from .otlp import SERVICE_NAME, DecodedRequest, UnparseableRequest, abort, count_spans, decode_request, status_details
 from .processors.native import count_spans as native_count_spans
 from .processors.native import meter_native, metering_mode, to_metering_result, usage_rows
 from .processors.usage import MeteringResult, SpanPayloads, meter_request
 
-__all__ = ["RETRY_DELAY_SECONDS", "TraceReceiver"]
+__all__ = ["RETRY_DELAY_SECONDS", "Call", "Refusal", "TraceReceiver", "status_of"]
 
 log = logging.getLogger(__name__)
 RETRY_DELAY_SECONDS = 1.0
 _EMPTY_RESPONSE = ExportTraceServiceResponse().SerializeToString()
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Who brought a request, as a door sees it: the peer, the metadata (gRPC metadata or HTTP headers, keys
+    lower-case) and the client certificate's common names. Read only when needed (refusals, producers)."""
+
+    peer_of: Callable[[], str]
+    metadata_of: Callable[[], Sequence[tuple[str, str | bytes]]]
+    common_names_of: Callable[[], Sequence[str]]
+
+    @property
+    def peer(self) -> str:
+        return self.peer_of()
+
+    @classmethod
+    def of_grpc(cls, context: grpc.ServicerContext) -> Call:
+        return cls(
+            peer_of=context.peer,
+            metadata_of=lambda: context.invocation_metadata() or (),
+            common_names_of=lambda: [
+                cn.decode(errors="replace") for cn in (context.auth_context() or {}).get("x509_common_name", [])
+            ],
+        )
+
+
+class Refusal(Exception):
+    """The core did not acknowledge the request: ``code`` (a gRPC status code), a message for the sender,
+    ``retry_delay_seconds`` when a retry may succeed (else None: the sender must change the request),
+    ``bad_request`` for data that is not OTLP, and ``http_status`` when the HTTP door should not use its
+    default mapping for ``code`` (429 for capacity)."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        retry_delay_seconds: float | None = None,
+        bad_request: bool = False,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_delay_seconds = retry_delay_seconds
+        self.bad_request = bad_request
+        self.http_status = http_status
+
+
+def status_of(refusal: Refusal) -> status_pb2.Status:
+    """The ``google.rpc.Status`` a refusal is answered with (RetryInfo and BadRequest details included)."""
+    return status_details(refusal.code, refusal.message, refusal.retry_delay_seconds, refusal.bad_request)[0]
 
 
 class TraceReceiver:
@@ -85,16 +145,49 @@ class TraceReceiver:
         )
 
     def export(self, body: bytes, context: grpc.ServicerContext) -> bytes:
+        """The gRPC door: ``TraceService/Export``."""
         try:
-            response = self._export(body, context)
-        except Exception as exc:
-            if isinstance(exc, grpc.RpcError) or context.code() not in (None, grpc.StatusCode.OK):
-                raise  # abort() already set the status
+            return self.handle(body, Call.of_grpc(context))
+        except Refusal as refusal:
+            abort(context, refusal.code, refusal.message, refusal.retry_delay_seconds, refusal.bad_request)
+
+    def handle(self, body: bytes, call: Call) -> bytes:
+        """One Export request (OTLP protobuf bytes) from either door: the serialized response once its rows
+        are committed, or a :class:`Refusal`. Counted in ``spanmeter_export_requests_total{code}``."""
+        try:
+            response = self._export(body, call)
+        except Refusal:
+            raise
+        except Exception:
             log.exception("unexpected error handling an Export request")
             self._count("UNAVAILABLE")
-            abort(context, grpc.StatusCode.UNAVAILABLE, "internal error; retry", RETRY_DELAY_SECONDS)
+            raise Refusal(grpc.StatusCode.UNAVAILABLE, "internal error; retry", RETRY_DELAY_SECONDS) from None
         self._count("OK")
         return response
+
+    def count_internal_error(self) -> None:
+        """A door's own unexpected failure, answered retryable: counted like the core's."""
+        self._count("UNAVAILABLE")
+
+    def refuse_oversized(self, call: Call, size_bytes: int | None = None) -> Refusal:
+        """A request over ``max_receive_message_bytes`` (as received or decompressed): counted, logged, and
+        answered RESOURCE_EXHAUSTED without RetryInfo (the sender must split it)."""
+        limit = self._config.max_receive_message_bytes
+        size = f"{size_bytes} bytes" if size_bytes is not None else f"over {limit} bytes"
+        self._count("RESOURCE_EXHAUSTED")
+        self._log_refusal(call, None, "RESOURCE_EXHAUSTED", size)
+        return Refusal(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"request of {size} exceeds the {limit}-byte limit (SPANMETER_MAX_RECEIVE_MESSAGE_BYTES); "
+            "send smaller batches",
+        )
+
+    def refuse_unparseable(self, body: bytes, message: str, call: Call) -> Refusal:
+        """A body that is not OTLP: kept in ``rejected_requests``, counted, answered INVALID_ARGUMENT."""
+        self._keep_request(body[: self._config.rejected_request_max_bytes], len(body), "unparseable", message, call)
+        self._count("INVALID_ARGUMENT")
+        self._log_refusal(call, None, "INVALID_ARGUMENT", message)
+        return Refusal(grpc.StatusCode.INVALID_ARGUMENT, message, bad_request=True)
 
     def _count_fallback(self, reason: str) -> None:
         self._metrics.native_fallbacks.labels(reason).inc()
@@ -102,20 +195,13 @@ class TraceReceiver:
     def _count(self, code: str) -> None:
         self._metrics.export_requests.labels(code).inc()
 
-    def _export(self, body: bytes, context: grpc.ServicerContext) -> bytes:
-        producer = self._authenticate(context)
-        limit = self._config.max_receive_message_bytes
-        if len(body) > limit:
-            self._count("RESOURCE_EXHAUSTED")
-            self._log_refusal(context, producer, "RESOURCE_EXHAUSTED", f"{len(body)} bytes")
-            abort(
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"request of {len(body)} bytes exceeds the {limit}-byte limit; send smaller batches",
-            )
+    def _export(self, body: bytes, call: Call) -> bytes:
+        producer = self._authenticate(call)
+        if len(body) > self._config.max_receive_message_bytes:
+            raise self.refuse_oversized(call, len(body))
         if not body:
             return _EMPTY_RESPONSE
-        self._acquire(context, requests=1, spans=0)
+        self._acquire(requests=1, spans=0)
         spans = 0
         now = self._clock()
         try:
@@ -127,11 +213,11 @@ class TraceReceiver:
             else:
                 count = count_spans(body) if len(body) > 2 * self._config.max_spans_per_request else None
             if count is None:
-                decoded = self._decode(body, context, producer)
+                decoded = self._decode(body, call)
                 count = sum(len(ss.spans) for rs in decoded.request.resource_spans for ss in rs.scope_spans)
             if count > self._config.max_spans_per_request:
-                self._refuse_too_many_spans(body, count, context, producer)
-            self._acquire(context, requests=0, spans=count)
+                self._refuse_too_many_spans(body, count, call, producer)
+            self._acquire(requests=0, spans=count)
             spans = count  # acquired: released below
             if decoded is None and native_mode:
                 native = meter_native(body, self._limits, now, producer, self._count_fallback)
@@ -140,35 +226,28 @@ class TraceReceiver:
                     encoded = EncodedRows(native.copy_text, native.rows, lambda: usage_rows(native))
                     synthetic = [row[0] for row in native.synthetic_rows]
                     return self._write(
-                        result, 0, lambda: decode_request(body).request, producer, context, encoded, synthetic
+                        result, 0, lambda: decode_request(body).request, producer, call, encoded, synthetic
                     )
                 # the Python reference decides (invalid UTF-8, unusual wire data, limits)
             if decoded is None:  # pure Python, or the native core handed the body back
-                decoded = self._decode(body, context, producer)
+                decoded = self._decode(body, call)
             result = meter_request(decoded.request, self._limits, now, producer)
             synthetic = [row.meter.code for row in result.synthetic_rows]
             return self._write(
-                result, decoded.replaced_strings, lambda: decoded.request, producer, context, None, synthetic
+                result, decoded.replaced_strings, lambda: decoded.request, producer, call, None, synthetic
             )
         finally:
             self._release(requests=1, spans=spans)
             release_after(spans)  # a large request: give the freed memory back to the kernel
 
-    def _decode(self, body: bytes, context: grpc.ServicerContext, producer: Producer | None) -> DecodedRequest:
+    def _decode(self, body: bytes, call: Call) -> DecodedRequest:
         """Decode with the Python reference; a body that is not OTLP is kept, counted and refused."""
         try:
             return decode_request(body)
         except UnparseableRequest as exc:
-            self._keep_request(
-                body[: self._config.rejected_request_max_bytes], len(body), "unparseable", str(exc), context
-            )
-            self._count("INVALID_ARGUMENT")
-            self._log_refusal(context, producer, "INVALID_ARGUMENT", str(exc))
-            abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), bad_request=True)
+            raise self.refuse_unparseable(body, str(exc), call) from None
 
-    def _refuse_too_many_spans(
-        self, body: bytes, count: int, context: grpc.ServicerContext, producer: Producer | None
-    ) -> None:
+    def _refuse_too_many_spans(self, body: bytes, count: int, call: Call, producer: Producer | None) -> None:
         """More spans than the ledger commits within the write timeout: refused before decoding, like a
         request over the size limit (RESOURCE_EXHAUSTED, no RetryInfo: the sender must split it); the whole
         request is kept in ``rejected_requests`` first, so its usage is never lost."""
@@ -177,33 +256,29 @@ class TraceReceiver:
             f"request of {count} spans exceeds the {limit}-span limit (SPANMETER_MAX_SPANS_PER_REQUEST); "
             "send smaller batches (e.g. the Collector batch processor's send_batch_max_size)"
         )
-        if not self._keep_request(body, len(body), "too_many_spans", message, context):
+        if not self._keep_request(body, len(body), "too_many_spans", message, call):
             # its usage must not be lost: not kept now (the ledger is away), so the sender must come back
             self._count("UNAVAILABLE")
-            self._log_refusal(context, producer, "UNAVAILABLE", f"{count} spans, not kept yet")
-            abort(context, grpc.StatusCode.UNAVAILABLE, "ledger unavailable; retry", RETRY_DELAY_SECONDS)
+            self._log_refusal(call, producer, "UNAVAILABLE", f"{count} spans, not kept yet")
+            raise Refusal(grpc.StatusCode.UNAVAILABLE, "ledger unavailable; retry", RETRY_DELAY_SECONDS)
         self._count("RESOURCE_EXHAUSTED")
-        self._log_refusal(context, producer, "RESOURCE_EXHAUSTED", f"{count} spans")
-        abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        self._log_refusal(call, producer, "RESOURCE_EXHAUSTED", f"{count} spans")
+        raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
-    def _authenticate(self, context: grpc.ServicerContext) -> Producer | None:
+    def _authenticate(self, call: Call) -> Producer | None:
         if self._authenticator is None:
             return None  # no producers file: anyone who completes the (m)TLS handshake, if any, may send
-        common_names = [
-            cn.decode(errors="replace") for cn in (context.auth_context() or {}).get("x509_common_name", [])
-        ]
-        producer = self._authenticator.identify(context.invocation_metadata() or (), common_names)
+        producer = self._authenticator.identify(call.metadata_of(), call.common_names_of())
         if producer is None:
             self._count("UNAUTHENTICATED")
-            self._log_refusal(context, None, "UNAUTHENTICATED", "no valid bearer token or client certificate")
-            abort(
-                context,
+            self._log_refusal(call, None, "UNAUTHENTICATED", "no valid bearer token or client certificate")
+            raise Refusal(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "send `authorization: Bearer <token>` of a configured producer, or a known client certificate",
             )
         return producer
 
-    def _acquire(self, context: grpc.ServicerContext, requests: int, spans: int) -> None:
+    def _acquire(self, requests: int, spans: int) -> None:
         config = self._config
         with self._bounds:
             over = self._requests_in_flight + requests > config.max_inflight_requests or (
@@ -215,7 +290,9 @@ class TraceReceiver:
         if over:  # nothing was taken; what the caller already holds it releases itself
             self._count("UNAVAILABLE")
             self._metrics.overload.labels("spans" if requests == 0 else "requests").inc()
-            abort(context, grpc.StatusCode.UNAVAILABLE, "collector at capacity; retry", RETRY_DELAY_SECONDS)
+            raise Refusal(
+                grpc.StatusCode.UNAVAILABLE, "collector at capacity; retry", RETRY_DELAY_SECONDS, http_status=429
+            )
 
     def _release(self, requests: int, spans: int) -> None:
         with self._bounds:
@@ -228,7 +305,7 @@ class TraceReceiver:
         replaced_strings: int,
         request_of: Callable[[], ExportTraceServiceRequest],
         producer: Producer | None,
-        context: grpc.ServicerContext,
+        call: Call,
         encoded: EncodedRows | None,
         synthetic_codes: list[str],
     ) -> bytes:
@@ -250,8 +327,8 @@ class TraceReceiver:
                 self._exporter.wait(pending, self._config.ledger_write_timeout_seconds)
             except RetryableError as exc:
                 self._count("UNAVAILABLE")
-                self._log_refusal(context, producer, "UNAVAILABLE", str(exc))
-                abort(context, grpc.StatusCode.UNAVAILABLE, f"{exc}; retry", RETRY_DELAY_SECONDS)
+                self._log_refusal(call, producer, "UNAVAILABLE", str(exc))
+                raise Refusal(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry", RETRY_DELAY_SECONDS) from None
             if pending.refused:  # rows the ledger can never take: kept as rejects, the rest committed
                 result.rejections.extend(pending.refused)
         self._record(result, synthetic_codes)
@@ -260,7 +337,7 @@ class TraceReceiver:
                 "export partially rejected",
                 extra={
                     "event": "export_rejected_spans",
-                    "peer": context.peer(),
+                    "peer": call.peer,
                     "producer": producer.name if producer else None,
                     "spans": result.spans_received,
                     "rejected": dict(Counter(r.reason for r in result.rejections)),
@@ -269,7 +346,7 @@ class TraceReceiver:
             )
         return self._response(result, replaced_strings)
 
-    def _log_refusal(self, context: grpc.ServicerContext, producer: Producer | None, code: str, detail: str) -> None:
+    def _log_refusal(self, call: Call, producer: Producer | None, code: str, detail: str) -> None:
         log.warning(
             "export refused: %s: %s",
             code,
@@ -277,7 +354,7 @@ class TraceReceiver:
             extra={
                 "event": "export_refused",
                 "grpc_code": code,
-                "peer": context.peer(),
+                "peer": call.peer,
                 "producer": producer.name if producer else None,
             },
         )
@@ -311,12 +388,10 @@ class TraceReceiver:
         partial = ExportTracePartialSuccess(rejected_spans=len(result.rejections), error_message=message)
         return ExportTraceServiceResponse(partial_success=partial).SerializeToString()
 
-    def _keep_request(
-        self, kept: bytes, size_bytes: int, reason: str, message: str, context: grpc.ServicerContext
-    ) -> bool:
+    def _keep_request(self, kept: bytes, size_bytes: int, reason: str, message: str, call: Call) -> bool:
         """Store a refused request's bytes before answering; a failure to store is logged (False), never
         raised."""
-        peer = context.peer()
+        peer = call.peer
         row = RejectedRequestRow(
             request_key=hashlib.blake2b(kept, digest_size=16).hexdigest(),
             reason=reason,

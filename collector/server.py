@@ -1,7 +1,8 @@
 """The collector process: database, migrations, ledger exporter, gRPC receiver, metrics and health.
 
 ``CollectorServer(config).start()`` resolves the database (embedded by default), applies migrations under
-the advisory lock, starts the ledger writers, the gRPC server, the rollup compactor (:mod:`.compactor`),
+the advisory lock, starts the ledger writers, the receiver with its two doors (OTLP/gRPC, and OTLP/HTTP
+unless ``SPANMETER_OTLP_HTTP_ENDPOINT=none``, see :mod:`.http_receiver`), the rollup compactor (:mod:`.compactor`),
 the billing metrics refresh and the HTTP server on the metrics port (``serve --processes N`` runs N of these
 as receivers only, under :mod:`.supervisor`):
 
@@ -33,6 +34,7 @@ from .billing_metrics import BillingMetrics
 from .compactor import RollupCompactor
 from .config import CollectorConfig
 from .exporters.ledger import LedgerExporter
+from .http_receiver import HttpReceiver
 from .metrics import CollectorMetrics, RollupMetrics
 from .receiver import TraceReceiver
 from .schema import LedgerAccess, LedgerSchema, PrivilegedCredential, ledger_access
@@ -48,6 +50,7 @@ class ListenAddresses:
     metrics: str | None
     database: str
     security: str
+    otlp_http: str | None = None  # None: the HTTP door is off
 
 
 def _describe_security(config: CollectorConfig) -> str:
@@ -70,6 +73,7 @@ class CollectorServer:
         self._gauges_stop = threading.Event()
         self._database = database
         self._grpc: grpc.Server | None = None
+        self._otlp_http: HttpReceiver | None = None
         self._http: ThreadingHTTPServer | None = None
         self._exporter: LedgerExporter | None = None
         self._authenticator: Authenticator | None = None
@@ -158,10 +162,22 @@ class CollectorServer:
             raise OSError(f"cannot listen for OTLP on {config.otlp_endpoint} (address in use?)")
         server.start()
         self._grpc = server
+        otlp_http = None
+        if config.otlp_http_endpoint is not None:
+            self._otlp_http = HttpReceiver(receiver, config)
+            http_host, http_port = config.otlp_http_host, config.otlp_http_port
+            assert http_host is not None and http_port is not None
+            # shared with the sibling receivers of --processes N, like the gRPC port
+            bound_http = self._otlp_http.start(http_host, http_port, reuse_port=receiver_only)
+            otlp_http = f"[{http_host}]:{bound_http}" if ":" in http_host else f"{http_host}:{bound_http}"
         if receiver_only:
             threading.Thread(target=self._sample_gauges, args=(metrics,), name="gauges", daemon=True).start()
             return ListenAddresses(
-                otlp=f"{host}:{bound}", metrics=None, database=database.description, security=_describe_security(config)
+                otlp=f"{host}:{bound}",
+                metrics=None,
+                database=database.description,
+                security=_describe_security(config),
+                otlp_http=otlp_http,
             )
 
         self._billing_metrics = BillingMetrics(database, self.registry, config.billing_metrics_interval_seconds)
@@ -180,6 +196,7 @@ class CollectorServer:
             metrics=metrics_address,
             database=database.description,
             security=_describe_security(config),
+            otlp_http=otlp_http,
         )
 
     def _sample_gauges(self, metrics: CollectorMetrics) -> None:
@@ -196,9 +213,15 @@ class CollectorServer:
     def shutdown(self, grace_seconds: float | None = None) -> None:
         grace = grace_seconds if grace_seconds is not None else self.config.ledger_write_timeout_seconds + 1
         self._gauges_stop.set()
+        stopping = [threading.Thread(target=self._otlp_http.shutdown, args=(grace,))] if self._otlp_http else []
+        for thread in stopping:  # both doors stop taking requests at once; in-flight ones finish
+            thread.start()
         if self._grpc is not None:
             self._grpc.stop(grace).wait()
             self._grpc = None
+        for thread in stopping:
+            thread.join()
+        self._otlp_http = None
         if self._exporter is not None:
             self._exporter.shutdown()
             self._exporter = None

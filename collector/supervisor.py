@@ -128,8 +128,7 @@ class Supervisor:
         self._procs: list[mp.process.BaseProcess | None] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._guard: socket.socket | None = None
-        self._lock_file = None
+        self._guards: list[tuple[socket.socket, object]] = []  # (bound, not listening socket; its lock file)
         self._metrics_dir: Path | None = None
         self._receiver_config: CollectorConfig | None = None
         self._database: Database | None = None
@@ -150,11 +149,19 @@ class Supervisor:
         self._schema = LedgerSchema(access)
         if not self._schema.start() and self._schema.refused:
             raise PrivilegedCredential(self._schema.refused)
-        host, port = self._hold_port(config.otlp_host, config.otlp_port)
+        host, port = self._hold_port(config.otlp_host, config.otlp_port, "OTLP", "otlp")
+        http_endpoint = None
+        if config.otlp_http_host is not None and config.otlp_http_port is not None:
+            http_host, http_port = self._hold_port(
+                config.otlp_http_host, config.otlp_http_port, "OTLP/HTTP", "otlp-http"
+            )
+            http_endpoint = f"[{http_host}]:{http_port}" if ":" in http_host else f"{http_host}:{http_port}"
         self._metrics_dir = Path(tempfile.mkdtemp(prefix="spanmeter-metrics-"))
         self._database = database
         endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self._receiver_config = replace(config, otlp_endpoint=endpoint, metrics_port=None, processes=1)
+        self._receiver_config = replace(
+            config, otlp_endpoint=endpoint, otlp_http_endpoint=http_endpoint, metrics_port=None, processes=1
+        )
         errors = []
         for number in range(config.processes):
             self._procs.append(None)
@@ -185,6 +192,7 @@ class Supervisor:
             metrics=metrics_address,
             database=database.description,
             security=f"{_describe_security(config)}; {config.processes} receiver processes (SO_REUSEPORT)",
+            otlp_http=http_endpoint,
         )
 
     def reload_auth(self) -> bool | None:
@@ -229,18 +237,16 @@ class Supervisor:
         if self._schema is not None:
             self._schema.shutdown()
             self._schema = None
-        if self._guard is not None:
-            self._guard.close()
-            self._guard = None
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        for guard, lock_file in self._guards:
+            guard.close()
+            lock_file.close()  # type: ignore[attr-defined]
+        self._guards = []
         if self._metrics_dir is not None:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
             self._metrics_dir = None
 
     # -- internals -------------------------------------------------------------------------------------
-    def _hold_port(self, host: str, port: int) -> tuple[str, int]:
+    def _hold_port(self, host: str, port: int, door: str, name: str) -> tuple[str, int]:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         guard = socket.socket(family, socket.SOCK_STREAM)
         guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -248,9 +254,9 @@ class Supervisor:
             guard.bind((host, port))
         except OSError as exc:
             guard.close()
-            raise OSError(f"cannot listen for OTLP on {self.config.otlp_endpoint}: {exc.strerror}") from exc
+            raise OSError(f"cannot listen for {door} on {host}:{port}: {exc.strerror}") from exc
         port = guard.getsockname()[1]
-        lock_path = Path(tempfile.gettempdir()) / f"spanmeter-otlp-{host.replace(':', '_')}-{port}.lock"
+        lock_path = Path(tempfile.gettempdir()) / f"spanmeter-{name}-{host.replace(':', '_')}-{port}.lock"
         lock_file = open(lock_path, "w")  # noqa: SIM115 (held until shutdown)
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -258,10 +264,10 @@ class Supervisor:
             lock_file.close()
             guard.close()
             raise OSError(
-                f"cannot listen for OTLP on {host}:{port}: another `spanmeter serve --processes` holds it "
-                f"({lock_path}); stop it or pick another --otlp-endpoint"
+                f"cannot listen for {door} on {host}:{port}: another `spanmeter serve --processes` holds it "
+                f"({lock_path}); stop it or pick another --{name}-endpoint"
             ) from None
-        self._guard, self._lock_file = guard, lock_file
+        self._guards.append((guard, lock_file))
         return host, port
 
     def _spawn(self, number: int) -> str | None:

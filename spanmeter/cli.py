@@ -40,7 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the OTLP/gRPC receiver that writes the usage ledger")
-    serve.add_argument("--otlp-endpoint", help="HOST:PORT to listen on (default 127.0.0.1:4317)")
+    serve.add_argument("--otlp-endpoint", help="HOST:PORT for OTLP/gRPC (default 127.0.0.1:4317)")
+    serve.add_argument(
+        "--otlp-http-endpoint",
+        help="HOST:PORT for OTLP/HTTP, POST /v1/traces (default 127.0.0.1:4318; none: off); "
+        "env SPANMETER_OTLP_HTTP_ENDPOINT",
+    )
     serve.add_argument("--metrics-port", type=str, help="port for /metrics, /healthz, /readyz (default 9464)")
     serve.add_argument(
         "--processes",
@@ -201,6 +206,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = _config(
         args,
         otlp_endpoint=args.otlp_endpoint,
+        otlp_http_endpoint=args.otlp_http_endpoint,
         metrics_port=args.metrics_port,
         insecure_listen=args.insecure_listen,
         allow_owner=args.allow_owner,
@@ -239,6 +245,12 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     print(f"spanmeter {__version__} serving", flush=True)
     print(f"  OTLP/gRPC  {addresses.otlp}  (TraceService/Export, compression gzip or none)", flush=True)
+    if addresses.otlp_http:
+        print(
+            f"  OTLP/HTTP  http{'s' if config.tls_cert_file else ''}://{addresses.otlp_http}/v1/traces"
+            "  (protobuf or JSON, gzip or none)",
+            flush=True,
+        )
     if addresses.metrics:
         print(f"  metrics    http://{addresses.metrics}/metrics  (/healthz, /readyz)", flush=True)
     print(f"  ledger     {addresses.database}", flush=True)
@@ -253,7 +265,10 @@ def _serve(args: argparse.Namespace) -> int:
             " or SPANMETER_NATIVE=0 is set)",
             flush=True,
         )
-    print(f"listening otlp={addresses.otlp} metrics={addresses.metrics or '-'}", flush=True)
+    print(
+        f"listening otlp={addresses.otlp} metrics={addresses.metrics or '-'} otlp_http={addresses.otlp_http or '-'}",
+        flush=True,
+    )
     while not stop.wait(3600):
         pass
     print("spanmeter: stopping: no new requests; committing in-flight ones", flush=True)

@@ -16,6 +16,9 @@ from psycopg.conninfo import make_conninfo
 from spanmeter.billing.ledger.embedded import EmbeddedPostgres
 from support import Collector
 
+# every `spanmeter serve` a test starts takes an ephemeral OTLP/HTTP port (the default, 4318, is one per host)
+os.environ.setdefault("SPANMETER_OTLP_HTTP_ENDPOINT", "127.0.0.1:0")
+
 
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
