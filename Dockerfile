@@ -1,4 +1,4 @@
-# spanmeter: OTLP/gRPC receiver that meters spans into the Postgres usage ledger.
+# spanmeter: OTLP/gRPC and OTLP/HTTP receiver that meters spans into the Postgres usage ledger.
 #
 #   docker build -t spanmeter .
 #   docker run --rm -p 4317:4317 -p 4318:4318 -p 9464:9464 \
@@ -9,7 +9,15 @@
 # Without SPANMETER_DATABASE_URL the process falls back to the embedded PostgreSQL under
 # SPANMETER_DATA_DIR (a volume you must mount); docker-compose.yml uses a real postgres service instead.
 
-# ---- build stage: install the project (runtime dependencies only) into a virtualenv ----
+# ---- native stage: the compiled metering core (native/, Rust + PyO3, abi3 for CPython >= 3.11) as a wheel ----
+FROM rust:1-slim-bookworm AS native
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv \
+ && rm -rf /var/lib/apt/lists/* && python3 -m venv /opt/build && /opt/build/bin/pip install --no-cache-dir "maturin>=1.5,<2"
+WORKDIR /src
+COPY native/ native/
+RUN /opt/build/bin/maturin build --release --manifest-path native/Cargo.toml --out /wheels
+
+# ---- build stage: install the project (runtime dependencies only) and the native core into a virtualenv ----
 FROM python:3.11-slim AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -19,14 +27,19 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# Only what `pip install .` needs. README.md (the long description) is optional: the glob lets COPY
-# succeed in a checkout without it.
+# Exactly the package folders pyproject.toml lists (tests/test_deploy.py builds this same context with pip).
+# README.md (the long description) is optional: the glob lets COPY succeed in a checkout without it.
 COPY pyproject.toml README.md* ./
 COPY spanmeter/ spanmeter/
 COPY collector/ collector/
 COPY billing/ billing/
 COPY instrumentation/ instrumentation/
-RUN pip install . && spanmeter --version
+COPY demo/ demo/
+COPY alerts/ alerts/
+COPY dashboards/ dashboards/
+COPY --from=native /wheels/ /wheels/
+RUN pip install . /wheels/*.whl && spanmeter --version \
+ && python -c "import spanmeter_native"
 
 # ---- runtime stage ----
 FROM python:3.11-slim

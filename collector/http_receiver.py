@@ -227,7 +227,7 @@ class HttpReceiver:
         """OTLP JSON -> OTLP protobuf bytes; a body that is not OTLP JSON is kept and refused (400)."""
         try:
             return parse_json_message(body.decode("utf-8")).SerializeToString()
-        except (OtlpFileError, UnicodeDecodeError, RecursionError) as exc:
+        except (OtlpFileError, UnicodeDecodeError) as exc:
             message = str(exc) if isinstance(exc, OtlpFileError) else f"not UTF-8 JSON: {exc}"
             raise self._receiver.refuse_unparseable(body, message, call) from None
 

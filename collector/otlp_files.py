@@ -76,10 +76,17 @@ def parse_json_message(line: str) -> ExportTraceServiceRequest:
         document = json.loads(line)
     except json.JSONDecodeError as exc:
         raise OtlpFileError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise OtlpFileError("not OTLP JSON: nested too deeply") from None
+    if not isinstance(document, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(document), "a number"
+        )
+        raise OtlpFileError(f"not OTLP JSON traces: the top level is {kind}, not an object")
     request = ExportTraceServiceRequest()
     try:
         json_format.ParseDict(_hex_ids_to_base64(document), request, ignore_unknown_fields=True)
-    except json_format.ParseError as exc:
+    except (json_format.ParseError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise OtlpFileError(f"not OTLP JSON traces: {exc}") from None
     return request
 

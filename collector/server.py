@@ -157,9 +157,15 @@ class CollectorServer:
             else:
                 bound = server.add_insecure_port(address)
         except RuntimeError as exc:
-            raise OSError(f"cannot listen for OTLP on {config.otlp_endpoint}: {exc}") from exc
+            raise OSError(
+                f"cannot listen for OTLP/gRPC on {config.otlp_endpoint} (SPANMETER_OTLP_ENDPOINT, --otlp-endpoint): "
+                f"{exc}"
+            ) from None
         if not bound:
-            raise OSError(f"cannot listen for OTLP on {config.otlp_endpoint} (address in use?)")
+            raise OSError(
+                f"cannot listen for OTLP/gRPC on {config.otlp_endpoint} (SPANMETER_OTLP_ENDPOINT, --otlp-endpoint): "
+                "the address is in use or not this host's; pick a free port"
+            )
         server.start()
         self._grpc = server
         otlp_http = None
@@ -308,6 +314,12 @@ def _health_server(host: str, port: int, registry: CollectorRegistry, readiness:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise OSError(
+            f"cannot serve /metrics on {host}:{port} (SPANMETER_METRICS_PORT, --metrics-port): {exc.strerror}; "
+            "pick a free port"
+        ) from None
     server.daemon_threads = True
     return server

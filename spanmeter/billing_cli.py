@@ -112,8 +112,8 @@ def _connect(args: argparse.Namespace) -> Iterator[Any]:
     from spanmeter.collector.config import load_config
 
     config = load_config(os.environ, {"database_url": args.database_url, "data_dir": args.data_dir})
-    database = resolve_database(config.database_url, config.data_dir)
-    migrate.upgrade(database)
+    database = resolve_database(config.database_url, config.data_dir, create=False)
+    migrate.prepare(database)  # the embedded ledger is migrated; a configured one only checked
     with psycopg.connect(database.conninfo) as conn:
         yield conn
 

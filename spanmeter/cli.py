@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -183,13 +184,50 @@ def main(argv: list[str] | None = None) -> int:
             return billing_cli.run(args)
         if args.command in ops_cli.COMMANDS:
             return ops_cli.run(args)
-    except ConfigError as exc:
-        print(f"spanmeter: {exc}", file=sys.stderr)
-        return 2
-    except UsageError as exc:
-        print(f"spanmeter: {exc}", file=sys.stderr)
-        return 2
+    except (ConfigError, UsageError) as exc:
+        return _fail(str(exc))
+    except Exception as exc:  # every user-facing failure: one or two lines naming the fix, no traceback
+        return _explain(exc)
     return 1
+
+
+def _fail(message: str, status: int = 2) -> int:
+    if os.environ.get("SPANMETER_DEBUG") == "1":
+        traceback.print_exc()
+    print(f"spanmeter: {message}", file=sys.stderr)
+    return status
+
+
+def _explain(exc: Exception) -> int:
+    """The one message (exit 2) for a failure a person can act on; anything else exit 1, still no traceback
+    unless SPANMETER_DEBUG=1."""
+    import psycopg
+    import sqlalchemy.exc
+
+    from spanmeter.billing.ledger.database import NoLedgerHere
+    from spanmeter.billing.ledger.migrate import SchemaNotCurrent
+
+    cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None else exc
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    if isinstance(exc, (NoLedgerHere, SchemaNotCurrent)):
+        return _fail(str(exc))
+    if isinstance(cause, psycopg.errors.UndefinedTable):
+        return _fail(f"the ledger has no spanmeter schema ({first}): run `spanmeter db upgrade` as its owner")
+    if isinstance(cause, psycopg.errors.InsufficientPrivilege):
+        return _fail(f"the database refused ({first}): this command needs the ledger owner's credential")
+    if isinstance(cause, psycopg.OperationalError):
+        return _fail(
+            f"cannot use the ledger database ({first}): check --database-url / SPANMETER_DATABASE_URL, that "
+            "PostgreSQL is running and reachable, and the user and password"
+        )
+    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] in _DEMO_MODULES:
+        return _fail(f"this needs the demo extra ({exc.name} is not installed): pip install 'spanmeter[demo]'")
+    if isinstance(exc, OSError):
+        return _fail(first if str(exc) else f"{type(exc).__name__}")
+    return _fail(f"unexpected error: {type(exc).__name__}: {first} (SPANMETER_DEBUG=1 shows the traceback)", 1)
+
+
+_DEMO_MODULES = frozenset({"django", "celery", "kombu", "redis", "amqp", "billiard", "vine"})
 
 
 class UsageError(ValueError):
@@ -239,10 +277,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"spanmeter: {exc}", file=sys.stderr)
         server.shutdown(0)
         return 2
-    except (OSError, AuthConfigError) as exc:
+    except (OSError, AuthConfigError) as exc:  # a port in use, an unusable data directory, a bad producers file
         print(f"spanmeter: {exc}", file=sys.stderr)
         server.shutdown(0)
-        return 1
+        return 2
     print(f"spanmeter {__version__} serving", flush=True)
     print(f"  OTLP/gRPC  {addresses.otlp}  (TraceService/Export, compression gzip or none)", flush=True)
     if addresses.otlp_http:
@@ -334,6 +372,7 @@ def _parse_time(text: str, flag: str) -> datetime:
 
 
 def _usage(args: argparse.Namespace) -> int:
+    from spanmeter.billing.ledger import migrate
     from spanmeter.billing.ledger.database import resolve_database
     from spanmeter.billing.usage import usage_totals
 
@@ -344,7 +383,8 @@ def _usage(args: argparse.Namespace) -> int:
     end = _parse_time(args.end, "--to") if args.end else (month_start + timedelta(days=32)).replace(day=1)
     if end <= start:
         raise UsageError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
-    database = resolve_database(config.database_url, config.data_dir)
+    database = resolve_database(config.database_url, config.data_dir, create=False)
+    migrate.prepare(database)
     engine = database.engine()
     try:
         totals = usage_totals(engine, args.account, start, end)
@@ -427,7 +467,7 @@ def _ingest(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"no such file: {', '.join(missing)}")
     database = resolve_database(config.database_url, config.data_dir)
-    migrate.upgrade(database)
+    migrate.prepare(database)
     last_print = 0.0
 
     def progress(totals) -> None:
@@ -466,8 +506,8 @@ def _dead_letter(args: argparse.Namespace) -> int:
     from spanmeter.collector.replay import ReplayError, replay
 
     config = _config(args)
-    database = resolve_database(config.database_url, config.data_dir)
-    migrate.upgrade(database)
+    database = resolve_database(config.database_url, config.data_dir, create=False)
+    migrate.prepare(database)
     if args.dead_command == "resolve":
         from spanmeter.collector.replay import resolve
 

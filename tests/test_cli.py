@@ -161,3 +161,75 @@ def test_sigterm_commits_in_flight_and_exits_zero(fresh_db):
         assert conn.execute("SELECT sum(quantity) FROM usage_events WHERE account_id = 'acct-term'").fetchone() == (
             Decimal("0.7"),
         )
+
+
+def _one_message(result: subprocess.CompletedProcess, *expected: str) -> None:
+    """A failure a person can act on: exit 2, a short message naming the setting and the fix, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    for text in expected:
+        assert text in result.stderr, (text, result.stderr)
+
+
+def test_read_only_commands_never_create_a_ledger_and_say_where_they_looked(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [SPANMETER, "usage", "--account", "acme"], capture_output=True, text=True, timeout=120, cwd=elsewhere,
+        env={k: v for k, v in os.environ.items() if k not in ("SPANMETER_DATA_DIR", "SPANMETER_DATABASE_URL")},
+    )  # fmt: skip
+    _one_message(result, "no ledger here", str(elsewhere / ".spanmeter"), "--data-dir")
+    assert not (elsewhere / ".spanmeter").exists()  # it used to start a second embedded server here
+    for command in (["dead-letter", "list"], ["invoice", "--account", "acme", "--period", "2026-11"]):
+        _one_message(run(*command, "--data-dir", str(elsewhere / "none"), check=False), "no ledger here")
+    assert not (elsewhere / "none").exists()
+
+
+def test_database_failures_are_one_message_naming_the_setting(fresh_db, postgres_admin):
+    unreachable = run("usage", "--account", "a", "--database-url", "postgresql://u@127.0.0.1:1/x", check=False)
+    _one_message(unreachable, "cannot use the ledger database", "SPANMETER_DATABASE_URL")
+    from psycopg.conninfo import make_conninfo
+
+    stranger = run("usage", "--account", "a", "--database-url", make_conninfo(fresh_db, user="nobody_t"), check=False)
+    _one_message(stranger, "cannot use the ledger database", "nobody_t")
+    empty = run("usage", "--account", "a", "--database-url", fresh_db, check=False)  # reachable, never migrated
+    _one_message(empty, "spanmeter db upgrade")
+    debug = run("usage", "--account", "a", "--database-url", fresh_db, env={"SPANMETER_DEBUG": "1"}, check=False)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr  # SPANMETER_DEBUG=1 shows it
+
+
+def test_ports_in_use_and_an_unusable_data_dir_name_the_setting(tmp_path, fresh_db):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = str(busy.getsockname()[1])
+    common = ["serve", "--database-url", fresh_db, "--allow-owner"]
+    try:
+        metrics = run(*common, "--otlp-endpoint", "127.0.0.1:0", "--metrics-port", port, check=False)
+        _one_message(metrics, "SPANMETER_METRICS_PORT", port)
+        otlp = run(*common, "--otlp-endpoint", f"127.0.0.1:{port}", "--metrics-port", "0", check=False)
+        _one_message(otlp, "SPANMETER_OTLP_ENDPOINT", port)
+    finally:
+        busy.close()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    data_dir = run("usage", "--account", "a", "--data-dir", str(a_file / "sub"), check=False)
+    _one_message(data_dir, "no ledger here")
+    upgrade = run("db", "upgrade", "--data-dir", str(a_file / "sub"), check=False)
+    _one_message(upgrade, "SPANMETER_DATA_DIR", str(a_file / "sub"))
+
+
+def test_demo_without_its_extra_says_how_to_install_it(tmp_path):
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        "class _NoDemoExtra:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('celery', 'kombu', 'django'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, _NoDemoExtra())\n"
+    )
+    env = {"PYTHONPATH": str(tmp_path), "SPANMETER_DATA_DIR": str(tmp_path / "data")}
+    _one_message(run("demo", env=env, check=False), "pip install 'spanmeter[demo]'")

@@ -4,9 +4,15 @@ and a durable, fsync'd queue. (No Docker engine here: the stack is validated, no
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import jsonschema
 import yaml
 
 from spanmeter.collector.config import listen_problem, load_config
@@ -185,3 +191,109 @@ def test_prometheus_loads_the_generated_rule_files():
     assert sorted(loaded) == ["spanmeter-alerts.rules.yaml", "spanmeter-slos.rules.yaml"]
     jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
     assert "spanmeter" in jobs  # the job the rules select on
+
+
+# --- the image's install context and the compose file's schema ----------------------------------------------
+
+
+def _dockerignored(patterns: list[str], rel: str) -> bool:
+    """Whether ``rel`` (a path in the build context) is excluded by .dockerignore ``patterns`` (a matching
+    directory excludes everything below it; ``**/`` matches at any depth)."""
+    parts = rel.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        pattern = pattern.rstrip("/")
+        if pattern.startswith("**/"):
+            tail = pattern[3:]
+            if any(
+                fnmatch.fnmatchcase("/".join(parts[i:j]), tail)
+                for i in range(len(parts))
+                for j in range(i + 1, len(parts) + 1)
+            ):
+                return True
+        elif any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes):
+            return True
+    return False
+
+
+def _stage(dockerfile: str, name: str) -> list[str]:
+    """The instructions of the stage ``FROM … AS name`` (continuation lines joined)."""
+    lines = dockerfile.replace("\\\n", " ").splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"FROM\s+\S+\s+AS\s+{name}\s*$", line, re.I))
+    stage = []
+    for line in lines[start + 1 :]:
+        if line.upper().startswith("FROM "):
+            break
+        if line.strip() and not line.lstrip().startswith("#"):
+            stage.append(line.strip())
+    return stage
+
+
+def _build_context(destination: Path, stage: str) -> Path:
+    """What ``docker build .`` sends, as the stage's plain COPY instructions place it in its WORKDIR."""
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    copied = 0
+    for instruction in _stage((ROOT / "Dockerfile").read_text(), stage):
+        words = instruction.split()
+        if words[0].upper() != "COPY" or any(w.startswith("--from") for w in words):
+            continue
+        *sources, target = words[1:]
+        for source in sources:
+            # this Dockerfile copies each source to the same relative place (or into ./): keep it that way
+            assert target in ("./", source), f"COPY {source} {target}: the test reproduces same-path copies only"
+            for match in sorted(ROOT.glob(source.rstrip("/"))):
+                files = [match] if match.is_file() else [p for p in match.rglob("*") if p.is_file()]
+                for path in files:
+                    rel = path.relative_to(ROOT).as_posix()
+                    if not _dockerignored(patterns, rel):
+                        (destination / rel).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(path, destination / rel)
+                        copied += 1
+    assert copied, f"the {stage} stage copies nothing"
+    return destination
+
+
+def test_the_image_install_context_installs_and_runs(tmp_path):
+    """`pip install .` in exactly what the Dockerfile's build stage copies (after .dockerignore): it used to
+    fail (`package directory 'demo' does not exist`), so `docker compose up --build` could not build."""
+    context = _build_context(tmp_path / "src", "build")
+    venv = tmp_path / "venv"
+    uv = Path(sys.executable).with_name("uv")
+    subprocess.run([str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
+    installed = subprocess.run(
+        [str(uv), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), str(context)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert installed.returncode == 0, installed.stderr
+    version = subprocess.run([str(venv / "bin" / "spanmeter"), "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("spanmeter "), version.stderr
+    # what the image serves: alerts, dashboards and the demo's modules are inside it
+    check = "import spanmeter.alerts, spanmeter.dashboards, spanmeter.demo.workload; print('ok')"
+    imported = subprocess.run([str(venv / "bin" / "python"), "-c", check], capture_output=True, text=True, cwd=tmp_path)
+    assert imported.stdout == "ok\n", imported.stderr  # (from tmp_path: the checkout's folders must not shadow it)
+    # the native stage gets the whole Rust crate (its build is proven by scripts/bootstrap.sh with the same files)
+    native = _build_context(tmp_path / "native", "native")
+    assert {"native/Cargo.toml", "native/Cargo.lock", "native/pyproject.toml"} <= {
+        p.relative_to(native).as_posix() for p in native.rglob("*") if p.is_file()
+    }
+    assert not any("target" in p.parts for p in native.rglob("*"))
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^EXPOSE 4317 4318 9464$", dockerfile, re.M)
+
+
+def test_the_compose_file_is_valid_against_the_compose_specification():
+    """docker-compose.yml against the Compose Specification's JSON schema (vendored, tests/data/README.md),
+    not only as YAML."""
+    schema = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(compose()), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+    broken = compose()
+    broken["services"]["spanmeter"]["depends_on"] = {"ledger-roles": {"condition": "when_ready"}}
+    assert list(validator.iter_errors(broken)), "the schema must catch a condition compose does not know"

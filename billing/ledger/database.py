@@ -21,7 +21,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import Engine, create_engine
 
-__all__ = ["Database", "DatabaseUrlError", "normalize_database_url", "resolve_database"]
+__all__ = ["Database", "DatabaseUrlError", "NoLedgerHere", "normalize_database_url", "resolve_database"]
 
 _DRIVER = re.compile(r"^(postgres(?:ql)?)\+[a-z0-9_]+://", re.IGNORECASE)
 
@@ -81,12 +81,31 @@ def describe(conninfo: str) -> str:
     return f"postgresql://{params.get('user') or ''}@{where}/{params.get('dbname') or ''}"
 
 
-def resolve_database(database_url: str | None, data_dir: Path) -> Database:
+class NoLedgerHere(LookupError):
+    """A command that only reads found no embedded ledger where it looked (it never creates one)."""
+
+
+def resolve_database(database_url: str | None, data_dir: Path, create: bool = True) -> Database:
+    """The configured server, else the embedded one in ``data_dir`` (started if stopped). ``create=False``
+    (commands that only read): an embedded cluster that does not exist yet is :class:`NoLedgerHere`, not
+    a new empty one left running."""
     if database_url:
         conninfo = normalize_database_url(database_url)
         return Database(conninfo=conninfo, embedded=False, description=describe(conninfo))
     from .embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(data_dir)
-    conninfo = server.start()
+    if not create and not (server.pgdata / "PG_VERSION").is_file():
+        raise NoLedgerHere(
+            f"no ledger here: no --database-url (SPANMETER_DATABASE_URL) and no embedded database in {server.data_dir} "
+            "(SPANMETER_DATA_DIR). Run this where `spanmeter serve` or `spanmeter demo` ran, or pass --data-dir "
+            "or --database-url"
+        )
+    try:
+        conninfo = server.start()
+    except OSError as exc:
+        raise OSError(
+            f"cannot use the data directory {server.data_dir} (SPANMETER_DATA_DIR, --data-dir): "
+            f"{exc.strerror or exc}; pick a directory you can write, or pass --database-url"
+        ) from None
     return Database(conninfo=conninfo, embedded=True, description=f"embedded PostgreSQL in {server.data_dir}")

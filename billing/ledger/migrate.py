@@ -18,7 +18,7 @@ from sqlalchemy import Connection, text
 
 from .database import Database
 
-__all__ = ["MIGRATION_LOCK_ID", "current_revision", "head_revision", "upgrade"]
+__all__ = ["MIGRATION_LOCK_ID", "SchemaNotCurrent", "current_revision", "head_revision", "prepare", "upgrade"]
 
 # An arbitrary constant, the same in every spanmeter process ("spanmetr" in ASCII).
 MIGRATION_LOCK_ID = 0x7370616E6D657472
@@ -63,3 +63,27 @@ def upgrade(database: Database, revision: str = "head") -> tuple[str | None, str
         return before, after
     finally:
         engine.dispose()
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The ledger's schema is not at this spanmeter's head revision, and this command does not migrate."""
+
+
+def prepare(database: Database) -> None:
+    """Make the ledger usable for a command: migrate the embedded database (spanmeter owns it); a configured
+    server is only checked (migrations are the owner's, ``spanmeter db upgrade``): :class:`SchemaNotCurrent`."""
+    if database.embedded:
+        upgrade(database)
+        return
+    engine = database.engine()
+    try:
+        with engine.connect() as connection:
+            current = current_revision(connection)
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if current != head:
+        raise SchemaNotCurrent(
+            f"the ledger at {database.description} has schema {current or 'none (empty database)'}, this spanmeter "
+            f"needs {head}: run `spanmeter db upgrade --database-url …` as the ledger's owner"
+        )
