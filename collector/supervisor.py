@@ -149,7 +149,7 @@ class Supervisor:
         self._schema = LedgerSchema(access)
         if not self._schema.start() and self._schema.refused:
             raise PrivilegedCredential(self._schema.refused)
-        host, port = self._hold_port(config.otlp_host, config.otlp_port, "OTLP", "otlp")
+        host, port = self._hold_port(config.otlp_host, config.otlp_port, "OTLP/gRPC", "otlp")
         http_endpoint = None
         if config.otlp_http_host is not None and config.otlp_http_port is not None:
             http_host, http_port = self._hold_port(
@@ -254,7 +254,10 @@ class Supervisor:
             guard.bind((host, port))
         except OSError as exc:
             guard.close()
-            raise OSError(f"cannot listen for {door} on {host}:{port}: {exc.strerror}") from exc
+            raise OSError(
+                f"cannot listen for {door} on {host}:{port} (SPANMETER_{name.upper().replace('-', '_')}_ENDPOINT): "
+                f"{exc.strerror}; pick a free port"
+            ) from None
         port = guard.getsockname()[1]
         lock_path = Path(tempfile.gettempdir()) / f"spanmeter-{name}-{host.replace(':', '_')}-{port}.lock"
         lock_file = open(lock_path, "w")  # noqa: SIM115 (held until shutdown)
@@ -264,8 +267,8 @@ class Supervisor:
             lock_file.close()
             guard.close()
             raise OSError(
-                f"cannot listen for {door} on {host}:{port}: another `spanmeter serve --processes` holds it "
-                f"({lock_path}); stop it or pick another --{name}-endpoint"
+                f"cannot listen for {door} on {host}:{port} (SPANMETER_{name.upper().replace('-', '_')}_ENDPOINT): "
+                f"another `spanmeter serve --processes` holds it ({lock_path}); stop it or pick another port"
             ) from None
         self._guards.append((guard, lock_file))
         return host, port

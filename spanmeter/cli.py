@@ -467,7 +467,7 @@ def _ingest(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"no such file: {', '.join(missing)}")
     database = resolve_database(config.database_url, config.data_dir)
-    migrate.prepare(database)
+    migrate.prepare(database, migrate_configured=True)  # a backfill into a new ledger, as its owner
     last_print = 0.0
 
     def progress(totals) -> None:

@@ -188,8 +188,9 @@ def test_the_port_is_not_shared_with_another_serve_and_sigterm_stops_every_proce
                 text=True,
                 timeout=60,
             )
-            assert second.returncode == 1, second.stdout + second.stderr
-            assert f"cannot listen for OTLP on {collector.endpoint}" in second.stderr
+            assert second.returncode == 2, second.stdout + second.stderr  # a port in use: the setting is named
+            assert f"cannot listen for OTLP/gRPC on {collector.endpoint}" in second.stderr
+            assert "SPANMETER_OTLP_ENDPOINT" in second.stderr
             assert "Traceback" not in second.stderr
         assert collector.stop(timeout=60) == 0
         assert "spanmeter: stopped" in collector.output

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
+import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -69,12 +71,21 @@ class SchemaNotCurrent(RuntimeError):
     """The ledger's schema is not at this spanmeter's head revision, and this command does not migrate."""
 
 
-def prepare(database: Database) -> None:
+def prepare(database: Database, migrate_configured: bool = False) -> None:
     """Make the ledger usable for a command: migrate the embedded database (spanmeter owns it); a configured
-    server is only checked (migrations are the owner's, ``spanmeter db upgrade``): :class:`SchemaNotCurrent`."""
+    server is only checked (migrations are the owner's, ``spanmeter db upgrade``): :class:`SchemaNotCurrent`.
+    ``migrate_configured`` (``ingest``, an operator's backfill): migrate a configured server too when the
+    credential may, else check."""
     if database.embedded:
         upgrade(database)
         return
+    if migrate_configured:
+        try:
+            upgrade(database)
+            return
+        except sqlalchemy.exc.DBAPIError as exc:
+            if not isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
+                raise
     engine = database.engine()
     try:
         with engine.connect() as connection:
