@@ -32,19 +32,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import ssl
-import threading
 import zlib
 from concurrent import futures
 from typing import Any
 
-import uvicorn
 from google.protobuf import json_format
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from .config import CollectorConfig
+from .http_server import ThreadedServer
 from .otlp_files import OtlpFileError, parse_json_message
 from .receiver import Call, Refusal, TraceReceiver, status_of
 
@@ -79,60 +77,31 @@ class HttpReceiver:
         self._pool = futures.ThreadPoolExecutor(
             max_workers=config.max_inflight_requests + 4, thread_name_prefix="otlp-http"
         )
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
 
     # --- the server -------------------------------------------------------------------------------------
 
     def start(self, host: str, port: int, reuse_port: bool = False) -> int:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(
-                f"cannot listen for OTLP/HTTP on {host}:{port} (SPANMETER_OTLP_HTTP_ENDPOINT): {exc.strerror}; "
-                "pick a free port, or --otlp-http-endpoint none to turn the HTTP door off"
-            ) from None
-        sock.listen(1024)
-        sock.setblocking(False)
         config = self._config
         options: dict[str, Any] = {}
         if config.tls_cert_file is not None and config.tls_key_file is not None:
             options = {"ssl_certfile": str(config.tls_cert_file), "ssl_keyfile": str(config.tls_key_file)}
             if config.tls_client_ca_file is not None:
                 options |= {"ssl_ca_certs": str(config.tls_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
-        server = uvicorn.Server(
-            uvicorn.Config(
-                self,
-                lifespan="off",
-                log_level="warning",
-                access_log=False,
-                timeout_graceful_shutdown=int(config.ledger_write_timeout_seconds) + 1,
-                **options,
-            )
+        self._server = ThreadedServer(
+            self,
+            "OTLP/HTTP",
+            "SPANMETER_OTLP_HTTP_ENDPOINT, --otlp-http-endpoint; none turns the HTTP door off",
+            graceful_seconds=config.ledger_write_timeout_seconds + 1,
+            **options,
         )
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # serve owns the signals
-        self._server = server
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="otlp-http", daemon=True)
-        self._thread.start()
-        while not server.started:
-            if not self._thread.is_alive():
-                raise OSError(f"the OTLP/HTTP server on {host}:{port} did not start (see the log above)")
-            self._thread.join(0.01)
-        return sock.getsockname()[1]
+        return self._server.start(host, port, reuse_port)
 
     def shutdown(self, grace_seconds: float) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(grace_seconds + 1)
+            self._server.shutdown(grace_seconds)
+            self._server = None
         self._pool.shutdown(wait=True, cancel_futures=False)
-        self._server = self._thread = None
 
     # --- the application --------------------------------------------------------------------------------
 

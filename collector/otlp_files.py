@@ -38,8 +38,34 @@ class OtlpFileError(ValueError):
     pass
 
 
-def _open(path: Path) -> BinaryIO:
+class _Counted(io.RawIOBase):
+    """A binary file that counts the bytes read from it into ``offset[0]``."""
+
+    def __init__(self, raw: BinaryIO, offset: list[int]) -> None:
+        self._raw, self._offset = raw, offset
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+        n = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        self._offset[0] += n or 0
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _open(path: Path, offset: list[int] | None = None) -> BinaryIO:
     raw = path.open("rb")
+    if offset is not None:
+        magic = raw.read(2)
+        raw.seek(0)
+        counted = io.BufferedReader(_Counted(raw, offset))
+        if magic == _GZIP_MAGIC:
+            return gzip.GzipFile(fileobj=counted)  # type: ignore[return-value]
+        return counted  # type: ignore[return-value]
     if raw.read(2) == _GZIP_MAGIC:
         raw.seek(0)
         return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
@@ -105,9 +131,12 @@ def _proto_messages(stream: BinaryIO) -> Iterator[bytes]:
         yield body
 
 
-def read_trace_file(path: Path, file_format: str = "auto") -> Iterator[tuple[int, ExportTraceServiceRequest]]:
-    """Yield ``(message_number, request)``; raise OtlpFileError naming the message that is bad."""
-    with _open(Path(path)) as stream:
+def read_trace_file(
+    path: Path, file_format: str = "auto", offset: list[int] | None = None
+) -> Iterator[tuple[int, ExportTraceServiceRequest]]:
+    """Yield ``(message_number, request)``; raise OtlpFileError naming the message that is bad. ``offset``,
+    when given, holds in ``offset[0]`` how many bytes of the file (as stored, compressed or not) are read."""
+    with _open(Path(path), offset) as stream:
         buffered = io.BufferedReader(stream) if not hasattr(stream, "peek") else stream
         kind = detect_format(buffered) if file_format == "auto" else file_format
         if kind == "json":

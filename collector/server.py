@@ -6,7 +6,8 @@ unless ``SPANMETER_OTLP_HTTP_ENDPOINT=none``, see :mod:`.http_receiver`), the ro
 the billing metrics refresh and the HTTP server on the metrics port (``serve --processes N`` runs N of these
 as receivers only, under :mod:`.supervisor`):
 
-- ``/metrics``: Prometheus text exposition of every ``spanmeter_*`` metric (see :mod:`.metrics`);
+- ``/metrics``: every ``spanmeter_*`` metric (see :mod:`.metrics`), exposed by prometheus_client itself
+  (text or OpenMetrics by ``Accept``, gzip by ``Accept-Encoding``; see :mod:`.health`);
 - ``/healthz``: 200 while the process runs;
 - ``/readyz``: 200 when the database answers and its schema is at the head migration, else 503.
 
@@ -21,10 +22,10 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import grpc
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from spanmeter.billing.ledger import migrate
 from spanmeter.billing.ledger.database import Database, resolve_database
@@ -34,7 +35,9 @@ from .billing_metrics import BillingMetrics
 from .compactor import RollupCompactor
 from .config import CollectorConfig
 from .exporters.ledger import LedgerExporter
+from .health import health_server
 from .http_receiver import HttpReceiver
+from .http_server import ThreadedServer
 from .metrics import CollectorMetrics, RollupMetrics
 from .receiver import TraceReceiver
 from .schema import LedgerAccess, LedgerSchema, PrivilegedCredential, ledger_access
@@ -74,7 +77,7 @@ class CollectorServer:
         self._database = database
         self._grpc: grpc.Server | None = None
         self._otlp_http: HttpReceiver | None = None
-        self._http: ThreadingHTTPServer | None = None
+        self._http: ThreadedServer | None = None
         self._exporter: LedgerExporter | None = None
         self._authenticator: Authenticator | None = None
         self._readiness: Readiness | None = None
@@ -195,8 +198,7 @@ class CollectorServer:
         if config.metrics_port or config.metrics_port == 0:
             self._readiness = Readiness(database, self._schema)
             self._http = _health_server(config.metrics_bind_host, config.metrics_port, self.registry, self._readiness)
-            threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True).start()
-            metrics_address = f"{config.metrics_bind_host}:{self._http.server_address[1]}"
+            metrics_address = f"{config.metrics_bind_host}:{self._http.port}"
         return ListenAddresses(
             otlp=f"{host}:{bound}",
             metrics=metrics_address,
@@ -241,8 +243,7 @@ class CollectorServer:
             self._compactor.shutdown()
             self._compactor = None
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.shutdown(1.0)
             self._http = None
         if self._readiness is not None:
             self._readiness.close()
@@ -290,36 +291,6 @@ class Readiness:
         self._engine.dispose()
 
 
-def _health_server(host: str, port: int, registry: CollectorRegistry, readiness: Readiness) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                self._send(200, b"ok\n")
-            elif path == "/readyz":
-                ready, detail = readiness.check()
-                self._send(200 if ready else 503, (detail + "\n").encode())
-            else:
-                self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
-
-        def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    try:
-        server = ThreadingHTTPServer((host, port), Handler)
-    except OSError as exc:
-        raise OSError(
-            f"cannot serve /metrics on {host}:{port} (SPANMETER_METRICS_PORT, --metrics-port): {exc.strerror}; "
-            "pick a free port"
-        ) from None
-    server.daemon_threads = True
-    return server
+def _health_server(host: str, port: int, registry: CollectorRegistry, readiness: Any) -> ThreadedServer:
+    """``/metrics`` (prometheus_client's own exposition), ``/healthz``, ``/readyz``: see :mod:`.health`."""
+    return health_server(host, port, registry, readiness.check)

@@ -46,7 +46,6 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
@@ -58,6 +57,7 @@ from spanmeter.billing.ledger.database import Database, resolve_database
 from .billing_metrics import BillingMetrics
 from .compactor import RollupCompactor
 from .config import CollectorConfig
+from .http_server import ThreadedServer
 from .metrics import RollupMetrics
 from .schema import LedgerSchema, PrivilegedCredential, ledger_access
 from .server import ListenAddresses, Readiness, _describe_security, _health_server
@@ -132,7 +132,7 @@ class Supervisor:
         self._metrics_dir: Path | None = None
         self._receiver_config: CollectorConfig | None = None
         self._database: Database | None = None
-        self._http: ThreadingHTTPServer | None = None
+        self._http: ThreadedServer | None = None
         self._readiness: _Readiness | None = None
         self._compactor: RollupCompactor | None = None
         self._billing_metrics: BillingMetrics | None = None
@@ -185,8 +185,7 @@ class Supervisor:
         if config.metrics_port or config.metrics_port == 0:
             self._readiness = _Readiness(database, self)
             self._http = _health_server(config.metrics_bind_host, config.metrics_port, registry, self._readiness)
-            threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True).start()
-            metrics_address = f"{config.metrics_bind_host}:{self._http.server_address[1]}"
+            metrics_address = f"{config.metrics_bind_host}:{self._http.port}"
         return ListenAddresses(
             otlp=f"{host}:{port}",
             metrics=metrics_address,
@@ -228,8 +227,7 @@ class Supervisor:
                 part.shutdown()
         self._compactor = self._billing_metrics = None
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.shutdown(1.0)
             self._http = None
         if self._readiness is not None:
             self._readiness.close()

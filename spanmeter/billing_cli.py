@@ -38,18 +38,18 @@ def register(sub: Any) -> None:
     subscription = sub.add_parser("subscription", help="which plan and pricing version an account is on")
     ssub = subscription.add_subparsers(dest="subscription_command", required=True)
     setp = ssub.add_parser("set", help="add an effective-dated subscription (append-only)")
-    setp.add_argument("--account", required=True)
+    setp.add_argument("--account", required=True, help="the account (account_id) to subscribe")
     setp.add_argument("--plan", required=True, help="plan code, e.g. starter, growth, scale, platform")
     setp.add_argument("--pricing", required=True, help="pricing version, e.g. v2_compute")
     setp.add_argument("--from", dest="valid_from", required=True, help="YYYY-MM-DD or ISO time on a whole UTC hour")
     setp.add_argument("--to", dest="valid_to", help="end, exclusive (default: open-ended)")
     setp.add_argument("--currency", help="default: the plan's currency")
-    setp.add_argument("--note")
+    setp.add_argument("--note", help="free text kept with the subscription (why, ticket)")
     setp.add_argument("--by", help="who (default: $USER)")
     _common(setp)
     showp = ssub.add_parser("show", help="subscription history")
-    showp.add_argument("--account")
-    showp.add_argument("--format", choices=("table", "json"), default="table")
+    showp.add_argument("--account", help="one account (default: every account)")
+    showp.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
     _common(showp)
 
     rollups = sub.add_parser("rollups", help="usage rollups: rebuild from the raw ledger, or check them against it")
@@ -62,11 +62,11 @@ def register(sub: Any) -> None:
     ledger = sub.add_parser("ledger", help="ledger corrections")
     lsub = ledger.add_subparsers(dest="ledger_command", required=True)
     adjust = lsub.add_parser("adjust", help="record a usage correction (append-only, idempotent by --key)")
-    adjust.add_argument("--account", required=True)
+    adjust.add_argument("--account", required=True, help="the account the correction is for")
     adjust.add_argument("--meter", required=True, help="meter code, e.g. worker_seconds")
     adjust.add_argument("--quantity", required=True, help="signed decimal: negative removes usage")
     adjust.add_argument("--at", required=True, help="when the corrected usage occurred (decides its period)")
-    adjust.add_argument("--reason", required=True)
+    adjust.add_argument("--reason", required=True, help="why (kept with the correction for finance)")
     adjust.add_argument("--key", required=True, help="idempotency key: the same key records the correction once")
     adjust.add_argument("--reference", help="a trace id, ticket or invoice number")
     adjust.add_argument("--by", help="who (default: $USER)")
@@ -74,7 +74,7 @@ def register(sub: Any) -> None:
 
     invoice = sub.add_parser("invoice", help="an account's invoice for a UTC month (or: invoice shadow-report)")
     invoice.add_argument("action", nargs="?", choices=("shadow-report",), help="shadow-report: every account")
-    invoice.add_argument("--account")
+    invoice.add_argument("--account", help="the account to invoice")
     invoice.add_argument("--period", required=True, help="YYYY-MM (UTC calendar month)")
     invoice.add_argument("--pricing", help="rate under this pricing version instead of the subscription's")
     invoice.add_argument("--shadow", help="also rate under this version and explain the difference")
@@ -84,22 +84,29 @@ def register(sub: Any) -> None:
         help="with --shadow: cap[:RATIO[:UNTIL_YYYY-MM]] (default cap:0.10) or credit:AMOUNT, shown as a line",
     )
     invoice.add_argument("--finalize", action="store_true", help="store the invoice immutably (after the drift window)")
-    invoice.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    invoice.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="output format (default table)"
+    )
     invoice.add_argument("--by", help="who finalizes (default: $USER)")
     _common(invoice)
 
     reconcile = sub.add_parser(
         "reconcile", help="compare raw ledger, rollups and invoices for a period; store the result"
     )
-    reconcile.add_argument("--period", required=True)
-    reconcile.add_argument("--format", choices=("table", "json"), default="table")
+    reconcile.add_argument("--period", required=True, help="YYYY-MM (UTC calendar month)")
+    reconcile.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
     _common(reconcile)
 
     export = sub.add_parser("export", help="usage, invoices or a FOCUS cost export for a period")
-    export.add_argument("what", choices=("usage", "invoices", "focus"))
-    export.add_argument("--period", required=True)
+    export.add_argument(
+        "what", choices=("usage", "invoices", "focus"), help="usage per meter, invoice lines, or FOCUS 1.0 cost rows"
+    )
+    export.add_argument("--period", required=True, help="YYYY-MM (UTC calendar month)")
     export.add_argument("--account", help="one account (default: every account with a subscription)")
-    export.add_argument("--format", choices=("json", "csv"), default="csv")
+    export.add_argument("--format", choices=("json", "csv"), default="csv", help="output format (default csv)")
+    export.add_argument("--provider", default="spanmeter", help="focus: ProviderName (and ServiceName)")
+    export.add_argument("--publisher", help="focus: PublisherName (default: the provider)")
+    export.add_argument("--invoice-issuer", help="focus: InvoiceIssuerName (default: the provider)")
     _common(export)
 
 
@@ -429,7 +436,8 @@ def _export(args: argparse.Namespace) -> int:
 
     period = _period(args.period)
     with _connect(args) as conn:
-        rows = exports.export(conn, args.what, period, args.account)
+        parties = exports.FocusParties(args.provider, args.publisher, args.invoice_issuer)
+        rows = exports.export(conn, args.what, period, args.account, parties)
     if args.format == "json":
         _print_json(rows)
     else:

@@ -95,14 +95,18 @@ def _parser() -> argparse.ArgumentParser:
         "--from", dest="start", help="start, inclusive: YYYY-MM-DD or ISO time (default: month start, UTC)"
     )
     usage.add_argument("--to", dest="end", help="end, exclusive: YYYY-MM-DD or ISO time (default: next month start)")
-    usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    usage.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="output format (default table)"
+    )
     _common(usage)
 
     ingest = sub.add_parser("ingest", help="backfill OTLP trace files into the ledger (idempotent, safe to re-run)")
     ingest.add_argument(
         "--otlp-file", required=True, nargs="+", help="OTLP JSON lines or length-prefixed protobuf, gzip ok"
     )
-    ingest.add_argument("--format", choices=("auto", "json", "proto"), default="auto")
+    ingest.add_argument(
+        "--format", choices=("auto", "json", "proto"), default="auto", help="file format (default: detected)"
+    )
     _common(ingest)
 
     dead = sub.add_parser("dead-letter", help="inspect and replay rejected spans")
@@ -110,8 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     listing = dead_sub.add_parser("list", help="rejected spans, oldest first, with their replay status")
     listing.add_argument("--reason", help="only this reject reason")
     listing.add_argument("--since", help="rejected at or after: YYYY-MM-DD or ISO time")
-    listing.add_argument("--limit", type=int, default=1000)
-    listing.add_argument("--format", choices=("table", "json"), default="table")
+    listing.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    listing.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
     _common(listing)
     show = dead_sub.add_parser("show", help="one rejected span, decoded")
     show.add_argument("id", help="rejection key (from `dead-letter list`)")
@@ -475,7 +479,7 @@ def _ingest(args: argparse.Namespace) -> int:
         now = time.monotonic()
         if now - last_print >= 1.0:
             last_print = now
-            print(f"  ... {totals.line()}", file=sys.stderr, flush=True)
+            print(f"  ... {path}: {totals.progress()}", file=sys.stderr, flush=True)
 
     status = 0
     for path in files:

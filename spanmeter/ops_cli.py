@@ -32,7 +32,12 @@ def register(sub: Any) -> None:
     render.add_argument("--check", action="store_true", help="write nothing; exit 1 if the committed files differ")
     render.add_argument("--out", type=Path, help="directory to write into (default: alerts/rules in the package)")
     render.add_argument("--spec", type=Path, help="SLO spec file (default: alerts/slos.yaml)")
-    render.add_argument("--profile", choices=("production", "test"), default="production")
+    render.add_argument(
+        "--profile",
+        choices=("production", "test"),
+        default="production",
+        help="production windows, or short ones for the promtool tests (default production)",
+    )
     render.add_argument("--runbook-base-url", help="runbook_url = <this>/<AlertName>.md")
     render.add_argument("--grafana-url", help="dashboard_url = <this>/d/<uid>")
     render.add_argument("--job", help="the Prometheus job that scrapes spanmeter serve (default: spanmeter)")

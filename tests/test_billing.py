@@ -11,6 +11,8 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from xml.etree import ElementTree
 
 import psycopg
 import pytest
@@ -331,7 +333,7 @@ def test_usage_without_a_subscription_is_reported_unrated_and_counted_by_reconci
         invoice(db, "globex", NOV)
 
 
-def test_shadow_invoices_for_several_accounts_and_the_cli_shapes(db):
+def test_shadow_invoices_for_several_accounts_and_the_cli_shapes(db, focus_validator, tmp_path):
     for account, plan in (("acme", "starter"), ("globex", "growth"), ("initech", "platform")):
         subscribe(db, account, plan, NOV.start)
         write(
@@ -419,6 +421,19 @@ def test_shadow_invoices_for_several_accounts_and_the_cli_shapes(db):
     focus_rows = json.loads(focus.stdout)
     assert {r["BillingAccountId"] for r in focus_rows} == {"acme", "globex", "initech"}
     assert sum(Decimal(r["BilledCost"]) for r in focus_rows) == Decimal("91.89") + 299 + 509
+    # consumed, not billed: acme's worker lines add up to its 21,400 s of usage (the allowance included)
+    acme_worker = [r for r in focus_rows if r["BillingAccountId"] == "acme" and r["SkuId"].endswith(":worker_seconds")]
+    assert sum(Decimal(r["ConsumedQuantity"]) for r in acme_worker) == Decimal(document["usage"]["worker_seconds"])
+    focus_csv = tmp_path / "focus.csv"
+    focus_csv.write_text(
+        subprocess.run(
+            [*cli, "export", "focus", "--period", "2026-11", "--provider", "Docpipe Inc.", "--database-url", db],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    _assert_focus_valid(focus_validator, focus_csv, tmp_path)
     bad = subprocess.run(
         [*cli, "invoice", "--account", "acme", "--period", "2026-13", "--database-url", db],
         capture_output=True,
@@ -555,3 +570,42 @@ def test_quota_gauges_skip_a_subscription_that_ended_earlier_in_the_month(db):
         rows = conn.execute("SELECT account_id FROM account_month_to_date ORDER BY 1").fetchall()
     assert [(a, m, str(r)) for a, m, r in exported] == [("stays", "worker_seconds", "0.8333")]
     assert rows == [("gone",), ("stays",)]  # the dashboard still shows what the ended subscription owes
+
+
+# The FinOps Foundation's validator, pinned: FOCUS 1.0 is the newest version focus-validator 1.0.0 supports.
+# pandera 0.17 (its dependency) needs multimethod's API before 1.11. Installed with uv in its own virtualenv
+# (it pins numpy < 2 and pandas < 3, which must not touch the project's environment).
+FOCUS_VALIDATOR = ("focus-validator==1.0.0", "multimethod<1.11")
+
+
+@pytest.fixture(scope="module")
+def focus_validator(tmp_path_factory) -> Path:
+    venv = tmp_path_factory.mktemp("focus-validator") / "venv"
+    uv = Path(sys.executable).with_name("uv")
+    subprocess.run([str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
+    subprocess.run(
+        [str(uv), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *FOCUS_VALIDATOR],
+        check=True,
+        timeout=900,
+    )
+    return venv / "bin" / "focus-validator"
+
+
+def _assert_focus_valid(validator: Path, data: Path, tmp_path: Path) -> None:
+    report = tmp_path / "focus-report.xml"
+    run = subprocess.run(
+        [str(validator), "--data-file", str(data), "--validate-version", "1.0", "--output-type", "unittest",
+         "--output-destination", str(report)],
+        capture_output=True, text=True, timeout=300,
+        # it reads its ISO 4217 list from the relative path focus_validator/utils/currency_codes.csv
+        cwd=validator.parent.parent / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages",
+    )  # fmt: skip
+    assert run.returncode == 0 and report.is_file(), run.stdout + run.stderr
+    suites = ElementTree.parse(report).getroot()
+    cases = suites.findall(".//testcase")
+    failed = [
+        f"{case.get('classname')}/{case.get('name')}: {(problem.get('message') or problem.text or '').strip()[:200]}"
+        for case in cases
+        for problem in (*case.findall("failure"), *case.findall("error"))
+    ]
+    assert len(cases) > 100 and not failed, "\n".join(failed)

@@ -233,3 +233,30 @@ def test_demo_without_its_extra_says_how_to_install_it(tmp_path):
     )
     env = {"PYTHONPATH": str(tmp_path), "SPANMETER_DATA_DIR": str(tmp_path / "data")}
     _one_message(run("demo", env=env, check=False), "pip install 'spanmeter[demo]'")
+
+
+def test_every_command_and_option_has_help():
+    import argparse
+
+    from spanmeter.cli import _parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, prefix: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{prefix} {name}")
+            elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)) and not action.help:
+                missing.append(f"{prefix} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(_parser(), "spanmeter")
+    assert not missing, "options without help: " + ", ".join(missing)
+
+
+def test_ingest_reports_progress_with_a_total_and_a_rate(tmp_path):
+    from spanmeter.collector.backfill import IngestTotals
+
+    totals = IngestTotals(bytes_total=4_000_000, bytes_read=1_000_000, messages=10, spans=5_000)
+    line = totals.progress()
+    assert line.startswith("1.0 of 4.0 MB (25%), 10 messages, 5,000 spans, ") and line.endswith(" spans/s")

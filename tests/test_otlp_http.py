@@ -264,3 +264,21 @@ def test_processes_share_the_http_port_too(fresh_db):
         assert sum(n for (n,) in ledger(fresh_db, "SELECT count(*) FROM usage_events")) == 4
     finally:
         collector.kill()
+
+
+def test_metrics_port_is_prometheus_clients_own_exposition(http_collector):
+    """/metrics is prometheus_client's ASGI app: OpenMetrics when asked, gzip when accepted; /healthz and
+    /readyz beside it."""
+    address = http_collector.metrics_address
+    status, headers, body = _post(
+        address, b"", method="GET", path="/metrics", headers={"Accept": "application/openmetrics-text"}
+    )
+    assert status == 200 and headers["content-type"].startswith("application/openmetrics-text")
+    assert body.rstrip().endswith(b"# EOF") and b"spanmeter_export_requests_total" in body
+    status, headers, body = _post(address, b"", method="GET", path="/metrics", headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and headers.get("content-encoding") == "gzip"
+    assert b"spanmeter_spans_received_total" in gzip.decompress(body)
+    assert _post(address, b"", method="GET", path="/healthz")[0] == 200
+    status, _, body = _post(address, b"", method="GET", path="/readyz")
+    assert status == 200 and body.startswith(b"ready")
+    assert _post(address, b"", method="GET", path="/nope")[0] == 404
