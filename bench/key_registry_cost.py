@@ -55,7 +55,7 @@ def main() -> None:
             conn.execute(DDL.format(t="base"))
             conn.execute(
                 "INSERT INTO base SELECT now() - interval '60 days' + i * interval '500 microseconds', "
-                "gen_random_uuid(), 'acct-' || (i % 1000), 'worker_seconds', 1.5, '{}' "
+                "gen_random_uuid(), 'acct-' || (i %% 1000), 'worker_seconds', 1.5, '{}' "
                 "FROM generate_series(1, %s) i",
                 (args.prefill_rows,),
             )
