@@ -8,7 +8,7 @@ each bad setting and how to fix it; after start-up nothing re-reads the environm
 | ``SPANMETER_OTLP_ENDPOINT`` | ``127.0.0.1:4317`` | OTLP/gRPC listen address (HOST:PORT) |
 | ``SPANMETER_OTLP_HTTP_ENDPOINT`` | ``127.0.0.1:4318`` | OTLP/HTTP listen address (HOST:PORT; ``none`` turns the HTTP door off) |
 | ``SPANMETER_OTLP_HTTP_CORS_ORIGINS`` | unset: CORS off | browser origins allowed to POST spans (comma-separated, e.g. ``https://app.example.com``) |
-| ``SPANMETER_METRICS_PORT`` | ``9464`` | Prometheus ``/metrics``, ``/healthz``, ``/readyz`` port (0 disables) |
+| ``SPANMETER_METRICS_PORT`` | ``9464`` | Prometheus ``/metrics``, ``/healthz``, ``/readyz`` port (0: any free port) |
 | ``SPANMETER_METRICS_HOST`` | host of the OTLP endpoint | address the metrics server binds |
 | ``SPANMETER_DATABASE_URL`` | unset: embedded PostgreSQL | PostgreSQL URL (libpq or SQLAlchemy form) |
 | ``SPANMETER_DATA_DIR`` | ``./.spanmeter`` | where the embedded PostgreSQL keeps its data |

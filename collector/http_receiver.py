@@ -33,6 +33,7 @@ import asyncio
 import json
 import logging
 import ssl
+import threading
 import zlib
 from concurrent import futures
 from typing import Any
@@ -72,7 +73,10 @@ class HttpReceiver:
         self._receiver = receiver
         self._config = config
         self._limit = config.max_receive_message_bytes
-        self._cors = frozenset(config.otlp_http_cors_origins)
+        self._cors = frozenset(origin.lower() for origin in config.otlp_http_cors_origins)
+        # requests past the door's first checks at once: beyond it, 429 before the body is read
+        self._slots = threading.BoundedSemaphore(config.max_inflight_requests)
+        self._json_slots = threading.BoundedSemaphore(2)
         # like the gRPC server: a few threads beyond the in-flight bound, so calls over it are refused quickly
         self._pool = futures.ThreadPoolExecutor(
             max_workers=config.max_inflight_requests + 4, thread_name_prefix="otlp-http"
@@ -114,12 +118,20 @@ class HttpReceiver:
             log.exception("unexpected error handling an OTLP/HTTP request")
             self._receiver.count_internal_error()
             status = _status("UNAVAILABLE", "internal error; retry")
-            await _answer(send, 503, PROTOBUF, status.SerializeToString(), [(b"retry-after", b"1")])
+            accept = dict(scope.get("headers", ())).get(b"content-type", b"").decode("latin-1").lower()
+            kind = JSON if accept.startswith(JSON) else PROTOBUF
+            await _answer(send, 503, kind, _encode(status, kind), [(b"retry-after", b"1")])
 
     async def _serve(self, scope: dict, receive: Any, send: Any) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         origin = headers.get("origin")
-        cors = [(b"access-control-allow-origin", origin.encode()), (b"vary", b"origin")] if origin in self._cors else []
+        cors: list[tuple[bytes, bytes]] = []
+        if origin is not None and ("*" in self._cors or origin.lower().rstrip("/") in self._cors):
+            cors = [
+                (b"access-control-allow-origin", origin.encode("latin-1")),
+                (b"access-control-expose-headers", b"retry-after"),
+                (b"vary", b"origin"),
+            ]
         method, path = scope["method"], scope["path"]
         if path != TRACES_PATH:
             await _plain(send, 404, f"not found: OTLP/HTTP traces are POSTed to {TRACES_PATH}\n", cors)
@@ -148,15 +160,16 @@ class HttpReceiver:
         peer = _peer(scope)
         metadata = tuple(headers.items())
         call = Call(peer_of=lambda: peer, metadata_of=lambda: metadata, common_names_of=tuple)
-        raw = await self._read(receive)
-        loop = asyncio.get_running_loop()
         try:
-            body = _decompressed(raw, self._limit) if encoding == "gzip" and raw is not None else raw
-            if body is None:
-                raise await loop.run_in_executor(self._pool, self._receiver.refuse_oversized, call)
-            if content_type == JSON:
-                body = await loop.run_in_executor(self._pool, self._from_json, body, call)
-            response = await loop.run_in_executor(self._pool, self._receiver.handle, body, call)
+            # who first, as on gRPC: nothing from an unknown sender is read, decoded or kept
+            producer = self._receiver.authenticate(call)
+            # a slot before the body is read: bodies, inflating and JSON decoding are bounded like gRPC's calls
+            if not self._slots.acquire(blocking=False):
+                raise self._receiver.refuse_busy()
+            try:
+                response = await self._export(receive, content_type, encoding, call, producer)
+            finally:
+                self._slots.release()
         except Refusal as refusal:
             status_code = refusal.http_status or _HTTP_STATUS.get(refusal.code.name, 503)
             extra = cors
@@ -164,23 +177,48 @@ class HttpReceiver:
                 extra = [*cors, (b"retry-after", str(max(1, round(refusal.retry_delay_seconds))).encode())]
             await _answer(send, status_code, content_type, _encode(status_of(refusal), content_type), extra)
             return
-        except _BadGzip as exc:
-            refused = await loop.run_in_executor(self._pool, self._bad_body, raw, str(exc), call)
-            await _answer(send, 400, content_type, _encode(status_of(refused), content_type), cors)
+        if response is None:  # the client went away mid-upload: nothing was processed, nobody to answer
             return
         if content_type == JSON:
             response = _response_json(response)
         await _answer(send, 200, content_type, response, cors)
 
-    async def _read(self, receive: Any) -> bytes | None:
-        """The body as received, or None when it is over the limit (the rest is read and discarded)."""
+    async def _export(self, receive: Any, content_type: str, encoding: str, call: Call, producer: Any) -> bytes | None:
+        raw = await self._read(receive)
+        if raw is _DISCONNECTED:
+            return None
+        if raw is None:
+            raise self._receiver.refuse_oversized(call, producer=producer)
+        assert isinstance(raw, bytes)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._handle, raw, content_type, encoding, call, producer)
+
+    def _handle(self, raw: bytes, content_type: str, encoding: str, call: Call, producer: Any) -> bytes:
+        """In a pool thread: inflate, decode JSON, hand the protobuf bytes to the core."""
+        body: bytes | None = raw
+        if encoding == "gzip":
+            try:
+                body = _decompressed(raw, self._limit)
+            except _BadGzip as exc:
+                raise self._receiver.refuse_unparseable(raw, str(exc), call, producer) from None
+            if body is None:
+                raise self._receiver.refuse_oversized(call, producer=producer)
+        assert body is not None
+        if content_type == JSON:
+            with self._json_slots:  # decoding JSON builds ~10x the body in Python objects: a few at a time
+                body = self._from_json(body, call, producer)
+        return self._receiver.handle(body, call)
+
+    async def _read(self, receive: Any) -> bytes | object | None:
+        """The body as received; None when it is over the limit (the rest is read and discarded);
+        ``_DISCONNECTED`` when the client went away before the end of the body."""
         parts: list[bytes] = []
         size = 0
         over = False
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                return _DISCONNECTED
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._limit:
@@ -192,16 +230,16 @@ class HttpReceiver:
                 break
         return None if over else b"".join(parts)
 
-    def _from_json(self, body: bytes, call: Call) -> bytes:
+    def _from_json(self, body: bytes, call: Call, producer: Any) -> bytes:
         """OTLP JSON -> OTLP protobuf bytes; a body that is not OTLP JSON is kept and refused (400)."""
         try:
             return parse_json_message(body.decode("utf-8")).SerializeToString()
         except (OtlpFileError, UnicodeDecodeError) as exc:
             message = str(exc) if isinstance(exc, OtlpFileError) else f"not UTF-8 JSON: {exc}"
-            raise self._receiver.refuse_unparseable(body, message, call) from None
+            raise self._receiver.refuse_unparseable(body, message, call, producer) from None
 
-    def _bad_body(self, raw: bytes, message: str, call: Call) -> Refusal:
-        return self._receiver.refuse_unparseable(raw, message, call)
+
+_DISCONNECTED = object()
 
 
 class _BadGzip(Exception):
@@ -209,25 +247,34 @@ class _BadGzip(Exception):
 
 
 def _decompressed(raw: bytes, limit: int) -> bytes | None:
-    """gzip-decompress at most ``limit`` bytes; None when the body decompresses to more."""
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(raw, limit + 1)
+    """gzip-decompress every member of ``raw`` (RFC 1952 allows several, concatenated), at most ``limit``
+    bytes in all; None when it decompresses to more."""
+    out = bytearray()
+    rest = raw
+    while rest:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+            if len(out) > limit or inflater.unconsumed_tail:
+                return None
+            out += inflater.flush()
+        except zlib.error as exc:
+            raise _BadGzip(f"the body is not valid gzip: {exc}") from None
         if len(out) > limit:
             return None
-        out += inflater.flush()
-    except zlib.error as exc:
-        raise _BadGzip(f"the body is not valid gzip: {exc}") from None
-    if len(out) > limit:
-        return None
-    if not inflater.eof:
-        raise _BadGzip("the gzip body is truncated")
-    return out
+        if not inflater.eof:
+            raise _BadGzip("the gzip body is truncated")
+        rest = inflater.unused_data
+    return bytes(out)
 
 
 def _peer(scope: dict) -> str:
+    """The peer as gRPC writes it: ``ipv4:1.2.3.4:5678`` or ``ipv6:[::1]:5678``."""
     client = scope.get("client")
-    return f"ipv4:{client[0]}:{client[1]}" if client else "unknown"
+    if not client:
+        return "unknown"
+    host, port = client[0], client[1]
+    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
 
 
 def _status(code_name: str, message: str) -> status_pb2.Status:

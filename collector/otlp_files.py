@@ -102,6 +102,8 @@ def parse_json_message(line: str) -> ExportTraceServiceRequest:
         document = json.loads(line)
     except json.JSONDecodeError as exc:
         raise OtlpFileError(f"not JSON: {exc}") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's int parsing limit
+        raise OtlpFileError(f"not OTLP JSON: {exc}") from None
     except RecursionError:
         raise OtlpFileError("not OTLP JSON: nested too deeply") from None
     if not isinstance(document, dict):

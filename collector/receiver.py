@@ -169,24 +169,37 @@ class TraceReceiver:
         """A door's own unexpected failure, answered retryable: counted like the core's."""
         self._count("UNAVAILABLE")
 
-    def refuse_oversized(self, call: Call, size_bytes: int | None = None) -> Refusal:
+    def authenticate(self, call: Call) -> Producer | None:
+        """The producer ``call`` identifies (None without a producers file), or an UNAUTHENTICATED
+        :class:`Refusal` (counted). A door that reads or decodes before :meth:`handle` asks this first."""
+        return self._authenticate(call)
+
+    def refuse_busy(self) -> Refusal:
+        """A door at its bound before reading a body: UNAVAILABLE + RetryInfo (HTTP 429), counted."""
+        self._count("UNAVAILABLE")
+        self._metrics.overload.labels("requests").inc()
+        return Refusal(
+            grpc.StatusCode.UNAVAILABLE, "collector at capacity; retry", RETRY_DELAY_SECONDS, http_status=429
+        )
+
+    def refuse_oversized(self, call: Call, size_bytes: int | None = None, producer: Producer | None = None) -> Refusal:
         """A request over ``max_receive_message_bytes`` (as received or decompressed): counted, logged, and
         answered RESOURCE_EXHAUSTED without RetryInfo (the sender must split it)."""
         limit = self._config.max_receive_message_bytes
         size = f"{size_bytes} bytes" if size_bytes is not None else f"over {limit} bytes"
         self._count("RESOURCE_EXHAUSTED")
-        self._log_refusal(call, None, "RESOURCE_EXHAUSTED", size)
+        self._log_refusal(call, producer, "RESOURCE_EXHAUSTED", size)
         return Refusal(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"request of {size} exceeds the {limit}-byte limit (SPANMETER_MAX_RECEIVE_MESSAGE_BYTES); "
             "send smaller batches",
         )
 
-    def refuse_unparseable(self, body: bytes, message: str, call: Call) -> Refusal:
+    def refuse_unparseable(self, body: bytes, message: str, call: Call, producer: Producer | None = None) -> Refusal:
         """A body that is not OTLP: kept in ``rejected_requests``, counted, answered INVALID_ARGUMENT."""
         self._keep_request(body[: self._config.rejected_request_max_bytes], len(body), "unparseable", message, call)
         self._count("INVALID_ARGUMENT")
-        self._log_refusal(call, None, "INVALID_ARGUMENT", message)
+        self._log_refusal(call, producer, "INVALID_ARGUMENT", message)
         return Refusal(grpc.StatusCode.INVALID_ARGUMENT, message, bad_request=True)
 
     def _count_fallback(self, reason: str) -> None:
@@ -198,7 +211,7 @@ class TraceReceiver:
     def _export(self, body: bytes, call: Call) -> bytes:
         producer = self._authenticate(call)
         if len(body) > self._config.max_receive_message_bytes:
-            raise self.refuse_oversized(call, len(body))
+            raise self.refuse_oversized(call, len(body), producer)
         if not body:
             return _EMPTY_RESPONSE
         self._acquire(requests=1, spans=0)
@@ -213,7 +226,7 @@ class TraceReceiver:
             else:
                 count = count_spans(body) if len(body) > 2 * self._config.max_spans_per_request else None
             if count is None:
-                decoded = self._decode(body, call)
+                decoded = self._decode(body, call, producer)
                 count = sum(len(ss.spans) for rs in decoded.request.resource_spans for ss in rs.scope_spans)
             if count > self._config.max_spans_per_request:
                 self._refuse_too_many_spans(body, count, call, producer)
@@ -230,7 +243,7 @@ class TraceReceiver:
                     )
                 # the Python reference decides (invalid UTF-8, unusual wire data, limits)
             if decoded is None:  # pure Python, or the native core handed the body back
-                decoded = self._decode(body, call)
+                decoded = self._decode(body, call, producer)
             result = meter_request(decoded.request, self._limits, now, producer)
             synthetic = [row.meter.code for row in result.synthetic_rows]
             return self._write(
@@ -240,12 +253,12 @@ class TraceReceiver:
             self._release(requests=1, spans=spans)
             release_after(spans)  # a large request: give the freed memory back to the kernel
 
-    def _decode(self, body: bytes, call: Call) -> DecodedRequest:
+    def _decode(self, body: bytes, call: Call, producer: Producer | None) -> DecodedRequest:
         """Decode with the Python reference; a body that is not OTLP is kept, counted and refused."""
         try:
             return decode_request(body)
         except UnparseableRequest as exc:
-            raise self.refuse_unparseable(body, str(exc), call) from None
+            raise self.refuse_unparseable(body, str(exc), call, producer) from None
 
     def _refuse_too_many_spans(self, body: bytes, count: int, call: Call, producer: Producer | None) -> None:
         """More spans than the ledger commits within the write timeout: refused before decoding, like a

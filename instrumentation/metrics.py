@@ -15,7 +15,8 @@ metric                                 labels    meaning
                                                  span the sampler dropped, at an SDK version whose batch
                                                  queue spanmeter cannot reach (see below)
 ``spanmeter_sdk_degraded``             ``hook``  1 when a hook into the SDK fell back to plain OpenTelemetry
-                                                 behaviour (``batch_queue``, ``instrument``), with one warning
+                                                 behaviour (``batch_queue``, ``provider``, ``propagation``,
+                                                 ``django``, ``celery``, ``sigterm``), with one warning
 =====================================  ========  =============================================================
 
 Expose them with the application's existing ``/metrics`` endpoint (django-prometheus, or

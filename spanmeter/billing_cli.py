@@ -119,10 +119,22 @@ def _connect(args: argparse.Namespace) -> Iterator[Any]:
     from spanmeter.collector.config import load_config
 
     config = load_config(os.environ, {"database_url": args.database_url, "data_dir": args.data_dir})
-    database = resolve_database(config.database_url, config.data_dir, create=False)
+    # a command that only reads never creates an embedded ledger where none exists (it says where it looked)
+    database = resolve_database(config.database_url, config.data_dir, create=not _reads_only(args))
     migrate.prepare(database)  # the embedded ledger is migrated; a configured one only checked
     with psycopg.connect(database.conninfo) as conn:
         yield conn
+
+
+def _reads_only(args: argparse.Namespace) -> bool:
+    """Commands that write (a subscription, a correction, a finalized invoice, a rebuild, a reconciliation
+    run) may start on a new ledger; the others only read one."""
+    return (
+        (args.command == "subscription" and args.subscription_command == "show")
+        or (args.command == "rollups" and args.rollups_command == "check")
+        or (args.command == "invoice" and not getattr(args, "finalize", False))
+        or args.command == "export"
+    )
 
 
 def _who(args: argparse.Namespace) -> str:

@@ -219,11 +219,14 @@ def _explain(exc: Exception) -> int:
         return _fail(f"the ledger has no spanmeter schema ({first}): run `spanmeter db upgrade` as its owner")
     if isinstance(cause, psycopg.errors.InsufficientPrivilege):
         return _fail(f"the database refused ({first}): this command needs the ledger owner's credential")
-    if isinstance(cause, psycopg.OperationalError):
+    sqlstate = getattr(cause, "sqlstate", None) or ""
+    if isinstance(cause, psycopg.OperationalError) and (not sqlstate or sqlstate[:2] in ("08", "28", "3D")):
         return _fail(
             f"cannot use the ledger database ({first}): check --database-url / SPANMETER_DATABASE_URL, that "
             "PostgreSQL is running and reachable, and the user and password"
         )
+    if isinstance(cause, psycopg.Error):  # the database answered, and refused this (a timeout, a full disk, …)
+        return _fail(f"the ledger database refused the command ({first}); retry, or see its log", 1)
     if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] in _DEMO_MODULES:
         return _fail(f"this needs the demo extra ({exc.name} is not installed): pip install 'spanmeter[demo]'")
     if isinstance(exc, OSError):

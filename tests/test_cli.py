@@ -260,3 +260,18 @@ def test_ingest_reports_progress_with_a_total_and_a_rate(tmp_path):
     totals = IngestTotals(bytes_total=4_000_000, bytes_read=1_000_000, messages=10, spans=5_000)
     line = totals.progress()
     assert line.startswith("1.0 of 4.0 MB (25%), 10 messages, 5,000 spans, ") and line.endswith(" spans/s")
+
+
+def test_a_command_that_writes_may_start_a_new_ledger(tmp_path):
+    """Only commands that read refuse a missing ledger: `subscription set` is how a new one often begins."""
+    data_dir = tmp_path / "new"
+    result = run(
+        "subscription", "set", "--account", "acme", "--plan", "starter", "--pricing", "v2_compute",
+        "--from", "2026-11-01", "--data-dir", str(data_dir), check=False,
+    )  # fmt: skip
+    try:
+        assert result.returncode == 0, result.stderr
+        shown = run("subscription", "show", "--account", "acme", "--data-dir", str(data_dir), check=False)
+        assert shown.returncode == 0 and "starter" in shown.stdout
+    finally:
+        run("db", "stop", "--data-dir", str(data_dir), check=False)

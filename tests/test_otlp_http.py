@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -133,6 +134,7 @@ def test_bad_data_is_400_and_kept_like_grpc_invalid_argument(http_collector, mod
         b'"x"',
         b'{"resourceSpans": 5}',
         b'{"resourceSpans": [{"scopeSpans": [1]}]}',
+        b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"startTimeUnixNano": ' + b"9" * 5000 + b"}]}]}]}",
         deep,
     ):
         status, _, answer = _post(address, body, "application/json")
@@ -171,6 +173,10 @@ def test_producers_need_a_bearer_token_on_this_door_too(tmp_path, fresh_db):
         body = request_bytes(_run("acct-auth", 100))
         assert _post(address, body)[0] == 401
         assert _post(address, body, headers={"Authorization": "Bearer wrong"})[0] == 401
+        # who first, as on gRPC: an unknown sender's bad body is neither decoded nor kept
+        assert _post(address, b"not json", "application/json")[0] == 401
+        assert _post(address, b"not gzip", headers={"Content-Encoding": "gzip"})[0] == 401
+        assert ledger(fresh_db, "SELECT count(*) FROM rejected_requests") == [(0,)]
         status, _, answer = _post(address, body, headers={"Authorization": "Bearer s3cret"})
         assert status == 200 and ExportTraceServiceResponse.FromString(answer) == ExportTraceServiceResponse()
         assert totals(fresh_db, "acct-auth") == {"worker_seconds": Decimal("0.1")}
@@ -219,6 +225,9 @@ def test_cors_is_off_unless_origins_are_configured(fresh_db, http_collector):
         assert status == 200 and headers["access-control-allow-origin"] == "https://app.example.com"
         status, headers, _ = _post(address, body, headers={"Origin": "https://evil.example"})
         assert status == 200 and "access-control-allow-origin" not in headers
+        status, headers, _ = _post(address, body, headers={"Origin": "https://APP.example.com"})
+        assert headers["access-control-allow-origin"] == "https://APP.example.com"  # origins compare without case
+        assert headers["access-control-expose-headers"] == "retry-after"  # a browser may read Retry-After
     finally:
         collector.kill()
 
@@ -282,3 +291,45 @@ def test_metrics_port_is_prometheus_clients_own_exposition(http_collector):
     status, _, body = _post(address, b"", method="GET", path="/readyz")
     assert status == 200 and body.startswith(b"ready")
     assert _post(address, b"", method="GET", path="/nope")[0] == 404
+
+
+def test_gzip_members_are_all_read_and_a_vanished_upload_is_not_processed(http_collector, module_db):
+    address = _http(http_collector)
+    first, second = request_bytes(_run("acct-member-1", 100)), request_bytes(_run("acct-member-2", 200))
+    # two gzip members (RFC 1952): the body is both requests (protobuf messages concatenate as a merge)
+    status, _, _ = _post(address, gzip.compress(first) + gzip.compress(second), headers={"Content-Encoding": "gzip"})
+    assert status == 200
+    assert totals(module_db, "acct-member-1") == {"worker_seconds": Decimal("0.1")}
+    assert totals(module_db, "acct-member-2") == {"worker_seconds": Decimal("0.2")}
+    # a client that goes away mid-upload: its fragment is not decoded, kept or counted
+    before = ledger(module_db, "SELECT count(*) FROM rejected_requests")
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+            b"Content-Length: 100000\r\n\r\n" + first[:20]
+        )
+    time.sleep(0.5)
+    assert ledger(module_db, "SELECT count(*) FROM rejected_requests") == before
+    assert _post(address, first)[0] == 200  # and the door still serves
+
+
+def test_at_capacity_the_door_answers_429_before_reading_the_body(fresh_db):
+    collector = Collector(fresh_db, env={"SPANMETER_MAX_INFLIGHT_REQUESTS": "1"}).start()
+    try:
+        address = _http(collector)
+        host, port = address.rsplit(":", 1)
+        # one request holds the only slot: its body is still being sent
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(
+                b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                b"Content-Length: 100000\r\n\r\n" + b"\x0a" * 10
+            )
+            time.sleep(0.5)
+            status, headers, answer = _post(address, request_bytes(_run("acct-busy", 100)))
+            assert status == 429 and headers["retry-after"] == "1", (status, answer)
+        time.sleep(0.5)
+        assert _post(address, request_bytes(_run("acct-busy", 100)))[0] == 200  # the slot came back
+        assert collector.metrics()['spanmeter_export_throttled_total{limit="requests"}'] >= 1
+    finally:
+        collector.kill()
