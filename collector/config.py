@@ -134,8 +134,8 @@ class CollectorConfig:
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
     host, sep, port = endpoint.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(endpoint)
+    if not sep or not host or "/" in host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(endpoint)  # a URL (http://…) is not a listen address: HOST:PORT
     return host.strip("[]"), int(port)
 
 

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spanmeter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the OTLP/gRPC receiver that writes the usage ledger")
+    serve = sub.add_parser("serve", help="run the OTLP/gRPC and OTLP/HTTP receiver that writes the usage ledger")
     serve.add_argument("--otlp-endpoint", help="HOST:PORT for OTLP/gRPC (default 127.0.0.1:4317)")
     serve.add_argument(
         "--otlp-http-endpoint",
