@@ -14,7 +14,27 @@ from typing import Any
 
 import uvicorn
 
-__all__ = ["ThreadedServer"]
+__all__ = ["ThreadedServer", "bind"]
+
+
+def bind(
+    host: str, port: int, door: str, setting: str, *, reuse_port: bool = False, reuse_addr: bool = True
+) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: a free port); a failure names the door, its setting and the fix. ``reuse_port``: shared with sibling processes (``SO_REUSEPORT``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if reuse_addr:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            f"cannot listen for {door} on {host}:{port} ({setting}): {exc.strerror}; pick a free port"
+        ) from None
+    return sock
 
 
 class ThreadedServer:
@@ -32,18 +52,7 @@ class ThreadedServer:
 
     def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         """Bind, start serving, return the bound port."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(
-                f"cannot serve {self._name} on {host}:{port} ({self._setting}): {exc.strerror}; pick a free port"
-            ) from None
+        sock = bind(host, port, self._name, self._setting, reuse_port=reuse_port)
         sock.listen(1024)
         sock.setblocking(False)
         server = uvicorn.Server(

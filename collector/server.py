@@ -22,7 +22,6 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -197,7 +196,9 @@ class CollectorServer:
         metrics_address = None
         if config.metrics_port or config.metrics_port == 0:
             self._readiness = Readiness(database, self._schema)
-            self._http = _health_server(config.metrics_bind_host, config.metrics_port, self.registry, self._readiness)
+            self._http = health_server(
+                config.metrics_bind_host, config.metrics_port, self.registry, self._readiness.check
+            )
             metrics_address = f"{config.metrics_bind_host}:{self._http.port}"
         return ListenAddresses(
             otlp=f"{host}:{bound}",
@@ -289,8 +290,3 @@ class Readiness:
 
     def close(self) -> None:
         self._engine.dispose()
-
-
-def _health_server(host: str, port: int, registry: CollectorRegistry, readiness: Any) -> ThreadedServer:
-    """``/metrics`` (prometheus_client's own exposition), ``/healthz``, ``/readyz``: see :mod:`.health`."""
-    return health_server(host, port, registry, readiness.check)

@@ -57,10 +57,11 @@ from spanmeter.billing.ledger.database import Database, resolve_database
 from .billing_metrics import BillingMetrics
 from .compactor import RollupCompactor
 from .config import CollectorConfig
-from .http_server import ThreadedServer
+from .health import health_server
+from .http_server import ThreadedServer, bind
 from .metrics import RollupMetrics
 from .schema import LedgerSchema, PrivilegedCredential, ledger_access
-from .server import ListenAddresses, Readiness, _describe_security, _health_server
+from .server import ListenAddresses, Readiness, _describe_security
 
 __all__ = ["Supervisor"]
 
@@ -184,7 +185,7 @@ class Supervisor:
         metrics_address = None
         if config.metrics_port or config.metrics_port == 0:
             self._readiness = _Readiness(database, self)
-            self._http = _health_server(config.metrics_bind_host, config.metrics_port, registry, self._readiness)
+            self._http = health_server(config.metrics_bind_host, config.metrics_port, registry, self._readiness.check)
             metrics_address = f"{config.metrics_bind_host}:{self._http.port}"
         return ListenAddresses(
             otlp=f"{host}:{port}",
@@ -245,17 +246,8 @@ class Supervisor:
 
     # -- internals -------------------------------------------------------------------------------------
     def _hold_port(self, host: str, port: int, door: str, name: str) -> tuple[str, int]:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        guard = socket.socket(family, socket.SOCK_STREAM)
-        guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            guard.bind((host, port))
-        except OSError as exc:
-            guard.close()
-            raise OSError(
-                f"cannot listen for {door} on {host}:{port} (SPANMETER_{name.upper().replace('-', '_')}_ENDPOINT): "
-                f"{exc.strerror}; pick a free port"
-            ) from None
+        setting = f"SPANMETER_{name.upper().replace('-', '_')}_ENDPOINT"
+        guard = bind(host, port, door, setting, reuse_port=True, reuse_addr=False)
         port = guard.getsockname()[1]
         lock_path = Path(tempfile.gettempdir()) / f"spanmeter-{name}-{host.replace(':', '_')}-{port}.lock"
         lock_file = open(lock_path, "w")  # noqa: SIM115 (held until shutdown)
@@ -265,8 +257,7 @@ class Supervisor:
             lock_file.close()
             guard.close()
             raise OSError(
-                f"cannot listen for {door} on {host}:{port} (SPANMETER_{name.upper().replace('-', '_')}_ENDPOINT): "
-                f"another `spanmeter serve --processes` holds it ({lock_path}); stop it or pick another port"
+                f"cannot listen for {door} on {host}:{port} ({setting}): another `spanmeter serve --processes` holds it ({lock_path}); stop it or pick another port"
             ) from None
         self._guards.append((guard, lock_file))
         return host, port
