@@ -78,7 +78,17 @@ def _alerts(args: argparse.Namespace) -> int:
 
 
 def _dashboards(args: argparse.Namespace) -> int:
-    import spanmeter.dashboards as dashboards
+    try:
+        import spanmeter.dashboards as dashboards
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "grafana_foundation_sdk":
+            raise
+        from spanmeter.cli import UsageError
+
+        raise UsageError(
+            "rendering dashboards needs the Grafana Foundation SDK (the dashboards extra): "
+            "pip install 'spanmeter[dashboards]'"
+        ) from exc
 
     directory = args.out or Path(dashboards.__file__).resolve().parent / "json"
     if args.check:

@@ -221,18 +221,30 @@ def test_ports_in_use_and_an_unusable_data_dir_name_the_setting(tmp_path, fresh_
     _one_message(upgrade, "SPANMETER_DATA_DIR", str(a_file / "sub"))
 
 
-def test_demo_without_its_extra_says_how_to_install_it(tmp_path):
+def _without(tmp_path, *packages: str) -> dict[str, str]:
+    """An environment in which importing ``packages`` fails as if they were not installed."""
     blocker = tmp_path / "sitecustomize.py"
     blocker.write_text(
         "import sys\n"
-        "class _NoDemoExtra:\n"
+        "class _NoExtra:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('celery', 'kombu', 'django'):\n"
+        f"        if name.split('.')[0] in {packages!r}:\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, _NoDemoExtra())\n"
+        "sys.meta_path.insert(0, _NoExtra())\n"
     )
-    env = {"PYTHONPATH": str(tmp_path), "SPANMETER_DATA_DIR": str(tmp_path / "data")}
+    return {"PYTHONPATH": str(tmp_path), "SPANMETER_DATA_DIR": str(tmp_path / "data")}
+
+
+def test_demo_without_its_extra_says_how_to_install_it(tmp_path):
+    env = _without(tmp_path, "celery", "kombu", "django")
     _one_message(run("demo", env=env, check=False), "pip install 'spanmeter[demo]'")
+
+
+def test_dashboards_without_their_extra_say_how_to_install_it(tmp_path):
+    env = _without(tmp_path, "grafana_foundation_sdk")
+    result = run("dashboards", "render", "--out", str(tmp_path / "out"), env=env, check=False)
+    _one_message(result, "pip install 'spanmeter[dashboards]'")
+    assert not (tmp_path / "out").exists()
 
 
 def test_every_command_and_option_has_help():

@@ -75,6 +75,30 @@ def test_the_committed_json_is_what_the_code_generates():
     assert sorted(p.name for p in JSON_DIR.glob("*.json")) == sorted(f"{uid}.json" for uid in DASHBOARD_UIDS.values())
 
 
+def test_every_dashboard_is_the_grafana_foundation_sdks_own_model():
+    """The JSON is the pinned SDK's dashboard model: reading it back with the SDK and writing it again gives
+    the same JSON (a hand-written key the SDK does not know would be lost; the ledger's SQL targets go
+    through the PostgreSQL query variant the builder registers, not the SDK's catch-all)."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    from spanmeter.dashboards.builder import LedgerQuery
+
+    for name, model in MODELS.items():
+        parsed = Dashboard.from_json(model)
+        assert json.loads(json.dumps(parsed, cls=JSONEncoder)) == model, name
+        sql_targets = [
+            t for p in parsed.panels if p.type_val != "row" for t in p.targets or [] if hasattr(t, "raw_sql")
+        ]
+        assert all(isinstance(t, LedgerQuery) for t in sql_targets), name
+    assert any(
+        isinstance(t, LedgerQuery)
+        for p in Dashboard.from_json(MODELS["spanmeter-billing.json"]).panels
+        if p.type_val != "row"
+        for t in p.targets or []
+    )
+
+
 def test_write_all_and_the_check_command_report_missing_changed_and_extra_files(tmp_path):
     written = write_all(tmp_path)
     assert sorted(p.name for p in written) == sorted(MODELS)
