@@ -11,19 +11,39 @@ tokens, and one HTTP server request.
 from __future__ import annotations
 
 import os
+import sys
 import time
+from collections.abc import Sequence
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
 
-def main() -> None:
+class Outcome(SpanExporter):
+    """Passes spans to ``exporter`` and remembers whether every export succeeded."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+        self.failed = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self.exporter.export(spans)
+        if result is not SpanExportResult.SUCCESS:
+            self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+
+def main() -> int:
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
     provider = TracerProvider(resource=Resource.create({"service.name": "example-worker", "plan_code": "starter"}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
+    outcome = Outcome(OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=10))
+    provider.add_span_processor(BatchSpanProcessor(outcome))
     tracer = provider.get_tracer("spanmeter.example")
     now = time.time_ns()
     attribution = {"account_id": "acme", "job_id": "job-42"}
@@ -61,8 +81,16 @@ def main() -> None:
     )
     llm.end(end_time=now - 500_000_000)
     provider.shutdown()  # flushes; the exporter returns once the collector has committed
+    if outcome.failed:
+        print(
+            f"could not send {outcome.failed} of 4 spans to {endpoint}: is `spanmeter serve` running there? "
+            "(set OTEL_EXPORTER_OTLP_ENDPOINT for another address)",
+            file=sys.stderr,
+        )
+        return 1
     print(f"sent 4 spans for account acme to {endpoint}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -233,6 +234,22 @@ def _without(tmp_path, *packages: str) -> dict[str, str]:
         "sys.meta_path.insert(0, _NoExtra())\n"
     )
     return {"PYTHONPATH": str(tmp_path), "SPANMETER_DATA_DIR": str(tmp_path / "data")}
+
+
+def test_the_example_sender_fails_when_nothing_is_listening():
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "send_spans.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"},
+    )
+    assert result.returncode == 1, result
+    assert f"could not send 4 of 4 spans to http://127.0.0.1:{port}" in result.stderr
+    assert "sent 4 spans" not in result.stdout
 
 
 def test_demo_without_its_extra_says_how_to_install_it(tmp_path):
