@@ -346,14 +346,20 @@ class TraceReceiver:
                 result.rejections.extend(pending.refused)
         self._record(result, synthetic_codes)
         if result.rejections or replaced_strings:
+            rejected = dict(Counter(r.reason for r in result.rejections))
             log.warning(
-                "export partially rejected",
+                "export partially rejected: %d of %d spans rejected (%s), %d invalid UTF-8 fields replaced, from %s",
+                len(result.rejections),
+                result.spans_received,
+                ", ".join(f"{reason} {count}" for reason, count in sorted(rejected.items())) or "none",
+                replaced_strings,
+                producer.name if producer else call.peer,
                 extra={
                     "event": "export_rejected_spans",
                     "peer": call.peer,
                     "producer": producer.name if producer else None,
                     "spans": result.spans_received,
-                    "rejected": dict(Counter(r.reason for r in result.rejections)),
+                    "rejected": rejected,
                     "invalid_utf8_fields": replaced_strings,
                 },
             )

@@ -302,6 +302,10 @@ def test_every_reject_reason_is_kept_counted_and_reported(collector, module_db):
         key = f'spanmeter_spans_rejected_total{{reason="{reason}"}}'
         assert after[key] - before[key] == 2
     assert totals(module_db, "acct-rej") == {"worker_seconds": Decimal("0.1")}  # the good span only
+    # the text log line on-call reads says how many and why, without turning on JSON logs
+    logged = [line for line in collector.output if "export partially rejected" in line]
+    assert logged and "8 of 9 spans rejected" in logged[-1], collector.output[-5:]
+    assert "unattributed 1" in logged[-1] and "invalid_id 1" in logged[-1]
     # the whole span is kept and decodes as OTLP
     payload = ledger(
         module_db,
