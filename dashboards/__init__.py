@@ -42,8 +42,21 @@ the SQL Grafana would send.
     ('Since last ledger commit (worst instance)', 'max(time() - spanmeter_ledger_last_commit_timestamp_seconds{job="spanmeter"})')
 """
 
+from typing import Any
+
+from .contract import DASHBOARD_UIDS, JSON_DIR
 from .queries import MacroError, expand_sql_macros, prometheus_queries, sql_queries
-from .render import DASHBOARD_UIDS, JSON_DIR, build_all, differences, write_all
+
+_RENDERING = ("build_all", "differences", "write_all")  # need the Grafana Foundation SDK (dashboards extra)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENDERING:
+        from . import render
+
+        return getattr(render, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DASHBOARD_UIDS",

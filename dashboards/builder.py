@@ -52,6 +52,8 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common, prometheus
 from grafana_foundation_sdk.models import dashboard as model
 
+from .queries import POSTGRES_TYPE
+
 __all__ = [
     "LEDGER",
     "POSTGRES_TYPE",
@@ -74,7 +76,6 @@ __all__ = [
 ]
 
 GRID_WIDTH = 24
-POSTGRES_TYPE = "grafana-postgresql-datasource"
 PROMETHEUS = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 LEDGER = model.DataSourceRef(type_val=POSTGRES_TYPE, uid="${ledger}")
 

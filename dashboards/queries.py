@@ -38,7 +38,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from .builder import POSTGRES_TYPE
+#: Grafana's PostgreSQL datasource plugin id (the ledger's SQL targets).
+POSTGRES_TYPE = "grafana-postgresql-datasource"
 
 __all__ = ["PROMETHEUS_SUBSTITUTIONS", "MacroError", "expand_sql_macros", "prometheus_queries", "sql_queries"]
 

@@ -13,15 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from .billing import billing
+from .contract import DASHBOARD_UIDS, JSON_DIR, TAGS
 from .pipeline import pipeline
 from .slos import slos
 
 __all__ = ["DASHBOARD_UIDS", "JSON_DIR", "TAGS", "build_all", "differences", "render", "write_all"]
 
-#: Stable uids: alerts link to ``<grafana>/d/<uid>``, so these never change.
-DASHBOARD_UIDS = {"pipeline": "spanmeter-pipeline", "slos": "spanmeter-slos", "billing": "spanmeter-billing"}
-TAGS = ["spanmeter"]
-JSON_DIR = Path(__file__).resolve().parent / "json"
 _BUILDERS = {"pipeline": pipeline, "slos": slos, "billing": billing}
 
 

@@ -79,7 +79,7 @@ def _alerts(args: argparse.Namespace) -> int:
 
 def _dashboards(args: argparse.Namespace) -> int:
     try:
-        import spanmeter.dashboards as dashboards
+        from spanmeter.dashboards import render as dashboards
     except ImportError as exc:
         if (exc.name or "").split(".")[0] != "grafana_foundation_sdk":
             raise
@@ -90,7 +90,7 @@ def _dashboards(args: argparse.Namespace) -> int:
             "pip install 'spanmeter[dashboards]'"
         ) from exc
 
-    directory = args.out or Path(dashboards.__file__).resolve().parent / "json"
+    directory = args.out or dashboards.JSON_DIR
     if args.check:
         return _report(dashboards.differences(directory), "spanmeter dashboards render")
     directory = args.out or _checkout_dir(directory)
