@@ -184,10 +184,12 @@ def trim(url: str) -> int:
         deleted = conn.execute("DELETE FROM usage_events WHERE occurred_at >= %s", (PREFILL_END,)).rowcount
         for table in ("usage_rollups_hourly", "usage_rollups_daily", "usage_rollup_deltas"):
             conn.execute(f"DELETE FROM {table} WHERE bucket_start >= %s", (PREFILL_END,))
-        conn.execute("DELETE FROM usage_rollup_jobs WHERE job_id LIKE 'ingest-%%'")
+        conn.execute("DELETE FROM usage_job_set_members WHERE job_id LIKE 'ingest-%%'")
         conn.execute("RESET session_replication_role")
         if deleted:
-            conn.execute("VACUUM (ANALYZE) usage_events, usage_rollups_hourly, usage_rollups_daily, usage_rollup_jobs")
+            conn.execute(
+                "VACUUM (ANALYZE) usage_events, usage_rollups_hourly, usage_rollups_daily, usage_job_sets, usage_job_set_members"
+            )
     return deleted
 
 
@@ -276,7 +278,7 @@ def prepare(pg: Postgres, args: argparse.Namespace, zipf_s: float, probs: list[f
             seconds["relayout"] = time.monotonic() - t
             t = time.monotonic()
             conn.execute(
-                "VACUUM (FREEZE, ANALYZE) usage_events, usage_rollups_hourly, usage_rollups_daily, usage_rollup_jobs"
+                "VACUUM (FREEZE, ANALYZE) usage_events, usage_rollups_hourly, usage_rollups_daily, usage_job_sets, usage_job_set_members"
             )
             conn.execute("CHECKPOINT")
             seconds["vacuum"] = time.monotonic() - t
@@ -307,7 +309,7 @@ def prepare(pg: Postgres, args: argparse.Namespace, zipf_s: float, probs: list[f
         }
         info["sizes_mib"] = {
             t: conn.execute("SELECT pg_total_relation_size(%s) / 1048576.0", (t,)).fetchone()[0]
-            for t in ("usage_events", "usage_rollups_hourly", "usage_rollups_daily", "usage_rollup_jobs")
+            for t in ("usage_events", "usage_rollups_hourly", "usage_rollups_daily", "usage_job_set_members")
         }
         info["largest_hourly_rows_mtd"] = conn.execute(
             "SELECT count(*) FROM usage_rollups_hourly WHERE account_id = %s AND bucket_start >= %s AND bucket_start < %s",

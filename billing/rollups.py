@@ -13,8 +13,9 @@ How they stay exact (migration ``0005_rollup_deltas``), in two steps:
    each other or deadlock here, and an aborted batch takes its deltas with it.
 2. **Folding, in the background.** :func:`fold` (``spanmeter serve`` runs it every
    ``SPANMETER_ROLLUP_FOLD_INTERVAL_SECONDS``) consumes up to ``max_deltas`` deltas with ``DELETE …
-   RETURNING`` and upserts their sums into ``usage_rollups_hourly``, ``usage_rollups_daily`` and
-   ``usage_rollup_jobs`` *in the same transaction*, in key order, holding a transaction-level advisory
+   RETURNING`` and upserts their sums into ``usage_rollups_hourly`` and ``usage_rollups_daily``, and their
+   jobs into the job sets (``usage_job_sets``, ``usage_job_set_members``: one narrow row per new job, read
+   through the ``usage_rollup_jobs`` view), *in the same transaction*, in key order, holding a transaction-level advisory
    lock: one folder at a time, and a delta is either pending or folded, never both and never neither,
    whatever crashes. It never uses a time or sequence watermark (``created_at`` is a transaction's start,
    not its commit order).
@@ -281,10 +282,15 @@ def rebuild(conn: psycopg.Connection) -> dict[str, int]:
             conn.execute(f"DELETE FROM {table}")
             cur = conn.execute(f"INSERT INTO {table} ({_COLUMNS}) {_recompute_select(unit).format(where='')}")
             counts[table] = cur.rowcount
-        conn.execute("DELETE FROM usage_rollup_jobs")
-        cur = conn.execute(
-            "INSERT INTO usage_rollup_jobs (account_id, month_start, meter_code, job_id) "
-            + _JOBS_SELECT.format(and_where="")
+        conn.execute("DELETE FROM usage_job_set_members")
+        conn.execute("DELETE FROM usage_job_sets")
+        cur = conn.execute(  # one ledger scan: every set is new, so RETURNING names them all
+            f"WITH j AS MATERIALIZED ({_JOBS_SELECT.format(and_where='')}), "
+            "sets AS (INSERT INTO usage_job_sets (account_id, month_start, meter_code) "
+            "         SELECT DISTINCT account_id, month_start, meter_code FROM j ORDER BY 1, 2, 3 "
+            "         RETURNING set_id, account_id, month_start, meter_code) "
+            "INSERT INTO usage_job_set_members (set_id, job_id) SELECT s.set_id, j.job_id "
+            "FROM j JOIN sets AS s USING (account_id, month_start, meter_code) ORDER BY 1, 2"
         )
         counts["usage_rollup_jobs"] = cur.rowcount
     return counts

@@ -308,3 +308,38 @@ def test_upgrading_a_ledger_the_old_trigger_maintained_keeps_its_rollups(fresh_d
         assert quantity == Decimal(5)
         jobs = conn.execute("SELECT job_id FROM usage_rollup_jobs ORDER BY 1").fetchall()
         assert jobs == [("new",), ("old",)]
+
+
+def test_narrowing_the_job_sets_keeps_every_folded_job_and_new_jobs_join_their_sets(fresh_db):
+    """Migration 0009 moves folded jobs into (set, job) rows: counts per account and month are unchanged,
+    a job folded again adds nothing, and the view keeps the old columns."""
+    database = resolve_database(fresh_db, data_dir=None)
+    migrate.upgrade(database, "0008_usage_producer")
+    dec = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    t = datetime(2026, 11, 3, 10, 0, tzinfo=UTC)
+    folded = [row("acme", "worker_seconds", "1", t, job=f"j{i}") for i in range(5)]
+    folded += [row("acme", "worker_seconds", "1", dec, job="j0"), row("globex", "worker_seconds", "1", t, job="j0")]
+    write(fresh_db, folded)
+    with psycopg.connect(fresh_db) as conn:
+        conn.execute("SELECT * FROM spanmeter_fold_rollups(1000)")
+        before = conn.execute("SELECT * FROM usage_rollup_jobs ORDER BY 1, 2, 3, 4").fetchall()
+    assert len(before) == 7
+    migrate.upgrade(database)
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT * FROM usage_rollup_jobs ORDER BY 1, 2, 3, 4").fetchall() == before
+        assert conn.execute("SELECT count(*) FROM usage_job_sets").fetchone()[0] == 3  # acme Nov, acme Dec, globex
+        assert conn.execute("SELECT count(*) FROM usage_job_set_members").fetchone()[0] == 7
+    write(fresh_db, [row("acme", "worker_seconds", "1", t, job="j4"), row("acme", "worker_seconds", "1", t, job="j9")])
+    write(fresh_db, [row("initech", "worker_seconds", "1", t, job="j0")])  # a set the fold creates
+    with psycopg.connect(fresh_db) as conn:
+        assert rollups.aggregate(conn, "jobs", "acme", NOV.start, NOV.end) == 6  # j0..j4 and j9, pending or not
+        result = rollups.fold(conn)
+        assert result.new_jobs == 2  # j9 for acme, j0 for initech; j4 was there
+        assert rollups.aggregate(conn, "jobs", "acme", NOV.start, NOV.end) == 6
+        assert rollups.aggregate(conn, "jobs", "initech", NOV.start, NOV.end) == 1
+        assert conn.execute("SELECT count(*) FROM usage_job_sets").fetchone()[0] == 4
+        assert rollups.check(conn) == []
+        rebuilt = rollups.rebuild(conn)
+        assert rebuilt["usage_rollup_jobs"] == 9
+        assert rollups.aggregate(conn, "jobs", "acme", NOV.start, NOV.end) == 6
+        assert rollups.check(conn) == []

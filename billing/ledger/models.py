@@ -51,10 +51,11 @@ __all__ = [
     "Subscription",
     "UsageAdjustment",
     "UsageEvent",
+    "UsageJobSet",
+    "UsageJobSetMember",
     "UsageRollupDaily",
     "UsageRollupDelta",
     "UsageRollupHourly",
-    "UsageRollupJob",
 ]
 
 
@@ -234,13 +235,40 @@ class UsageRollupDelta(Base):
     )
 
 
-class UsageRollupJob(Base):
-    __tablename__ = "usage_rollup_jobs"
+class UsageJobSet(Base):
+    """One distinct-job set per (account, UTC month, meter). Read jobs through the ``usage_rollup_jobs``
+    view (account_id, month_start, meter_code, job_id) or ``usage_rollup_jobs_live`` (+ pending deltas)."""
 
-    account_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    month_start: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), primary_key=True)
-    meter_code: Mapped[str] = mapped_column(Text, primary_key=True)
+    __tablename__ = "usage_job_sets"
+
+    set_id: Mapped[int] = mapped_column(Integer, Identity(always=True), primary_key=True)
+    account_id: Mapped[str] = mapped_column(Text)
+    month_start: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    meter_code: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("account_id", "month_start", "meter_code", name="usage_job_sets_key"),
+        {
+            "comment": "One distinct-job set per (account, UTC month, meter); derived, written by the fold and "
+            "rollups rebuild. Read usage_rollup_jobs_live"
+        },
+    )
+
+
+class UsageJobSetMember(Base):
+    """A job of a set: the narrow key the fold inserts one of per new job (migration 0009)."""
+
+    __tablename__ = "usage_job_set_members"
+
+    set_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[str] = mapped_column(Text, primary_key=True)
+
+    __table_args__ = (
+        {
+            "comment": "The jobs of each usage_job_sets set; derived, written by the fold and rollups rebuild. "
+            "Read usage_rollup_jobs_live"
+        },
+    )
 
 
 class UsageAdjustment(Base):
