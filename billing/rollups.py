@@ -289,7 +289,7 @@ def rebuild(conn: psycopg.Connection) -> dict[str, int]:
             "sets AS (INSERT INTO usage_job_sets (account_id, month_start, meter_code) "
             "         SELECT DISTINCT account_id, month_start, meter_code FROM j ORDER BY 1, 2, 3 "
             "         RETURNING set_id, account_id, month_start, meter_code) "
-            "INSERT INTO usage_job_set_members (set_id, job_id) SELECT s.set_id, j.job_id "
+            'INSERT INTO usage_job_set_members (set_id, job_id) SELECT s.set_id, j.job_id COLLATE "C" '
             "FROM j JOIN sets AS s USING (account_id, month_start, meter_code) ORDER BY 1, 2"
         )
         counts["usage_rollup_jobs"] = cur.rowcount

@@ -80,7 +80,9 @@ BEGIN
     ),
     jobs AS (
         INSERT INTO usage_job_set_members (set_id, job_id)
-        SELECT DISTINCT s.set_id, j.job_id
+        -- sorted in byte order: no strcoll per comparison (-16 % per job, bench/README); the same set, and
+        -- the index's own order under the C and C.UTF-8 collations
+        SELECT DISTINCT s.set_id, j.job_id COLLATE "C"
           FROM taken AS t
          CROSS JOIN LATERAL unnest(t.job_ids) AS j(job_id)
           JOIN sets AS s ON s.account_id = t.account_id
