@@ -212,3 +212,6 @@ def test_the_embedded_default_writes_as_the_writer(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+        from spanmeter.billing.ledger.embedded import EmbeddedPostgres
+
+        EmbeddedPostgres(tmp_path / "data").stop()  # serve leaves the embedded server up, as `db stop` documents
