@@ -338,8 +338,16 @@ def test_narrowing_the_job_sets_keeps_every_folded_job_and_new_jobs_join_their_s
         assert rollups.aggregate(conn, "jobs", "acme", NOV.start, NOV.end) == 6
         assert rollups.aggregate(conn, "jobs", "initech", NOV.start, NOV.end) == 1
         assert conn.execute("SELECT count(*) FROM usage_job_sets").fetchone()[0] == 4
+        # folding into existing sets draws no set number: the integer must not run out fold by fold
+        (counter,) = conn.execute("SELECT last_value FROM usage_job_sets_set_id_seq").fetchone()
+    for _ in range(3):
+        write(fresh_db, [row("acme", "worker_seconds", "1", t, job=f"again-{uuid.uuid4()}")])
+        with psycopg.connect(fresh_db) as conn:
+            assert rollups.fold(conn).new_jobs == 1
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT last_value FROM usage_job_sets_set_id_seq").fetchone()[0] == counter
         assert rollups.check(conn) == []
         rebuilt = rollups.rebuild(conn)
-        assert rebuilt["usage_rollup_jobs"] == 9
-        assert rollups.aggregate(conn, "jobs", "acme", NOV.start, NOV.end) == 6
+        assert rebuilt["usage_rollup_jobs"] == 12
+        assert rollups.aggregate(conn, "jobs", "acme", NOV.start, NOV.end) == 9
         assert rollups.check(conn) == []
