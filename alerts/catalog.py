@@ -13,6 +13,8 @@ derived from the name (``alerts/runbooks/<AlertName>.md``) and a ``dashboard_url
 | ``SpanmeterLedgerWriteErrors`` | warning | group commits failing (database errors, timeouts) for 5 min |
 | ``SpanmeterSpansRejected`` | warning | billable spans rejected into ``rejected_spans`` in the last hour |
 | ``SpanmeterUsageKeyConflict`` | critical | a span arrived with the key of usage already billed with other content (a squat, or a producer bug) |
+| ``SpanmeterSpansWithoutPartition`` | critical | billable spans kept as ``no_partition`` / ``archived_period``: their month has no ledger partition |
+| ``SpanmeterLedgerPartitionsRunningOut`` | warning | the newest ledger partition ends in under 45 days for 1 h (serve keeps 59+ days ahead) |
 | ``SpanmeterSpansUnattributed`` | warning | over 5 % of a count-only meter's spans carry no ``account_id`` |
 | ``SpanmeterUnauthorizedProducer`` | warning | Export calls without valid credentials, or producers sending what they may not |
 | ``SpanmeterDuplicateRateHigh`` | warning | over 20 % of usage rows received are already in the ledger (retry storm, replay loop) |
@@ -127,7 +129,7 @@ histogram_quantile(0.99, sum by (job, le) (rate(spanmeter_pipeline_lag_seconds_b
             "SpanmeterSpansRejected",
             f"""
 sum by (job, reason) (
-  increase(spanmeter_spans_rejected_total{{{job},reason!~"unauthorized_producer|key_conflict"}}[1h])
+  increase(spanmeter_spans_rejected_total{{{job},reason!~"unauthorized_producer|key_conflict|no_partition|archived_period"}}[1h])
 ) > 0
 """,
             "5m",
@@ -146,6 +148,31 @@ sum by (job, reason) (
             "{{ $value | humanize }} spans in the last hour carried the idempotency key of usage already billed "
             "with another account, job, plan or quantity: a producer re-sending another's span ids, or a "
             "producer bug. They are kept as key_conflict in rejected_spans, not billed; someone must decide.",
+            PIPELINE,
+        ),
+        Alert(
+            "SpanmeterSpansWithoutPartition",
+            f"""
+sum by (job, reason) (
+  increase(spanmeter_spans_rejected_total{{{job},reason=~"no_partition|archived_period"}}[1h])
+) > 0
+""",
+            "0m",
+            "critical",
+            "Billable spans ended in a month the ledger has no partition for.",
+            "{{ $value | humanize }} billable spans in the last hour were kept as {{ $labels.reason }} in "
+            "rejected_spans, not billed: their month has no usage_events partition (never created, or archived).",
+            PIPELINE,
+        ),
+        Alert(
+            "SpanmeterLedgerPartitionsRunningOut",
+            f"min by (job) (spanmeter_ledger_partition_horizon_seconds{{{job}}}) < 45 * 86400",
+            "1h",
+            "warning",
+            "The ledger's monthly partitions are not being created ahead.",
+            "The newest usage_events partition ends in {{ $value | humanizeDuration }}; serve keeps the current "
+            "month and the next two (59 days or more). Spans of a month without a partition are kept as "
+            "no_partition, not billed.",
             PIPELINE,
         ),
         Alert(

@@ -267,23 +267,37 @@ SELECT DISTINCT account_id, date_trunc('month', occurred_at, 'UTC') AS month_sta
 _COLUMNS = "account_id, bucket_start, meter_code, meter_version, plan_code, dimension, quantity, events, max_quantity, latest_at, latest_quantity"
 
 
+def _attached_from(conn: psycopg.Connection) -> datetime | None:
+    """The start of the oldest attached ledger partition (None: no lower bound). Months before it were archived
+    (``spanmeter db archive``): their rollups stay as they were, and no raw row is left to recompute them."""
+    row = conn.execute("SELECT CASE WHEN isfinite(from_at) THEN from_at END FROM usage_event_coverage").fetchone()
+    return row[0] if row else None
+
+
 def rebuild(conn: psycopg.Connection) -> dict[str, int]:
     """Recompute every rollup table from the raw ledger in one transaction; returns rows per table.
 
     Holds the fold lock (no folder runs meanwhile) and a SHARE lock on ``usage_events`` (ingest waits until
     the rebuild commits, nothing is lost), discards the pending deltas (the recomputation covers their
-    rows), so the rebuilt tables match the ledger exactly at commit."""
+    rows), so the rebuilt tables match the ledger exactly at commit. Archived months are left as they are:
+    only the attached partitions' months are recomputed."""
     counts: dict[str, int] = {}
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (FOLD_LOCK_ID,))
         conn.execute("LOCK TABLE usage_events IN SHARE MODE")
+        since = _attached_from(conn)
+        keep = {"since": since or datetime.min.replace(tzinfo=UTC)}
         counts["usage_rollup_deltas discarded"] = conn.execute("DELETE FROM usage_rollup_deltas").rowcount
         for table, unit in (("usage_rollups_hourly", "hour"), ("usage_rollups_daily", "day")):
-            conn.execute(f"DELETE FROM {table}")
+            conn.execute(f"DELETE FROM {table} WHERE bucket_start >= %(since)s", keep)
             cur = conn.execute(f"INSERT INTO {table} ({_COLUMNS}) {_recompute_select(unit).format(where='')}")
             counts[table] = cur.rowcount
-        conn.execute("DELETE FROM usage_job_set_members")
-        conn.execute("DELETE FROM usage_job_sets")
+        conn.execute(
+            "DELETE FROM usage_job_set_members WHERE set_id IN "
+            "(SELECT set_id FROM usage_job_sets WHERE month_start >= %(since)s)",
+            keep,
+        )
+        conn.execute("DELETE FROM usage_job_sets WHERE month_start >= %(since)s", keep)
         cur = conn.execute(  # one ledger scan: every set is new, so RETURNING names them all
             f"WITH j AS MATERIALIZED ({_JOBS_SELECT.format(and_where='')}), "
             "sets AS (INSERT INTO usage_job_sets (account_id, month_start, meter_code) "
@@ -301,9 +315,13 @@ def check(
 ) -> list[RollupDifference]:
     """Differences between the live daily rollups / distinct jobs (folded + pending deltas) and a
     recomputation from the raw ledger, for events with ``occurred_at`` in [start, end) (whole UTC days;
-    everything when omitted). Each comparison is one statement, so a fold committing meanwhile cannot
-    show as a difference."""
+    everything when omitted), within the attached partitions (an archived month has no raw rows left to
+    check against). Each comparison is one statement, so a fold committing meanwhile cannot show as a
+    difference."""
     where, params = "", {}
+    since = _attached_from(conn)
+    if since is not None:
+        start, end = (since if start is None else max(start, since)), (end or datetime.max.replace(tzinfo=UTC))
     if start is not None and end is not None:
         where, params = "WHERE occurred_at >= %(start)s AND occurred_at < %(end)s", {"start": start, "end": end}
         bucket = "AND bucket_start >= %(start)s AND bucket_start < %(end)s"
@@ -339,7 +357,9 @@ def check(
      WHERE m.job_id IS NULL OR r.job_id IS NULL
      ORDER BY 1, 2, 3, 4
     """
-    whole_months = start is None or (start.day == 1 and start.hour == 0 and end is not None and end.day == 1)
+    whole_months = start is None or (
+        start.day == 1 and start.hour == 0 and end is not None and (end.day == 1 or end.year == datetime.max.year)
+    )
     if whole_months:  # distinct jobs are kept per month: a partial-month window cannot judge them
         for *key, maintained, recomputed in conn.execute(query, params):
             differences.append(RollupDifference("usage_rollup_jobs", tuple(key), maintained, recomputed))

@@ -15,6 +15,12 @@ backlog and exports it:
 - ``spanmeter_rollup_pending_deltas``, ``spanmeter_rollup_deltas_folded_total``,
   ``spanmeter_rollup_fold_errors_total``, ``spanmeter_rollup_last_fold_timestamp_seconds``.
 
+It also keeps the ledger's monthly partitions ahead (:func:`spanmeter.billing.partitions.ensure`, at start and
+every ``partition_interval_seconds``, default an hour; every process may, the database function takes an
+advisory lock) and exports ``spanmeter_ledger_partition_horizon_seconds`` (alert
+``SpanmeterLedgerPartitionsRunningOut``); a failure is counted in ``spanmeter_ledger_partition_errors_total``
+and retried at the next tick.
+
 A database error is counted and logged once per streak; the next tick reconnects. Lifecycle: ``start()``,
 ``shutdown()`` (safe without ``start()``; a fold in progress finishes or rolls back, never half-applies).
 """
@@ -25,10 +31,11 @@ import contextlib
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 
 import psycopg
 
-from spanmeter.billing import rollups
+from spanmeter.billing import partitions, rollups
 from spanmeter.billing.ledger.database import Database
 
 from .metrics import RollupMetrics
@@ -45,6 +52,7 @@ class RollupCompactor:
         metrics: RollupMetrics,
         interval_seconds: float = 1.0,
         max_deltas_per_fold: int = 50_000,
+        partition_interval_seconds: float = partitions.CHECK_INTERVAL_SECONDS,
     ) -> None:
         self._database = database
         self._metrics = metrics
@@ -54,6 +62,9 @@ class RollupCompactor:
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection | None = None
         self._failing = False
+        self._partition_interval = partition_interval_seconds
+        self._partitions_due = 0.0  # monotonic time of the next partition check: at once
+        self._partitions_failing = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="rollup-compactor", daemon=True)
@@ -65,6 +76,42 @@ class RollupCompactor:
             self._thread.join(30)
             self._thread = None
         self._close()
+
+    def keep_partitions(self) -> list[str]:
+        """Create the months that should exist ahead and not yet do; update the horizon gauge. Returns the
+        partitions created."""
+        conn = self._connection()
+        try:
+            created = partitions.ensure(conn)
+            conn.commit()
+            horizon = partitions.coverage(conn).horizon_seconds(datetime.now(UTC))
+            conn.commit()
+        except Exception:
+            self._metrics.partition_errors.inc()
+            raise
+        self._metrics.partitions_created.inc(len(created))
+        self._metrics.partition_horizon.set(horizon)
+        if created:
+            log.info("created ledger partitions %s", ", ".join(created))
+        return created
+
+    def _keep_partitions_when_due(self) -> None:
+        if time.monotonic() < self._partitions_due:
+            return
+        try:
+            self.keep_partitions()
+            self._partitions_due = time.monotonic() + self._partition_interval
+            if self._partitions_failing:
+                log.info("keeping ledger partitions works again")
+            self._partitions_failing = False
+        except Exception as exc:  # retried next tick; folding goes on
+            if not self._partitions_failing:
+                lines = str(exc).strip().splitlines()
+                log.warning(
+                    "checking the ledger's partitions failed (retrying): %s", lines[0] if lines else type(exc).__name__
+                )
+            self._partitions_failing = True
+            self._close()
 
     def run_once(self) -> rollups.FoldResult:
         """Fold until the backlog is below one batch (or another process holds the lock); update the gauges.
@@ -90,6 +137,7 @@ class RollupCompactor:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._keep_partitions_when_due()
             try:
                 self.run_once()
                 if self._failing:

@@ -29,6 +29,9 @@ and absences behave from the first scrape.
 | ``spanmeter_rollup_deltas_folded_total`` | counter | | rollup deltas this process folded into the rollups |
 | ``spanmeter_rollup_fold_errors_total`` | counter | | fold attempts that failed (the deltas stay pending, nothing is lost) |
 | ``spanmeter_rollup_last_fold_timestamp_seconds`` | gauge | | Unix time this process last folded or found nothing to fold (0 before) |
+| ``spanmeter_ledger_partition_horizon_seconds`` | gauge | | time until the newest ``usage_events`` partition ends (serve keeps this month and the next 2) |
+| ``spanmeter_ledger_partitions_created_total`` | counter | | monthly partitions this process created |
+| ``spanmeter_ledger_partition_errors_total`` | counter | | failed checks or creations of partitions (retried every tick) |
 | ``spanmeter_billable_worker_seconds_total`` | counter | plan_code | worker seconds newly committed |
 | ``spanmeter_billable_gpu_seconds_total`` | counter | plan_code, gpu_model | GPU seconds newly committed |
 | ``spanmeter_billable_tokens_total`` | counter | plan_code, direction | tokens newly committed (input, output) |
@@ -143,6 +146,20 @@ class RollupMetrics:
         self.last_fold = Gauge(
             "spanmeter_rollup_last_fold_timestamp_seconds",
             "Unix time this process last folded deltas or found none to fold.",
+            registry=r,
+        )
+        # the ledger's monthly partitions (see spanmeter.billing.partitions), kept by the same component
+        self.partition_horizon = Gauge(
+            "spanmeter_ledger_partition_horizon_seconds",
+            "Seconds until the newest usage_events partition ends (spans of later months are kept as no_partition).",
+            registry=r,
+        )
+        self.partitions_created = Counter(
+            "spanmeter_ledger_partitions_created", "Monthly usage_events partitions this process created.", registry=r
+        )
+        self.partition_errors = Counter(
+            "spanmeter_ledger_partition_errors",
+            "Failed attempts to check or create the ledger's monthly partitions.",
             registry=r,
         )
 

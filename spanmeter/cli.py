@@ -25,7 +25,7 @@ import traceback
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from spanmeter import __version__
+from spanmeter import __version__, ledger_cli
 
 __all__ = ["main"]
 
@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         ("stop", "stop the embedded server"),
     ):
         _common(db_sub.add_parser(name, help=text))
+    ledger_cli.add_commands(db_sub, _common)
 
     auth = sub.add_parser("auth", help="producer tokens for SPANMETER_AUTH_FILE")
     auth_sub = auth.add_subparsers(dest="auth_command", required=True)
@@ -352,6 +353,9 @@ def _db(args: argparse.Namespace) -> int:
         print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
         return 0
     database = resolve_database(config.database_url, config.data_dir)
+    if args.db_command in ("partitions", "archive", "restore"):
+        migrate.prepare(database)
+        return ledger_cli.run(args, config, database, UsageError)
     if args.db_command == "upgrade":
         before, after = migrate.upgrade(database)
         print(

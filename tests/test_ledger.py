@@ -119,11 +119,15 @@ def test_the_typed_models_match_the_migrated_schema(migrated):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from spanmeter.billing.ledger.models import Base
+    from spanmeter.billing.ledger.models import LEDGER_PARTITION, Base
+
+    def not_a_partition(obj, name, type_, reflected, compare_to):  # the months are created at run time
+        return not (type_ == "table" and reflected and compare_to is None and LEDGER_PARTITION.match(name))
 
     engine = resolve_database(migrated, data_dir=None).engine()
     try:
         with engine.connect() as connection:
-            assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+            context = MigrationContext.configure(connection, opts={"include_object": not_a_partition})
+            assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()

@@ -6,7 +6,9 @@ TRUNCATE (grants do not bind a superuser, and the embedded server runs as one). 
 Its primary key is ``(occurred_at, idempotency_key)``: the key is deterministic per (span, meter) and the
 span end time is deterministic per span, so the pair identifies a usage event exactly once, while leading
 with time keeps inserts on the right edge of the B-tree on a large table, and makes the table ready for
-time partitioning (a unique key on a partitioned table must include the partition key).
+time partitioning (a unique key on a partitioned table must include the partition key). Since migration 0010
+it is range-partitioned by UTC month (see :mod:`spanmeter.billing.partitions`): its partitions are created at run
+time, so they are not models here (:data:`LEDGER_PARTITION` matches their names).
 
 ``rejected_spans`` keeps every billable span that failed validation, with the whole span (resource, scope,
 span) as serialized OTLP protobuf, so it can be inspected and replayed. ``rejected_requests`` keeps
@@ -15,6 +17,7 @@ Export requests that could not be parsed at all (raw bytes, capped).
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -34,6 +37,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -87,7 +91,55 @@ class UsageEvent(Base):
         "for backfills, replays and rows older than the column",
     )
 
-    __table_args__ = (Index("usage_events_account_time_idx", "account_id", "occurred_at"),)
+    __table_args__ = (
+        Index("usage_events_account_time_idx", "account_id", "occurred_at"),
+        {
+            "postgresql_partition_by": "RANGE (occurred_at)",
+            "comment": "The ledger: append-only usage rows, range-partitioned by UTC month on occurred_at (see "
+            "usage_event_partitions)",
+        },
+    )
+
+
+# usage_events_YYYY_MM, and usage_events_before_YYYY_MM (the table before migration 0010): created at run time
+LEDGER_PARTITION = re.compile(r"^usage_events_(before_)?\d{4}_\d{2}$")
+
+
+class UsageEventPartition(Base):
+    """An attached partition of ``usage_events`` and its bounds (``from_at`` -infinity: the legacy table)."""
+
+    __tablename__ = "usage_event_partitions"
+    __table_args__ = (
+        CheckConstraint("from_at < to_at", name="usage_event_partitions_bounds"),
+        {
+            "comment": "The partitions of usage_events that are attached, with their bounds; changed only by "
+            "spanmeter_create_usage_partitions and spanmeter db archive/restore"
+        },
+    )
+
+    partition_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    from_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    to_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    created_by: Mapped[str] = mapped_column(Text, server_default=text("session_user"))
+
+
+class UsagePartitionArchive(Base):
+    """Append-only: each ``spanmeter db archive`` and ``restore`` of a partition, with its file's checksum."""
+
+    __tablename__ = "usage_partition_archives"
+    __table_args__ = (CheckConstraint("action IN ('archived', 'restored')", name="usage_partition_archives_action"),)
+
+    archive_id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    action: Mapped[str] = mapped_column(Text)
+    partition_name: Mapped[str] = mapped_column(Text)
+    from_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    to_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    row_count: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(Text)
+    file_name: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    recorded_by: Mapped[str] = mapped_column(Text, server_default=text("session_user"))
 
 
 class RejectedSpan(Base):

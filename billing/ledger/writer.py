@@ -9,6 +9,11 @@ This is the hot path, so it speaks psycopg 3 directly (SQLAlchemy has no COPY):
    count equals the batch (the usual case) every row is new; otherwise the new rows are found as those
    whose ``xmin`` is this transaction, so retries cost a second query only when they happen.
 
+``usage_events`` is partitioned by UTC month (migration 0010). The INSERT takes only rows whose month has a
+partition (``usage_event_coverage``, read in the same statement), so a row of a month without one never
+fails the batch: it comes back in :attr:`UsageWrite.outside`, ``no_partition`` or ``archived_period``, and
+the caller keeps it as a rejected span.
+
 The caller owns the transaction: it commits after ``write_batch`` returns, and only then acknowledges.
 Span end times travel as integer microseconds since the epoch and become ``timestamptz`` in PostgreSQL,
 so the conversion is exact and identical at every receiver (nanoseconds are truncated to microseconds).
@@ -78,8 +83,20 @@ INSERT INTO usage_events (occurred_at, idempotency_key, account_id, job_id, plan
                           meter_version, quantity, unit, trace_id, span_id, metadata, producer)
 SELECT timestamptz 'epoch' + occurred_at_us * interval '1 microsecond', idempotency_key, account_id, job_id,
        plan_code, meter_code, meter_version, quantity, unit, trace_id, span_id, metadata::jsonb, producer
-FROM usage_staging
+FROM usage_staging, usage_event_coverage c
+WHERE timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' >= c.from_at
+  AND timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' < c.to_at
 ON CONFLICT DO NOTHING
+"""
+# Also only then: staged rows of a month without a partition (the INSERT left them out). A month that was
+# archived (``spanmeter db archive``) is ``archived_period``: the ledger no longer holds its keys, so the row
+# cannot be told from a duplicate.
+_OUTSIDE = """
+SELECT replace(s.idempotency_key::text, '-', ''),
+       CASE WHEN t.at < c.archived_to THEN 'archived_period' ELSE 'no_partition' END
+FROM usage_staging s CROSS JOIN usage_event_coverage c
+CROSS JOIN LATERAL (SELECT timestamptz 'epoch' + s.occurred_at_us * interval '1 microsecond' AS at) t
+WHERE (t.at >= c.from_at AND t.at < c.to_at) IS NOT TRUE
 """
 # Only when some rows were duplicates: which staged rows did this transaction insert?
 _NEW_KEYS = """
@@ -164,12 +181,14 @@ class KeyConflict:
 @dataclass(frozen=True, slots=True)
 class UsageWrite:
     """What one ``write_usage`` did: how many rows were new, and which (``None``: all of them); the staged
-    rows whose key the ledger holds with other content."""
+    rows whose key the ledger holds with other content; the staged rows of a month without a partition, as
+    (idempotency key, reason) with reason ``no_partition`` or ``archived_period``."""
 
     staged: int
     inserted: int
     inserted_keys: frozenset[str] | None
     conflicts: tuple[KeyConflict, ...] = ()
+    outside: tuple[tuple[str, str], ...] = ()
 
     def is_new(self, idempotency_key: str) -> bool:
         return self.inserted_keys is None or idempotency_key in self.inserted_keys
@@ -230,7 +249,9 @@ class LedgerWriter:
             new_keys = frozenset(key for (key,) in cur.fetchall())
             cur.execute(_CONFLICTS)
             conflicts = tuple(KeyConflict(*row) for row in cur.fetchall())
-            return UsageWrite(staged, inserted, new_keys, conflicts)
+            cur.execute(_OUTSIDE)
+            outside = tuple((key, reason) for key, reason in cur.fetchall())
+            return UsageWrite(staged, inserted, new_keys, conflicts, outside)
 
     def discard_staged(self) -> None:
         """Empty the staging table before another ``write_usage`` in the same transaction (staged rows live

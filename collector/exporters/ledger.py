@@ -115,6 +115,42 @@ def _refuse_conflicts(batch: list[PendingWrite], conflicts: tuple[KeyConflict, .
     return found
 
 
+_OUTSIDE_MESSAGES = {
+    "no_partition": (
+        "the ledger has no partition for the month this {meter} usage ended in ({ended}): kept, not billed; "
+        "create it with `spanmeter db partitions --create`, then `spanmeter dead-letter replay --reason no_partition`"
+    ),
+    "archived_period": (
+        "this {meter} usage ended in a month that was archived ({ended}): the ledger no longer holds that month's "
+        "keys, so it cannot tell this span from a duplicate; kept, not billed (restore the month with "
+        "`spanmeter db restore` before replaying it)"
+    ),
+}
+
+
+def _refuse_outside(batch: list[PendingWrite], outside: tuple[tuple[str, str], ...]) -> set[str]:
+    """Turn the rows of ``batch`` whose month has no partition into rejections of their requests
+    (``no_partition``, ``archived_period``); returns their keys."""
+    reasons = dict(outside)
+    found: set[str] = set()
+    for pending in batch:
+        for row in pending.usage_rows():
+            reason = reasons.get(row.idempotency_key)
+            if reason is None:
+                continue
+            ended = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(row.end_time_unix_nano // 10**9))
+            message = _OUTSIDE_MESSAGES[reason].format(meter=row.meter.code, ended=ended)
+            pending.refused.append(_kept_row(pending, row, reason, message, salt=b"/" + reason.encode()))
+            found.add(row.idempotency_key)
+    if found:
+        log.warning(
+            "%d usage rows ended in a month without a ledger partition; kept as %s",
+            len(found),
+            " and ".join(sorted(set(reasons.values()))),
+        )
+    return found
+
+
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
@@ -337,6 +373,8 @@ class LedgerExporter:
             for pending in batch:
                 pending.refused.clear()
         conflicted = _refuse_conflicts(batch, written.conflicts) if written.conflicts else set()
+        if written.outside:
+            conflicted |= _refuse_outside(batch, written.outside)
         writer.write_rejected_spans(
             rejected_span_row(r) for pending in batch for r in (*pending.rejections, *pending.refused)
         )
@@ -365,6 +403,7 @@ class LedgerExporter:
         written_rows: list[CompactRow] = []
         new_keys: set[str] = set()
         conflicts: list[KeyConflict] = []
+        outside: list[tuple[str, str]] = []
 
         def attempt(pending: PendingWrite, rows: list[UsageRow]) -> None:
             events: list[UsageEventRow] = [usage_event_row(row) for row in rows]
@@ -385,6 +424,7 @@ class LedgerExporter:
             written_rows.extend(map(compact_row, rows))
             new_keys.update(e[1] for e in events if result.is_new(e[1]))
             conflicts.extend(result.conflicts)
+            outside.extend(result.outside)
 
         for pending in batch:
             pending.refused.clear()
@@ -394,7 +434,9 @@ class LedgerExporter:
         refused = sum(len(p.refused) for p in batch)
         if refused:
             log.warning("%d usage rows refused by the ledger, kept in rejected_spans (ledger_refused)", refused)
-        return written_rows, UsageWrite(len(written_rows), len(new_keys), frozenset(new_keys), tuple(conflicts))
+        return written_rows, UsageWrite(
+            len(written_rows), len(new_keys), frozenset(new_keys), tuple(conflicts), tuple(outside)
+        )
 
     def _record(
         self, rows: list[CompactRow], written: UsageWrite, committed_at: float, conflicted: set[str] = frozenset()
@@ -409,7 +451,7 @@ class LedgerExporter:
         for code, _version, key, plan_code, label, quantity, end_ns in rows:
             if unclaimed is not None:
                 if key not in unclaimed:
-                    if key not in conflicted:  # a conflict is counted as a rejection, not a duplicate
+                    if key not in conflicted:  # a conflict (or no partition) is a rejection, not a duplicate
                         duplicate[code] += 1
                     continue
                 unclaimed.discard(key)

@@ -77,6 +77,8 @@ MAX_METADATA_TEXT = 512
 REJECT_REASONS = (
     "ledger_refused",  # set by the ledger exporter: the database refused the row's value (see billing.ledger.errors)
     "key_conflict",  # set by the ledger exporter: the key is already billed with other content
+    "no_partition",  # set by the ledger exporter: the span's month has no ledger partition (replayable)
+    "archived_period",  # set by the ledger exporter: the span's month was archived (restore, then replay)
     "unattributed",
     "unauthorized_producer",
     "invalid_id",

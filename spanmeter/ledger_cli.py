@@ -1,0 +1,119 @@
+"""``spanmeter db partitions | archive | restore``: the ledger's monthly partitions, from the command line.
+
+- ``db partitions``: the attached partitions (bounds, estimated rows, size), what the ledger covers and what was
+  archived; ``--create`` first creates the current month and the next ``--months-ahead`` (default 2), and
+  with ``--from YYYY-MM`` every older month down to that one (a backfill of older usage).
+- ``db archive --before YYYY-MM --to DIR``: export each closed month before YYYY-MM to a checksummed file,
+  then detach it (see :mod:`spanmeter.billing.archive` for what "closed" means).
+- ``db restore MANIFEST``: bring an archived month back from its files.
+
+All three run as the ledger's owner: creating, detaching and attaching partitions needs the parent's owner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_commands", "run"]
+
+_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def add_commands(db_sub: Any, common: Any) -> None:
+    parts = db_sub.add_parser("partitions", help="the ledger's monthly partitions; --create makes the missing ones")
+    parts.add_argument("--create", action="store_true", help="create the current month and the next ones first")
+    parts.add_argument("--months-ahead", default="2", help="with --create: months after the current one (default 2)")
+    parts.add_argument(
+        "--from", dest="back_to", metavar="YYYY-MM", help="with --create: also every older month from this one"
+    )
+    common(parts)
+    arch = db_sub.add_parser("archive", help="export closed months to checksummed files, then detach them")
+    arch.add_argument("--before", required=True, metavar="YYYY-MM", help="archive the months before this one")
+    arch.add_argument("--to", required=True, metavar="DIR", help="directory for the .copy.gz and .json files")
+    arch.add_argument("--by", default=None, help="who archives (default: $USER)")
+    common(arch)
+    rest = db_sub.add_parser("restore", help="bring an archived month back from its files")
+    rest.add_argument("manifest", help="the archive's .json manifest (or its .copy.gz)")
+    common(rest)
+
+
+def _month(text: str | None, flag: str) -> datetime | None:
+    if text is None:
+        return None
+    match = _MONTH.match(text)
+    if not match or not 1 <= int(match.group(2)) <= 12:
+        raise ValueError(f"{flag} {text!r}: write a UTC month as YYYY-MM, e.g. 2026-11")
+    return datetime(int(match.group(1)), int(match.group(2)), 1, tzinfo=UTC)
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
+def run(args: argparse.Namespace, config: Any, database: Any, usage_error: type[Exception]) -> int:
+    import psycopg
+
+    from spanmeter.billing import archive, partitions
+
+    try:
+        before = _month(getattr(args, "before", None), "--before")
+        back_to = _month(getattr(args, "back_to", None), "--from")
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    with database.connect(connect_timeout=10) as conn:
+        if args.db_command == "partitions":
+            if args.back_to and not args.create:
+                raise usage_error("--from creates older months: use it with --create")
+            if not args.months_ahead.isdigit() or not 0 <= int(args.months_ahead) <= 24:
+                raise usage_error(f"--months-ahead {args.months_ahead!r}: a whole number of months from 0 to 24")
+            if args.create:
+                try:
+                    created = partitions.ensure(conn, months_ahead=int(args.months_ahead), back_to=back_to)
+                except psycopg.errors.ObjectNotInPrerequisiteState as exc:  # e.g. --from over an archived month
+                    raise usage_error(str(exc).splitlines()[0]) from None
+                conn.commit()
+                print(f"created {', '.join(created)}" if created else "every month asked for exists already")
+            cover = partitions.coverage(conn)
+            print(f"{'partition':32} {'from':10} {'to':10} {'rows (est.)':>12} {'size':>10}")
+            for p in partitions.list_partitions(conn):
+                start = f"{p.from_at:%Y-%m-%d}" if p.from_at else "MINVALUE"
+                print(f"{p.name:32} {start:10} {p.to_at:%Y-%m-%d} {p.rows_estimate:>12,} {_size(p.total_bytes):>10}")
+            if cover.to_at is not None:
+                days = cover.horizon_seconds(datetime.now(UTC)) / 86400
+                print(f"spans are taken up to {cover.to_at:%Y-%m-%d} ({days:.0f} days ahead)")
+            if cover.archived_to is not None:
+                print(
+                    f"archived before {cover.archived_to:%Y-%m-%d}: spans of those months are kept as archived_period"
+                )
+            return 0
+        if args.db_command == "archive":
+            try:
+                done = archive.archive(
+                    conn,
+                    before,
+                    Path(args.to),
+                    max_span_age_seconds=config.max_span_age_seconds,
+                    max_clock_skew_seconds=config.max_clock_skew_seconds,
+                    by=args.by,
+                )
+            except archive.ArchiveError as exc:
+                raise usage_error(str(exc)) from None
+            for a in done:
+                print(f"archived {a.partition}: {a.rows:,} rows, sha256 {a.sha256}, {a.data_file}; detached")
+            if not done:
+                print(f"no partition ends on or before {before:%Y-%m}: nothing archived")
+            return 0
+        try:
+            restored = archive.restore(conn, Path(args.manifest))
+        except archive.ArchiveError as exc:
+            raise usage_error(str(exc)) from None
+        print(f"restored {restored.partition}: {restored.rows:,} rows, sha256 {restored.sha256}; attached")
+        return 0
