@@ -60,6 +60,7 @@ __all__ = [
     "check",
     "fold",
     "pending_deltas",
+    "raw_readers",
     "rebuild",
     "rollup_totals",
 ]
@@ -308,6 +309,16 @@ def rebuild(conn: psycopg.Connection) -> dict[str, int]:
         )
         counts["usage_rollup_jobs"] = cur.rowcount
     return counts
+
+
+def raw_readers() -> tuple[str, str]:
+    """The statements :func:`check` (and so ``spanmeter reconcile``) reads the raw ledger with, for a window
+    ``%(start)s``..``%(end)s``: bounded by ``occurred_at``, so only that window's partitions are read."""
+    where = "WHERE occurred_at >= %(start)s AND occurred_at < %(end)s"
+    return (
+        _recompute_select("day").format(where=where),
+        _JOBS_SELECT.format(and_where="AND occurred_at >= %(start)s AND occurred_at < %(end)s"),
+    )
 
 
 def check(

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Select, func, select
 
 from .ledger.models import UsageEvent
 
-__all__ = ["MeterTotal", "usage_totals"]
+__all__ = ["MeterTotal", "usage_statement", "usage_totals"]
 
 
 @dataclass(frozen=True)
@@ -25,14 +25,20 @@ class MeterTotal:
     events: int
 
 
-def usage_totals(engine: Engine, account_id: str, start: datetime, end: datetime) -> list[MeterTotal]:
-    statement = (
+def usage_statement(account_id: str, start: datetime, end: datetime) -> Select:
+    """The query behind :func:`usage_totals`: bounded by ``occurred_at``, so PostgreSQL reads only the monthly
+    partitions of ``usage_events`` that overlap ``[start, end)``."""
+    return (
         select(UsageEvent.meter_code, UsageEvent.unit, func.sum(UsageEvent.quantity), func.count())
         .where(UsageEvent.account_id == account_id)
         .where(UsageEvent.occurred_at >= start, UsageEvent.occurred_at < end)
         .group_by(UsageEvent.meter_code, UsageEvent.unit)
         .order_by(UsageEvent.meter_code)
     )
+
+
+def usage_totals(engine: Engine, account_id: str, start: datetime, end: datetime) -> list[MeterTotal]:
+    statement = usage_statement(account_id, start, end)
     with engine.connect() as connection:
         return [
             MeterTotal(code, unit, Decimal(total), count) for code, unit, total, count in connection.execute(statement)

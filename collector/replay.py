@@ -266,7 +266,17 @@ def replay(
             report.billed_spans += 1
         # one COPY for every replayed span (the staging table empties only at commit)
         written = writer.write_usage(rows)
-        report.new_rows, report.duplicate_rows = written.inserted, written.staged - written.inserted
+        outside = dict(written.outside)  # a month without a partition: not billed, the span stays pending
+        if outside:
+            kept = [r for r in records if not outside.keys() & set(r[5])]
+            for record in records:
+                reasons = {outside[k] for k in record[5] if k in outside}
+                if reasons:
+                    report.rejected_again[min(reasons)] += 1
+            report.billed_spans -= len(records) - len(kept)
+            records = kept
+        report.new_rows = written.inserted
+        report.duplicate_rows = written.staged - written.inserted - len(outside)
         if records:
             with conn.cursor() as cur:
                 cur.executemany(_RECORD, records)

@@ -56,6 +56,7 @@ from .meters import (
 from .requests import ENTRY_KINDS, ServiceRequest, service_request
 
 __all__ = [
+    "LEDGER_REASONS",
     "REJECT_REASONS",
     "MeteringLimits",
     "MeteringResult",
@@ -89,6 +90,8 @@ REJECT_REASONS = (
     "invalid_tokens",
     "invalid_gpu_count",
 )
+# the reasons only the ledger exporter gives, after metering (the metering cores never do)
+LEDGER_REASONS = ("ledger_refused", "key_conflict", "no_partition", "archived_period")
 
 
 class ProducerPolicy(Protocol):
