@@ -23,6 +23,7 @@ derived from the name (``alerts/runbooks/<AlertName>.md``) and a ``dashboard_url
 | ``SpanmeterBillingMetricsStale`` | warning | quota and reconciliation gauges not refreshed for 10 min (then ``for`` 5 min) |
 | ``SpanmeterAccountQuotaHigh`` | warning | an account used 75 % of an included quota (or commitment) this month |
 | ``SpanmeterAccountQuotaExhausted`` | critical | an account used all of it |
+| ``SpanmeterReadReplicaLagging`` | warning | the read replica (``SPANMETER_READ_DATABASE_URL``) is over 5 min behind, or its lag unmeasured that long, for 10 min |
 
 The SLO burn-rate family ``SpanmeterErrorBudgetBurn`` is generated from ``alerts/slos.yaml`` (see :mod:`.slo`).
 """
@@ -286,6 +287,22 @@ def _billing(profile: Profile) -> list[Alert]:
             "An account has used all of an included quota this month.",
             "Account {{ $labels.account_id }} has used {{ $value | humanizePercentage }} of its "
             f"{_ALLOWANCE}: further usage is billed as overage.",
+            BILLING,
+        ),
+        Alert(
+            "SpanmeterReadReplicaLagging",
+            f"""
+max by (job) (spanmeter_read_replica_replay_delay_seconds{{{job}}}) > 300
+or
+max by (job) (time() - spanmeter_read_replica_last_measured_timestamp_seconds{{{job}}}) > 300
+""",
+            "10m",
+            "warning",
+            "Reads of the ledger's read replica are more than 5 minutes behind the primary.",
+            "The read replica is {{ $value | humanizeDuration }} behind the primary, or its lag has not been "
+            "measured for that long (replica or primary unreachable from serve). Usage, invoice drafts, exports "
+            "and the Grafana ledger datasource read it and miss the newest usage; finalized invoices read the "
+            "primary and are not affected.",
             BILLING,
         ),
     ]

@@ -11,6 +11,8 @@ each bad setting and how to fix it; after start-up nothing re-reads the environm
 | ``SPANMETER_METRICS_PORT`` | ``9464`` | Prometheus ``/metrics``, ``/healthz``, ``/readyz`` port (0: any free port) |
 | ``SPANMETER_METRICS_HOST`` | host of the OTLP endpoint | address the metrics server binds |
 | ``SPANMETER_DATABASE_URL`` | unset: embedded PostgreSQL | PostgreSQL URL (libpq or SQLAlchemy form) |
+| ``SPANMETER_READ_DATABASE_URL`` | unset: read the primary | a hot standby of the ledger for reads that may lag: usage, invoice drafts, exports (see :mod:`spanmeter.billing.ledger.replica`); needs ``SPANMETER_DATABASE_URL`` |
+| ``SPANMETER_READ_STALE_AFTER_SECONDS`` | ``60`` | a command that read the replica says so on stderr when its replay is further behind (or paused) |
 | ``SPANMETER_DATA_DIR`` | ``./.spanmeter`` | where the embedded PostgreSQL keeps its data |
 | ``SPANMETER_LEDGER_WRITE_TIMEOUT_SECONDS`` | ``5`` | a request not committed within this is answered UNAVAILABLE |
 | ``SPANMETER_LEDGER_BATCH_MAX_ROWS`` | ``20000`` | most usage rows one group commit writes |
@@ -69,6 +71,8 @@ class CollectorConfig:
     metrics_port: int = 9464
     metrics_host: str | None = None
     database_url: str | None = None
+    read_database_url: str | None = None
+    read_stale_after_seconds: float = 60.0
     data_dir: Path = Path(".spanmeter")
     ledger_write_timeout_seconds: float = 5.0
     billing_metrics_interval_seconds: float = 60.0
@@ -147,6 +151,8 @@ _ENV: dict[str, tuple[str, str]] = {
     "metrics_port": ("SPANMETER_METRICS_PORT", "port"),
     "metrics_host": ("SPANMETER_METRICS_HOST", "str"),
     "database_url": ("SPANMETER_DATABASE_URL", "database_url"),
+    "read_database_url": ("SPANMETER_READ_DATABASE_URL", "read_database_url"),
+    "read_stale_after_seconds": ("SPANMETER_READ_STALE_AFTER_SECONDS", "positive_float"),
     "data_dir": ("SPANMETER_DATA_DIR", "path"),
     "ledger_write_timeout_seconds": ("SPANMETER_LEDGER_WRITE_TIMEOUT_SECONDS", "positive_float"),
     "billing_metrics_interval_seconds": ("SPANMETER_BILLING_METRICS_INTERVAL_SECONDS", "positive_float"),
@@ -239,7 +245,7 @@ def _parse(kind: str, raw: Any) -> Any:
         if "other" in items:
             raise ValueError("'other' is reserved for values outside the list")
         return items
-    if kind == "database_url":
+    if kind in ("database_url", "read_database_url"):
         normalize_database_url(text)  # raises DatabaseUrlError with libpq's reason
         return text
     if kind == "log_level":
@@ -264,6 +270,8 @@ _HOW = {
     "processes": "write a whole number from 1 to 64 (one receiver process per core is the usual choice)",
     "list": "write comma-separated values, e.g. starter,growth",
     "database_url": "write e.g. postgresql://user:password@host:5432/spanmeter, or unset it for the embedded database",
+    "read_database_url": "write the hot standby's URL, e.g. postgresql://user:password@replica:5432/spanmeter, or "
+    "unset it to read the primary",
     "log_level": "write DEBUG, INFO, WARNING or ERROR",
     "log_format": "write text or json",
     "file": "give the path of an existing, readable file",
@@ -293,6 +301,11 @@ def load_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None 
     config = CollectorConfig(**values)
     if (config.tls_cert_file is None) != (config.tls_key_file is None):
         problems.append("SPANMETER_TLS_CERT_FILE and SPANMETER_TLS_KEY_FILE go together: set both, or neither")
+    if config.read_database_url and not config.database_url:
+        problems.append(
+            "SPANMETER_READ_DATABASE_URL (--read-database-url) names a replica of a configured primary: set "
+            "SPANMETER_DATABASE_URL (--database-url) too (the embedded database has no replicas), or unset it"
+        )
     if config.tls_client_ca_file is not None and config.tls_cert_file is None:
         problems.append("SPANMETER_TLS_CLIENT_CA_FILE (mTLS) needs SPANMETER_TLS_CERT_FILE and SPANMETER_TLS_KEY_FILE")
     if problems:

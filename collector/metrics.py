@@ -38,6 +38,11 @@ and absences behave from the first scrape.
 | ``spanmeter_billable_api_requests_total`` | counter | plan_code | API requests newly committed |
 | ``spanmeter_service_requests_total`` | counter | service, operation, outcome | entry spans (SERVER, CONSUMER) of the instrumented services: the request SLIs (``outcome`` ok, error) |
 | ``spanmeter_service_request_duration_seconds`` | histogram | service, operation | their durations |
+| ``spanmeter_read_replica_lag_bytes`` | gauge | | WAL the primary wrote that the read replica has not replayed (only with ``SPANMETER_READ_DATABASE_URL``) |
+| ``spanmeter_read_replica_replay_delay_seconds`` | gauge | | 0 when the replica has replayed everything, else the age of the last transaction it replayed |
+| ``spanmeter_read_replica_replay_paused`` | gauge | | 1 while replay on the replica is paused (``pg_wal_replay_pause()``) |
+| ``spanmeter_read_replica_last_measured_timestamp_seconds`` | gauge | | Unix time of the last successful measurement (0 before the first) |
+| ``spanmeter_read_replica_measure_errors_total`` | counter | | failed measurements (replica or primary unreachable; the previous values stay) |
 
 The request SLIs (see :mod:`.processors.requests`) have open-ended label values, so they are capped: the
 first ``SPANMETER_SLI_MAX_SERIES`` distinct (service, operation) pairs keep their names, later pairs of a
@@ -60,7 +65,7 @@ from .processors.meters import METER_CODES
 from .processors.native import FALLBACK_REASONS, metering_mode
 from .processors.usage import REJECT_REASONS
 
-__all__ = ["GRPC_CODES", "OVERFLOW", "CollectorMetrics", "LabelCap", "RollupMetrics", "SeriesCap"]
+__all__ = ["GRPC_CODES", "OVERFLOW", "CollectorMetrics", "LabelCap", "ReadReplicaMetrics", "RollupMetrics", "SeriesCap"]
 
 GRPC_CODES = (
     "OK",
@@ -340,3 +345,34 @@ class CollectorMetrics:
                 self.billable_tokens.labels(plan, direction)
             for gpu in self.gpu_cap.values:
                 self.billable_gpu_seconds.labels(plan, gpu)
+
+
+class ReadReplicaMetrics:
+    """How far the read replica is behind (see :mod:`.replica_lag`): registered only when
+    ``SPANMETER_READ_DATABASE_URL`` is set, in the process that serves ``/metrics``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.lag_bytes = Gauge(
+            "spanmeter_read_replica_lag_bytes",
+            "WAL the primary wrote that the read replica has not replayed yet (pg_wal_lsn_diff).",
+            registry=r,
+        )
+        self.replay_delay = Gauge(
+            "spanmeter_read_replica_replay_delay_seconds",
+            "0 when the read replica has replayed all the primary's WAL, else the age of its last replayed transaction.",
+            registry=r,
+        )
+        self.replay_paused = Gauge(
+            "spanmeter_read_replica_replay_paused", "1 while replay on the read replica is paused.", registry=r
+        )
+        self.last_measured = Gauge(
+            "spanmeter_read_replica_last_measured_timestamp_seconds",
+            "Unix time of the last successful measurement of the read replica's lag (0 before the first).",
+            registry=r,
+        )
+        self.measure_errors = Counter(
+            "spanmeter_read_replica_measure_errors",
+            "Failed measurements of the read replica's lag (the previous values stay).",
+            registry=r,
+        )

@@ -39,6 +39,7 @@ from .http_receiver import HttpReceiver
 from .http_server import ThreadedServer
 from .metrics import CollectorMetrics, RollupMetrics
 from .receiver import TraceReceiver
+from .replica_lag import ReplicaLagMonitor, start_lag_monitor
 from .schema import LedgerAccess, LedgerSchema, PrivilegedCredential, ledger_access
 
 __all__ = ["CollectorServer", "ListenAddresses"]
@@ -82,6 +83,7 @@ class CollectorServer:
         self._readiness: Readiness | None = None
         self._billing_metrics: BillingMetrics | None = None
         self._compactor: RollupCompactor | None = None
+        self._replica_lag: ReplicaLagMonitor | None = None
         self._schema: LedgerSchema | None = None
         self.registry = CollectorRegistry(auto_describe=True)
 
@@ -192,6 +194,8 @@ class CollectorServer:
         self._billing_metrics.start()
         self._compactor = RollupCompactor(database, RollupMetrics(self.registry), config.rollup_fold_interval_seconds)
         self._compactor.start()
+        # only the lag of the read replica: serve itself reads the primary (duplicate checks, readiness, folds)
+        self._replica_lag = start_lag_monitor(config, database, self.registry)
 
         metrics_address = None
         if config.metrics_port or config.metrics_port == 0:
@@ -243,6 +247,9 @@ class CollectorServer:
         if self._compactor is not None:
             self._compactor.shutdown()
             self._compactor = None
+        if self._replica_lag is not None:
+            self._replica_lag.shutdown()
+            self._replica_lag = None
         if self._http is not None:
             self._http.shutdown(1.0)
             self._http = None

@@ -26,7 +26,7 @@ Metrics across processes (prometheus_client's multiprocess mode, one directory p
 | ``spanmeter_ledger_last_commit_timestamp_seconds`` | max (the latest commit of any receiver) |
 | ``spanmeter_oldest_pending_span_age_seconds`` | max over running receivers, sampled every second |
 | ``spanmeter_ledger_pending_requests`` | sum over running receivers, sampled every second |
-| ``spanmeter_rollup_*``, billing metrics | the supervisor's own (it alone folds and refreshes) |
+| ``spanmeter_rollup_*``, billing metrics, ``spanmeter_read_replica_*`` | the supervisor's own (it alone folds, refreshes and measures) |
 | ``process_*`` | the supervisor process only (receivers' CPU and memory: cgroup or node metrics) |
 
 The request-SLI label cap (``SPANMETER_SLI_MAX_SERIES``) applies per receiver process.
@@ -60,6 +60,7 @@ from .config import CollectorConfig
 from .health import health_server
 from .http_server import ThreadedServer, bind
 from .metrics import RollupMetrics
+from .replica_lag import ReplicaLagMonitor, start_lag_monitor
 from .schema import LedgerSchema, PrivilegedCredential, ledger_access
 from .server import ListenAddresses, Readiness, _describe_security
 
@@ -137,6 +138,7 @@ class Supervisor:
         self._readiness: _Readiness | None = None
         self._compactor: RollupCompactor | None = None
         self._billing_metrics: BillingMetrics | None = None
+        self._replica_lag: ReplicaLagMonitor | None = None
         self._monitor: threading.Thread | None = None
         self._schema: LedgerSchema | None = None
 
@@ -182,6 +184,7 @@ class Supervisor:
         self._compactor.start()
         self._billing_metrics = BillingMetrics(database, registry, config.billing_metrics_interval_seconds)
         self._billing_metrics.start()
+        self._replica_lag = start_lag_monitor(config, database, registry)
         metrics_address = None
         if config.metrics_port or config.metrics_port == 0:
             self._readiness = _Readiness(database, self)
@@ -223,10 +226,10 @@ class Supervisor:
                 proc.join(5)
         if self._monitor is not None:
             self._monitor.join(5)
-        for part in (self._compactor, self._billing_metrics):
+        for part in (self._compactor, self._billing_metrics, self._replica_lag):
             if part is not None:
                 part.shutdown()
-        self._compactor = self._billing_metrics = None
+        self._compactor = self._billing_metrics = self._replica_lag = None
         if self._http is not None:
             self._http.shutdown(1.0)
             self._http = None

@@ -10,6 +10,9 @@
     spanmeter export usage|invoices|focus --period YYYY-MM [--account ID] [--format json|csv]
 
 Every command migrates the schema first (idempotent) and exits with status 2 and a message on bad input.
+Invoice drafts (``invoice`` without ``--finalize``, ``shadow-report``) and ``export`` read the replica of
+``--read-database-url`` / ``SPANMETER_READ_DATABASE_URL`` when one is configured; ``invoice --finalize``,
+``reconcile`` and every other command read the primary, always (see :mod:`spanmeter.billing.ledger.replica`).
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 from spanmeter.cli import UsageError as CommandError
-from spanmeter.cli import _common, _parse_time
+from spanmeter.cli import _common, _note_staleness, _parse_time, _read_databases, _read_replica
 
 __all__ = ["COMMANDS", "register"]
 
@@ -89,6 +92,7 @@ def register(sub: Any) -> None:
     )
     invoice.add_argument("--by", help="who finalizes (default: $USER)")
     _common(invoice)
+    _read_replica(invoice)  # drafts only: --finalize reads the primary
 
     reconcile = sub.add_parser(
         "reconcile", help="compare raw ledger, rollups and invoices for a period; store the result"
@@ -108,22 +112,55 @@ def register(sub: Any) -> None:
     export.add_argument("--publisher", help="focus: PublisherName (default: the provider)")
     export.add_argument("--invoice-issuer", help="focus: InvoiceIssuerName (default: the provider)")
     _common(export)
+    _read_replica(export)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from spanmeter.collector.config import load_config
+
+    overrides = {
+        "database_url": args.database_url,
+        "data_dir": args.data_dir,
+        "read_database_url": getattr(args, "read_database_url", None),
+    }
+    return load_config(os.environ, overrides)
 
 
 @contextmanager
 def _connect(args: argparse.Namespace) -> Iterator[Any]:
+    """A connection to the primary, whatever --read-database-url says: for commands that write, and for
+    reads that must be exact when they commit (finalizing an invoice, reconciling, checking rollups)."""
     import psycopg
 
     from spanmeter.billing.ledger import migrate
-    from spanmeter.billing.ledger.database import resolve_database
-    from spanmeter.collector.config import load_config
+    from spanmeter.billing.ledger.replica import resolve_databases
 
-    config = load_config(os.environ, {"database_url": args.database_url, "data_dir": args.data_dir})
+    config = _config(args)
     # a command that only reads never creates an embedded ledger where none exists (it says where it looked)
-    database = resolve_database(config.database_url, config.data_dir, create=not _reads_only(args))
-    migrate.prepare(database)  # the embedded ledger is migrated; a configured one only checked
-    with psycopg.connect(database.conninfo) as conn:
+    primary = resolve_databases(config.database_url, None, config.data_dir, create=not _reads_only(args)).primary
+    migrate.prepare(primary)  # the embedded ledger is migrated; a configured one only checked
+    with psycopg.connect(primary.conninfo) as conn:
         yield conn
+
+
+T = TypeVar("T")
+
+
+def _read(args: argparse.Namespace, work: Callable[[Any], T]) -> T:
+    """``work(conn)`` on the read replica when one is configured, else on the primary: for reads that may lag
+    (drafts, exports). One read-only snapshot, run again after a recovery conflict: ``work`` only reads."""
+    from spanmeter.billing.ledger.replica import read_connection
+
+    config = _config(args)
+    databases = _read_databases(config, create=not _reads_only(args))
+
+    def once(database: Any) -> T:
+        with read_connection(database) as conn:
+            return work(conn)
+
+    result = databases.read(once)
+    _note_staleness(databases, config)
+    return result
 
 
 def _reads_only(args: argparse.Namespace) -> bool:
@@ -361,16 +398,18 @@ def _invoice(args: argparse.Namespace) -> int:
     if args.action == "shadow-report":
         if not args.shadow:
             raise CommandError("shadow-report needs --shadow VERSION")
-        with _connect(args) as conn:
+
+        def shadow_reports(conn: Any) -> list[Any]:
             accounts = sorted({s.account_id for s in subscriptions.history(conn)})
-            reports = []
-            for account in accounts:
-                if subscriptions.segments(conn, account, period.start, period.end):
-                    reports.append(
-                        invoices.shadow_comparison(
-                            conn, account, period, args.shadow, pricing=args.pricing, transition=transition
-                        )
-                    )
+            return [
+                invoices.shadow_comparison(
+                    conn, account, period, args.shadow, pricing=args.pricing, transition=transition
+                )
+                for account in accounts
+                if subscriptions.segments(conn, account, period.start, period.end)
+            ]
+
+        reports = _read(args, shadow_reports)
         if args.format == "json":
             _print_json([r.to_dict() for r in reports])
             return 0
@@ -389,10 +428,20 @@ def _invoice(args: argparse.Namespace) -> int:
         return 0
     if not args.account:
         raise CommandError("invoice needs --account (or use `invoice shadow-report`)")
-    with _connect(args) as conn:
-        if args.finalize:
-            if args.pricing:
-                raise CommandError("--finalize rates by the subscription; drop --pricing")
+
+    def shadow(conn: Any) -> Any:
+        if not args.shadow:
+            return None
+        return invoices.shadow_comparison(
+            conn, args.account, period, args.shadow, pricing=args.pricing, transition=transition
+        )
+
+    if args.finalize:
+        if args.pricing:
+            raise CommandError("--finalize rates by the subscription; drop --pricing")
+        # the primary, always: the invoice is built from what is committed there and stored in the same
+        # transaction (under the period's advisory lock); a replica's figures may be behind
+        with _connect(args) as conn:
             invoice, created = invoices.finalize_invoice(
                 conn, args.account, period, now=datetime.now(UTC), finalized_by=_who(args), drift_window=_drift_window()
             )
@@ -401,14 +450,14 @@ def _invoice(args: argparse.Namespace) -> int:
                 f"{invoice.invoice_number} finalized" if created else f"{invoice.invoice_number} was already finalized",
                 file=sys.stderr,
             )
-        else:
-            invoice = invoices.build_invoice(conn, args.account, period, pricing_override=args.pricing)
-        comparison = (
-            invoices.shadow_comparison(
-                conn, args.account, period, args.shadow, pricing=args.pricing, transition=transition
-            )
-            if args.shadow
-            else None
+            comparison = shadow(conn)
+    else:  # a draft: the read replica when configured
+        invoice, comparison = _read(
+            args,
+            lambda conn: (
+                invoices.build_invoice(conn, args.account, period, pricing_override=args.pricing),
+                shadow(conn),
+            ),
         )
     document = invoice.to_dict()
     if args.format == "json":
@@ -447,9 +496,8 @@ def _export(args: argparse.Namespace) -> int:
     from spanmeter.billing import exports
 
     period = _period(args.period)
-    with _connect(args) as conn:
-        parties = exports.FocusParties(args.provider, args.publisher, args.invoice_issuer)
-        rows = exports.export(conn, args.what, period, args.account, parties)
+    parties = exports.FocusParties(args.provider, args.publisher, args.invoice_issuer)
+    rows = _read(args, lambda conn: exports.export(conn, args.what, period, args.account, parties))  # may lag
     if args.format == "json":
         _print_json(rows)
     else:

@@ -3,12 +3,14 @@
     spanmeter serve [--otlp-endpoint HOST:PORT] [--metrics-port N] [--database-url URL] [--data-dir DIR]
     spanmeter demo [--documents N] [--broker URL]      (the main job: a metered Django + Celery pipeline)
     spanmeter db upgrade | url | stop
-    spanmeter usage --account ID [--from DATE] [--to DATE] [--format table|json|csv]
+    spanmeter usage --account ID [--from DATE] [--to DATE] [--format table|json|csv] [--read-database-url URL]
     spanmeter dead-letter list | show ID | replay --reason R | resolve ID --decision D --why TEXT
     spanmeter subscription | rollups | ledger adjust | invoice | reconcile | export   (billing: see billing_cli)
 
 Every command reads the same ``SPANMETER_*`` variables (see :mod:`spanmeter.collector.config`); flags win.
-Bad configuration exits with status 2 and one message naming every bad setting.
+Bad configuration exits with status 2 and one message naming every bad setting. ``usage``, invoice drafts
+and ``export`` read the replica of ``--read-database-url`` when one is configured; everything else reads
+and writes the primary (see :mod:`spanmeter.billing.ledger.replica`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ __all__ = ["main"]
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", help="PostgreSQL URL (default: the embedded database)")
     parser.add_argument("--data-dir", help="embedded database directory (default: ./.spanmeter)")
+
+
+def _read_replica(parser: argparse.ArgumentParser) -> None:
+    """For commands whose reads may lag: they read this hot standby instead of the primary."""
+    parser.add_argument(
+        "--read-database-url",
+        help="a hot standby of the ledger to read instead of the primary (env SPANMETER_READ_DATABASE_URL; "
+        "'' reads the primary)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="serve with a superuser or the ledger tables' owner (it could disable the append-only triggers); "
         "env SPANMETER_ALLOW_OWNER",
+    )
+    serve.add_argument(
+        "--read-database-url",
+        help="the ledger's read replica, to export its lag as spanmeter_read_replica_* (serve itself reads the "
+        "primary); env SPANMETER_READ_DATABASE_URL",
     )
     _common(serve)
 
@@ -100,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         "--format", choices=("table", "json", "csv"), default="table", help="output format (default table)"
     )
     _common(usage)
+    _read_replica(usage)
 
     ingest = sub.add_parser("ingest", help="backfill OTLP trace files into the ledger (idempotent, safe to re-run)")
     ingest.add_argument(
@@ -160,8 +177,42 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace, **extra: Any) -> Any:
     from spanmeter.collector.config import load_config
 
-    overrides = {"database_url": args.database_url, "data_dir": args.data_dir, **extra}
+    overrides = {
+        "database_url": args.database_url,
+        "data_dir": args.data_dir,
+        "read_database_url": getattr(args, "read_database_url", None),
+        **extra,
+    }
     return load_config(os.environ, overrides)
+
+
+def _read_databases(config: Any, create: bool = False) -> Any:
+    """The primary and the configured replica, each ready for reading: the embedded primary migrated, a
+    configured one checked; a replica only checked (its schema is the primary's as replayed)."""
+    from spanmeter.billing.ledger import migrate
+    from spanmeter.billing.ledger.replica import check_replica_schema, resolve_databases
+
+    databases = resolve_databases(config.database_url, config.read_database_url, config.data_dir, create=create)
+    if databases.replica is None:
+        migrate.prepare(databases.primary)
+    else:
+        check_replica_schema(databases)
+    return databases
+
+
+def _note_staleness(databases: Any, config: Any) -> None:
+    """After a read of the replica: one line on stderr when its figures may miss recent usage."""
+    if databases.replica is None:
+        return
+    from spanmeter.billing.ledger.replica import measure_lag
+
+    try:
+        note = measure_lag(databases.primary, databases.replica).stale_note(config.read_stale_after_seconds)
+    except Exception as exc:  # the primary away: the replica's answer still stands, say what it is
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        note = f"could not compare the read replica with the primary ({first}): figures as of its last replay"
+    if note:
+        print(f"spanmeter: note: {note}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,10 +262,13 @@ def _explain(exc: Exception) -> int:
 
     from spanmeter.billing.ledger.database import NoLedgerHere
     from spanmeter.billing.ledger.migrate import SchemaNotCurrent
+    from spanmeter.billing.ledger.replica import ReadReplicaError, ReplicaConflict
 
     cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None else exc
     first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    if isinstance(exc, (NoLedgerHere, SchemaNotCurrent)):
+    if isinstance(exc, ReplicaConflict):  # transient: retrying may well work
+        return _fail(str(exc), 1)
+    if isinstance(exc, (NoLedgerHere, SchemaNotCurrent, ReadReplicaError)):
         return _fail(str(exc))
     if isinstance(cause, psycopg.errors.UndefinedTable):
         return _fail(f"the ledger has no spanmeter schema ({first}): run `spanmeter db upgrade` as its owner")
@@ -300,6 +354,11 @@ def _serve(args: argparse.Namespace) -> int:
     if addresses.metrics:
         print(f"  metrics    http://{addresses.metrics}/metrics  (/healthz, /readyz)", flush=True)
     print(f"  ledger     {addresses.database}", flush=True)
+    if config.read_database_url:
+        from spanmeter.billing.ledger.replica import replica_database
+
+        replica = replica_database(config.read_database_url).description
+        print(f"  replica    {replica}: lag as spanmeter_read_replica_* (serve reads the primary)", flush=True)
     print(f"  security   {addresses.security}", flush=True)
     from spanmeter.collector.processors.native import metering_mode
 
@@ -383,8 +442,8 @@ def _parse_time(text: str, flag: str) -> datetime:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from spanmeter.billing.ledger import migrate
-    from spanmeter.billing.ledger.database import resolve_database
+    from spanmeter.billing.ledger.replica import read_connection
+    from spanmeter.billing.quotas import month_to_date
     from spanmeter.billing.usage import usage_totals
 
     config = _config(args)
@@ -394,14 +453,21 @@ def _usage(args: argparse.Namespace) -> int:
     end = _parse_time(args.end, "--to") if args.end else (month_start + timedelta(days=32)).replace(day=1)
     if end <= start:
         raise UsageError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
-    database = resolve_database(config.database_url, config.data_dir, create=False)
-    migrate.prepare(database)
-    engine = database.engine()
-    try:
-        totals = usage_totals(engine, args.account, start, end)
-    finally:
-        engine.dispose()
-    mtd = _month_to_date(database, args.account, now) if not (args.start or args.end) else None
+    databases = _read_databases(config)
+
+    def read(database: Any) -> tuple[Any, Any]:  # the replica when configured: usage may lag
+        engine = database.engine()
+        try:
+            totals = usage_totals(engine, args.account, start, end)
+        finally:
+            engine.dispose()
+        if args.start or args.end:
+            return totals, None
+        with read_connection(database) as conn:  # month to date when the account has a subscription
+            return totals, month_to_date(conn, args.account, now)
+
+    totals, mtd = databases.read(read)
+    _note_staleness(databases, config)
     if args.format == "json":
         doc = {
             "account_id": args.account,
@@ -449,18 +515,6 @@ def _usage(args: argparse.Namespace) -> int:
             print(f"  invoice so far   {mtd.invoice_so_far:>16,.2f} {mtd.currency}")
             print(f"  projected month  {mtd.projected_total:>16,.2f} {mtd.currency} (linear estimate)")
     return 0
-
-
-def _month_to_date(database: Any, account: str, now: datetime) -> Any:
-    """Month-to-date figures when the account has a subscription (None otherwise)."""
-    import psycopg
-
-    from spanmeter.billing.ledger import migrate
-    from spanmeter.billing.quotas import month_to_date
-
-    migrate.upgrade(database)
-    with psycopg.connect(database.conninfo) as conn:
-        return month_to_date(conn, account, now)
 
 
 def _ingest(args: argparse.Namespace) -> int:
