@@ -6,7 +6,9 @@ lookup by key alone, i.e. a unique index led by a random 128-bit key: every inse
 page. This measures that cost side by side: two tables with the ledger's key columns and indexes, each
 prefilled with ``--prefill-rows`` rows (time-ordered, random keys), then alternating 200,000-row COPY +
 ``INSERT … ON CONFLICT DO NOTHING`` batches into each (median of ``--rounds`` per table), the second table
-with the extra ``UNIQUE (idempotency_key)``.
+with the extra ``UNIQUE (idempotency_key)``, the third with a (non-unique) hash index on the key that the
+INSERT probes for the same key at another end time (``WHERE NOT EXISTS``): detection without a B-tree, exact
+except between two concurrent transactions.
 
     python bench/key_registry_cost.py --database-url postgresql://postgres@127.0.0.1/postgres
 
@@ -17,6 +19,7 @@ bench/README.md ("The key registry, measured").
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import uuid
@@ -31,7 +34,7 @@ CREATE TABLE {t} (occurred_at timestamptz NOT NULL, idempotency_key uuid NOT NUL
   PRIMARY KEY (occurred_at, idempotency_key));
 CREATE INDEX ON {t} (account_id, occurred_at);
 """
-BATCH = 200_000
+BATCH = int(os.environ.get("KEY_BENCH_BATCH_ROWS", "200000"))
 
 
 def _batch(start_us: int) -> bytes:
@@ -62,6 +65,7 @@ def main() -> None:
             for table, extra in (
                 ("ledger_pk", ""),
                 ("key_registry", "CREATE UNIQUE INDEX ON key_registry (idempotency_key)"),
+                ("hash_probe", "CREATE INDEX ON hash_probe USING hash (idempotency_key)"),
             ):
                 conn.execute(f"CREATE TABLE {table} (LIKE base INCLUDING ALL)")
                 conn.execute(f"INSERT INTO {table} SELECT * FROM base")
@@ -71,12 +75,13 @@ def main() -> None:
             conn.execute("DROP TABLE base")
             conn.execute("CHECKPOINT")
             shared_buffers = conn.execute("SHOW shared_buffers").fetchone()[0]
-        rates: dict[str, list[float]] = {"ledger_pk": [], "key_registry": []}
+        rates: dict[str, list[float]] = {"ledger_pk": [], "key_registry": [], "hash_probe": []}
         start_us = int(time.time() * 1e6)
         with psycopg.connect(dsn) as conn:
             conn.execute("CREATE TEMP TABLE s (us bigint, k uuid, a text, m text, q numeric, md text)")
             for round_no in range(args.rounds):
-                order = ("ledger_pk", "key_registry") if round_no % 2 == 0 else ("key_registry", "ledger_pk")
+                order = ("ledger_pk", "key_registry", "hash_probe")
+                order = order if round_no % 2 == 0 else order[::-1]
                 for table in order:
                     data = _batch(start_us)
                     start_us += BATCH
@@ -84,17 +89,24 @@ def main() -> None:
                     with conn.cursor() as cur:
                         with cur.copy("COPY s FROM STDIN") as copy:
                             copy.write(data)
+                        probe = (
+                            f"WHERE NOT EXISTS (SELECT FROM {table} u WHERE u.idempotency_key = s.k "
+                            "AND u.occurred_at <> timestamptz 'epoch' + s.us * interval '1 microsecond') "
+                            if table == "hash_probe"
+                            else ""
+                        )
                         cur.execute(
                             f"INSERT INTO {table} SELECT timestamptz 'epoch' + us * interval '1 microsecond', k, a, "
-                            "m, q, md::jsonb FROM s ON CONFLICT DO NOTHING"
+                            f"m, q, md::jsonb FROM s {probe}ON CONFLICT DO NOTHING"
                         )
                         cur.execute("TRUNCATE s")
                     conn.commit()
                     rates[table].append(BATCH / (time.perf_counter() - began))
-        base, registry = (statistics.median(rates[t]) for t in ("ledger_pk", "key_registry"))
+        base, registry, hashed = (statistics.median(rates[t]) for t in ("ledger_pk", "key_registry", "hash_probe"))
         print(f"prefill {args.prefill_rows:,} rows per table; shared_buffers {shared_buffers}; {args.rounds} rounds")
         print(f"  (occurred_at, key) primary key only      {base:10,.0f} rows/s")
         print(f"  + UNIQUE (idempotency_key)               {registry:10,.0f} rows/s   ratio {registry / base:.2f}")
+        print(f"  + hash index on the key, probed          {hashed:10,.0f} rows/s   ratio {hashed / base:.2f}")
     finally:
         with psycopg.connect(args.database_url, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {DB}")
