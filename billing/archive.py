@@ -16,6 +16,8 @@
 3. **Only then detached.** The archive is recorded in ``usage_partition_archives`` (append-only), the
    partition leaves ``usage_event_partitions`` and is detached and dropped, in the same transaction. The
    event trigger that refuses a detach checks exactly that bookkeeping, so nothing else may detach one.
+   The detach takes an ACCESS EXCLUSIVE lock on ``usage_events`` for a moment (ingest waits, then goes on);
+   if it cannot have it within 10 s (a long transaction), nothing is archived and the command says retry.
 
 A span of an archived month arriving later is kept as ``archived_period``, never billed: with the month's
 keys gone, the ledger could not tell it from a duplicate.
@@ -221,6 +223,8 @@ def archive(
                 (part.name, part.from_at, part.to_at, counted, sha256, data_file.name),
             )
             conn.execute("DELETE FROM usage_event_partitions WHERE partition_name = %s", (part.name,))
+            # DETACH waits for the ingest transactions in flight and holds new ones meanwhile: never for long
+            conn.execute("SET LOCAL lock_timeout = '10s'")
             conn.execute(f'ALTER TABLE usage_events DETACH PARTITION "{part.name}"')
             conn.execute(f'DROP TABLE "{part.name}"')
         done.append(ArchivedPartition(part.name, part.from_at, part.to_at, counted, sha256, data_file, manifest))
