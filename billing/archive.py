@@ -41,6 +41,7 @@ from pathlib import Path
 
 import psycopg
 
+from .ledger.models import LEDGER_PARTITION
 from .partitions import coverage, list_partitions
 
 __all__ = ["ARCHIVE_FORMAT", "ArchiveError", "ArchivedPartition", "archive", "read_manifest", "restore"]
@@ -255,6 +256,14 @@ def restore(conn: psycopg.Connection, manifest_path: Path) -> ArchivedPartition:
     """Bring an archived partition back (see the module's text); returns what was restored."""
     manifest = read_manifest(manifest_path)
     name = manifest["partition"]
+    if not isinstance(name, str) or not LEDGER_PARTITION.match(name):
+        raise ArchiveError(f"{manifest['_path']}: {name!r} is not the name of a ledger partition")
+    if set(manifest["columns"]) - set(_columns(conn)) or not manifest["columns"]:
+        raise ArchiveError(
+            f"{manifest['_path']}: its columns {manifest['columns']} are not usage_events' columns: "
+            "restore it with the spanmeter version that archived it"
+        )
+    conn.commit()
     data_file = Path(manifest["_path"]).with_name(manifest["data_file"])
     from_at = datetime.fromisoformat(manifest["from"]) if manifest.get("from") else None
     to_at = datetime.fromisoformat(manifest["to"])
