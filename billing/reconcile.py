@@ -2,7 +2,7 @@
 
     spanmeter reconcile --period 2026-11        # exit status 1 when the delta is not zero
 
-Three checks, stored as one row of ``reconciliation_runs`` (``spanmeter serve`` exports the latest delta
+Four checks, stored as one row of ``reconciliation_runs`` (``spanmeter serve`` exports the latest delta
 as ``spanmeter_reconciliation_delta`` so ``SpanmeterReconciliationDelta`` fires on anything but zero):
 
 1. **rollups vs raw ledger**: the daily rollups recomputed from ``usage_events`` (see
@@ -12,15 +12,22 @@ as ``spanmeter_reconciliation_delta`` so ``SpanmeterReconciliationDelta`` fires 
    usage already finalized on later invoices, plus late usage the next open invoice's draft will carry.
    Anything else is usage no invoice will ever bill (or billed usage the ledger no longer has).
 3. **unrated usage**: usage in the period that no subscription covers (it can never be billed as is).
+4. **usage keys billed at two end times**: a row of the period whose idempotency key the ledger also holds
+   at another end time, received earlier. The primary key ``(occurred_at, idempotency_key)`` cannot see
+   this at write time (a span re-sent with a changed end time is inserted again, see README, "What exactly
+   once means here"), so it is found here, before invoices are finalized: every version is named (end
+   times, accounts, producers) and its quantity counts in the delta until a correction settles it
+   (``spanmeter ledger adjust … --reference <key>``, usually the negated quantity). One join of the
+   period's rows with the whole attached ledger by key.
 
-``delta`` is the sum of the absolute differences of all three, in metric units; zero means every unit of
+``delta`` is the sum of the absolute differences of all four, in metric units; zero means every unit of
 usage in the ledger is on exactly one invoice, or on its way to one.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -30,7 +37,7 @@ from . import invoices, rollups
 from .periods import Period
 from .rating import BILLABLE_METRICS
 
-__all__ = ["ReconciliationResult", "latest_delta", "reconcile"]
+__all__ = ["ReconciliationResult", "billed_twice", "latest_delta", "reconcile"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class ReconciliationResult:
     delta: Decimal
     invoices_checked: int
     accounts_checked: int
+    billed_twice: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +60,7 @@ class ReconciliationResult:
             "rollup_differences": self.rollup_differences,
             "invoice_differences": self.invoice_differences,
             "unrated_usage": self.unrated,
+            "keys_billed_at_two_end_times": self.billed_twice,
         }
 
     def summary(self) -> str:
@@ -61,9 +70,57 @@ class ReconciliationResult:
             f"  rollups vs raw ledger: {len(self.rollup_differences)} difference(s)",
             f"  invoices vs ledger:    {len(self.invoice_differences)} difference(s)",
             f"  unrated usage:         {len(self.unrated)} account/metric(s)",
+            f"  keys billed twice:     {len(self.billed_twice)} row(s) at another end time than their key's first row",
         ]
-        lines += [f"    {d}" for d in self.rollup_differences[:20] + self.invoice_differences[:20] + self.unrated[:20]]
+        lines += [
+            f"    {d}"
+            for d in self.rollup_differences[:20]
+            + self.invoice_differences[:20]
+            + self.unrated[:20]
+            + self.billed_twice[:20]
+        ]
         return "\n".join(lines)
+
+
+# A row of the period whose key an earlier-received row holds at another end time, and no correction
+# references it yet (usage_adjustments.reference = the key as 32 hex digits).
+_BILLED_TWICE = """
+SELECT replace(d.idempotency_key::text, '-', ''), d.meter_code, d.quantity::text, d.account_id, d.occurred_at,
+       d.producer, f.account_id, f.occurred_at, f.producer
+  FROM usage_events d
+  JOIN usage_events f
+    ON f.idempotency_key = d.idempotency_key AND f.occurred_at <> d.occurred_at
+   AND (f.received_at, f.occurred_at) < (d.received_at, d.occurred_at)
+ WHERE d.occurred_at >= %(start)s AND d.occurred_at < %(end)s
+   AND NOT EXISTS (SELECT FROM usage_adjustments a WHERE a.reference = replace(d.idempotency_key::text, '-', ''))
+ ORDER BY d.occurred_at, 1
+"""
+
+
+def _iso(moment) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def billed_twice(conn: psycopg.Connection, period: Period) -> list[dict[str, str]]:
+    """Check 4: the period's rows billed again at another end time under a key the ledger already held."""
+    found = []
+    for key, meter, quantity, account, at, producer, first_account, first_at, first_producer in conn.execute(
+        _BILLED_TWICE, {"start": period.start, "end": period.end}
+    ):
+        found.append(
+            {
+                "idempotency_key": key,
+                "meter_code": meter,
+                "quantity": quantity,
+                "account_id": account,
+                "occurred_at": _iso(at),
+                "producer": producer or "",
+                "first_account_id": first_account,
+                "first_occurred_at": _iso(first_at),
+                "first_producer": first_producer or "",
+            }
+        )
+    return found
 
 
 def _quantity(text: str | None) -> Decimal:
@@ -131,6 +188,8 @@ def reconcile(conn: psycopg.Connection, period: Period) -> ReconciliationResult:
                     }
                 )
                 delta += abs(actual - expected)
+    doubled = billed_twice(conn, period)
+    delta += sum((Decimal(d["quantity"]) for d in doubled), Decimal(0))
     result = ReconciliationResult(
         period=str(period),
         rollup_differences=rollup_differences,
@@ -139,6 +198,7 @@ def reconcile(conn: psycopg.Connection, period: Period) -> ReconciliationResult:
         delta=delta,
         invoices_checked=checked,
         accounts_checked=len(accounts),
+        billed_twice=doubled,
     )
     conn.execute(
         "INSERT INTO reconciliation_runs (period_start, delta, details) VALUES (%s, %s, %s)",

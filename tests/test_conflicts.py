@@ -230,3 +230,61 @@ def test_rows_record_their_producer_and_another_producer_sending_the_same_span_i
         assert ledger(fresh_db, "SELECT count(*), min(producer) FROM usage_events") == [(1, "tenant-a")]
     finally:
         collector.kill()
+
+
+def test_a_key_billed_again_at_another_end_time_is_found_by_reconcile_until_corrected(fresh_db):
+    """The write path cannot see the same key at another end time (the primary key holds the end time), so
+    reconciliation, which runs before invoices are finalized, finds it: both versions named, the doubled
+    quantity in the delta (the alert's gauge) until a correction references the key."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg
+
+    from spanmeter.billing import adjustments, reconcile, subscriptions
+    from spanmeter.billing.ledger import migrate
+    from spanmeter.billing.ledger.database import resolve_database
+    from spanmeter.billing.ledger.writer import LedgerWriter
+    from spanmeter.billing.periods import Period
+
+    migrate.upgrade(resolve_database(fresh_db, data_dir=None))
+    nov = Period(2026, 11)
+    first = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
+    key, other = uuid.uuid4().hex, uuid.uuid4().hex
+
+    def row(k, at, quantity):
+        us = int(at.timestamp()) * 1_000_000
+        return (us, k, "acme", "j1", "growth", "worker_seconds", 1, quantity, "s", "ab" * 16, "cd" * 8, "{}")
+
+    with psycopg.connect(fresh_db) as conn:
+        subscriptions.set_subscription(
+            conn, account_id="acme", plan_code="growth", pricing_version="v2_compute",
+            valid_from=nov.start, valid_to=None, created_by="test",
+        )  # fmt: skip
+        writer = LedgerWriter(conn)
+        writer.write_usage([row(key, first, "30"), row(other, first, "5")], producer="svc-a")
+        conn.commit()
+        written = writer.write_usage([row(key, first + timedelta(hours=3), "30")], producer="svc-b")
+        conn.commit()
+        assert written.inserted == 1  # the known gap: a second row, not a conflict, at write time
+
+        result = reconcile.reconcile(conn, nov)
+        conn.commit()
+        assert result.delta == Decimal(30)
+        assert [(d["idempotency_key"], d["occurred_at"], d["first_occurred_at"], d["producer"], d["first_producer"])
+                for d in result.billed_twice] == [(key, "2026-11-10T15:00:00Z", "2026-11-10T12:00:00Z", "svc-b", "svc-a")]  # fmt: skip
+        assert "keys billed twice:     1 row(s)" in result.summary()
+
+        adjustments.record(
+            conn, idempotency_key="double-1", account_id="acme", meter_code="worker_seconds",
+            quantity=Decimal(-30), occurred_at=first + timedelta(hours=3), reason="span re-sent with another end time",
+            created_by="test", reference=key,
+        )  # fmt: skip
+        conn.commit()
+        settled = reconcile.reconcile(conn, nov)
+        conn.commit()
+        assert settled.billed_twice == [] and settled.delta == 0
+    out = subprocess.run(
+        [SPANMETER, "reconcile", "--period", "2026-11", "--database-url", fresh_db], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "keys billed twice:     0 row(s)" in out.stdout, out.stdout + out.stderr
