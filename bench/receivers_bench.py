@@ -282,9 +282,8 @@ def _connect(conninfo: str):
 
 # -- one measurement ----------------------------------------------------------------------------------------
 def run_phase(args: argparse.Namespace, db: Ledger, receivers: int, phase: int, nonce: bytes, work: Path) -> dict:
-    started = [
-        Receiver(n, db.writer_url, work, dict(e.split("=", 1) for e in args.serve_env)) for n in range(receivers)
-    ]
+    env = dict(e.split("=", 1) for e in args.serve_env + (args.replica_env if receivers > 1 else []))
+    started = [Receiver(n, db.writer_url, work, env) for n in range(receivers)]
     try:
         for r in started:
             r.wait_listening()
@@ -430,6 +429,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spans-per-batch", type=int, default=512, help="an app batch, split by trace id over receivers")
     p.add_argument("--data-dir", type=Path, default=BENCH_DIR / ".data-receivers", help="embedded PostgreSQL and logs")
     p.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for serve")
+    p.add_argument(
+        "--replica-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the N receivers only, e.g. SPANMETER_LEDGER_WRITERS=1 (N x 1 writer connections)",
+    )
     p.add_argument("--results", type=Path, default=BENCH_DIR / "results")
     args = p.parse_args(argv)
     if args.receivers < 2:
@@ -458,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         f"spans/batch, split by trace id (the Collector's hash ring); windows {args.seconds:g} s after "
         f"{args.warmup:g} s warm-up; repeat {args.repeat}"
     )
+    if args.serve_env or args.replica_env:
+        log(
+            f"  serve environment: {args.serve_env or '-'}; the {args.receivers} receivers also: {args.replica_env or '-'}"
+        )
     db = Ledger(args.data_dir)
     log(f"  PostgreSQL {db.version} (embedded, {db.name}): " + ", ".join(f"{k}={v}" for k, v in db.settings.items()))
     nonce = os.urandom(6)
@@ -501,6 +511,8 @@ def summarize(results: dict, args: argparse.Namespace) -> None:
     log(f"{'figure':<44} {'value':>18}  bound by (last repeat)")
     for n, value in ((1, one), (args.receivers, many)):
         label = f"{n} receiver{'s' if n > 1 else ''} behind one ledger" + (", split by trace id" if n > 1 else "")
+        if n > 1 and args.replica_env:
+            log(f"    ({args.receivers} receivers with {' '.join(args.replica_env)})")
         log(f"{label:<44} {fmt_rate(value) + ' spans/s':>18}  {reps[-1][str(n)]['bound_by']}")
         log(
             f"{'    batch latency p50 / p99':<44} {med(n, 'batch_latency_p50') * 1e3:>11.0f} ms / "
@@ -518,9 +530,58 @@ def summarize(results: dict, args: argparse.Namespace) -> None:
             f"  repeat {i + 1}: 1 receiver {fmt_rate(rep['1']['value'])}  {args.receivers} receivers "
             f"{fmt_rate(rep[str(args.receivers)]['value'])}"
         )
+    # CPU per committed span over every process of the bench: robust to other load on the machine, unlike the
+    # rates; the machine's cores divided by it is what this host can commit when the bench has it to itself
+    cost = {}
+    for n in (1, args.receivers):
+        per = [_cpu_per_span(rep[str(n)]) for rep in reps]
+        cost[n] = {k: statistics.median(p[k] for p in per) for k in per[0]}
+    ncpu = reps[-1]["1"]["cpu"]["ncpu"]
+    log(
+        f"  CPU per committed span, all bench processes (medians): 1 receiver {cost[1]['total']:.1f} µs "
+        f"(receiver {cost[1]['receivers']:.1f}, PostgreSQL {cost[1]['postgres']:.1f}); {args.receivers} receivers "
+        f"{cost[args.receivers]['total']:.1f} µs (receivers {cost[args.receivers]['receivers']:.1f}, PostgreSQL "
+        f"{cost[args.receivers]['postgres']:.1f})"
+    )
+    ceiling = {n: ncpu * 1e6 / c["total"] for n, c in cost.items()}
+    log(
+        f"  CPU ceiling of this host ({ncpu} cores / CPU per span): 1 receiver {fmt_rate(ceiling[1])} spans/s, "
+        f"{args.receivers} receivers {fmt_rate(ceiling[args.receivers])} spans/s "
+        f"({ceiling[args.receivers] / ceiling[1]:.3f})"
+    )
+    noisy = [
+        f"r{i + 1}:{n} {rep[n]['cpu']['other_processes_cores']:.2f}c"
+        for i, rep in enumerate(reps)
+        for n in rep
+        if rep[n]["cpu"]["other_processes_cores"] > 0.25
+    ]
+    if noisy:
+        log(
+            f"  warning: processes outside the bench used > 0.25 core in {len(noisy)} windows (rates there are "
+            "depressed; CPU per span is not): " + ", ".join(noisy)
+        )
     exact = all(r["exact"] for rep in reps for r in rep.values())
     log(f"  ledger exact after every configuration (rows = acknowledged spans): {'yes' if exact else 'NO'}")
-    results["summary"] = {"one": one, "many": many, "ratio": ratio, "met": met, "exact": exact}
+    results["summary"] = {
+        "one": one,
+        "many": many,
+        "ratio": ratio,
+        "met": met,
+        "exact": exact,
+        "cpu_us_per_span": cost,
+        "cpu_ceiling": ceiling,
+        "noisy_windows": noisy,
+    }
+
+
+def _cpu_per_span(res: dict) -> dict[str, float]:
+    cores, rate = res["cpu"]["cores"], max(res["value"], 1e-9)
+    receivers = sum(v for k, v in cores.items() if k.startswith("receiver "))
+    return {
+        "total": 1e6 * sum(cores.values()) / rate,
+        "receivers": 1e6 * receivers / rate,
+        "postgres": 1e6 * res["cpu"]["postgres_cores"] / rate,
+    }
 
 
 if __name__ == "__main__":
