@@ -43,16 +43,15 @@ def test_compose_spanmeter_environment_is_a_valid_configuration():
 
 
 def test_prometheus_scrapes_the_spanmeter_metrics_port():
+    """Every replica of the compose service is a target of its own (DNS discovery of the service name, A
+    records, the metrics port), not one name that would land on one replica per scrape."""
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
-    targets = [
-        t
-        for job in prometheus["scrape_configs"]
-        if job["job_name"] == "spanmeter"
-        for sc in job["static_configs"]
-        for t in sc["targets"]
-    ]
+    [job] = [job for job in prometheus["scrape_configs"] if job["job_name"] == "spanmeter"]
+    assert "static_configs" not in job
     port = with_defaults(compose()["services"]["spanmeter"]["environment"]["SPANMETER_METRICS_PORT"])
-    assert targets == [f"spanmeter:{port}"]
+    assert job["dns_sd_configs"] == [
+        {"names": ["spanmeter"], "type": "A", "port": int(port), "refresh_interval": "15s"}
+    ]
 
 
 def test_collector_forwards_with_gzip_and_a_durable_queue():
@@ -297,3 +296,145 @@ def test_the_compose_file_is_valid_against_the_compose_specification():
     broken = compose()
     broken["services"]["spanmeter"]["depends_on"] = {"ledger-roles": {"condition": "when_ready"}}
     assert list(validator.iter_errors(broken)), "the schema must catch a condition compose does not know"
+
+
+# --- the gateway tier: the Collector's loadbalancing exporter in front of N replicas --------------------------
+# No Collector binary can be had here: the gateway files are held to the loadbalancing exporter's documented
+# configuration (opentelemetry-collector-contrib exporter/loadbalancingexporter: config.go, config.schema.yaml,
+# factory.go, README) and to the compose file that runs them. (imports kept local: others edit this file)
+
+GATEWAYS = ("otelcol-gateway.yaml", "otelcol-gateway-static.yaml")
+# Config's fields (mapstructure names): TimeoutSettings (squashed: `timeout`), BackOffConfig (`retry_on_failure`),
+# QueueSettings (`sending_queue`), Protocol, Resolver, RoutingKey, RoutingAttributes.
+LOADBALANCING_KEYS = {
+    "protocol",
+    "resolver",
+    "routing_key",
+    "routing_attributes",
+    "sending_queue",
+    "retry_on_failure",
+    "timeout",
+}
+ROUTING_KEYS = {"service", "traceID", "resource", "metric", "streamID", "attributes"}
+RESOLVER_KEYS = {"static": {"hostnames"}, "dns": {"hostname", "port", "interval", "timeout"}}
+RESOLVERS = {"static", "dns", "k8s", "aws_cloud_map"}
+
+
+def _gateway(name: str) -> dict:
+    return yaml.safe_load((ROOT / "deploy" / name).read_text())
+
+
+def _go_seconds(duration: str) -> float:
+    """A Go duration ("30s", "1m30s", "500ms", "0s") in seconds."""
+    units = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a Go duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _component_type(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+def _loadbalancing(gateway: dict) -> dict:
+    [name] = gateway["service"]["pipelines"]["traces"]["exporters"]
+    assert _component_type(name) in ("loadbalancing", "load_balancing"), name
+    return gateway["exporters"][name]
+
+
+def test_every_gateway_component_is_declared_and_every_declared_one_used():
+    for name in GATEWAYS:
+        gateway = _gateway(name)
+        service = gateway["service"]
+        for pipeline in service["pipelines"].values():
+            for kind in ("receivers", "processors", "exporters"):
+                for component in pipeline.get(kind, []):
+                    assert component in gateway[kind], f"{name}: {kind[:-1]} {component} is not declared"
+        assert set(service["extensions"]) == set(gateway["extensions"]), name
+        for kind in ("receivers", "processors", "exporters"):
+            used = {c for p in service["pipelines"].values() for c in p.get(kind, [])}
+            assert set(gateway.get(kind) or {}) == used, f"{name}: declared {kind} not in any pipeline"
+
+
+def test_the_gateway_routes_by_trace_id_over_a_persistent_queue_in_front_of_the_routing():
+    from spanmeter.collector.config import load_config
+
+    write_timeout = load_config({}).ledger_write_timeout_seconds
+    for name in GATEWAYS:
+        gateway = _gateway(name)
+        assert set(gateway["receivers"]["otlp"]["protocols"]) == {"grpc", "http"}, name
+        lb = _loadbalancing(gateway)
+        assert set(lb) <= LOADBALANCING_KEYS, f"{name}: unknown keys {set(lb) - LOADBALANCING_KEYS}"
+        assert lb["routing_key"] == "traceID" and lb["routing_key"] in ROUTING_KEYS
+        # the per-replica sub-exporters: an OTLP exporter template; the resolver sets the endpoint
+        assert set(lb["protocol"]) == {"otlp"}
+        otlp = lb["protocol"]["otlp"]
+        assert "endpoint" not in otlp, f"{name}: the resolver sets each sub-exporter's endpoint"
+        assert otlp["compression"] == "gzip"  # grpcio (spanmeter) decodes gzip and none only
+        assert otlp["headers"]["authorization"] == "Bearer ${env:SPANMETER_PRODUCER_TOKEN}"
+        # every sub-exporter gets this same template, storage included: one file_storage client for all of
+        # them (contrib #16826, #45716). No queue there, so nothing is acknowledged from memory either.
+        assert otlp["sending_queue"] == {"enabled": False}, name
+        assert otlp["retry_on_failure"]["enabled"] is True
+        assert _go_seconds(otlp["retry_on_failure"]["max_elapsed_time"]) > 0  # then the failure goes up
+        # ack after commit: an attempt outlives spanmeter's own deadline, which answers UNAVAILABLE first
+        assert _go_seconds(otlp["timeout"]) > write_timeout
+        assert _go_seconds(lb["timeout"]) == 0 or _go_seconds(lb["timeout"]) >= _go_seconds(otlp["timeout"])
+        # the persistent queue is the exporter's own (top-level sending_queue, contrib #36094)
+        queue = lb["sending_queue"]
+        assert queue["enabled"] is True and queue["block_on_overflow"] is True
+        storage = queue["storage"]
+        assert _component_type(storage) == "file_storage" and storage in gateway["service"]["extensions"]
+        assert gateway["extensions"][storage]["fsync"] is True
+        assert lb["retry_on_failure"]["enabled"] is True
+        assert _go_seconds(lb["retry_on_failure"]["max_elapsed_time"]) == 0  # never give up
+        # exactly one resolver, with the fields that resolver has
+        [resolver] = lb["resolver"]
+        assert resolver in RESOLVERS
+        assert set(lb["resolver"][resolver]) <= RESOLVER_KEYS[resolver], name
+
+
+def test_the_static_and_dns_gateways_differ_only_in_their_resolver_and_both_reach_every_replica():
+    services = compose()["services"]
+    replicas = services["spanmeter"]["deploy"]["replicas"]
+    otlp_port = with_defaults(services["spanmeter"]["environment"]["SPANMETER_OTLP_ENDPOINT"]).rsplit(":", 1)[1]
+    dns, static = (_gateway(name) for name in GATEWAYS)
+    assert _loadbalancing(dns).pop("resolver") == {
+        "dns": {"hostname": "spanmeter", "port": otlp_port, "interval": "5s", "timeout": "1s"}
+    }
+    # the compose container names (<project>-<service>-<n>) of every replica
+    hostnames = _loadbalancing(static).pop("resolver")["static"]["hostnames"]
+    project = compose()["name"]
+    assert hostnames == [f"{project}-spanmeter-{n}:{otlp_port}" for n in range(1, replicas + 1)]
+    assert dns == static
+
+
+def test_compose_runs_three_replicas_behind_the_gateway():
+    services = compose()["services"]
+    spanmeter = services["spanmeter"]
+    assert spanmeter["deploy"]["replicas"] == 3
+    assert "container_name" not in spanmeter  # a fixed name allows one container only
+    for mapping in spanmeter["ports"]:  # a fixed host port would clash: a range with a port per replica
+        host = with_defaults(mapping).split("#")[0].strip().rsplit(":", 1)[0].rsplit(":", 1)[-1]
+        first, _, last = host.partition("-")
+        assert last and int(last) - int(first) + 1 >= spanmeter["deploy"]["replicas"], mapping
+    collector = services["otel-collector"]
+    [config_path] = [arg.split("=", 1)[1] for arg in collector["command"] if arg.startswith("--config=")]
+    assert _bind_mounts(collector)[config_path] == "./deploy/otelcol-gateway.yaml"
+    gateway = _gateway("otelcol-gateway.yaml")
+    expanded = set(re.findall(r"\$\{env:([A-Z0-9_]+)\}", (ROOT / "deploy" / "otelcol-gateway.yaml").read_text()))
+    assert expanded and expanded <= set(collector["environment"])
+    # the persistent queue's directory is a named volume: it outlives the container
+    directory = gateway["extensions"][_loadbalancing(gateway)["sending_queue"]["storage"]]["directory"]
+    named = {v.split(":")[1]: v.split(":")[0] for v in collector["volumes"] if not v.startswith("./")}
+    assert named[directory] in compose()["volumes"]
+
+
+def test_prometheus_config_with_dns_discovery_passes_promtool():
+    from support import require_tool
+
+    promtool = require_tool("promtool")
+    checked = subprocess.run(
+        [promtool, "check", "config", str(ROOT / "deploy" / "prometheus.yml")], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

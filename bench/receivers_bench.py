@@ -1,0 +1,588 @@
+#!/usr/bin/env python
+"""Many receivers, one ledger: committed spans/s with 1 `spanmeter serve` and with N behind routing by trace id.
+
+    .venv/bin/python bench/receivers_bench.py                          # 1 vs 3 receivers, medians of 3
+    .venv/bin/python bench/receivers_bench.py --repeat 1 --seconds 5   # quick
+
+The load is what the gateway of deploy/otelcol-gateway.yaml would send (no Collector binary can be had here):
+client processes replay pre-encoded app batches (``_loadgen`` templates: every span a billable Celery run), and
+each batch is cut by trace id over the Collector's consistent hash ring (``_trace_routing``): with N receivers a
+batch of --spans-per-batch spans becomes N requests of spans/N, each holding only traces that the ring gives
+its receiver (the trace ids are drawn so, which costs no decode), sent together; a batch is done when every
+part is answered, as the exporter waits for every sub-exporter. --inflight batches per client process are
+outstanding (closed loop), the same offered load whatever N.
+
+Figures per configuration (1 receiver, N receivers; alternated each repeat, medians of --repeat): committed
+spans/s (a receiver answers OK only after COMMIT, so acknowledged = committed; each phase ends by checking
+that the ledger holds exactly the acknowledged spans), batch latency p50/p99, and what bounds it: cores used by
+each receiver, PostgreSQL and the load generator over the window, and the machine's busy cores. Every
+receiver writes one ledger as ``spanmeter_writer`` in a fresh database of an embedded PostgreSQL under
+--data-dir. Results: bench/results/receivers-*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import math
+import multiprocessing as mp
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import _loadgen  # noqa: E402
+import _monitor  # noqa: E402
+from _trace_routing import HashRing  # noqa: E402
+
+SPANMETER = str(Path(sys.executable).with_name("spanmeter"))
+
+
+def log(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def fmt_rate(v: float) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{v:,.0f}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the load: app batches split by trace id ----------------------------------------------------------------
+class RoutedRequestFactory(_loadgen.RequestFactory):
+    """``_loadgen.RequestFactory`` whose trace ids the caller chooses (so a request holds only the traces the
+    ring gives one receiver); span ids, times and templates as there."""
+
+    def next_with_traces(self, traces) -> bytes:
+        import numpy as np
+
+        t = self.templates[self.turn % len(self.templates)]
+        self.turn += 1
+        vals = self._vals
+        vals[:, 8:16] = traces[self._ar // _loadgen.SPANS_PER_TRACE].astype(">u8").view(np.uint8).reshape(-1, 8)
+        vals[:, 16:24] = (np.uint64(self.span_seq) + self._ar).astype(">u8").view(np.uint8).reshape(-1, 8)
+        self.span_seq += self.n
+        end = np.int64(time.time_ns()) - t.end_jitter_ns
+        vals[:, 24:32] = (end - t.duration_ns).astype("<i8").view(np.uint8).reshape(-1, 8)
+        vals[:, 32:40] = end.astype("<i8").view(np.uint8).reshape(-1, 8)
+        buf = np.frombuffer(bytearray(t.body), dtype=np.uint8)
+        buf[t.index] = vals.reshape(-1)
+        return buf.tobytes()
+
+
+class TracePools:
+    """Trace counters (the last 8 bytes of a trace id after the 8-byte prefix) sorted by the receiver the
+    ring routes them to, drawn in order: every receiver gets the traces the Collector would give it."""
+
+    def __init__(self, prefix: bytes, ring: HashRing) -> None:
+        self.prefix, self.ring = prefix, ring
+        self.pools: dict[str, deque[int]] = {e: deque() for e in ring.endpoints}
+        self.counter = 0
+
+    def take(self, endpoint: str, n: int):
+        import numpy as np
+
+        pool = self.pools[endpoint]
+        while len(pool) < n:
+            self.counter += 1
+            self.pools[self.ring.endpoint_for(self.prefix + self.counter.to_bytes(8, "big"))].append(self.counter)
+        return np.array([pool.popleft() for _ in range(n)], dtype=np.uint64)
+
+
+def client_main(conf: dict, pipe) -> None:
+    """Process entry: build templates, connect to every receiver, report ready, wait for (t_start, t0, t1), send
+    batches split by trace id until t1, report the window's counts."""
+    try:
+        import grpc
+
+        endpoints = conf["endpoints"]
+        part = math.ceil(conf["spans"] / len(endpoints))
+        templates = [
+            _loadgen.build_template(part, 1, seed=conf["client"] * 100 + k + conf["phase"] * 7)
+            for k in range(_loadgen.TEMPLATES_PER_CLIENT)
+        ]
+        factory = RoutedRequestFactory(templates, conf["nonce"], conf["client"], conf["phase"])
+        prefix = bytes(factory.prefix.tobytes())
+        pools = TracePools(prefix, HashRing(endpoints))
+        traces_per_part = math.ceil(part / _loadgen.SPANS_PER_TRACE)
+        options = [("grpc.max_send_message_length", 64 * 2**20), ("grpc.use_local_subchannel_pool", 1)]
+        channels = {e: grpc.insecure_channel(e, options=options) for e in endpoints}
+        for channel in channels.values():
+            grpc.channel_ready_future(channel).result(timeout=30)
+        calls = {
+            e: c.unary_unary(_loadgen.METHOD, request_serializer=None, response_deserializer=None)
+            for e, c in channels.items()
+        }
+        pipe.send(("ready", os.getpid()))
+        t_start, t0, t1 = pipe.recv()
+    except Exception as exc:  # reported, never a hang in the parent
+        pipe.send(("error", repr(exc)))
+        return
+
+    lock = threading.Lock()
+    inflight = threading.Semaphore(conf["inflight"])
+    result = {"window_spans": 0, "acked_spans": 0, "codes": Counter(), "latencies": [], "per_receiver": Counter()}
+
+    def send_batch() -> None:
+        sent_at = time.time()
+        remaining = [len(endpoints)]
+
+        def done(fut, endpoint: str, spans: int) -> None:
+            now = time.time()
+            code = fut.code()
+            name = code.name if code is not None else "UNKNOWN"
+            with lock:
+                result["codes"][name] += 1
+                if name == "OK":
+                    result["acked_spans"] += spans
+                    if t0 <= now < t1:
+                        result["window_spans"] += spans
+                        result["per_receiver"][endpoint] += spans
+                remaining[0] -= 1
+                last = remaining[0] == 0
+                if last and t0 <= now < t1:
+                    result["latencies"].append(now - sent_at)
+            if last:
+                inflight.release()
+
+        for endpoint in endpoints:
+            body = factory.next_with_traces(pools.take(endpoint, traces_per_part))
+            fut = calls[endpoint].future(body, timeout=30)
+            fut.add_done_callback(lambda f, e=endpoint, n=part: done(f, e, n))
+
+    while time.time() < t_start:
+        time.sleep(0.005)
+    while True:
+        inflight.acquire()
+        if time.time() >= t1:
+            inflight.release()
+            break
+        send_batch()
+    for _ in range(conf["inflight"]):  # drain: every batch answered before the ledger is checked
+        inflight.acquire(timeout=60)
+    for channel in channels.values():
+        channel.close()
+    result["codes"] = dict(result["codes"])
+    result["per_receiver"] = dict(result["per_receiver"])
+    pipe.send(("result", result))
+
+
+# -- receivers and PostgreSQL -------------------------------------------------------------------------------
+class Receiver:
+    """One `spanmeter serve` on its own OTLP and metrics ports."""
+
+    def __init__(self, number: int, database_url: str, work: Path, extra_env: dict[str, str]) -> None:
+        self.number = number
+        self.port, self.metrics_port = free_port(), free_port()
+        self.log_path = work / f"receiver-{number}.log"
+        self.log_file = open(self.log_path, "w")  # noqa: SIM115 (closed in stop())
+        env = {
+            **os.environ,
+            "SPANMETER_LOG_LEVEL": "WARNING",
+            "SPANMETER_OTLP_HTTP_ENDPOINT": "127.0.0.1:0",
+            "SPANMETER_DATA_DIR": str(work / f"receiver-{number}-data"),
+            **extra_env,
+        }
+        self.proc = subprocess.Popen(
+            [
+                *(SPANMETER, "serve", "--database-url", database_url),
+                *("--otlp-endpoint", self.endpoint, "--metrics-port", str(self.metrics_port)),
+            ],
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_listening(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "listening " in self.log_path.read_text():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"receiver {self.number} exited:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"receiver {self.number} did not listen within {timeout:g} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+
+
+class Ledger:
+    """An embedded PostgreSQL (this bench's own data directory) and a fresh, migrated database in it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from psycopg import sql
+        from psycopg.conninfo import make_conninfo
+
+        from spanmeter.billing.ledger import migrate
+        from spanmeter.billing.ledger.database import Database
+        from spanmeter.billing.ledger.embedded import EmbeddedPostgres
+        from spanmeter.billing.ledger.roles import WRITER_ROLE
+
+        self.server = EmbeddedPostgres(data_dir)
+        self.started_here = not self.server.is_running()
+        default = self.server.start()
+        self.admin = make_conninfo(default, dbname="postgres")
+        self.name = f"receivers_{uuid.uuid4().hex[:8]}"
+        with _connect(self.admin) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
+            self.version = conn.execute("SHOW server_version").fetchone()[0]
+            self.settings = {
+                k: conn.execute(f"SHOW {k}").fetchone()[0]
+                for k in ("shared_buffers", "max_wal_size", "synchronous_commit", "fsync")
+            }
+        self.owner = Database(make_conninfo(default, dbname=self.name), embedded=False, description=self.name)
+        migrate.upgrade(self.owner)
+        self.writer_url = self.owner.as_user(WRITER_ROLE).conninfo
+        self.postmaster_pid = int((self.server.pgdata / "postmaster.pid").read_text().splitlines()[0])
+
+    def rows_of(self, trace_prefix_hex: str) -> int:
+        with _connect(self.owner.conninfo) as conn:
+            return conn.execute(
+                "SELECT count(*) FROM usage_events WHERE trace_id LIKE %s", (trace_prefix_hex + "%",)
+            ).fetchone()[0]
+
+    def stop(self) -> None:
+        if self.started_here:
+            self.server.stop()
+
+
+def _connect(conninfo: str):
+    import psycopg
+
+    return psycopg.connect(conninfo, autocommit=True)
+
+
+# -- one measurement ----------------------------------------------------------------------------------------
+def run_phase(args: argparse.Namespace, db: Ledger, receivers: int, phase: int, nonce: bytes, work: Path) -> dict:
+    env = dict(e.split("=", 1) for e in args.serve_env + (args.replica_env if receivers > 1 else []))
+    started = [Receiver(n, db.writer_url, work, env) for n in range(receivers)]
+    try:
+        for r in started:
+            r.wait_listening()
+        endpoints = [r.endpoint for r in started]
+        confs = [
+            {
+                "client": c,
+                "phase": phase,
+                "nonce": nonce,
+                "endpoints": endpoints,
+                "spans": args.spans_per_batch,
+                "inflight": args.inflight,
+            }
+            for c in range(args.clients)
+        ]
+        ctx = mp.get_context("spawn")
+        pipes, procs, pids = [], [], []
+        for conf in confs:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=client_main, args=(conf, child), daemon=True)
+            proc.start()
+            pipes.append(parent)
+            procs.append(proc)
+        try:
+            for pipe in pipes:
+                if not pipe.poll(120):
+                    raise RuntimeError("a client process did not get ready within 120 s")
+                kind, value = pipe.recv()
+                if kind == "error":
+                    raise RuntimeError(f"client failed to start: {value}")
+                pids.append(value)
+            t_start = time.time() + 0.3
+            t0, t1 = t_start + args.warmup, t_start + args.warmup + args.seconds
+            for pipe in pipes:
+                pipe.send((t_start, t0, t1))
+            components = {f"receiver {r.number + 1}": [r.proc.pid] for r in started} | {"load generator": pids}
+            _sleep_until(t0)
+            s0 = _monitor.cpu_snapshot(components, db.postmaster_pid, _monitor.pg_labels(db.admin))
+            w0 = time.time()
+            _sleep_until(t1)
+            s1 = _monitor.cpu_snapshot(components, db.postmaster_pid, _monitor.pg_labels(db.admin))
+            cpu = _monitor.cpu_delta(s0, s1, time.time() - w0)
+            results = []
+            for pipe in pipes:
+                if not pipe.poll(120):
+                    raise RuntimeError("a client process did not report within 120 s")
+                kind, value = pipe.recv()
+                if kind == "error":
+                    raise RuntimeError(value)
+                results.append(value)
+        finally:
+            for proc in procs:
+                proc.join(10)
+                if proc.is_alive():
+                    proc.kill()
+    finally:
+        for r in started:
+            r.stop()
+    codes: Counter = Counter()
+    per_receiver: Counter = Counter()
+    latencies: list[float] = []
+    for r in results:
+        codes.update(r["codes"])
+        per_receiver.update(r["per_receiver"])
+        latencies.extend(r["latencies"])
+    acked = sum(r["acked_spans"] for r in results)
+    prefix = nonce.hex() + "__" + f"{phase & 0xFF:02x}"  # nonce6 ‖ client (any) ‖ phase
+    in_ledger = db.rows_of(prefix)
+    rate = sum(r["window_spans"] for r in results) / args.seconds
+    return {
+        "receivers": receivers,
+        "value": rate,
+        "batch_latency_p50": _loadgen.percentile(latencies, 0.5),
+        "batch_latency_p99": _loadgen.percentile(latencies, 0.99),
+        "codes": dict(codes),
+        "share": {e: per_receiver[e] / max(1, sum(per_receiver.values())) for e in endpoints},
+        "acked_spans": acked,
+        "ledger_rows": in_ledger,
+        "exact": in_ledger == acked,
+        "cpu": cpu,
+    }
+
+
+def _sleep_until(t: float) -> None:
+    while (left := t - time.time()) > 0:
+        time.sleep(min(left, 0.05))
+
+
+def bound_by(res: dict) -> str:
+    """What limits the figure: the window's CPU split (receivers, PostgreSQL, load) against the machine."""
+    cpu = res["cpu"]
+    cores, busy, ncpu = cpu["cores"], cpu["machine_busy_cores"], cpu["ncpu"]
+    receivers = {k: v for k, v in cores.items() if k.startswith("receiver ")}
+    rate = max(res["value"], 1e-9)
+    receiver_cores = sum(receivers.values())
+    parts = [
+        f"receivers {receiver_cores:.2f}c ({receiver_cores * 1e6 / rate:.1f} µs/span"
+        + (", " + " ".join(f"{v:.2f}" for v in receivers.values()) + " each" if len(receivers) > 1 else "")
+        + ")",
+        f"PostgreSQL {cpu['postgres_cores']:.2f}c ({cpu['postgres_cores'] * 1e6 / rate:.1f} µs/span)",
+        f"load gen {cores.get('load generator', 0.0):.2f}c",
+        f"machine {busy:.2f}/{ncpu} cores busy" + (" (saturated)" if busy >= 0.9 * ncpu else ""),
+    ]
+    if cpu["other_processes_cores"] > 0.1:
+        parts.append(f"other processes {cpu['other_processes_cores']:.2f}c")
+    return "; ".join(parts)
+
+
+def report_phase(res: dict) -> None:
+    n = res["receivers"]
+    log(
+        f"    committed {fmt_rate(res['value'])} spans/s; batch latency p50 {res['batch_latency_p50'] * 1e3:.0f} ms "
+        f"p99 {res['batch_latency_p99'] * 1e3:.0f} ms; answers {res['codes']}"
+    )
+    if n > 1:
+        log("    share by trace id: " + ", ".join(f"{e} {s:.1%}" for e, s in res["share"].items()))
+    log(
+        f"    ledger: {res['ledger_rows']:,} rows for {res['acked_spans']:,} acknowledged spans -> "
+        + ("exact" if res["exact"] else "NOT EXACT")
+    )
+    cpu = res["cpu"]
+    rate = max(res["value"], 1e-9)
+    pg = {k: v for k, v in cpu["cores"].items() if k.startswith("postgres") and v >= 0.02}
+    log(
+        "      cpu: "
+        + "; ".join(f"{k} {v:.2f}c" for k, v in cpu["cores"].items() if not k.startswith("postgres") and v >= 0.02)
+    )
+    log("      cpu: " + "; ".join(f"{k} {v:.2f}c" for k, v in pg.items()))
+    total = sum(cpu["cores"].values())
+    log(f"      all bench processes {total:.2f}c = {total * 1e6 / rate:.1f} µs of CPU per committed span")
+    res["bound_by"] = bound_by(res)
+    log(f"    bound by: {res['bound_by']}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--receivers", type=int, default=3, help="the N compared with 1 receiver")
+    p.add_argument("--repeat", type=int, default=3, help="measure both configurations N times; medians reported")
+    p.add_argument("--seconds", type=float, default=10.0, help="measurement window per configuration")
+    p.add_argument("--warmup", type=float, default=3.0, help="load before each window, not counted")
+    p.add_argument("--clients", type=int, default=2, help="load-generator processes")
+    p.add_argument("--inflight", type=int, default=8, help="outstanding batches per client process")
+    p.add_argument("--spans-per-batch", type=int, default=512, help="an app batch, split by trace id over receivers")
+    p.add_argument("--data-dir", type=Path, default=BENCH_DIR / ".data-receivers", help="embedded PostgreSQL and logs")
+    p.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for serve")
+    p.add_argument(
+        "--replica-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the N receivers only, e.g. SPANMETER_LEDGER_WRITERS=1 (N x 1 writer connections)",
+    )
+    p.add_argument("--results", type=Path, default=BENCH_DIR / "results")
+    args = p.parse_args(argv)
+    if args.receivers < 2:
+        p.error("--receivers must be at least 2 (it is compared with 1)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop receivers, server
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    (args.data_dir / ".gitignore").write_text("*\n")  # the server's files and logs stay out of git
+    lock = open(args.data_dir / "bench.lock", "w")  # noqa: SIM115 (held for the whole run)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(f"receivers_bench: another run is using {args.data_dir}; wait for it or pass --data-dir")
+        return 2
+    head = subprocess.run(
+        ["git", "-C", str(BENCH_DIR.parent), "log", "-1", "--format=%h %s"], capture_output=True, text=True
+    ).stdout.strip()
+    log(f"spanmeter receivers bench  {datetime.now(UTC).isoformat(timespec='seconds')}")
+    log(f"  machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; code under test: {head[:70]}")
+    log(
+        f"  load: {args.clients} client processes x {args.inflight} batches in flight x {args.spans_per_batch} "
+        f"spans/batch, split by trace id (the Collector's hash ring); windows {args.seconds:g} s after "
+        f"{args.warmup:g} s warm-up; repeat {args.repeat}"
+    )
+    if args.serve_env or args.replica_env:
+        log(
+            f"  serve environment: {args.serve_env or '-'}; the {args.receivers} receivers also: {args.replica_env or '-'}"
+        )
+    db = Ledger(args.data_dir)
+    log(f"  PostgreSQL {db.version} (embedded, {db.name}): " + ", ".join(f"{k}={v}" for k, v in db.settings.items()))
+    nonce = os.urandom(6)
+    work = args.data_dir / "run" / db.name
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "code": head, "repeats": []}
+    phase = 0
+    try:
+        for rep in range(args.repeat):
+            log(f"\n=== repeat {rep + 1}/{args.repeat} ===")
+            order = (1, args.receivers) if rep % 2 == 0 else (args.receivers, 1)  # alternated: drift cancels
+            rr = {}
+            for n in order:
+                phase += 1
+                log(f"({n} receiver{'s' if n > 1 else ''}) {n} x spanmeter serve, one ledger")
+                rr[n] = run_phase(args, db, n, phase, nonce, work)
+                report_phase(rr[n])
+            results["repeats"].append({str(k): v for k, v in rr.items()})
+        summarize(results, args)
+    finally:
+        db.stop()
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"receivers-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps(results, default=str, indent=1))
+    log(f"\nresults: {out}")
+    return 0 if all(r["exact"] for rep in results["repeats"] for r in rep.values()) else 1
+
+
+def summarize(results: dict, args: argparse.Namespace) -> None:
+    reps = results["repeats"]
+
+    def med(n: int, key: str) -> float:
+        values = [rep[str(n)][key] for rep in reps if not math.isnan(rep[str(n)][key])]
+        return statistics.median(values) if values else float("nan")
+
+    one, many = med(1, "value"), med(args.receivers, "value")
+    log("")
+    log("=" * 118)
+    log(f"SUMMARY (medians of {len(reps)} repeat{'s' if len(reps) != 1 else ''}; committed = acknowledged spans/s)")
+    log("=" * 118)
+    log(f"{'figure':<44} {'value':>18}  bound by (last repeat)")
+    for n, value in ((1, one), (args.receivers, many)):
+        label = f"{n} receiver{'s' if n > 1 else ''} behind one ledger" + (", split by trace id" if n > 1 else "")
+        if n > 1 and args.replica_env:
+            log(f"    ({args.receivers} receivers with {' '.join(args.replica_env)})")
+        log(f"{label:<44} {fmt_rate(value) + ' spans/s':>18}  {reps[-1][str(n)]['bound_by']}")
+        log(
+            f"{'    batch latency p50 / p99':<44} {med(n, 'batch_latency_p50') * 1e3:>11.0f} ms / "
+            f"{med(n, 'batch_latency_p99') * 1e3:.0f} ms"
+        )
+    log("-" * 118)
+    ratio = many / one if one else float("nan")
+    met = not math.isnan(ratio) and ratio >= 1.0
+    log(
+        f"{f'{args.receivers} receivers / 1 receiver':<44} {ratio:>18.3f}  target >= 1.000 (no figure below 1 "
+        f"receiver)   {'MET' if met else 'NOT MET'}"
+    )
+    for i, rep in enumerate(reps):
+        log(
+            f"  repeat {i + 1}: 1 receiver {fmt_rate(rep['1']['value'])}  {args.receivers} receivers "
+            f"{fmt_rate(rep[str(args.receivers)]['value'])}"
+        )
+    # CPU per committed span over every process of the bench: robust to other load on the machine, unlike the
+    # rates; the machine's cores divided by it is what this host can commit when the bench has it to itself
+    cost = {}
+    for n in (1, args.receivers):
+        per = [_cpu_per_span(rep[str(n)]) for rep in reps]
+        cost[n] = {k: statistics.median(p[k] for p in per) for k in per[0]}
+    ncpu = reps[-1]["1"]["cpu"]["ncpu"]
+    log(
+        f"  CPU per committed span, all bench processes (medians): 1 receiver {cost[1]['total']:.1f} µs "
+        f"(receiver {cost[1]['receivers']:.1f}, PostgreSQL {cost[1]['postgres']:.1f}); {args.receivers} receivers "
+        f"{cost[args.receivers]['total']:.1f} µs (receivers {cost[args.receivers]['receivers']:.1f}, PostgreSQL "
+        f"{cost[args.receivers]['postgres']:.1f})"
+    )
+    ceiling = {n: ncpu * 1e6 / c["total"] for n, c in cost.items()}
+    log(
+        f"  CPU ceiling of this host ({ncpu} cores / CPU per span): 1 receiver {fmt_rate(ceiling[1])} spans/s, "
+        f"{args.receivers} receivers {fmt_rate(ceiling[args.receivers])} spans/s "
+        f"({ceiling[args.receivers] / ceiling[1]:.3f})"
+    )
+    noisy = [
+        f"r{i + 1}:{n} {rep[n]['cpu']['other_processes_cores']:.2f}c"
+        for i, rep in enumerate(reps)
+        for n in rep
+        if rep[n]["cpu"]["other_processes_cores"] > 0.25
+    ]
+    if noisy:
+        log(
+            f"  warning: processes outside the bench used > 0.25 core in {len(noisy)} windows (rates there are "
+            "depressed; CPU per span is not): " + ", ".join(noisy)
+        )
+    exact = all(r["exact"] for rep in reps for r in rep.values())
+    log(f"  ledger exact after every configuration (rows = acknowledged spans): {'yes' if exact else 'NO'}")
+    results["summary"] = {
+        "one": one,
+        "many": many,
+        "ratio": ratio,
+        "met": met,
+        "exact": exact,
+        "cpu_us_per_span": cost,
+        "cpu_ceiling": ceiling,
+        "noisy_windows": noisy,
+    }
+
+
+def _cpu_per_span(res: dict) -> dict[str, float]:
+    cores, rate = res["cpu"]["cores"], max(res["value"], 1e-9)
+    receivers = sum(v for k, v in cores.items() if k.startswith("receiver "))
+    return {
+        "total": 1e6 * sum(cores.values()) / rate,
+        "receivers": 1e6 * receivers / rate,
+        "postgres": 1e6 * res["cpu"]["postgres_cores"] / rate,
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
