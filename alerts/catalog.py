@@ -167,7 +167,7 @@ sum by (job, reason) (
         ),
         Alert(
             "SpanmeterLedgerPartitionsRunningOut",
-            f"min by (job) (spanmeter_ledger_partition_horizon_seconds{{{job}}}) < 45 * 86400",
+            f"min by (job) (spanmeter_ledger_partitions_end_timestamp_seconds{{{job}}}) - time() < 45 * 86400",
             "1h",
             "warning",
             "The ledger's monthly partitions are not being created ahead.",

@@ -40,8 +40,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from .ledger.models import LEDGER_PARTITION
+from .ledger.writer import PARTITION_LOCK_ID
 from .partitions import coverage, list_partitions
 
 __all__ = ["ARCHIVE_FORMAT", "ArchiveError", "ArchivedPartition", "archive", "read_manifest", "restore"]
@@ -189,7 +191,7 @@ def archive(
         if part.to_at > before:
             break
         with conn.transaction():
-            conn.execute(f'LOCK TABLE "{part.name}" IN SHARE MODE')
+            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(part.name)))
             _check_closed(conn, part.name, part.from_at, part.to_at, now, window)
             columns = _columns(conn)
             data_file = directory / f"{part.name}.copy.gz"
@@ -218,16 +220,20 @@ def archive(
                     "exported_by": by or getpass.getuser(),
                 },
             )
+            # from here on, briefly: the months covered change (writers wait for the lock, then see it), and
+            # DETACH waits for the ingest transactions in flight, holding new ones meanwhile; never for long
+            conn.execute("SET LOCAL lock_timeout = '3s'")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_ID,))
             conn.execute(
                 "INSERT INTO usage_partition_archives (action, partition_name, from_at, to_at, row_count, sha256,"
-                " file_name) VALUES ('archived', %s, coalesce(%s, '-infinity'::timestamptz), %s, %s, %s, %s)",
-                (part.name, part.from_at, part.to_at, counted, sha256, data_file.name),
+                " file_name, columns) VALUES ('archived', %s, coalesce(%s, '-infinity'::timestamptz), %s, %s, %s,"
+                " %s, %s)",
+                (part.name, part.from_at, part.to_at, counted, sha256, data_file.name, columns),
             )
             conn.execute("DELETE FROM usage_event_partitions WHERE partition_name = %s", (part.name,))
-            # DETACH waits for the ingest transactions in flight and holds new ones meanwhile: never for long
-            conn.execute("SET LOCAL lock_timeout = '10s'")
-            conn.execute(f'ALTER TABLE usage_events DETACH PARTITION "{part.name}"')
-            conn.execute(f'DROP TABLE "{part.name}"')
+            conn.execute("SET LOCAL spanmeter.archive = 'on'")  # the detach guard lets this one through
+            conn.execute(sql.SQL("ALTER TABLE usage_events DETACH PARTITION {}").format(sql.Identifier(part.name)))
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(part.name)))
         done.append(ArchivedPartition(part.name, part.from_at, part.to_at, counted, sha256, data_file, manifest))
     return done
 
@@ -253,63 +259,86 @@ def _decompressed(path: Path) -> Iterator[bytes]:
 
 
 def restore(conn: psycopg.Connection, manifest_path: Path) -> ArchivedPartition:
-    """Bring an archived partition back (see the module's text); returns what was restored."""
+    """Bring an archived partition back (see the module's text); returns what was restored.
+
+    The manifest only says which file and which partition: the bounds, the columns (in order), the checksum
+    and the row count are the ledger's own record of the archive (``usage_partition_archives``), which the
+    file must match. The rows are loaded into a new table with its indexes, trigger and bound check first,
+    then attached under the partition lock (a moment: writers wait, then see the month again)."""
     manifest = read_manifest(manifest_path)
     name = manifest["partition"]
     if not isinstance(name, str) or not LEDGER_PARTITION.match(name):
         raise ArchiveError(f"{manifest['_path']}: {name!r} is not the name of a ledger partition")
-    if set(manifest["columns"]) - set(_columns(conn)) or not manifest["columns"]:
-        raise ArchiveError(
-            f"{manifest['_path']}: its columns {manifest['columns']} are not usage_events' columns: "
-            "restore it with the spanmeter version that archived it"
-        )
+    record = conn.execute(
+        "SELECT action, sha256, row_count, CASE WHEN isfinite(from_at) THEN from_at END, to_at, columns "
+        "FROM usage_partition_archives WHERE partition_name = %s ORDER BY archive_id DESC LIMIT 1",
+        (name,),
+    ).fetchone()
     conn.commit()
-    data_file = Path(manifest["_path"]).with_name(manifest["data_file"])
-    from_at = datetime.fromisoformat(manifest["from"]) if manifest.get("from") else None
-    to_at = datetime.fromisoformat(manifest["to"])
+    if record is None or record[0] != "archived":
+        raise ArchiveError(f"{name} is not archived in this ledger (usage_partition_archives): nothing to restore")
+    _action, recorded_sha256, rows, from_at, to_at, columns = record
+    if list(manifest["columns"]) != list(columns) or manifest["rows"] != rows or manifest["sha256"] != recorded_sha256:
+        raise ArchiveError(
+            f"{manifest['_path']} does not describe the archive this ledger recorded for {name} (sha256 "
+            f"{recorded_sha256[:12]}…, {rows} rows, its columns): nothing was restored"
+        )
+    data_file = Path(manifest["_path"]).with_name(Path(manifest["data_file"]).name)
     try:
-        sha256, rows = _read_back(data_file)
+        sha256, read_rows = _read_back(data_file)
     except OSError as exc:
         raise ArchiveError(f"cannot read the archive data file {data_file}: {exc}") from None
-    if sha256 != manifest["sha256"] or rows != manifest["rows"]:
+    if sha256 != recorded_sha256 or read_rows != rows:
         raise ArchiveError(
-            f"{data_file} does not match its manifest (sha256 {sha256[:12]}… vs {manifest['sha256'][:12]}…, rows "
-            f"{rows} vs {manifest['rows']}): it is damaged or another file; nothing was restored"
+            f"{data_file} does not match its manifest (sha256 {sha256[:12]}… vs {recorded_sha256[:12]}…, rows "
+            f"{read_rows} vs {rows}): it is damaged or another file; nothing was restored"
         )
+    table = sql.Identifier(name)
     with conn.transaction():
-        record = conn.execute(
-            "SELECT action, sha256, row_count FROM usage_partition_archives WHERE partition_name = %s "
-            "ORDER BY archive_id DESC LIMIT 1",
-            (name,),
-        ).fetchone()
-        if record is None or record[0] != "archived":
-            raise ArchiveError(f"{name} is not archived in this ledger (usage_partition_archives): nothing to restore")
-        if record[1] != sha256 or record[2] != rows:
-            raise ArchiveError(
-                f"{data_file} is not the file this ledger archived for {name} (the ledger recorded sha256 "
-                f"{record[1][:12]}…, {record[2]} rows): nothing was restored"
-            )
         oldest = coverage(conn)
         if oldest.from_at is None or oldest.from_at != to_at:
             raise ArchiveError(
                 f"{name} ends at {to_at:%Y-%m-%d}, but the oldest attached partition starts at "
                 f"{_month(oldest.from_at)}: restore the newest archived month first"
             )
-        conn.execute(
-            "SELECT spanmeter_attach_usage_partition(%s, coalesce(%s, '-infinity'::timestamptz), %s)",
-            (name, from_at, to_at),
-        )
-        columns = ", ".join(manifest["columns"])
-        with conn.cursor().copy(f'COPY "{name}" ({columns}) FROM STDIN') as copy:
+        lower = sql.Literal(from_at) if from_at is not None else sql.SQL("MINVALUE")
+        conn.execute(sql.SQL("CREATE TABLE {} (LIKE usage_events INCLUDING DEFAULTS INCLUDING INDEXES)").format(table))
+        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(table, sql.SQL(", ").join(map(sql.Identifier, columns)))
+        with conn.cursor().copy(copy_sql) as copy:
             for chunk in _decompressed(data_file):
                 copy.write(chunk)
-        loaded = conn.execute(f'SELECT count(*) FROM ONLY "{name}"').fetchone()[0]
+        loaded = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
         if loaded != rows:
             raise ArchiveError(f"{name}: loaded {loaded} rows, the archive holds {rows}: nothing was restored")
+        bound = sql.SQL("occurred_at < {}").format(sql.Literal(to_at))
+        if from_at is not None:
+            bound = sql.SQL("occurred_at >= {} AND {}").format(sql.Literal(from_at), bound)
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
+                table, sql.Identifier(f"{name}_bounds"), bound
+            )
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER {} BEFORE UPDATE OR DELETE OR TRUNCATE ON {} FOR EACH STATEMENT "
+                "EXECUTE FUNCTION spanmeter_refuse_ledger_change()"
+            ).format(sql.Identifier(f"{name}_append_only"), table)
+        )
+        conn.execute("SET LOCAL lock_timeout = '3s'")
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_ID,))
+        conn.execute(
+            sql.SQL("ALTER TABLE usage_events ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+                table, lower, sql.Literal(to_at)
+            )
+        )
+        conn.execute(
+            "INSERT INTO usage_event_partitions (partition_name, from_at, to_at) "
+            "VALUES (%s, coalesce(%s, '-infinity'::timestamptz), %s)",
+            (name, from_at, to_at),
+        )
         conn.execute(
             "INSERT INTO usage_partition_archives (action, partition_name, from_at, to_at, row_count, sha256,"
-            " file_name) VALUES ('restored', %s, coalesce(%s, '-infinity'::timestamptz), %s, %s, %s, %s)",
-            (name, from_at, to_at, rows, sha256, data_file.name),
+            " file_name, columns) VALUES ('restored', %s, coalesce(%s, '-infinity'::timestamptz), %s, %s, %s, %s, %s)",
+            (name, from_at, to_at, rows, sha256, data_file.name, columns),
         )
-    manifest_file = Path(manifest["_path"])
-    return ArchivedPartition(name, from_at, to_at, rows, sha256, data_file, manifest_file)
+    return ArchivedPartition(name, from_at, to_at, rows, sha256, data_file, Path(manifest["_path"]))

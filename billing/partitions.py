@@ -10,7 +10,7 @@ A ledger upgraded from an unpartitioned one keeps its old table, unrewritten, as
   ``SPANMETER_MAX_SPAN_AGE_SECONDS`` old, a few minutes ahead) is always covered. It runs the SECURITY DEFINER
   function ``spanmeter_create_usage_partitions`` (the writer owns nothing; the partitions belong to the
   ledger's owner), under an advisory lock, so several receivers create each month once. The gauge
-  ``spanmeter_ledger_partition_horizon_seconds`` (time until the newest partition ends) drives the alert
+  ``spanmeter_ledger_partitions_end_timestamp_seconds`` (when the newest partition ends) drives the alert
   ``SpanmeterLedgerPartitionsRunningOut`` long before a span could meet a missing month.
 - **Missing.** A row whose month has no partition is never lost and never fails its batch: the writer leaves it
   out of the INSERT and the exporter keeps its span in ``rejected_spans`` as ``no_partition`` (alert
@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 
 import psycopg
 
+from .ledger.writer import PARTITION_LOCK_ID
+
 __all__ = [
     "CHECK_INTERVAL_SECONDS",
     "MONTHS_AHEAD",
@@ -41,10 +43,10 @@ __all__ = [
     "list_partitions",
     "month_start",
     "months_after",
+    "months_ahead_for",
 ]
 
-PARTITION_LOCK_ID = 0x7061727469746E73  # "partitns": the lock spanmeter_create_usage_partitions takes
-MONTHS_AHEAD = 2  # besides the current month
+MONTHS_AHEAD = 2  # besides the current month, at least (see months_ahead_for)
 CHECK_INTERVAL_SECONDS = 3600.0
 
 
@@ -71,6 +73,12 @@ class Coverage:
     def horizon_seconds(self, now: datetime) -> float:
         """How long until the newest partition ends (negative: already past; 0 without partitions)."""
         return (self.to_at - now).total_seconds() if self.to_at is not None else 0.0
+
+
+def months_ahead_for(max_clock_skew_seconds: int) -> int:
+    """Months after the current one to keep ready so that a span ending ``max_clock_skew_seconds`` ahead (the
+    latest the receiver accepts) has its month: at least :data:`MONTHS_AHEAD`, at most 24."""
+    return min(24, max(MONTHS_AHEAD, -(-max_clock_skew_seconds // (28 * 86400)) + 1))
 
 
 def month_start(moment: datetime) -> datetime:

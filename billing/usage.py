@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Engine, Select, func, select
+from sqlalchemy import Engine, Select, func, select, text
 
 from .ledger.models import UsageEvent
 
-__all__ = ["MeterTotal", "usage_statement", "usage_totals"]
+__all__ = ["MeterTotal", "archived_before", "usage_statement", "usage_totals"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,13 @@ def usage_statement(account_id: str, start: datetime, end: datetime) -> Select:
         .group_by(UsageEvent.meter_code, UsageEvent.unit)
         .order_by(UsageEvent.meter_code)
     )
+
+
+def archived_before(engine: Engine) -> datetime | None:
+    """The end of the newest archived month (``spanmeter db archive``): raw rows before it are in the archive
+    files, not in ``usage_events``; None when nothing is archived."""
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT archived_to FROM usage_event_coverage")).scalar()
 
 
 def usage_totals(engine: Engine, account_id: str, start: datetime, end: datetime) -> list[MeterTotal]:

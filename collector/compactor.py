@@ -17,9 +17,10 @@ backlog and exports it:
 
 It also keeps the ledger's monthly partitions ahead (:func:`spanmeter.billing.partitions.ensure`, at start and
 every ``partition_interval_seconds``, default an hour; every process may, the database function takes an
-advisory lock) and exports ``spanmeter_ledger_partition_horizon_seconds`` (alert
-``SpanmeterLedgerPartitionsRunningOut``); a failure is counted in ``spanmeter_ledger_partition_errors_total``
-and retried at the next tick.
+advisory lock; ``partition_months_ahead`` after the current month, from the clock skew the receiver accepts)
+and exports ``spanmeter_ledger_partitions_end_timestamp_seconds``, read again even when creating fails, so
+``SpanmeterLedgerPartitionsRunningOut`` fires as the end nears; a failure is counted in
+``spanmeter_ledger_partition_errors_total`` and retried at the next tick.
 
 A database error is counted and logged once per streak; the next tick reconnects. Lifecycle: ``start()``,
 ``shutdown()`` (safe without ``start()``; a fold in progress finishes or rolls back, never half-applies).
@@ -31,7 +32,6 @@ import contextlib
 import logging
 import threading
 import time
-from datetime import UTC, datetime
 
 import psycopg
 
@@ -53,6 +53,7 @@ class RollupCompactor:
         interval_seconds: float = 1.0,
         max_deltas_per_fold: int = 50_000,
         partition_interval_seconds: float = partitions.CHECK_INTERVAL_SECONDS,
+        partition_months_ahead: int = partitions.MONTHS_AHEAD,
     ) -> None:
         self._database = database
         self._metrics = metrics
@@ -63,6 +64,7 @@ class RollupCompactor:
         self._conn: psycopg.Connection | None = None
         self._failing = False
         self._partition_interval = partition_interval_seconds
+        self._months_ahead = partition_months_ahead
         self._partitions_due = 0.0  # monotonic time of the next partition check: at once
         self._partitions_failing = False
 
@@ -78,22 +80,28 @@ class RollupCompactor:
         self._close()
 
     def keep_partitions(self) -> list[str]:
-        """Create the months that should exist ahead and not yet do; update the horizon gauge. Returns the
+        """Create the months that should exist ahead and not yet do; update the end gauge. Returns the
         partitions created."""
         conn = self._connection()
         try:
-            created = partitions.ensure(conn)
-            conn.commit()
-            horizon = partitions.coverage(conn).horizon_seconds(datetime.now(UTC))
+            created = partitions.ensure(conn, months_ahead=self._months_ahead)
             conn.commit()
         except Exception:
             self._metrics.partition_errors.inc()
+            with contextlib.suppress(Exception):  # what exists still tells how long spans are taken
+                conn.rollback()
+                self._export_end(conn)
             raise
         self._metrics.partitions_created.inc(len(created))
-        self._metrics.partition_horizon.set(horizon)
+        self._export_end(conn)
         if created:
             log.info("created ledger partitions %s", ", ".join(created))
         return created
+
+    def _export_end(self, conn: psycopg.Connection) -> None:
+        end = partitions.coverage(conn).to_at
+        conn.commit()
+        self._metrics.partitions_end.set(end.timestamp() if end is not None else 0)
 
     def _keep_partitions_when_due(self) -> None:
         if time.monotonic() < self._partitions_due:

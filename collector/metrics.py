@@ -29,7 +29,7 @@ and absences behave from the first scrape.
 | ``spanmeter_rollup_deltas_folded_total`` | counter | | rollup deltas this process folded into the rollups |
 | ``spanmeter_rollup_fold_errors_total`` | counter | | fold attempts that failed (the deltas stay pending, nothing is lost) |
 | ``spanmeter_rollup_last_fold_timestamp_seconds`` | gauge | | Unix time this process last folded or found nothing to fold (0 before) |
-| ``spanmeter_ledger_partition_horizon_seconds`` | gauge | | time until the newest ``usage_events`` partition ends (serve keeps this month and the next 2) |
+| ``spanmeter_ledger_partitions_end_timestamp_seconds`` | gauge | | Unix time the newest ``usage_events`` partition ends (serve keeps this month and the next 2 or more) |
 | ``spanmeter_ledger_partitions_created_total`` | counter | | monthly partitions this process created |
 | ``spanmeter_ledger_partition_errors_total`` | counter | | failed checks or creations of partitions (retried every tick) |
 | ``spanmeter_billable_worker_seconds_total`` | counter | plan_code | worker seconds newly committed |
@@ -154,9 +154,9 @@ class RollupMetrics:
             registry=r,
         )
         # the ledger's monthly partitions (see spanmeter.billing.partitions), kept by the same component
-        self.partition_horizon = Gauge(
-            "spanmeter_ledger_partition_horizon_seconds",
-            "Seconds until the newest usage_events partition ends (spans of later months are kept as no_partition).",
+        self.partitions_end = Gauge(
+            "spanmeter_ledger_partitions_end_timestamp_seconds",
+            "Unix time the newest usage_events partition ends (spans of later months are kept as no_partition).",
             registry=r,
         )
         self.partitions_created = Counter(

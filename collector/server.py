@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import CollectorRegistry
 
+from spanmeter.billing import partitions
 from spanmeter.billing.ledger import migrate
 from spanmeter.billing.ledger.database import Database, resolve_database
 
@@ -192,7 +193,12 @@ class CollectorServer:
 
         self._billing_metrics = BillingMetrics(database, self.registry, config.billing_metrics_interval_seconds)
         self._billing_metrics.start()
-        self._compactor = RollupCompactor(database, RollupMetrics(self.registry), config.rollup_fold_interval_seconds)
+        self._compactor = RollupCompactor(
+            database,
+            RollupMetrics(self.registry),
+            config.rollup_fold_interval_seconds,
+            partition_months_ahead=partitions.months_ahead_for(config.max_clock_skew_seconds),
+        )
         self._compactor.start()
         # only the lag of the read replica: serve itself reads the primary (duplicate checks, readiness, folds)
         self._replica_lag = start_lag_monitor(config, database, self.registry)

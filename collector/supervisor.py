@@ -52,6 +52,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client.process_collector import ProcessCollector
 
+from spanmeter.billing import partitions
 from spanmeter.billing.ledger.database import Database, resolve_database
 
 from .billing_metrics import BillingMetrics
@@ -180,7 +181,12 @@ class Supervisor:
         registry = CollectorRegistry(auto_describe=True)
         prom_multiprocess.MultiProcessCollector(registry, path=str(self._metrics_dir))
         ProcessCollector(registry=registry)
-        self._compactor = RollupCompactor(database, RollupMetrics(registry), config.rollup_fold_interval_seconds)
+        self._compactor = RollupCompactor(
+            database,
+            RollupMetrics(registry),
+            config.rollup_fold_interval_seconds,
+            partition_months_ahead=partitions.months_ahead_for(config.max_clock_skew_seconds),
+        )
         self._compactor.start()
         self._billing_metrics = BillingMetrics(database, registry, config.billing_metrics_interval_seconds)
         self._billing_metrics.start()

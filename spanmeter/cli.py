@@ -444,7 +444,7 @@ def _parse_time(text: str, flag: str) -> datetime:
 def _usage(args: argparse.Namespace) -> int:
     from spanmeter.billing.ledger.replica import read_connection
     from spanmeter.billing.quotas import month_to_date
-    from spanmeter.billing.usage import usage_totals
+    from spanmeter.billing.usage import archived_before, usage_totals
 
     config = _config(args)
     now = datetime.now(UTC)
@@ -455,19 +455,26 @@ def _usage(args: argparse.Namespace) -> int:
         raise UsageError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
     databases = _read_databases(config)
 
-    def read(database: Any) -> tuple[Any, Any]:  # the replica when configured: usage may lag
+    def read(database: Any) -> tuple[Any, Any, Any]:  # the replica when configured: usage may lag
         engine = database.engine()
         try:
             totals = usage_totals(engine, args.account, start, end)
+            archived = archived_before(engine)
         finally:
             engine.dispose()
         if args.start or args.end:
-            return totals, None
+            return totals, None, archived
         with read_connection(database) as conn:  # month to date when the account has a subscription
-            return totals, month_to_date(conn, args.account, now)
+            return totals, month_to_date(conn, args.account, now), archived
 
-    totals, mtd = databases.read(read)
+    totals, mtd, archived = databases.read(read)
     _note_staleness(databases, config)
+    if archived is not None and start < archived:  # raw rows of archived months are in their files only
+        print(
+            f"spanmeter: note: usage before {archived:%Y-%m-%d} was archived (spanmeter db archive): these totals "
+            "leave it out; its invoices and rollups stay, and `spanmeter db restore` brings the rows back",
+            file=sys.stderr,
+        )
     if args.format == "json":
         doc = {
             "account_id": args.account,

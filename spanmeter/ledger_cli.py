@@ -1,8 +1,9 @@
 """``spanmeter db partitions | archive | restore``: the ledger's monthly partitions, from the command line.
 
 - ``db partitions``: the attached partitions (bounds, estimated rows, size), what the ledger covers and what was
-  archived; ``--create`` first creates the current month and the next ``--months-ahead`` (default 2), and
-  with ``--from YYYY-MM`` every older month down to that one (a backfill of older usage).
+  archived; ``--create`` first creates the current month and the next ``--months-ahead`` (default 2).
+  Older usage (a backfill) needs no month of its own: it lands in the partition that holds everything before
+  the ledger's first month.
 - ``db archive --before YYYY-MM --to DIR``: export each closed month before YYYY-MM to a checksummed file,
   then detach it (see :mod:`spanmeter.billing.archive` for what "closed" means).
 - ``db restore MANIFEST``: bring an archived month back from its files.
@@ -27,9 +28,6 @@ def add_commands(db_sub: Any, common: Any) -> None:
     parts = db_sub.add_parser("partitions", help="the ledger's monthly partitions; --create makes the missing ones")
     parts.add_argument("--create", action="store_true", help="create the current month and the next ones first")
     parts.add_argument("--months-ahead", default="2", help="with --create: months after the current one (default 2)")
-    parts.add_argument(
-        "--from", dest="back_to", metavar="YYYY-MM", help="with --create: also every older month from this one"
-    )
     common(parts)
     arch = db_sub.add_parser("archive", help="export closed months to checksummed files, then detach them")
     arch.add_argument("--before", required=True, metavar="YYYY-MM", help="archive the months before this one")
@@ -65,19 +63,18 @@ def run(args: argparse.Namespace, config: Any, database: Any, usage_error: type[
 
     try:
         before = _month(getattr(args, "before", None), "--before")
-        back_to = _month(getattr(args, "back_to", None), "--from")
     except ValueError as exc:
         raise usage_error(str(exc)) from None
     with database.connect(connect_timeout=10) as conn:
+        conn.execute("SET TimeZone = 'UTC'")  # months and dates are UTC's, whatever the server's default
+        conn.commit()
         if args.db_command == "partitions":
-            if args.back_to and not args.create:
-                raise usage_error("--from creates older months: use it with --create")
             if not args.months_ahead.isdigit() or not 0 <= int(args.months_ahead) <= 24:
                 raise usage_error(f"--months-ahead {args.months_ahead!r}: a whole number of months from 0 to 24")
             if args.create:
                 try:
-                    created = partitions.ensure(conn, months_ahead=int(args.months_ahead), back_to=back_to)
-                except psycopg.errors.ObjectNotInPrerequisiteState as exc:  # e.g. --from over an archived month
+                    created = partitions.ensure(conn, months_ahead=int(args.months_ahead))
+                except psycopg.errors.ObjectNotInPrerequisiteState as exc:  # a ledger without its bookkeeping
                     raise usage_error(str(exc).splitlines()[0]) from None
                 conn.commit()
                 print(f"created {', '.join(created)}" if created else "every month asked for exists already")

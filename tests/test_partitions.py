@@ -200,11 +200,16 @@ def test_months_are_created_ahead_once_by_the_writer_and_never_over_an_archived_
 
 
 def test_a_span_of_a_month_without_a_partition_is_kept_then_billed_once_by_replay(fresh_db, make_collector):
-    skew = str(400 * 86400)  # a producer whose clock runs months ahead may send this far
+    """Serve cannot create months (its role lost EXECUTE on the function: the keeper fails); a producer whose
+    clock runs months ahead sends spans of a month without a partition. They are kept, counted, replayable;
+    the end gauge still says when the newest partition ends, so the alert would fire as it nears."""
+    migrate.upgrade(resolve_database(fresh_db, data_dir=None))
+    function = "spanmeter_create_usage_partitions(timestamptz, timestamptz)"
+    _run(fresh_db, f"REVOKE EXECUTE ON FUNCTION {function} FROM spanmeter_writer")
+    skew = str(400 * 86400)  # the clock skew serve accepts
     collector = make_collector(fresh_db, SPANMETER_MAX_CLOCK_SKEW_SECONDS=skew)
     f = SpanFactory({"service.name": "far-svc"})
-    now_ns = time.time_ns()
-    far = now_ns + 200 * 86400 * 10**9  # ~6.5 months ahead: beyond the 2 months serve keeps ready
+    far = time.time_ns() + 200 * 86400 * 10**9  # ~6.5 months ahead: beyond the 2 months the migration made
     spans = [
         f.span(
             "run/task",
@@ -222,7 +227,9 @@ def test_a_span_of_a_month_without_a_partition_is_kept_then_billed_once_by_repla
     assert "no partition" in message and "spanmeter db partitions --create" in message
     metrics = collector.metrics()
     assert metrics['spanmeter_spans_rejected_total{reason="no_partition"}'] == 3
-    assert metrics["spanmeter_ledger_partition_horizon_seconds"] > 59 * 86400
+    assert metrics["spanmeter_ledger_partition_errors_total"] >= 1
+    end = ledger(fresh_db, "SELECT extract(epoch FROM to_at) FROM usage_event_coverage")[0][0]
+    assert metrics["spanmeter_ledger_partitions_end_timestamp_seconds"] == float(end)
     assert metrics.get('spanmeter_usage_events_duplicate_total{meter="worker_seconds"}', 0) == 0
 
     env = {"SPANMETER_MAX_CLOCK_SKEW_SECONDS": skew}
@@ -232,6 +239,7 @@ def test_a_span_of_a_month_without_a_partition_is_kept_then_billed_once_by_repla
     assert "0 billed" in run.stdout and "no_partition x3" in run.stdout  # still no month: still pending
     assert ledger(fresh_db, "SELECT count(*) FROM dead_letter_replays") == [(0,)]
 
+    _run(fresh_db, f"GRANT EXECUTE ON FUNCTION {function} TO spanmeter_writer")
     create = [SPANMETER, "db", "partitions", "--create", "--months-ahead", "8", "--database-url", fresh_db]
     made = subprocess.run(create, capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
@@ -240,6 +248,67 @@ def test_a_span_of_a_month_without_a_partition_is_kept_then_billed_once_by_repla
     assert run.returncode == 0 and "3 billed" in run.stdout, run.stdout + run.stderr
     run = subprocess.run(replay, capture_output=True, text=True, timeout=60, env={**_env(), **env})
     assert ledger(fresh_db, "SELECT count(*) FROM usage_events") == [(4,)]  # once, however often replayed
+
+
+def test_serve_keeps_as_many_months_ready_as_the_clock_skew_it_accepts():
+    assert partitions.months_ahead_for(300) == partitions.MONTHS_AHEAD
+    assert partitions.months_ahead_for(90 * 86400) == 5  # a span 90 days ahead has its month
+    assert partitions.months_ahead_for(10_000 * 86400) == 24  # the function's cap
+
+
+def test_the_months_covered_do_not_change_under_a_writer_transaction(db):
+    """A writer's INSERT and its look at what it left out must see the same months: creating one waits for
+    the writer transactions in flight (they hold the partition lock shared)."""
+    later = datetime.now(UTC) + timedelta(days=120)
+    with psycopg.connect(db) as writer_conn:
+        written = LedgerWriter(writer_conn).write_usage([usage("acme", 1, later)])
+        assert written.inserted == 0 and [r for _k, r in written.outside] == ["no_partition"]
+        done = threading.Event()
+
+        def create() -> None:
+            with psycopg.connect(db) as conn:
+                partitions.ensure(conn, now=later)
+                conn.commit()
+            done.set()
+
+        creator = threading.Thread(target=create)
+        creator.start()
+        assert not done.wait(1.0)  # waits for the writer's transaction
+        writer_conn.commit()
+        assert done.wait(10)
+        creator.join()
+    assert write(db, [usage("acme", 1, later)]).inserted == 1  # the next batch sees the new month
+
+
+def test_the_partition_guard_leaves_other_ddl_alone_and_refuses_every_detach(db):
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE ROLE guard_other LOGIN")
+        conn.execute("CREATE SCHEMA other AUTHORIZATION guard_other")
+        conn.execute("SET ROLE guard_other")
+        conn.execute("CREATE TABLE other.t (a int)")
+        conn.execute("ALTER TABLE other.t ADD COLUMN b int")  # another role's DDL is checked, not refused
+        conn.execute("DROP TABLE other.t")
+        conn.execute("RESET ROLE")
+        month = month_partition(datetime.now(UTC))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="spanmeter db archive"):
+            conn.execute(f"ALTER TABLE usage_events DETACH PARTITION {month} CONCURRENTLY")
+        assert conn.execute(  # refused before its first step: nothing is left half-detached
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'usage_events'::regclass AND inhdetachpending"
+        ).fetchone() == (0,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not be dropped"):
+            conn.execute("DROP TABLE usage_events CASCADE")
+        assert write(db, [usage("acme", 2, datetime.now(UTC) - timedelta(minutes=1))]).inserted == 1
+
+
+def test_partitions_are_never_created_further_than_24_months_ahead(db):
+    with psycopg.connect(db) as conn, pytest.raises(psycopg.errors.InvalidParameterValue, match="24 months"):
+        partitions.ensure(conn, now=datetime(2060, 1, 1, tzinfo=UTC))
+    assert ledger(db, "SELECT count(*) <= 5 FROM usage_event_partitions") == [(True,)]
+
+
+def _run(db: str, statement: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(statement)
 
 
 def _env() -> dict[str, str]:
@@ -363,6 +432,41 @@ def test_closed_months_are_archived_to_checked_files_and_restored_exactly(db, tm
     with psycopg.connect(db) as conn, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="archived"):
         partitions.ensure(conn, back_to=datetime(2026, 10, 1, tzinfo=UTC))
 
+    # spanmeter usage says when its window reaches into archived months (their raw rows are in the files)
+    usage_cli = [SPANMETER, "usage", "--account", "acme", "--from", "2026-10-01", "--to", "2026-12-01"]
+    said = subprocess.run([*usage_cli, "--database-url", db], capture_output=True, text=True, timeout=60)
+    assert said.returncode == 0 and "was archived" in said.stderr, said.stdout + said.stderr
+    # no downgrade while a month is archived: the plain table would take its spans again
+    with resolve_database(db, data_dir=None).engine().connect() as connection:
+        from alembic import command
+
+        from spanmeter.billing.ledger.migrate import _config
+
+        with pytest.raises(Exception, match="restore them"):
+            command.downgrade(_config(connection), "0009_narrow_job_sets")
+    # a manifest is only a pointer: bounds, columns, checksum and rows are the ledger's own record
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    for change in ({"from": "2026-06-01T00:00:00+00:00"}, {"columns": "swap"}):
+        manifest = json.loads(done[1].manifest.read_text())
+        if change.get("columns") == "swap":
+            cols = manifest["columns"]
+            i, j = cols.index("account_id"), cols.index("unit")
+            cols[i], cols[j] = cols[j], cols[i]
+        else:
+            manifest.update(change)
+        (tampered / done[1].manifest.name).write_text(json.dumps(manifest))
+        (tampered / done[1].data_file.name).write_bytes(done[1].data_file.read_bytes())
+        if "from" in change:  # bounds are not the manifest's to say: kept for the restore below
+            widened = tampered / "widened"
+            widened.mkdir()
+            (widened / done[1].manifest.name).write_text(json.dumps(manifest))
+            (widened / done[1].data_file.name).write_bytes(done[1].data_file.read_bytes())
+            continue
+        with psycopg.connect(db) as conn, pytest.raises(archive.ArchiveError, match="does not describe the archive"):
+            archive.restore(conn, tampered / done[1].manifest.name)
+    assert ledger(db, "SELECT count(*) FROM usage_events") == [(0,)]
+
     # restore: the newest archived month first; a damaged file is refused and changes nothing
     with psycopg.connect(db) as conn, pytest.raises(archive.ArchiveError, match="newest archived month first"):
         archive.restore(conn, done[0].manifest)
@@ -372,10 +476,16 @@ def test_closed_months_are_archived_to_checked_files_and_restored_exactly(db, tm
     (damaged / done[1].data_file.name).write_bytes(gzip.compress(b"\n".join([b"x"] * 50) + b"\n"))
     with psycopg.connect(db) as conn, pytest.raises(archive.ArchiveError, match="does not match its manifest"):
         archive.restore(conn, damaged / done[1].manifest.name)
-    for a in reversed(done):
+    for a, manifest_path in ((done[1], tmp_path / "tampered" / "widened" / done[1].manifest.name), (done[0], None)):
         with psycopg.connect(db) as conn:
-            restored = archive.restore(conn, a.manifest)
-        assert (restored.partition, restored.rows) == (a.partition, a.rows)
+            restored = archive.restore(conn, manifest_path or a.manifest)
+        assert (restored.partition, restored.rows, restored.from_at) == (a.partition, a.rows, a.from_at)
+        if manifest_path is not None:  # the widened manifest said June: the ledger's record said otherwise
+            assert ledger(db, f"SELECT from_at FROM usage_event_partitions WHERE partition_name = '{a.partition}'") == [
+                (a.from_at,)
+            ]
+            late = write(db, [usage("acme", 1, datetime(2026, 10, 7, tzinfo=UTC))])  # still archived: refused
+            assert late.inserted == 0 and [r for _k, r in late.outside] == ["archived_period"]
     assert ledger(db, "SELECT count(*), sum(quantity) FROM usage_events") == [
         (450, sum(Decimal(r[7]) for r in old + monthly))
     ]

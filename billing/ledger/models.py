@@ -138,6 +138,7 @@ class UsagePartitionArchive(Base):
     row_count: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(Text)
     file_name: Mapped[str] = mapped_column(Text)
+    columns: Mapped[list[str]] = mapped_column(ARRAY(Text))
     recorded_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
     recorded_by: Mapped[str] = mapped_column(Text, server_default=text("session_user"))
 

@@ -12,7 +12,9 @@ This is the hot path, so it speaks psycopg 3 directly (SQLAlchemy has no COPY):
 ``usage_events`` is partitioned by UTC month (migration 0010). The INSERT takes only rows whose month has a
 partition (``usage_event_coverage``, read in the same statement), so a row of a month without one never
 fails the batch: it comes back in :attr:`UsageWrite.outside`, ``no_partition`` or ``archived_period``, and
-the caller keeps it as a rejected span.
+the caller keeps it as a rejected span. Each transaction holds the advisory lock :data:`PARTITION_LOCK_ID`
+shared (taken with the first COPY); creating, archiving or restoring a month holds it exclusively, so the
+months covered cannot change between the INSERT and the look at what it left out.
 
 The caller owns the transaction: it commits after ``write_batch`` returns, and only then acknowledges.
 Span end times travel as integer microseconds since the epoch and become ``timestamptz`` in PostgreSQL,
@@ -29,6 +31,7 @@ from decimal import Decimal
 import psycopg
 
 __all__ = [
+    "PARTITION_LOCK_ID",
     "KeyConflict",
     "LedgerWriter",
     "RejectedRequestRow",
@@ -86,6 +89,7 @@ SELECT timestamptz 'epoch' + occurred_at_us * interval '1 microsecond', idempote
 FROM usage_staging, usage_event_coverage c
 WHERE timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' >= c.from_at
   AND timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' < c.to_at
+  AND (c.archived_to IS NULL OR timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' >= c.archived_to)
 ON CONFLICT DO NOTHING
 """
 # Also only then: staged rows of a month without a partition (the INSERT left them out). A month that was
@@ -96,7 +100,7 @@ SELECT replace(s.idempotency_key::text, '-', ''),
        CASE WHEN t.at < c.archived_to THEN 'archived_period' ELSE 'no_partition' END
 FROM usage_staging s CROSS JOIN usage_event_coverage c
 CROSS JOIN LATERAL (SELECT timestamptz 'epoch' + s.occurred_at_us * interval '1 microsecond' AS at) t
-WHERE (t.at >= c.from_at AND t.at < c.to_at) IS NOT TRUE
+WHERE (t.at >= c.from_at AND t.at < c.to_at AND (c.archived_to IS NULL OR t.at >= c.archived_to)) IS NOT TRUE
 """
 # Only when some rows were duplicates: which staged rows did this transaction insert?
 _NEW_KEYS = """
@@ -123,6 +127,9 @@ WHERE (u.account_id, u.job_id, u.plan_code, u.meter_code, u.meter_version, u.qua
    OR (u.producer IS NOT NULL AND u.producer IS DISTINCT FROM s.producer)
 """
 _COPY_PIECE_BYTES = 1 << 20
+# "partitns": held shared by every writer transaction, exclusively by whatever changes the months covered
+PARTITION_LOCK_ID = 0x7061727469746E73
+_PIECE_SETUP = "SELECT set_config('spanmeter.producer', %s, true), pg_advisory_xact_lock_shared(%s)"
 _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]").search
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -234,7 +241,7 @@ class LedgerWriter:
                 if not copy_text:
                     continue
                 # the staging column's default reads it: the COPY text itself carries no producer
-                cur.execute("SELECT set_config('spanmeter.producer', %s, true)", (producer or "",))
+                cur.execute(_PIECE_SETUP, (producer or "", PARTITION_LOCK_ID))
                 with cur.copy(_COPY) as copy:
                     # in 1 MiB pieces: libpq's output buffer grows to the largest piece and keeps that size
                     # for the connection's life, so one 16 MiB write would pin 16 MiB per writer connection

@@ -11,28 +11,34 @@ partition key), the account index, the append-only and rollup-delta triggers, an
 What keeps it safe:
 
 - **Every partition is append-only**, not only the parent: statement triggers are not cloned to partitions,
-  so each one (the legacy partition included) carries ``{partition}_append_only``. Nobody but the owner holds
-  a privilege on a partition: the writer inserts through the parent only (where the rollup-delta trigger
-  sees every row).
+  so each one (the legacy partition included) carries ``{partition}_append_only``. No role but the owner may
+  write a partition: the writer inserts through the parent only (where the rollup-delta trigger sees every
+  row); it may read new partitions (0006's default privileges), nothing more.
 - **Partitions are created ahead** by ``spanmeter_create_usage_partitions(through, from)``, SECURITY DEFINER
-  (owned by the owner, ``search_path`` and ``TimeZone`` pinned), executable by ``spanmeter_writer``: serve
+  (owned by the owner, ``search_path`` and ``TimeZone`` pinned, at most 24 months ahead), executable by
+  ``spanmeter_writer``: serve
   keeps the current month and the next two ready (``spanmeter db partitions`` shows and creates them). Each
   partition is created empty, given its trigger, then attached (SHARE UPDATE EXCLUSIVE on the parent: ingest
   does not wait). There is **no default partition** (it would block creating a month and a concurrent detach).
 - **Coverage is bookkept** in ``usage_event_partitions`` (one row per attached partition: name, bounds), read
   by the writer through ``usage_event_coverage`` in the same INSERT, so a row of a month without a partition
-  never fails the batch: it is kept as a rejected span, ``no_partition`` (replayable once the month exists),
+  never fails the batch (everything that changes coverage, creating, archiving or restoring a month, holds the
+  advisory lock ``PARTITION_LOCK_ID`` exclusively and every writer transaction holds it shared, so coverage
+  cannot change between a writer's INSERT and its look at what it left out): it is kept as a rejected span, ``no_partition`` (replayable once the month exists),
   or ``archived_period`` when its month was archived (the ledger cannot see that month's keys any more, so
   billing it again could double-bill).
 - **Archives are recorded** in ``usage_partition_archives`` (append-only): which partition, its bounds, its
   row count, the SHA-256 and name of the file ``spanmeter db archive`` wrote, archived or restored, by whom.
-- **Detaching or dropping a partition outside ``spanmeter db archive`` is refused** by an event trigger
-  (``spanmeter_partitions_<schema>``, at the end of every ``ALTER TABLE``/``DROP TABLE``): a bookkept
-  partition that is no longer attached aborts the statement. Creating an event trigger needs a superuser;
-  without one the migration warns and the guarantee rests on privileges (the writer owns nothing, so it can
-  never detach).
+- **Detaching or dropping a partition outside ``spanmeter db archive`` is refused** by two event triggers
+  (SECURITY DEFINER, so other roles' DDL is checked, not refused): at the start of an ``ALTER TABLE`` whose
+  text detaches from ``usage_events`` (``DETACH … CONCURRENTLY`` commits a first step before any
+  end-of-command check) unless ``spanmeter db archive`` marked its transaction (``spanmeter.archive``); and
+  at the end of every ``ALTER TABLE``/``DROP TABLE``: a bookkept partition that is no longer attached, or a
+  dropped ``usage_events``, aborts the statement. Creating an event trigger needs a superuser; without one the
+  migration warns and the guarantee rests on privileges (the writer owns nothing, so it can never detach).
 
-Downgrading copies the rows back into one plain table (a rewrite; archived months stay in their files).
+Downgrading copies the rows back into one plain table (a rewrite); it is refused while a month is archived
+(the plain table could not tell that month's spans from new ones).
 """
 
 from __future__ import annotations
@@ -69,6 +75,10 @@ BEGIN
     IF hi IS NULL THEN
         RAISE EXCEPTION 'usage_events has no partition in usage_event_partitions: run spanmeter db upgrade'
             USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF p_through > date_trunc('month', now()) + interval '24 months' THEN
+        RAISE EXCEPTION 'partitions are created at most 24 months ahead, not through %', p_through
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- ahead: every month from the newest partition's end through the month holding p_through
     m := hi;
@@ -124,13 +134,30 @@ SELECT (SELECT min(from_at) FROM usage_event_partitions) AS from_at,
        ) AS archived_to
 """
 
+# At the start of an ALTER TABLE the command's text is all there is to go by (DETACH … CONCURRENTLY commits
+# its first step before any end-of-command check could refuse it); spanmeter db archive sets spanmeter.archive.
+DETACH_GUARD_FUNCTION = r"""
+CREATE FUNCTION spanmeter_guard_usage_detach() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_query() ~* '\mdetach\s+partition\M' AND current_query() ~* '\musage_events'
+       AND coalesce(current_setting('spanmeter.archive', true), '') <> 'on' THEN
+        RAISE EXCEPTION 'a partition of usage_events may be detached only by spanmeter db archive, which exports it '
+            'to a checksummed file first' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$
+"""
+
 GUARD_FUNCTION = """
 CREATE FUNCTION spanmeter_guard_usage_partitions() RETURNS event_trigger LANGUAGE plpgsql AS $$
 DECLARE
     gone text;
 BEGIN
-    IF to_regclass('usage_events') IS NULL OR to_regclass('usage_event_partitions') IS NULL THEN
-        RETURN;
+    IF to_regclass('usage_event_partitions') IS NULL THEN
+        RETURN;  -- not a ledger (or the migration's own downgrade)
+    END IF;
+    IF to_regclass('usage_events') IS NULL THEN
+        RAISE EXCEPTION 'usage_events may not be dropped: it is the ledger' USING ERRCODE = 'insufficient_privilege';
     END IF;
     SELECT string_agg(p.partition_name, ', ' ORDER BY p.from_at) INTO gone
       FROM usage_event_partitions p
@@ -186,6 +213,7 @@ def upgrade() -> None:
         sa.Column("row_count", sa.BigInteger, nullable=False),
         sa.Column("sha256", sa.Text, nullable=False),
         sa.Column("file_name", sa.Text, nullable=False),
+        sa.Column("columns", postgresql.ARRAY(sa.Text), nullable=False),
         sa.Column("recorded_at", TS, nullable=False, server_default=sa.func.now()),
         sa.Column("recorded_by", sa.Text, nullable=False, server_default=sa.text("session_user")),
         sa.CheckConstraint("action IN ('archived', 'restored')", name="usage_partition_archives_action"),
@@ -273,21 +301,28 @@ def upgrade() -> None:
         END
         $$
     """)
-    # the current month and the next ones, from the cutover on
-    op.execute(
-        f"SELECT spanmeter_create_usage_partitions(date_trunc('month', now(), 'UTC') + interval '{MONTHS_AHEAD} months')"
-    )
+    # the current month and the next ones, from the cutover on (the month computed here, in UTC)
+    now = datetime.now(UTC)
+    index = now.year * 12 + now.month - 1 + MONTHS_AHEAD
+    through = datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
+    op.execute(f"SELECT spanmeter_create_usage_partitions('{through.isoformat()}')")
 
     op.execute(GUARD_FUNCTION)
+    op.execute(DETACH_GUARD_FUNCTION)
     op.execute("""
         DO $$
         BEGIN
-            EXECUTE format('ALTER FUNCTION spanmeter_guard_usage_partitions() SET search_path = %I, pg_temp',
-                           current_schema());
+            EXECUTE format('ALTER FUNCTION spanmeter_guard_usage_partitions() SECURITY DEFINER '
+                           'SET search_path = %I, pg_temp', current_schema());
+            EXECUTE format('ALTER FUNCTION spanmeter_guard_usage_detach() SECURITY DEFINER '
+                           'SET search_path = %I, pg_temp', current_schema());
             IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
                 EXECUTE format('CREATE EVENT TRIGGER %I ON ddl_command_end WHEN TAG IN (''ALTER TABLE'', '
                                '''DROP TABLE'') EXECUTE FUNCTION spanmeter_guard_usage_partitions()',
                                'spanmeter_partitions_' || current_schema());
+                EXECUTE format('CREATE EVENT TRIGGER %I ON ddl_command_start WHEN TAG IN (''ALTER TABLE'') '
+                               'EXECUTE FUNCTION spanmeter_guard_usage_detach()',
+                               'spanmeter_detach_' || current_schema());
             ELSE
                 RAISE WARNING 'not a superuser: the event trigger that refuses detaching a ledger partition outside '
                     'spanmeter db archive was not created (a superuser may run: CREATE EVENT TRIGGER '
@@ -303,11 +338,18 @@ def downgrade() -> None:
     op.execute("""
         DO $$
         BEGIN
+            IF (SELECT archived_to FROM usage_event_coverage) IS NOT NULL THEN
+                RAISE EXCEPTION 'months before % are archived: restore them (spanmeter db restore) before '
+                    'downgrading, or the unpartitioned ledger would take their spans again',
+                    (SELECT archived_to FROM usage_event_coverage);
+            END IF;
             EXECUTE format('DROP EVENT TRIGGER IF EXISTS %I', 'spanmeter_partitions_' || current_schema());
+            EXECUTE format('DROP EVENT TRIGGER IF EXISTS %I', 'spanmeter_detach_' || current_schema());
         END
         $$
     """)
     op.execute("DROP FUNCTION spanmeter_guard_usage_partitions()")
+    op.execute("DROP FUNCTION spanmeter_guard_usage_detach()")
     op.execute("LOCK TABLE usage_events IN ACCESS EXCLUSIVE MODE")
     op.execute("CREATE TABLE usage_events_unpartitioned (LIKE usage_events INCLUDING DEFAULTS INCLUDING COMMENTS)")
     op.execute(
