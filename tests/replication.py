@@ -174,9 +174,21 @@ class StreamingPair:
         with psycopg.connect(self.primary.conninfo(), autocommit=True) as conn:
             return conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
 
+    def standby_value(self, query: str, params: tuple = ()):
+        """One value read on the standby, read again when replay cancels the query (a recovery conflict can
+        cancel even a query of no table while the standby catches up)."""
+        for attempt in range(20):
+            try:
+                with psycopg.connect(self.standby.conninfo(), autocommit=True) as conn:
+                    return conn.execute(query, params).fetchone()[0]
+            except psycopg.errors.SerializationFailure:
+                if attempt == 19:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
     def replayed(self, lsn: str) -> bool:
-        with psycopg.connect(self.standby.conninfo(), autocommit=True) as conn:
-            return conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]
+        return self.standby_value("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,))
 
     def wait_for_replay(self, timeout: float = 60) -> None:
         """Until the standby has replayed everything the primary had written when this was called."""
@@ -200,5 +212,8 @@ class StreamingPair:
 
     def resume_replay(self) -> None:
         with psycopg.connect(self.standby.conninfo(), autocommit=True) as conn:
-            conn.execute("SELECT pg_wal_replay_resume()")
-            assert conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0] == "not paused"
+            try:
+                conn.execute("SELECT pg_wal_replay_resume()")
+            except psycopg.errors.SerializationFailure:
+                pass  # replay was paused until this call: resumed, its first conflict cancelled this very query
+        assert self.standby_value("SELECT pg_get_wal_replay_pause_state()") == "not paused"
