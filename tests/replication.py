@@ -12,6 +12,7 @@ PostgreSQL runs as the ``pgserver`` user, as the embedded ledger does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -211,9 +212,10 @@ class StreamingPair:
                 time.sleep(0.05)
 
     def resume_replay(self) -> None:
-        with psycopg.connect(self.standby.conninfo(), autocommit=True) as conn:
-            try:
-                conn.execute("SELECT pg_wal_replay_resume()")
-            except psycopg.errors.SerializationFailure:
-                pass  # replay was paused until this call: resumed, its first conflict cancelled this very query
+        # replay was paused until this call: once resumed, its first conflict may cancel this very query
+        with (
+            psycopg.connect(self.standby.conninfo(), autocommit=True) as conn,
+            contextlib.suppress(psycopg.errors.SerializationFailure),
+        ):
+            conn.execute("SELECT pg_wal_replay_resume()")
         assert self.standby_value("SELECT pg_get_wal_replay_pause_state()") == "not paused"
