@@ -593,6 +593,9 @@ def plans(url: str, worst: str, largest: str, timeline: Timeline, invoice_month:
             dialect=postgresql.psycopg.dialect()
         )
         out["usage_totals_largest"] = explain(conn, str(compiled), compiled.params)
+        attached = [name for (name,) in conn.execute("SELECT partition_name FROM usage_event_partitions")]
+    scanned = sorted({name for line in out["usage_totals_largest"] for name in attached if f" on {name} " in line})
+    out["usage_totals_partitions"] = {"scanned": scanned, "attached": len(attached)}
     return out
 
 
@@ -883,6 +886,11 @@ def main(argv: list[str] | None = None) -> int:
         print_plan(
             f"(1c) largest account: usage_totals over {timeline.current:%Y-%m} (raw; pruned to one partition)",
             pl["usage_totals_largest"],
+        )
+        pruned = pl["usage_totals_partitions"]
+        log(
+            f"    partitions in the plan: {', '.join(pruned['scanned'])} ({len(pruned['scanned'])} of "
+            f"{pruned['attached']} attached; the others pruned at planning)"
         )
         results["summary"] = summary(results, args)
     finally:
