@@ -226,8 +226,8 @@ def _iso(t_us: np.ndarray) -> list[str]:
 
 
 def _groups(month: Month, bucket_us: int) -> Iterator[str]:
-    """COPY text lines of the rollup rows of buckets ``bucket_us`` long, in bucket order (as the fold writes
-    them), grouped exactly as the delta trigger does: account, bucket, meter, version, plan, dimension."""
+    """COPY text lines of the rollup rows of buckets ``bucket_us`` long, grouped exactly as the delta trigger does
+    (account, bucket, meter, version, plan, dimension), in the order of their latest event."""
     n_series = len(SERIES)
     bucket = (month.t_us // bucket_us).astype(np.int64)
     key = (bucket * (int(month.rank.max()) + 1) + month.rank) * n_series + month.series
@@ -246,7 +246,11 @@ def _groups(month: Month, bucket_us: int) -> Iterator[str]:
     latest_q = q[ends - 1]
     bucket_start = _iso(bucket[first] * bucket_us)
     latest_iso = _iso(latest_at)
-    for i, (rank, series) in enumerate(zip(month.rank[first].tolist(), month.series[first].tolist(), strict=True)):
+    ranks, series_of = month.rank[first].tolist(), month.series[first].tolist()
+    # in the order the fold leaves them: a rollup row is rewritten by every fold that adds to it, so its last
+    # version lands in the table when its last event is folded (one account's rows end up on many pages)
+    for i in np.argsort(latest_at, kind="stable").tolist():
+        rank, series = ranks[i], series_of[i]
         meter, dimension = SERIES[series]
         tenths = meter in TENTHS
         yield (

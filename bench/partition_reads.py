@@ -11,8 +11,11 @@ monthly partitions (2,000 Zipf accounts), the largest account included; invoices
 raw events written through the real write path (``LedgerWriter.write_usage``: COPY, ``INSERT … ON CONFLICT``, the
 rollup-delta trigger), folded by ``rollups.fold`` in a thread every second as ``spanmeter serve`` does; the 11 older
 months hold only the rollup rows (hourly, daily, distinct-job sets) that ``(--total-events - --current-events) / 11``
-events a month of the same distribution would have produced, aggregated in Python (``bench/_usage_gen.py``) and
-copied in, month by month in time order. Every account has a ``v2_compute`` subscription from the first month.
+events a month of the same distribution would have produced, aggregated in Python (``bench/_usage_gen.py``; a test
+holds them equal to what the trigger and the fold make of the same rows) and copied in month by month, each row in
+the order of its latest event (where the fold, which rewrites a row at every fold that adds to it, leaves its last
+version: one account's daily rows end up on as many pages as rows, as in the folded current month). Every account
+has a ``v2_compute`` subscription from the first month.
 
 The months: a fresh ledger's migration makes one legacy partition for everything before the current month (no
 lower bound), so ``partitions.ensure(back_to=…)`` cannot add older months below it. The bench therefore puts its
