@@ -102,6 +102,19 @@ def raw_export(
             return RawResult(err.code(), None, err.details() or "", dict(err.trailing_metadata() or ()))
 
 
+def insert_as_an_old_writer(conninfo: str, rows) -> None:
+    """Usage rows (the writer's tuples) inserted one statement each, as a ledger before migrations 0008 (no
+    producer column) and 0010 (not partitioned: no coverage view) took them."""
+    with psycopg.connect(conninfo) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO usage_events (occurred_at, idempotency_key, account_id, job_id, plan_code, meter_code,"
+            " meter_version, quantity, unit, trace_id, span_id, metadata) VALUES (timestamptz 'epoch' + %s *"
+            " interval '1 microsecond', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)",
+            rows,
+        )
+        conn.commit()
+
+
 def ledger(conninfo: str, sql: str, params: tuple = ()) -> list[tuple]:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         return conn.execute(sql, params).fetchall()

@@ -25,7 +25,7 @@ from spanmeter.billing.ledger.database import resolve_database
 from spanmeter.billing.ledger.writer import LedgerWriter
 from spanmeter.billing.periods import Period
 from spanmeter.billing.usage import usage_statement
-from support import SPANMETER, SpanFactory, exporter, ledger
+from support import SPANMETER, SpanFactory, exporter, insert_as_an_old_writer, ledger
 
 OCT, NOV, DEC = Period(2026, 10), Period(2026, 11), Period(2026, 12)
 MS = 1_000_000
@@ -37,18 +37,6 @@ def usage(account, quantity, when, *, meter="worker_seconds", job=None):
     key = uuid.UUID(int=next(_keys) + (uuid.uuid4().int >> 64 << 64)).hex
     unit = "s" if meter.endswith("seconds") else "{token}"
     return (micros, key, account, job, "growth", meter, 1, str(quantity), unit, "ab" * 16, "cd" * 8, "{}")
-
-
-def insert_before_0010(db, rows):
-    """Rows as a writer before migration 0010 inserted them (the table was not partitioned)."""
-    with psycopg.connect(db) as conn:
-        conn.cursor().executemany(
-            "INSERT INTO usage_events (occurred_at, idempotency_key, account_id, job_id, plan_code, meter_code,"
-            " meter_version, quantity, unit, trace_id, span_id, metadata) VALUES (timestamptz 'epoch' + %s *"
-            " interval '1 microsecond', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)",
-            rows,
-        )
-        conn.commit()
 
 
 def write(db, rows):
@@ -73,7 +61,7 @@ def test_a_populated_ledger_becomes_a_partition_without_a_rewrite(fresh_db):
     migrate.upgrade(database, "0009_narrow_job_sets")
     t = datetime(2026, 10, 20, 12, 0, tzinfo=UTC)
     old = [usage(f"acct-{i % 7}", Decimal(i) / 8, t + timedelta(minutes=i)) for i in range(3000)]
-    insert_before_0010(fresh_db, old)
+    insert_as_an_old_writer(fresh_db, old)
     (filenode,) = ledger(fresh_db, "SELECT pg_relation_filenode('usage_events')")[0]
     with psycopg.connect(fresh_db) as conn:
         rollups.fold(conn)

@@ -21,6 +21,7 @@ from spanmeter.billing.ledger import migrate
 from spanmeter.billing.ledger.database import resolve_database
 from spanmeter.billing.ledger.writer import LedgerWriter
 from spanmeter.billing.periods import Period
+from support import insert_as_an_old_writer
 
 NOV = Period(2026, 11)
 _keys = itertools.count(1)
@@ -39,18 +40,6 @@ def write(db, rows):
         result = LedgerWriter(conn).write_usage(rows)
         conn.commit()
         return result
-
-
-def write_before_0008(db, rows):
-    """Rows as the writer of a ledger before migration 0008 inserted them (no producer column yet)."""
-    with psycopg.connect(db) as conn:
-        conn.cursor().executemany(
-            "INSERT INTO usage_events (occurred_at, idempotency_key, account_id, job_id, plan_code, meter_code,"
-            " meter_version, quantity, unit, trace_id, span_id, metadata) VALUES (timestamptz 'epoch' + %s *"
-            " interval '1 microsecond', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)",
-            rows,
-        )
-        conn.commit()
 
 
 @pytest.fixture
@@ -277,7 +266,9 @@ def test_upgrading_a_ledger_the_old_trigger_maintained_keeps_its_rollups(fresh_d
     database = resolve_database(fresh_db, data_dir=None)
     migrate.upgrade(database, "0004_operations")
     t = datetime(2026, 11, 3, 10, 0, tzinfo=UTC)
-    write_before_0008(fresh_db, [row("acme", "worker_seconds", "3", t, job="old"), row("acme", "input_tokens", 7, t)])
+    insert_as_an_old_writer(
+        fresh_db, [row("acme", "worker_seconds", "3", t, job="old"), row("acme", "input_tokens", 7, t)]
+    )
     with psycopg.connect(fresh_db) as conn:  # the old trigger upserted the rollups directly
         assert conn.execute("SELECT count(*) FROM usage_rollups_daily").fetchone()[0] == 2
     migrate.upgrade(database)
@@ -319,7 +310,7 @@ def test_narrowing_the_job_sets_keeps_every_folded_job_and_new_jobs_join_their_s
     t = datetime(2026, 11, 3, 10, 0, tzinfo=UTC)
     folded = [row("acme", "worker_seconds", "1", t, job=f"j{i}") for i in range(5)]
     folded += [row("acme", "worker_seconds", "1", dec, job="j0"), row("globex", "worker_seconds", "1", t, job="j0")]
-    write_before_0008(fresh_db, folded)  # today's writer needs the partitioned ledger (0010)
+    insert_as_an_old_writer(fresh_db, folded)  # today's writer needs the partitioned ledger (0010)
     with psycopg.connect(fresh_db) as conn:
         conn.execute("SELECT * FROM spanmeter_fold_rollups(1000)")
         before = conn.execute("SELECT * FROM usage_rollup_jobs ORDER BY 1, 2, 3, 4").fetchall()

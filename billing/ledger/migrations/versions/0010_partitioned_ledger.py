@@ -173,6 +173,27 @@ $$
 """
 
 
+def _copy_grants(source: str, target: str, *, revoke: bool) -> str:
+    """A DO block granting on ``target`` what every role but the owner holds on ``source`` (and, with
+    ``revoke``, taking it off ``source``)."""
+    take_back = f"EXECUTE format('REVOKE %s ON {source} FROM %s', g.privilege_type, g.grantee);" if revoke else ""
+    return f"""
+        DO $$
+        DECLARE
+            g record;
+        BEGIN
+            FOR g IN SELECT a.grantee::regrole::text AS grantee, a.privilege_type
+                       FROM pg_class c, aclexplode(c.relacl) a
+                      WHERE c.oid = '{source}'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0
+            LOOP
+                EXECUTE format('GRANT %s ON {target} TO %s', g.privilege_type, g.grantee);
+                {take_back}
+            END LOOP;
+        END
+        $$
+    """
+
+
 def _cutover(connection: sa.Connection) -> datetime:
     """The first month the legacy table holds nothing of: after its latest row, or this month when empty."""
     latest = connection.execute(sa.text("SELECT max(occurred_at) FROM usage_events")).scalar()
@@ -255,21 +276,7 @@ def upgrade() -> None:
         f"INSERT INTO usage_event_partitions (partition_name, from_at, to_at) VALUES ('{legacy}', '-infinity', {bound})"
     )
     # the parent takes the old table's grants (whoever they were for); the partition keeps none but its owner's
-    op.execute(f"""
-        DO $$
-        DECLARE
-            g record;
-        BEGIN
-            FOR g IN SELECT a.grantee::regrole::text AS grantee, a.privilege_type
-                       FROM pg_class c, aclexplode(c.relacl) a
-                      WHERE c.oid = '{legacy}'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0
-            LOOP
-                EXECUTE format('GRANT %s ON usage_events TO %s', g.privilege_type, g.grantee);
-                EXECUTE format('REVOKE %s ON {legacy} FROM %s', g.privilege_type, g.grantee);
-            END LOOP;
-        END
-        $$
-    """)
+    op.execute(_copy_grants(legacy, "usage_events", revoke=True))
 
     op.execute(ATTACH_FUNCTION)
     op.execute(CREATE_FUNCTION)
@@ -355,20 +362,7 @@ def downgrade() -> None:
     op.execute(
         "INSERT INTO usage_events_unpartitioned SELECT * FROM usage_events ORDER BY occurred_at, idempotency_key"
     )
-    op.execute("""
-        DO $$
-        DECLARE
-            g record;
-        BEGIN
-            FOR g IN SELECT a.grantee::regrole::text AS grantee, a.privilege_type
-                       FROM pg_class c, aclexplode(c.relacl) a
-                      WHERE c.oid = 'usage_events'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0
-            LOOP
-                EXECUTE format('GRANT %s ON usage_events_unpartitioned TO %s', g.privilege_type, g.grantee);
-            END LOOP;
-        END
-        $$
-    """)
+    op.execute(_copy_grants("usage_events", "usage_events_unpartitioned", revoke=False))
     op.execute("DROP TABLE usage_events")  # the parent and every partition
     op.execute("ALTER TABLE usage_events_unpartitioned RENAME TO usage_events")
     op.execute("ALTER TABLE usage_events ADD CONSTRAINT usage_events_pkey PRIMARY KEY (occurred_at, idempotency_key)")
