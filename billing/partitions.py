@@ -14,8 +14,11 @@ A ledger upgraded from an unpartitioned one keeps its old table, unrewritten, as
   ``SpanmeterLedgerPartitionsRunningOut`` long before a span could meet a missing month.
 - **Missing.** A row whose month has no partition is never lost and never fails its batch: the writer leaves it
   out of the INSERT and the exporter keeps its span in ``rejected_spans`` as ``no_partition`` (alert
-  ``SpanmeterSpansWithoutPartition``); create the month (``spanmeter db partitions --create``, ``--from
-  YYYY-MM`` for older months) and replay (``spanmeter dead-letter replay --reason no_partition``).
+  ``SpanmeterSpansWithoutPartition``); create the month (``spanmeter db partitions --create``) and replay
+  (``spanmeter dead-letter replay --reason no_partition``). Months before the first monthly partition belong to
+  the legacy partition (``MINVALUE`` to the cutover), so older usage always has a home while it is attached;
+  ``ensure(back_to=…)`` only adds months below a lower bound, which exists once the legacy partition is archived
+  (and is refused over archived months).
 - **Archived.** A month archived by ``spanmeter db archive`` (see :mod:`spanmeter.billing.archive`) is gone from
   the ledger's unique key: a span of that month would be billed twice if accepted, so it is kept as
   ``archived_period`` instead, and no partition may be created over it again (restore it).
