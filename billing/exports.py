@@ -4,7 +4,9 @@
     spanmeter export invoices --period 2026-11
     spanmeter export focus --period 2026-11 --account acme
 
-- ``usage``: one row per account and meter, from the rollups (quantity, events, meter versions).
+- ``usage``: one row per account and meter, from the rollups (quantity, events, meter versions), with the
+  corrections dated in the period beside them (``adjustments``, signed; ``adjusted`` = quantity +
+  adjustments, what the period's invoice bills; a meter with corrections only has quantity 0).
 - ``invoices``: one row per invoice line (finalized invoices as stored, drafts as computed now, marked).
 - ``focus``: one row per invoice line in FOCUS 1.0 columns (every column the FinOps Foundation's
   focus-validator 1.0.0 requires for 1.0, checked by the tests), so a FinOps tool can load spanmeter's
@@ -27,6 +29,7 @@ from typing import Any
 
 import psycopg
 
+from . import adjustments as corrections
 from . import invoices, subscriptions
 from .periods import Period
 from .rating import BILLABLE_METRICS
@@ -203,21 +206,31 @@ def export(
                 for (a,) in conn.execute(
                     "SELECT account_id FROM usage_rollups_daily WHERE bucket_start >= %s AND bucket_start < %s "
                     "UNION SELECT account_id FROM usage_rollup_deltas WHERE bucket_start >= %s AND bucket_start < %s "
+                    "UNION SELECT account_id FROM usage_adjustments WHERE occurred_at >= %s AND occurred_at < %s "
                     "ORDER BY 1",
-                    (period.start, period.end, period.start, period.end),
+                    (period.start, period.end) * 3,
                 )
             ]
         )
         for a in accounts:
-            for meter, total in sorted(rollup_totals(conn, a, period.start, period.end).items()):
+            totals = rollup_totals(conn, a, period.start, period.end)
+            adjusted: dict[str, Decimal] = {}
+            for correction in corrections.for_account(conn, a, period.start, period.end):
+                adjusted[correction.meter_code] = adjusted.get(correction.meter_code, Decimal(0)) + correction.quantity
+            for meter in sorted(set(totals) | set(adjusted)):
+                total = totals.get(meter)
+                quantity = total.quantity if total is not None else Decimal(0)
+                change = adjusted.get(meter, Decimal(0))
                 rows.append(
                     {
                         "account_id": a,
                         "period": str(period),
                         "meter_code": meter,
-                        "quantity": format(total.quantity, "f"),
-                        "events": total.events,
-                        "meter_versions": ",".join(map(str, total.meter_versions)),
+                        "quantity": format(quantity, "f"),
+                        "events": total.events if total is not None else 0,
+                        "meter_versions": ",".join(map(str, total.meter_versions)) if total is not None else "",
+                        "adjustments": format(change, "f"),
+                        "adjusted": format(quantity + change, "f"),
                     }
                 )
         return rows

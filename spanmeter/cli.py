@@ -481,7 +481,14 @@ def _usage(args: argparse.Namespace) -> int:
             "from": _iso(start),
             "to": _iso(end),
             "meters": [
-                {"meter_code": t.meter_code, "unit": t.unit, "quantity": str(t.quantity), "events": t.events}
+                {
+                    "meter_code": t.meter_code,
+                    "unit": t.unit,
+                    "quantity": str(t.quantity),
+                    "events": t.events,
+                    "adjustments": str(t.adjustments),
+                    "adjusted": str(t.adjusted),
+                }
                 for t in totals
             ],
         }
@@ -503,17 +510,29 @@ def _usage(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     elif args.format == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["account_id", "from", "to", "meter_code", "unit", "quantity", "events"])
+        writer.writerow(
+            ["account_id", "from", "to", "meter_code", "unit", "quantity", "events", "adjustments", "adjusted"]
+        )
         for t in totals:
-            writer.writerow([args.account, _iso(start), _iso(end), t.meter_code, t.unit, t.quantity, t.events])
+            row = [args.account, _iso(start), _iso(end), t.meter_code, t.unit, t.quantity, t.events]
+            writer.writerow([*row, t.adjustments, t.adjusted])
     else:
         print(f"account {args.account}: usage from {_iso(start)} to {_iso(end)} (end exclusive)")
         if not totals:
             print("  no usage in this period")
         else:
-            print(f"  {'meter':<16} {'quantity':>16}  {'unit':<10} {'events':>8}")
+            print(f"  {'meter':<16} {'quantity':>16} {'adjustments':>14} {'adjusted':>16}  {'unit':<10} {'events':>8}")
             for t in totals:
-                print(f"  {t.meter_code:<16} {t.quantity!s:>16}  {t.unit:<10} {t.events:>8}")
+                print(
+                    f"  {t.meter_code:<16} {t.quantity!s:>16} {t.adjustments!s:>14} {t.adjusted!s:>16}"
+                    f"  {t.unit:<10} {t.events:>8}"
+                )
+            if any(t.adjustment_count for t in totals):
+                corrections = sum(t.adjustment_count for t in totals)
+                print(
+                    f"  quantity: the usage rows; adjustments: {corrections} correction(s) dated in this window "
+                    "(spanmeter ledger adjust); adjusted: what invoices bill"
+                )
         if mtd is not None:
             print(f"\nmonth to date ({mtd.period}, {mtd.plan_code} on {mtd.pricing_version}), as of {_iso(mtd.as_of)}:")
             for q in mtd.quotas:

@@ -24,6 +24,7 @@ from spanmeter.billing.ledger.writer import LedgerWriter
 from spanmeter.billing.periods import Period
 
 SEP, OCT, NOV = Period(2026, 9), Period(2026, 10), Period(2026, 11)
+NOV_WINDOW = ("--from", "2026-11-01", "--to", "2026-12-01")
 _keys = itertools.count(1)
 
 
@@ -277,6 +278,70 @@ def test_corrections_are_idempotent_rows_that_change_the_invoice(db):
     november = invoice(db, "acme", NOV)
     assert november.usage["worker_seconds"] == Decimal(4_000)
     assert november.total == Decimal("49.80")
+
+
+def test_usage_views_show_corrections_beside_the_raw_usage_and_agree_with_the_invoice(db):
+    """5,400 s of usage and a -600 s correction: usage and export usage say 5,400 raw, -600, 4,800 adjusted,
+    and 4,800 is what November's invoice bills (the views used to show 5,400 and say nothing)."""
+    from spanmeter.billing import exports
+
+    subscribe(db, "acme", "starter", NOV.start)
+    write(
+        db,
+        [
+            usage("acme", "worker_seconds", 3_000, at("2026-11-02T00:00:00")),
+            usage("acme", "worker_seconds", 2_400, at("2026-11-03T00:00:00")),
+            usage("acme", "gpu_seconds", 10, at("2026-11-03T00:00:00")),
+        ],
+    )
+    with psycopg.connect(db) as conn:
+        for key, meter, quantity in (("OPS-9", "worker_seconds", -600), ("OPS-10", "api_requests", 3)):
+            adjustments.record(
+                conn, idempotency_key=key, account_id="acme", meter_code=meter, quantity=Decimal(quantity),
+                occurred_at=at("2026-11-20T00:00:00"), reason="refund of a retry loop", created_by="finance",
+            )  # fmt: skip
+        conn.commit()
+    november = invoice(db, "acme", NOV)
+    assert november.usage["worker_seconds"] == Decimal(4_800)
+
+    def cli(*args):
+        done = subprocess.run(
+            [sys.executable, "-m", "spanmeter", "usage", "--account", "acme", "--database-url", db, *args, *NOV_WINDOW],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    meters = {m["meter_code"]: m for m in json.loads(cli("--format", "json"))["meters"]}
+    worker = meters["worker_seconds"]
+    assert (worker["quantity"], worker["adjustments"], worker["adjusted"], worker["events"]) == (
+        "5400",
+        "-600",
+        "4800",
+        2,
+    )
+    assert Decimal(worker["adjusted"]) == november.usage["worker_seconds"]
+    assert (meters["gpu_seconds"]["adjustments"], meters["gpu_seconds"]["adjusted"]) == ("0", "10")
+    # a meter with a correction and no usage in the window is listed, not left out
+    requests = meters["api_requests"]
+    assert (requests["quantity"], requests["events"], requests["adjusted"], requests["unit"]) == (
+        "0",
+        0,
+        "3",
+        "{request}",
+    )
+    table = cli().splitlines()
+    assert table[1].split() == ["meter", "quantity", "adjustments", "adjusted", "unit", "events"]
+    assert table[4].split() == ["worker_seconds", "5400", "-600", "4800", "s", "2"]
+    assert "2 correction(s) dated in this window" in table[5] and "adjusted: what invoices bill" in table[5]
+    assert cli("--format", "csv").splitlines()[0].endswith(",events,adjustments,adjusted")
+
+    with psycopg.connect(db) as conn:
+        exported = {r["meter_code"]: r for r in exports.export(conn, "usage", NOV, "acme")}
+    assert (exported["worker_seconds"]["quantity"], exported["worker_seconds"]["adjusted"]) == ("5400", "4800")
+    assert exported["worker_seconds"]["adjustments"] == "-600"
+    assert (exported["api_requests"]["quantity"], exported["api_requests"]["adjusted"]) == ("0", "3")
 
 
 def test_a_plan_change_mid_month_prorates_and_reports_span_plan_codes_that_disagree(db):

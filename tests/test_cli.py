@@ -85,9 +85,9 @@ def test_usage_table_and_csv(collector, module_db):
     spans.append(f.span("gpu", {"account_id": "acct-cli", "gpu.count": 3}, 1000 * MS))
     assert exporter(collector.endpoint).export(spans) == SpanExportResult.SUCCESS
     table = run("usage", "--account", "acct-cli", "--database-url", module_db).stdout.splitlines()
-    assert table[1].split() == ["meter", "quantity", "unit", "events"]
-    assert table[2].split() == ["gpu_seconds", "3.0", "s", "1"]
-    assert table[3].split() == ["worker_seconds", "3.0", "s", "2"]
+    assert table[1].split() == ["meter", "quantity", "adjustments", "adjusted", "unit", "events"]
+    assert table[2].split() == ["gpu_seconds", "3.0", "0", "3.0", "s", "1"]
+    assert table[3].split() == ["worker_seconds", "3.0", "0", "3.0", "s", "2"]
     csv_lines = run(
         "usage",
         "--account",
@@ -102,9 +102,9 @@ def test_usage_table_and_csv(collector, module_db):
         "2100-01-01",
     ).stdout.splitlines()
     assert csv_lines == [
-        "account_id,from,to,meter_code,unit,quantity,events",
-        "acct-cli,2020-01-01T00:00:00Z,2100-01-01T00:00:00Z,gpu_seconds,s,3.0,1",
-        "acct-cli,2020-01-01T00:00:00Z,2100-01-01T00:00:00Z,worker_seconds,s,3.0,2",
+        "account_id,from,to,meter_code,unit,quantity,events,adjustments,adjusted",
+        "acct-cli,2020-01-01T00:00:00Z,2100-01-01T00:00:00Z,gpu_seconds,s,3.0,1,0,3.0",
+        "acct-cli,2020-01-01T00:00:00Z,2100-01-01T00:00:00Z,worker_seconds,s,3.0,2,0,3.0",
     ]
     empty = run(
         "usage", "--account", "acct-cli", "--database-url", module_db, "--from", "2020-01-01", "--to", "2020-02-01"
