@@ -37,6 +37,8 @@ class DeadLetter:
     resolution: str | None = None  # keep_ledger, bill_span, dismiss
     resolution_reason: str | None = None
     adjustment_keys: list[str] | None = None
+    producer: str | None = None  # the authenticated producer that sent the span (None: none, or before 0011)
+    replay_authorization: str | None = None  # producer_checked | no_producer | override | not_recorded
 
     @property
     def status(self) -> str:
@@ -78,6 +80,8 @@ def _row(
         resolution=resolution.decision if resolution else None,
         resolution_reason=resolution.reason if resolution else None,
         adjustment_keys=list(resolution.adjustment_keys) if resolution else None,
+        producer=span.producer,
+        replay_authorization=replay.authorization_check if replay else None,
     )
 
 

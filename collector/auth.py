@@ -85,6 +85,13 @@ class ProducerRegistry:
     def by_token(self, token: str) -> Producer | None:
         return self.by_token_hash.get(hash_token(token))
 
+    def by_name(self, name: str) -> Producer | None:
+        """The producer called ``name`` in the file (what ``rejected_spans.producer`` records), if still there."""
+        for producer in (*self.by_token_hash.values(), *self.by_common_name.values()):
+            if producer.name == name:
+                return producer
+        return None
+
 
 def _names(
     entry: dict, key: str, where: str, problems: list[str], known: Sequence[str] | None = None

@@ -11,6 +11,14 @@ Exactly once: a replayed span is recorded in ``dead_letter_replays`` in the same
 usage rows, and is not selected again; its usage rows have the idempotency keys the span would have had
 live, so a span that also arrives later (fixed at the source) is not billed twice either. A span that
 fails validation again is left pending and reported with its new reason.
+
+Authorization is checked again. A span that arrived from an authenticated producer (``rejected_spans.producer``)
+is re-metered *as that producer*, with its entry in the producers file as the file is now (``producers``:
+services, meters, accounts; a ``--patch account_id=…`` included), so a replay never bills what the producer
+could not bill live; a producer no longer in the file, or no producers file at all, cannot be checked and the
+span stays pending. A span rejected ``unauthorized_producer`` before producers were recorded (migration 0011)
+cannot be checked either. ``override_authorization`` bills such spans without the check: it needs ``why``,
+and ``dead_letter_replays.authorization_check`` records ``override`` (else ``producer_checked`` or ``no_producer``).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from spanmeter.billing import adjustments as adjustments_module
 from spanmeter.billing.ledger.database import Database
 from spanmeter.billing.ledger.writer import LedgerWriter
 
+from .auth import ProducerRegistry
 from .exporters.rows import usage_event_row
 from .processors.usage import MeteringLimits, meter_request
 
@@ -174,14 +183,23 @@ class ReplayReport:
     duplicate_rows: int = 0
     not_billable: int = 0
     rejected_again: Counter[str] = field(default_factory=Counter)
+    # spans left pending because their producer could not be checked, by producer name
+    unchecked: Counter[str] = field(default_factory=Counter)
 
     def line(self) -> str:
         again = ", ".join(f"{reason} x{count}" for reason, count in sorted(self.rejected_again.items())) or "none"
-        return (
+        line = (
             f"{self.selected} rejected spans selected: {self.billed_spans} billed "
             f"({self.new_rows} new usage rows, {self.duplicate_rows} already in the ledger), "
             f"{self.not_billable} not billable, rejected again: {again}"
         )
+        if self.unchecked:
+            who = ", ".join(f"{name} x{count}" for name, count in sorted(self.unchecked.items()))
+            line += (
+                f"; left pending, producer not checkable ({who}): set SPANMETER_AUTH_FILE to the producers file "
+                "that names them, or bill them anyway with --override-authorization --why …"
+            )
+        return line
 
 
 def patch_span(resource_spans: ResourceSpans, patch: dict[str, str]) -> None:
@@ -195,7 +213,7 @@ def patch_span(resource_spans: ResourceSpans, patch: dict[str, str]) -> None:
 
 
 _SELECT = """
-SELECT r.rejection_key, r.reason, r.payload
+SELECT r.rejection_key, r.reason, r.payload, r.producer
 FROM rejected_spans r
 WHERE NOT EXISTS (SELECT 1 FROM dead_letter_replays d WHERE d.rejection_key = r.rejection_key)
   AND NOT EXISTS (SELECT 1 FROM dead_letter_resolutions s WHERE s.rejection_key = r.rejection_key)
@@ -207,8 +225,9 @@ FOR UPDATE OF r SKIP LOCKED
 """
 # a replay running at the same time may have recorded the span first: its rows are then duplicates here
 _RECORD = """
-INSERT INTO dead_letter_replays (rejection_key, replayed_by, reason, patch, usage_rows, idempotency_keys)
-VALUES (%s, %s, %s, %s, %s, %s)
+INSERT INTO dead_letter_replays (rejection_key, replayed_by, reason, patch, usage_rows, idempotency_keys,
+                                 authorization_check)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (rejection_key) DO NOTHING
 """
 
@@ -223,7 +242,10 @@ def replay(
     why: str,
     limits: MeteringLimits,
     clock_unix_nano: Callable[[], int] = time.time_ns,
+    producers: ProducerRegistry | None = None,
+    override_authorization: bool = False,
 ) -> ReplayReport:
+    """Re-meter the selected pending rejected spans into the ledger, each at most once (see the module)."""
     if reason is None and rejection_key is None:
         raise ReplayError("choose what to replay: --reason R or --id ID")
     unknown = set(patch) - PATCHABLE_KEYS
@@ -233,6 +255,8 @@ def replay(
         raise ReplayError("--why is required with --patch: say why the attribution is being supplied")
     if reason == "key_conflict":
         raise ReplayError(_CONFLICTS_ARE_RESOLVED)
+    if override_authorization and not why.strip():
+        raise ReplayError("--why is required with --override-authorization: say why the producer check is skipped")
     report = ReplayReport()
     with psycopg.connect(database.conninfo) as conn:
         if rejection_key is not None:
@@ -244,12 +268,25 @@ def replay(
         report.selected = len(selected)
         rows: list = []
         records: list[tuple] = []
-        for key, _old_reason, payload in selected:
+        for key, old_reason, payload, sender in selected:
             resource_spans = ResourceSpans.FromString(payload)
             if patch:
                 patch_span(resource_spans, patch)
             request = ExportTraceServiceRequest(resource_spans=[resource_spans])
-            result = meter_request(request, limits, clock_unix_nano())
+            if override_authorization:
+                authorization, policy = "override", None
+            elif sender is not None:
+                policy = producers.by_name(sender) if producers is not None else None
+                if policy is None:  # cannot be checked: no producers file, or the producer is gone from it
+                    report.unchecked[sender] += 1
+                    continue
+                authorization = "producer_checked"
+            elif old_reason == "unauthorized_producer":  # rejected before rejected_spans named the producer
+                report.unchecked["(not recorded)"] += 1
+                continue
+            else:
+                authorization, policy = "no_producer", None
+            result = meter_request(request, limits, clock_unix_nano(), policy)
             if result.rejections:
                 report.rejected_again[result.rejections[0].reason] += 1
                 continue
@@ -257,12 +294,13 @@ def replay(
                 report.not_billable += 1
                 continue
             provenance = {"rejection_key": str(key), "by": replayed_by, "why": why, "patch": patch}
+            if authorization == "override":
+                provenance["authorization"] = "override"
             for row in result.rows:
                 row.metadata["replay"] = provenance
             rows.extend(usage_event_row(row) for row in result.rows)
-            records.append(
-                (key, replayed_by, why, json.dumps(patch), len(result.rows), [r.idempotency_key for r in result.rows])
-            )
+            keys = [r.idempotency_key for r in result.rows]
+            records.append((key, replayed_by, why, json.dumps(patch), len(result.rows), keys, authorization))
             report.billed_spans += 1
         # one COPY for every replayed span (the staging table empties only at commit)
         written = writer.write_usage(rows)

@@ -150,7 +150,17 @@ def _parser() -> argparse.ArgumentParser:
         help="supply attribution the span lacked (account_id, job_id, plan_code); repeatable",
     )
     rerun.add_argument("--by", default=None, help="who is replaying (default: $USER)")
-    rerun.add_argument("--why", default="", help="why; required with --patch; recorded with the usage rows")
+    rerun.add_argument(
+        "--why",
+        default="",
+        help="why; required with --patch and --override-authorization; recorded with the usage rows",
+    )
+    rerun.add_argument(
+        "--override-authorization",
+        action="store_true",
+        help="bill spans whose producer cannot be checked against SPANMETER_AUTH_FILE (or may not bill them) "
+        "without the check; needs --why; recorded as an override",
+    )
     _common(rerun)
     decide = dead_sub.add_parser(
         "resolve", help="record a decision on a rejected span that is not replayed (key_conflict, or dismiss)"
@@ -624,6 +634,14 @@ def _dead_letter(args: argparse.Namespace) -> int:
                 raise UsageError(f"--patch {item!r}: write KEY=VALUE, e.g. --patch account_id=acme")
             patch[key.strip()] = value
         by = _who(args.by)
+        producers = None
+        if config.auth_file is not None:  # the producers file as it is now: replay re-checks each span's producer
+            from spanmeter.collector.auth import AuthConfigError, load_producers
+
+            try:
+                producers = load_producers(config.auth_file)
+            except AuthConfigError as exc:
+                raise UsageError(f"SPANMETER_AUTH_FILE: {exc}") from None
         try:
             report = replay(
                 database,
@@ -633,6 +651,8 @@ def _dead_letter(args: argparse.Namespace) -> int:
                 replayed_by=by,
                 why=args.why,
                 limits=config.limits,
+                producers=producers,
+                override_authorization=args.override_authorization,
             )
         except ReplayError as exc:
             raise UsageError(str(exc)) from None
@@ -676,6 +696,7 @@ def _dead_letter_document(r, with_span: bool) -> dict:
         "message": r.error_message,
         "status": r.status,
         "service_name": r.service_name,
+        "producer": r.producer,
         "account_id": r.account_id,
         "meters": r.meter_codes,
         "trace_id": r.trace_id,
@@ -688,6 +709,7 @@ def _dead_letter_document(r, with_span: bool) -> dict:
             "by": r.replayed_by,
             "why": r.replay_reason,
             "patch": r.replay_patch,
+            "authorization": r.replay_authorization,
         }
     if r.resolved_at:
         doc["resolution"] = {

@@ -3,6 +3,7 @@ usage; tokens rotate without a restart; mTLS identities; no authentication means
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -256,5 +257,55 @@ meters = ["*"]
         for account in ("acct-a", "team-a-7", "acct-b", "acct-z"):
             assert totals(fresh_db, account) == {"worker_seconds": Decimal("0.6")}
         assert collector.metrics()['spanmeter_spans_rejected_total{reason="unauthorized_producer"}'] == 4
+        assert ledger(fresh_db, "SELECT DISTINCT producer FROM rejected_spans") == [("tenant-a",)]
     finally:
         collector.kill()
+    replay_authorization_is_checked_again(tmp_path, fresh_db, path)
+
+
+def replay_authorization_is_checked_again(tmp_path, db, path):
+    """Dead-letter replay of those spans re-checks tenant-a against the producers file as it is now: refused
+    while tenant-a may not bill acct-b, billed once it may; an operator override needs --why and is recorded."""
+
+    def replay(*args, auth_file=path, check=True):
+        env = {k: v for k, v in os.environ.items() if k != "SPANMETER_AUTH_FILE"}
+        if auth_file:
+            env["SPANMETER_AUTH_FILE"] = str(auth_file)
+        done = subprocess.run(
+            [SPANMETER, "dead-letter", "replay", "--database-url", db, "--by", "ops-jane", *args],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert (done.returncode == 0) == check, done.stdout + done.stderr
+        return done
+
+    refused = replay("--reason", "unauthorized_producer").stdout
+    assert "0 billed" in refused and "rejected again: unauthorized_producer x4" in refused
+    # without the producers file nothing can be checked: left pending, and the output says what to do
+    unchecked = replay("--reason", "unauthorized_producer", auth_file=None).stdout
+    assert "0 billed" in unchecked and "tenant-a x4" in unchecked and "--override-authorization" in unchecked
+    assert totals(db, "acct-b") == {"worker_seconds": Decimal("0.6")}  # only tenant-b's own spans
+    no_why = replay("--reason", "unauthorized_producer", "--override-authorization", check=False)
+    assert no_why.returncode == 2 and "--why is required with --override-authorization" in no_why.stderr
+    assert "Traceback" not in no_why.stderr
+
+    one = ledger(db, "SELECT rejection_key::text FROM rejected_spans ORDER BY rejection_key LIMIT 1")[0][0]
+    forced = replay("--id", one, "--override-authorization", "--why", "contract amendment OPS-77").stdout
+    assert "1 billed" in forced
+    # tenant-a's entry now allows acct-b: the rest pass the check as the file says now, without an override
+    path.write_text(path.read_text().replace('accounts = ["acct-a", "team-a-*"]', 'accounts = ["acct-a", "acct-b"]'))
+    assert "3 billed" in replay("--reason", "unauthorized_producer").stdout
+    assert totals(db, "acct-b") == {"worker_seconds": Decimal("1.4")}  # 0.6 + 4 x 0.2, each once
+    assert ledger(
+        db,
+        "SELECT authorization_check, replayed_by, reason, count(*) FROM dead_letter_replays GROUP BY 1, 2, 3 ORDER BY 1",
+    ) == [
+        ("override", "ops-jane", "contract amendment OPS-77", 1),
+        ("producer_checked", "ops-jane", "", 3),
+    ]
+    assert "0 billed" in replay("--reason", "unauthorized_producer").stdout  # nothing left, nothing twice
+    shown = subprocess.run(
+        [SPANMETER, "dead-letter", "show", one, "--database-url", db], capture_output=True, text=True, timeout=60
+    )
+    document = json.loads(shown.stdout)
+    assert document["producer"] == "tenant-a"
+    assert (document["replay"]["authorization"], document["replay"]["why"]) == ("override", "contract amendment OPS-77")

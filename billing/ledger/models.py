@@ -157,6 +157,13 @@ class RejectedSpan(Base):
     service_name: Mapped[str | None] = mapped_column(Text)
     span_ended_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
+    # the authenticated producer whose Export carried the span (migration 0011); replay re-checks it
+    producer: Mapped[str | None] = mapped_column(
+        Text,
+        nullable=True,
+        comment="The authenticated producer whose Export carried the span; "
+        "NULL without producer authentication, for backfills and spans older than the column",
+    )
 
     __table_args__ = (Index("rejected_spans_reason_time_idx", "reason", "rejected_at"),)
 
@@ -206,6 +213,14 @@ class DeadLetterReplay(Base):
     patch: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     usage_rows: Mapped[int] = mapped_column(Integer)
     idempotency_keys: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)))
+    # producer_checked | no_producer | override | not_recorded (migration 0011, see collector.replay)
+    authorization_check: Mapped[str] = mapped_column(
+        Text,
+        server_default="not_recorded",
+        comment="producer_checked: the producer, as the producers file named it at replay time, may bill the span; "
+        "no_producer: the span came without one; override: billed without the check by replayed_by, for reason; "
+        "not_recorded: replayed before the check existed",
+    )
 
     __table_args__ = (
         {

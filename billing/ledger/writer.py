@@ -46,7 +46,8 @@ __all__ = [
 UsageEventRow = tuple[int, str, str, str | None, str | None, str, int, str, str, str, str, str]
 # (rejection_key hex, reason, error_message, trace_id, span_id, meter_codes, account_id, service_name,
 #  span_end_us or None, payload)
-RejectedSpanRow = tuple[str, str, str, str, str, list[str], str | None, str | None, int | None, bytes]
+# (..., end time µs, payload, producer): producer is the authenticated sender, None without authentication
+RejectedSpanRow = tuple[str, str, str, str, str, list[str], str | None, str | None, int | None, bytes, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +204,8 @@ class UsageWrite:
 
 _INSERT_REJECTED_SPAN = """
 INSERT INTO rejected_spans (rejection_key, reason, error_message, trace_id, span_id, meter_codes, account_id,
-                            service_name, span_ended_at, payload)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, timestamptz 'epoch' + %s * interval '1 microsecond', %s)
+                            service_name, span_ended_at, payload, producer)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, timestamptz 'epoch' + %s * interval '1 microsecond', %s, %s)
 ON CONFLICT DO NOTHING
 """
 _INSERT_REJECTED_REQUEST = """

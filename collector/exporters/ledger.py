@@ -376,7 +376,7 @@ class LedgerExporter:
         if written.outside:
             conflicted |= _refuse_outside(batch, written.outside)
         writer.write_rejected_spans(
-            rejected_span_row(r) for pending in batch for r in (*pending.rejections, *pending.refused)
+            rejected_span_row(r, pending.producer) for pending in batch for r in (*pending.rejections, *pending.refused)
         )
         for pending in batch:
             if pending.rejected_request is not None:

@@ -67,7 +67,8 @@ def compact_row(row: UsageRow) -> CompactRow:
     )
 
 
-def rejected_span_row(rejection: Rejection) -> RejectedSpanRow:
+def rejected_span_row(rejection: Rejection, producer: str | None = None) -> RejectedSpanRow:
+    """A rejected span as ``rejected_spans`` keeps it; ``producer``: the authenticated sender (None: none)."""
     return (
         rejection.rejection_key,
         rejection.reason,
@@ -79,4 +80,5 @@ def rejected_span_row(rejection: Rejection) -> RejectedSpanRow:
         rejection.service_name,
         rejection.end_time_unix_nano // 1000,
         rejection.payload,
+        producer,
     )
