@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import getpass
 import io
 import json
 import os
@@ -30,17 +29,16 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
-from spanmeter.cli import UsageError as CommandError
-from spanmeter.cli import _common, _note_staleness, _parse_time, _read_databases, _read_replica
+from ._shared import DATABASE, READ_REPLICA, CommandError, config_from, note_staleness, parse_time, read_databases, who
 
-__all__ = ["COMMANDS", "register"]
+__all__ = ["register"]
 
 
 def register(sub: Any) -> None:
     """Add the billing sub-commands to the ``spanmeter`` parser's sub-parsers."""
     subscription = sub.add_parser("subscription", help="which plan and pricing version an account is on")
     ssub = subscription.add_subparsers(dest="subscription_command", required=True)
-    setp = ssub.add_parser("set", help="add an effective-dated subscription (append-only)")
+    setp = ssub.add_parser("set", help="add an effective-dated subscription (append-only)", parents=[DATABASE])
     setp.add_argument("--account", required=True, help="the account (account_id) to subscribe")
     setp.add_argument("--plan", required=True, help="plan code, e.g. starter, growth, scale, platform")
     setp.add_argument("--pricing", required=True, help="pricing version, e.g. v2_compute")
@@ -49,22 +47,25 @@ def register(sub: Any) -> None:
     setp.add_argument("--currency", help="default: the plan's currency")
     setp.add_argument("--note", help="free text kept with the subscription (why, ticket)")
     setp.add_argument("--by", help="who (default: $USER)")
-    _common(setp)
-    showp = ssub.add_parser("show", help="subscription history")
+    showp = ssub.add_parser("show", help="subscription history", parents=[DATABASE])
     showp.add_argument("--account", help="one account (default: every account)")
     showp.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
-    _common(showp)
 
     rollups = sub.add_parser("rollups", help="usage rollups: rebuild from the raw ledger, or check them against it")
     rsub = rollups.add_subparsers(dest="rollups_command", required=True)
-    _common(rsub.add_parser("rebuild", help="recompute every rollup from the raw ledger (blocks ingest meanwhile)"))
-    checkp = rsub.add_parser("check", help="list differences between the rollups and the raw ledger")
+    rsub.add_parser(
+        "rebuild", help="recompute every rollup from the raw ledger (blocks ingest meanwhile)", parents=[DATABASE]
+    )
+    checkp = rsub.add_parser(
+        "check", help="list differences between the rollups and the raw ledger", parents=[DATABASE]
+    )
     checkp.add_argument("--period", help="YYYY-MM (default: everything)")
-    _common(checkp)
 
     ledger = sub.add_parser("ledger", help="ledger corrections")
     lsub = ledger.add_subparsers(dest="ledger_command", required=True)
-    adjust = lsub.add_parser("adjust", help="record a usage correction (append-only, idempotent by --key)")
+    adjust = lsub.add_parser(
+        "adjust", help="record a usage correction (append-only, idempotent by --key)", parents=[DATABASE]
+    )
     adjust.add_argument("--account", required=True, help="the account the correction is for")
     adjust.add_argument("--meter", required=True, help="meter code, e.g. worker_seconds")
     adjust.add_argument("--quantity", required=True, help="signed decimal: negative removes usage")
@@ -73,9 +74,12 @@ def register(sub: Any) -> None:
     adjust.add_argument("--key", required=True, help="idempotency key: the same key records the correction once")
     adjust.add_argument("--reference", help="a trace id, ticket or invoice number")
     adjust.add_argument("--by", help="who (default: $USER)")
-    _common(adjust)
 
-    invoice = sub.add_parser("invoice", help="an account's invoice for a UTC month (or: invoice shadow-report)")
+    invoice = sub.add_parser(
+        "invoice",
+        help="an account's invoice for a UTC month (or: invoice shadow-report)",
+        parents=[DATABASE, READ_REPLICA],
+    )
     invoice.add_argument("action", nargs="?", choices=("shadow-report",), help="shadow-report: every account")
     invoice.add_argument("--account", help="the account to invoice")
     invoice.add_argument("--period", required=True, help="YYYY-MM (UTC calendar month)")
@@ -91,17 +95,16 @@ def register(sub: Any) -> None:
         "--format", choices=("table", "json", "csv"), default="table", help="output format (default table)"
     )
     invoice.add_argument("--by", help="who finalizes (default: $USER)")
-    _common(invoice)
-    _read_replica(invoice)  # drafts only: --finalize reads the primary
 
     reconcile = sub.add_parser(
-        "reconcile", help="compare raw ledger, rollups and invoices for a period; store the result"
+        "reconcile", help="compare raw ledger, rollups and invoices for a period; store the result", parents=[DATABASE]
     )
     reconcile.add_argument("--period", required=True, help="YYYY-MM (UTC calendar month)")
     reconcile.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
-    _common(reconcile)
 
-    export = sub.add_parser("export", help="usage, invoices or a FOCUS cost export for a period")
+    export = sub.add_parser(
+        "export", help="usage, invoices or a FOCUS cost export for a period", parents=[DATABASE, READ_REPLICA]
+    )
     export.add_argument(
         "what", choices=("usage", "invoices", "focus"), help="usage per meter, invoice lines, or FOCUS 1.0 cost rows"
     )
@@ -111,19 +114,12 @@ def register(sub: Any) -> None:
     export.add_argument("--provider", default="spanmeter", help="focus: ProviderName (and ServiceName)")
     export.add_argument("--publisher", help="focus: PublisherName (default: the provider)")
     export.add_argument("--invoice-issuer", help="focus: InvoiceIssuerName (default: the provider)")
-    _common(export)
-    _read_replica(export)
-
-
-def _config(args: argparse.Namespace) -> Any:
-    from spanmeter.collector.config import load_config
-
-    overrides = {
-        "database_url": args.database_url,
-        "data_dir": args.data_dir,
-        "read_database_url": getattr(args, "read_database_url", None),
-    }
-    return load_config(os.environ, overrides)
+    subscription.set_defaults(handler=_subscription)
+    rollups.set_defaults(handler=_rollups)
+    ledger.set_defaults(handler=_ledger)
+    invoice.set_defaults(handler=_invoice)
+    reconcile.set_defaults(handler=_reconcile)
+    export.set_defaults(handler=_export)
 
 
 @contextmanager
@@ -135,7 +131,7 @@ def _connect(args: argparse.Namespace) -> Iterator[Any]:
     from spanmeter.billing.ledger import migrate
     from spanmeter.billing.ledger.replica import resolve_databases
 
-    config = _config(args)
+    config = config_from(args)
     # a command that only reads never creates an embedded ledger where none exists (it says where it looked)
     primary = resolve_databases(config.database_url, None, config.data_dir, create=not _reads_only(args)).primary
     migrate.prepare(primary)  # the embedded ledger is migrated; a configured one only checked
@@ -151,15 +147,15 @@ def _read(args: argparse.Namespace, work: Callable[[Any], T]) -> T:
     (drafts, exports). One read-only snapshot, run again after a recovery conflict: ``work`` only reads."""
     from spanmeter.billing.ledger.replica import read_connection
 
-    config = _config(args)
-    databases = _read_databases(config, create=not _reads_only(args))
+    config = config_from(args)
+    databases = read_databases(config, create=not _reads_only(args))
 
     def once(database: Any) -> T:
         with read_connection(database) as conn:
             return work(conn)
 
     result = databases.read(once)
-    _note_staleness(databases, config)
+    note_staleness(databases, config)
     return result
 
 
@@ -172,13 +168,6 @@ def _reads_only(args: argparse.Namespace) -> bool:
         or (args.command == "invoice" and not getattr(args, "finalize", False))
         or args.command == "export"
     )
-
-
-def _who(args: argparse.Namespace) -> str:
-    return args.by or os.environ.get("USER") or getpass.getuser()
-
-
-_time = _parse_time
 
 
 def _period(text: str) -> Any:
@@ -205,9 +194,6 @@ def _print_json(document: Any) -> None:
     print(json.dumps(document, indent=2, sort_keys=False))
 
 
-# ------------------------------------------------------------------------------------------ commands
-
-
 def _subscription(args: argparse.Namespace) -> int:
     from spanmeter.billing import subscriptions
 
@@ -218,10 +204,10 @@ def _subscription(args: argparse.Namespace) -> int:
                 account_id=args.account,
                 plan_code=args.plan,
                 pricing_version=args.pricing,
-                valid_from=_time(args.valid_from, "--from"),
-                valid_to=_time(args.valid_to, "--to") if args.valid_to else None,
+                valid_from=parse_time(args.valid_from, "--from"),
+                valid_to=parse_time(args.valid_to, "--to") if args.valid_to else None,
                 currency=args.currency,
-                created_by=_who(args),
+                created_by=who(args.by),
                 note=args.note,
             )
             conn.commit()
@@ -296,9 +282,9 @@ def _ledger(args: argparse.Namespace) -> int:
             account_id=args.account,
             meter_code=args.meter,
             quantity=quantity,
-            occurred_at=_time(args.at, "--at"),
+            occurred_at=parse_time(args.at, "--at"),
             reason=args.reason,
-            created_by=_who(args),
+            created_by=who(args.by),
             reference=args.reference,
         )
         conn.commit()
@@ -443,7 +429,12 @@ def _invoice(args: argparse.Namespace) -> int:
         # transaction (under the period's advisory lock); a replica's figures may be behind
         with _connect(args) as conn:
             invoice, created = invoices.finalize_invoice(
-                conn, args.account, period, now=datetime.now(UTC), finalized_by=_who(args), drift_window=_drift_window()
+                conn,
+                args.account,
+                period,
+                now=datetime.now(UTC),
+                finalized_by=who(args.by),
+                drift_window=_drift_window(),
             )
             conn.commit()
             print(
@@ -503,26 +494,3 @@ def _export(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(exports.to_csv(rows))
     return 0
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "subscription": _subscription,
-    "rollups": _rollups,
-    "ledger": _ledger,
-    "invoice": _invoice,
-    "reconcile": _reconcile,
-    "export": _export,
-}
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run a billing command; bad input exits 2 with one message."""
-    from spanmeter.billing.adjustments import AdjustmentError
-    from spanmeter.billing.invoices import InvoiceError
-    from spanmeter.billing.subscriptions import SubscriptionError
-
-    try:
-        return COMMANDS[args.command](args)
-    except (SubscriptionError, AdjustmentError, InvoiceError) as exc:  # CommandError: main() reports it
-        print(f"spanmeter: {exc}", file=sys.stderr)
-        return 2

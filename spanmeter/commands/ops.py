@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COMMANDS", "register", "run"]
+from ._shared import CommandError
 
-COMMANDS = ("alerts", "dashboards")
+__all__ = ["register"]
 
 
 def register(sub: Any) -> None:
@@ -46,12 +46,8 @@ def register(sub: Any) -> None:
     drender = dsub.add_parser("render", help="write the dashboard JSON (default: the committed dashboards/json/)")
     drender.add_argument("--check", action="store_true", help="write nothing; exit 1 if the committed files differ")
     drender.add_argument("--out", type=Path, help="directory to write into")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.command == "alerts":
-        return _alerts(args)
-    return _dashboards(args)
+    render.set_defaults(handler=_alerts)
+    drender.set_defaults(handler=_dashboards)
 
 
 def _alerts(args: argparse.Namespace) -> int:
@@ -72,8 +68,7 @@ def _alerts(args: argparse.Namespace) -> int:
         for path in render.write_all(args.out or _checkout_dir(render.RULES_DIR), profile, spec):
             print(f"wrote {path}")
     except SLOSpecError as exc:
-        print(f"spanmeter: {spec}: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(f"{spec}: {exc}") from None
     return 0
 
 
@@ -83,9 +78,7 @@ def _dashboards(args: argparse.Namespace) -> int:
     except ImportError as exc:
         if (exc.name or "").split(".")[0] != "grafana_foundation_sdk":
             raise
-        from spanmeter.cli import UsageError
-
-        raise UsageError(
+        raise CommandError(
             "rendering dashboards needs the Grafana Foundation SDK (the dashboards extra): "
             "pip install 'spanmeter[dashboards]'"
         ) from exc
@@ -102,9 +95,7 @@ def _dashboards(args: argparse.Namespace) -> int:
 def _checkout_dir(directory: Path) -> Path:
     """The package's own folder, only in a source checkout: an installed package is not written into."""
     if not (directory.parent.parent / "pyproject.toml").exists():
-        from spanmeter.cli import UsageError
-
-        raise UsageError(f"{directory} is inside an installed package: pass --out DIR")
+        raise CommandError(f"{directory} is inside an installed package: pass --out DIR")
     return directory
 
 
