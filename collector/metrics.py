@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
 from spanmeter import __version__
@@ -40,6 +41,7 @@ __all__ = [
     "ReadReplicaMetrics",
     "RollupMetrics",
     "SeriesCap",
+    "gauge_family",
     "metric",
 ]
 
@@ -60,6 +62,13 @@ _CLASSES = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 def metric(entry: M.Metric, registry: CollectorRegistry | None) -> Any:
     """The prometheus_client object for a catalog entry (``registry=None``: not registered anywhere)."""
     return _CLASSES[entry.type](**entry.prometheus_kwargs(), registry=registry)
+
+
+def gauge_family(entry: M.Metric, value: float | None = None) -> GaugeMetricFamily:
+    """A custom collector's gauge for a catalog entry: ``value`` when unlabelled, else ``add_metric`` per series."""
+    if entry.type != "gauge":
+        raise ValueError(f"{entry.name} is a {entry.type}, not a gauge")
+    return GaugeMetricFamily(entry.name, entry.help, value=value, labels=entry.labels or None)
 
 
 class LabelCap:

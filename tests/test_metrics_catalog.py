@@ -25,7 +25,7 @@ from spanmeter.billing.ledger import migrate
 from spanmeter.billing.ledger.database import resolve_database
 from spanmeter.billing.periods import Period
 from spanmeter.collector.billing_metrics import BillingMetrics
-from spanmeter.collector.metrics import CollectorMetrics, ReadReplicaMetrics, RollupMetrics, metric
+from spanmeter.collector.metrics import CollectorMetrics, ReadReplicaMetrics, RollupMetrics, gauge_family, metric
 from spanmeter.metrics_catalog import CATALOG, Metric, by_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +117,27 @@ def test_the_factory_builds_what_the_entry_says_merge_included():
     assert by_name("spanmeter_ledger_last_commit_timestamp_seconds").merge == "max"
     assert by_name("spanmeter_oldest_pending_span_age_seconds").merge == "livemax"
     assert by_name("spanmeter_ledger_pending_requests").merge == "livesum"
+
+
+def test_a_custom_collectors_gauge_is_built_from_its_entry_too():
+    quota = gauge_family(by_name("spanmeter_account_quota_used_ratio"))
+    quota.add_metric(["acme", "worker_seconds"], 0.75)
+    delta = gauge_family(by_name("spanmeter_reconciliation_delta"), 0.0)
+    registry = CollectorRegistry()
+
+    class Snapshot:
+        def collect(self):
+            yield quota
+            yield delta
+
+    registry.register(Snapshot())
+    families = exposed_families(generate_latest(registry).decode())
+    assert families == {
+        "spanmeter_account_quota_used_ratio": ("gauge", {"account_id", "meter"}),
+        "spanmeter_reconciliation_delta": ("gauge", set()),
+    }
+    with pytest.raises(ValueError, match="is a counter"):
+        gauge_family(by_name("spanmeter_billing_metrics_refresh_errors_total"))
 
 
 def test_each_component_merges_the_way_serve_processes_n_does():
