@@ -1,48 +1,9 @@
-"""Every ``spanmeter_*`` metric, declared once.
+"""The collector's ``spanmeter_*`` metrics, built from :mod:`spanmeter.metrics_catalog` (where every metric is
+declared, as data, with its merge across ``serve --processes N``; the README's metrics table mirrors it).
 
-Alerts and dashboards refer to these names; the README's metric table mirrors this module. No metric has an
-``account_id`` label: per-account figures come from the ledger. ``plan_code`` and ``gpu_model`` values are
-capped to configured lists plus ``other``. Label values known at start are initialised to 0 so that rates
-and absences behave from the first scrape.
-
-| metric | type | labels | meaning |
-|---|---|---|---|
-| ``spanmeter_build_info`` | gauge | version, metering | 1; ``metering`` is ``native`` (the Rust core, Python as fallback) or ``python`` |
-| ``spanmeter_native_fallbacks_total`` | counter | reason | requests the native core handed to the Python reference (``handed_back``: invalid UTF-8, unusual wire data, limits; ``panic``: a caught bug; ``overflow``, ``producer``) |
-| ``spanmeter_spans_received_total`` | counter | | spans in parsed Export requests |
-| ``spanmeter_spans_rejected_total`` | counter | reason | billable spans rejected (kept in ``rejected_spans``) |
-| ``spanmeter_spans_billed_total`` | counter | meter | usage rows newly committed to the ledger |
-| ``spanmeter_usage_events_duplicate_total`` | counter | meter | usage rows already in the ledger (retries, replays) |
-| ``spanmeter_spans_unattributed_total`` | counter | meter | spans of count-only meters without account_id (not stored) |
-| ``spanmeter_synthetic_spans_total`` | counter | meter | synthetic usage metered but never billed |
-| ``spanmeter_export_requests_total`` | counter | grpc_code | Export responses by gRPC status |
-| ``spanmeter_export_throttled_total`` | counter | limit | calls answered UNAVAILABLE for an in-flight bound (``requests``, ``spans``) |
-| ``spanmeter_auth_reloads_total`` | counter | outcome | producers-file reloads (``ok``, ``failed``: previous producers kept) |
-| ``spanmeter_ledger_write_duration_seconds`` | histogram | | one group commit: stage, insert, commit |
-| ``spanmeter_ledger_write_errors_total`` | counter | kind | failed group commits (``database``: retryable, ``timeout``, ``configuration``: a missing table or refused credentials, retried until fixed) |
-| ``spanmeter_pipeline_lag_seconds`` | histogram | | commit time minus span end, per committed row |
-| ``spanmeter_ledger_last_commit_timestamp_seconds`` | gauge | | Unix time of the last commit (0 before the first) |
-| ``spanmeter_oldest_pending_span_age_seconds`` | gauge | | age of the oldest received, uncommitted request (0 when none) |
-| ``spanmeter_ledger_pending_requests`` | gauge | | Export requests waiting for their commit |
-| ``spanmeter_rollup_fold_lag_seconds`` | gauge | | age of the oldest rollup delta not folded yet (0 when none; figures stay exact meanwhile) |
-| ``spanmeter_rollup_pending_deltas`` | gauge | | rollup deltas not folded yet |
-| ``spanmeter_rollup_deltas_folded_total`` | counter | | rollup deltas this process folded into the rollups |
-| ``spanmeter_rollup_fold_errors_total`` | counter | | fold attempts that failed (the deltas stay pending, nothing is lost) |
-| ``spanmeter_rollup_last_fold_timestamp_seconds`` | gauge | | Unix time this process last folded or found nothing to fold (0 before) |
-| ``spanmeter_ledger_partitions_end_timestamp_seconds`` | gauge | | Unix time the newest ``usage_events`` partition ends (serve keeps this month and the next 2 or more) |
-| ``spanmeter_ledger_partitions_created_total`` | counter | | monthly partitions this process created |
-| ``spanmeter_ledger_partition_errors_total`` | counter | | failed checks or creations of partitions (retried every tick) |
-| ``spanmeter_billable_worker_seconds_total`` | counter | plan_code | worker seconds newly committed |
-| ``spanmeter_billable_gpu_seconds_total`` | counter | plan_code, gpu_model | GPU seconds newly committed |
-| ``spanmeter_billable_tokens_total`` | counter | plan_code, direction | tokens newly committed (input, output) |
-| ``spanmeter_billable_api_requests_total`` | counter | plan_code | API requests newly committed |
-| ``spanmeter_service_requests_total`` | counter | service, operation, outcome | entry spans (SERVER, CONSUMER) of the instrumented services: the request SLIs (``outcome`` ok, error) |
-| ``spanmeter_service_request_duration_seconds`` | histogram | service, operation | their durations |
-| ``spanmeter_read_replica_lag_bytes`` | gauge | | WAL the primary wrote that the read replica has not replayed (only with ``SPANMETER_READ_DATABASE_URL``) |
-| ``spanmeter_read_replica_replay_delay_seconds`` | gauge | | 0 when the replica has replayed everything, else the age of the last transaction it replayed |
-| ``spanmeter_read_replica_replay_paused`` | gauge | | 1 while replay on the replica is paused (``pg_wal_replay_pause()``) |
-| ``spanmeter_read_replica_last_measured_timestamp_seconds`` | gauge | | Unix time of the last successful measurement (0 before the first) |
-| ``spanmeter_read_replica_measure_errors_total`` | counter | | failed measurements (replica or primary unreachable; the previous values stay) |
+No metric has an ``account_id`` label (the billing quota gauge aside): per-account figures come from the
+ledger. ``plan_code`` and ``gpu_model`` values are capped to configured lists plus ``other``. Label values
+known at start are initialised to 0 so that rates and absences behave from the first scrape.
 
 The request SLIs (see :mod:`.processors.requests`) have open-ended label values, so they are capped: the
 first ``SPANMETER_SLI_MAX_SERIES`` distinct (service, operation) pairs keep their names, later pairs of a
@@ -55,17 +16,34 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
 from spanmeter import __version__
+from spanmeter import metrics_catalog as M
+from spanmeter.metrics_catalog import LAG_BUCKETS_SECONDS, SLI_DURATION_BUCKETS_SECONDS, WRITE_BUCKETS_SECONDS
 
 from .processors.meters import METER_CODES
 from .processors.native import FALLBACK_REASONS, metering_mode
 from .processors.usage import REJECT_REASONS
 
-__all__ = ["GRPC_CODES", "OVERFLOW", "CollectorMetrics", "LabelCap", "ReadReplicaMetrics", "RollupMetrics", "SeriesCap"]
+__all__ = [
+    "GRPC_CODES",
+    "LAG_BUCKETS_SECONDS",
+    "OVERFLOW",
+    "SLI_DURATION_BUCKETS_SECONDS",
+    "WRITE_BUCKETS_SECONDS",
+    "CollectorMetrics",
+    "LabelCap",
+    "ReadReplicaMetrics",
+    "RollupMetrics",
+    "SeriesCap",
+    "gauge_family",
+    "metric",
+]
 
 GRPC_CODES = (
     "OK",
@@ -78,11 +56,19 @@ GRPC_CODES = (
 )
 OTHER = "other"
 OVERFLOW = "_overflow"
-SLI_DURATION_BUCKETS_SECONDS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-)  # fmt: skip
-LAG_BUCKETS_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
-WRITE_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_CLASSES = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
+
+
+def metric(entry: M.Metric, registry: CollectorRegistry | None) -> Any:
+    """The prometheus_client object for a catalog entry (``registry=None``: not registered anywhere)."""
+    return _CLASSES[entry.type](**entry.prometheus_kwargs(), registry=registry)
+
+
+def gauge_family(entry: M.Metric, value: float | None = None) -> GaugeMetricFamily:
+    """A custom collector's gauge for a catalog entry: ``value`` when unlabelled, else ``add_metric`` per series."""
+    if entry.type != "gauge":
+        raise ValueError(f"{entry.name} is a {entry.type}, not a gauge")
+    return GaugeMetricFamily(entry.name, entry.help, value=value, labels=entry.labels or None)
 
 
 class LabelCap:
@@ -134,39 +120,15 @@ class RollupMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
-        self.fold_lag = Gauge(
-            "spanmeter_rollup_fold_lag_seconds",
-            "Age of the oldest rollup delta not folded into the rollups yet (0 when none).",
-            registry=r,
-        )
-        self.pending_deltas = Gauge(
-            "spanmeter_rollup_pending_deltas", "Rollup deltas not folded into the rollups yet.", registry=r
-        )
-        self.deltas_folded = Counter(
-            "spanmeter_rollup_deltas_folded", "Rollup deltas this process folded into the rollups.", registry=r
-        )
-        self.fold_errors = Counter(
-            "spanmeter_rollup_fold_errors", "Failed attempts to fold rollup deltas (they stay pending).", registry=r
-        )
-        self.last_fold = Gauge(
-            "spanmeter_rollup_last_fold_timestamp_seconds",
-            "Unix time this process last folded deltas or found none to fold.",
-            registry=r,
-        )
+        self.fold_lag = metric(M.ROLLUP_FOLD_LAG, r)
+        self.pending_deltas = metric(M.ROLLUP_PENDING_DELTAS, r)
+        self.deltas_folded = metric(M.ROLLUP_DELTAS_FOLDED, r)
+        self.fold_errors = metric(M.ROLLUP_FOLD_ERRORS, r)
+        self.last_fold = metric(M.ROLLUP_LAST_FOLD, r)
         # the ledger's monthly partitions (see spanmeter.billing.partitions), kept by the same component
-        self.partitions_end = Gauge(
-            "spanmeter_ledger_partitions_end_timestamp_seconds",
-            "Unix time the newest usage_events partition ends (spans of later months are kept as no_partition).",
-            registry=r,
-        )
-        self.partitions_created = Counter(
-            "spanmeter_ledger_partitions_created", "Monthly usage_events partitions this process created.", registry=r
-        )
-        self.partition_errors = Counter(
-            "spanmeter_ledger_partition_errors",
-            "Failed attempts to check or create the ledger's monthly partitions.",
-            registry=r,
-        )
+        self.partitions_end = metric(M.LEDGER_PARTITIONS_END, r)
+        self.partitions_created = metric(M.LEDGER_PARTITIONS_CREATED, r)
+        self.partition_errors = metric(M.LEDGER_PARTITION_ERRORS, r)
 
 
 class CollectorMetrics:
@@ -191,116 +153,34 @@ class CollectorMetrics:
         self.sli_cap = SeriesCap(sli_max_series)
         self._sli_pairs: set[tuple[str, str]] = set()
         r = registry
-        self.build_info = Gauge(
-            "spanmeter_build_info",
-            "1; metering is native (the compiled core, Python as fallback) or python.",
-            ["version", "metering"],
-            registry=r,
-            multiprocess_mode="max",
-        )
+        self.build_info = metric(M.BUILD_INFO, r)
         self.build_info.labels(__version__, metering_mode()).set(1)
-        self.native_fallbacks = Counter(
-            "spanmeter_native_fallbacks",
-            "Export requests the native metering core handed to the Python reference, by reason.",
-            ["reason"],
-            registry=r,
-        )
-        self.spans_received = Counter("spanmeter_spans_received", "Spans in parsed Export requests.", registry=r)
-        self.spans_rejected = Counter(
-            "spanmeter_spans_rejected", "Billable spans rejected, kept in rejected_spans.", ["reason"], registry=r
-        )
-        self.spans_billed = Counter(
-            "spanmeter_spans_billed", "Usage rows newly committed to the ledger.", ["meter"], registry=r
-        )
-        self.duplicates = Counter(
-            "spanmeter_usage_events_duplicate",
-            "Usage rows already in the ledger (retries, replays).",
-            ["meter"],
-            registry=r,
-        )
-        self.unattributed = Counter(
-            "spanmeter_spans_unattributed",
-            "Spans of count-only meters without account_id (not stored).",
-            ["meter"],
-            registry=r,
-        )
-        self.synthetic = Counter(
-            "spanmeter_synthetic_spans", "Synthetic usage rows metered but never billed.", ["meter"], registry=r
-        )
-        self.export_requests = Counter(
-            "spanmeter_export_requests", "Export responses by gRPC status code.", ["grpc_code"], registry=r
-        )
-        self.overload = Counter(
-            "spanmeter_export_throttled",
-            "Export calls answered UNAVAILABLE because an in-flight bound was reached.",
-            ["limit"],
-            registry=r,
-        )
-        self.auth_reloads = Counter(
-            "spanmeter_auth_reloads", "Producers-file reloads by outcome.", ["outcome"], registry=r
-        )
-        self.ledger_write_duration = Histogram(
-            "spanmeter_ledger_write_duration_seconds",
-            "Duration of one group commit to the ledger.",
-            buckets=WRITE_BUCKETS_SECONDS,
-            registry=r,
-        )
-        self.ledger_write_errors = Counter(
-            "spanmeter_ledger_write_errors", "Failed ledger writes.", ["kind"], registry=r
-        )
-        self.pipeline_lag = Histogram(
-            "spanmeter_pipeline_lag_seconds",
-            "Ledger commit time minus span end time, per committed row.",
-            buckets=LAG_BUCKETS_SECONDS,
-            registry=r,
-        )
-        self.last_commit = Gauge(
-            "spanmeter_ledger_last_commit_timestamp_seconds",
-            "Unix time of the last ledger commit.",
-            registry=r,
-            multiprocess_mode="max",  # the latest commit of any process
-        )
-        self.oldest_pending = Gauge(
-            "spanmeter_oldest_pending_span_age_seconds",
-            "Age of the oldest received request whose spans are not committed yet.",
-            registry=r,
-            multiprocess_mode="livemax",  # the oldest wait in any running process
-        )
-        self.pending_requests = Gauge(
-            "spanmeter_ledger_pending_requests",
-            "Export requests waiting for their commit.",
-            registry=r,
-            multiprocess_mode="livesum",  # all running processes together
-        )
+        self.native_fallbacks = metric(M.NATIVE_FALLBACKS, r)
+        self.spans_received = metric(M.SPANS_RECEIVED, r)
+        self.spans_rejected = metric(M.SPANS_REJECTED, r)
+        self.spans_billed = metric(M.SPANS_BILLED, r)
+        self.duplicates = metric(M.USAGE_EVENTS_DUPLICATE, r)
+        self.unattributed = metric(M.SPANS_UNATTRIBUTED, r)
+        self.synthetic = metric(M.SYNTHETIC_SPANS, r)
+        self.export_requests = metric(M.EXPORT_REQUESTS, r)
+        self.overload = metric(M.EXPORT_THROTTLED, r)
+        self.auth_reloads = metric(M.AUTH_RELOADS, r)
+        self.ledger_write_duration = metric(M.LEDGER_WRITE_DURATION, r)
+        self.ledger_write_errors = metric(M.LEDGER_WRITE_ERRORS, r)
+        self.pipeline_lag = metric(M.PIPELINE_LAG, r)
+        self.last_commit = metric(M.LEDGER_LAST_COMMIT, r)
+        self.oldest_pending = metric(M.OLDEST_PENDING_SPAN_AGE, r)
+        self.pending_requests = metric(M.LEDGER_PENDING_REQUESTS, r)
         self._gauge_sources = (oldest_pending_age_seconds, pending_requests)
         if not multiprocess:
             self.oldest_pending.set_function(oldest_pending_age_seconds)
             self.pending_requests.set_function(pending_requests)
-        self.billable_worker_seconds = Counter(
-            "spanmeter_billable_worker_seconds", "Billable worker seconds committed.", ["plan_code"], registry=r
-        )
-        self.billable_gpu_seconds = Counter(
-            "spanmeter_billable_gpu_seconds", "Billable GPU seconds committed.", ["plan_code", "gpu_model"], registry=r
-        )
-        self.billable_tokens = Counter(
-            "spanmeter_billable_tokens", "Billable LLM tokens committed.", ["plan_code", "direction"], registry=r
-        )
-        self.billable_api_requests = Counter(
-            "spanmeter_billable_api_requests", "Billable API requests committed.", ["plan_code"], registry=r
-        )
-        self.service_requests = Counter(
-            "spanmeter_service_requests",
-            "Entry spans (SERVER, CONSUMER) of instrumented services, by outcome: the request SLIs.",
-            ["service", "operation", "outcome"],
-            registry=r,
-        )
-        self.service_request_duration = Histogram(
-            "spanmeter_service_request_duration_seconds",
-            "Duration of entry spans (SERVER, CONSUMER) of instrumented services.",
-            ["service", "operation"],
-            buckets=SLI_DURATION_BUCKETS_SECONDS,
-            registry=r,
-        )
+        self.billable_worker_seconds = metric(M.BILLABLE_WORKER_SECONDS, r)
+        self.billable_gpu_seconds = metric(M.BILLABLE_GPU_SECONDS, r)
+        self.billable_tokens = metric(M.BILLABLE_TOKENS, r)
+        self.billable_api_requests = metric(M.BILLABLE_API_REQUESTS, r)
+        self.service_requests = metric(M.SERVICE_REQUESTS, r)
+        self.service_request_duration = metric(M.SERVICE_REQUEST_DURATION, r)
         ProcessCollector(registry=r)
         self._initialise_labels()
 
@@ -353,26 +233,8 @@ class ReadReplicaMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
-        self.lag_bytes = Gauge(
-            "spanmeter_read_replica_lag_bytes",
-            "WAL the primary wrote that the read replica has not replayed yet (pg_wal_lsn_diff).",
-            registry=r,
-        )
-        self.replay_delay = Gauge(
-            "spanmeter_read_replica_replay_delay_seconds",
-            "0 when the read replica has replayed all the primary's WAL, else the age of its last replayed transaction.",
-            registry=r,
-        )
-        self.replay_paused = Gauge(
-            "spanmeter_read_replica_replay_paused", "1 while replay on the read replica is paused.", registry=r
-        )
-        self.last_measured = Gauge(
-            "spanmeter_read_replica_last_measured_timestamp_seconds",
-            "Unix time of the last successful measurement of the read replica's lag (0 before the first).",
-            registry=r,
-        )
-        self.measure_errors = Counter(
-            "spanmeter_read_replica_measure_errors",
-            "Failed measurements of the read replica's lag (the previous values stay).",
-            registry=r,
-        )
+        self.lag_bytes = metric(M.READ_REPLICA_LAG, r)
+        self.replay_delay = metric(M.READ_REPLICA_REPLAY_DELAY, r)
+        self.replay_paused = metric(M.READ_REPLICA_REPLAY_PAUSED, r)
+        self.last_measured = metric(M.READ_REPLICA_LAST_MEASURED, r)
+        self.measure_errors = metric(M.READ_REPLICA_MEASURE_ERRORS, r)

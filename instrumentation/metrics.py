@@ -2,7 +2,8 @@
 
 "Nothing lost" stops at the process boundary only if the process says what it lost. The OpenTelemetry
 SDK drops a span when its batch queue is full and gives up on a batch when the exporter's retries run
-out; spanmeter counts both, per process, in the application's default Prometheus registry:
+out; spanmeter counts both, per process, in the application's default Prometheus registry (declared in
+:mod:`spanmeter.metrics_catalog` with every other ``spanmeter_*`` metric):
 
 =====================================  ========  =============================================================
 metric                                 labels    meaning
@@ -26,26 +27,17 @@ billable usage may be missing: the durable fix is the sidecar collector (``deplo
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
+
+from spanmeter import metrics_catalog as M  # the one import from spanmeter's server side: data, stdlib only
 
 __all__ = ["DEGRADED", "DROP_REASONS", "SPANS_DROPPED", "SPANS_EXPORTED", "snapshot"]
 
 DROP_REASONS = ("queue_full", "export_failed", "shutdown", "unsupported_sdk")
 
-SPANS_EXPORTED = Counter(
-    "spanmeter_sdk_spans_exported",
-    "Spans this process exported and the receiver acknowledged.",
-)
-SPANS_DROPPED = Counter(
-    "spanmeter_sdk_spans_dropped",
-    "Spans this process lost before the receiver acknowledged them, by reason.",
-    ["reason"],
-)
-DEGRADED = Gauge(
-    "spanmeter_sdk_degraded",
-    "1 when spanmeter could not hook into this opentelemetry-sdk version and fell back to plain export.",
-    ["hook"],
-)
+SPANS_EXPORTED = Counter(**M.SDK_SPANS_EXPORTED.prometheus_kwargs(), registry=REGISTRY)
+SPANS_DROPPED = Counter(**M.SDK_SPANS_DROPPED.prometheus_kwargs(), registry=REGISTRY)
+DEGRADED = Gauge(**M.SDK_DEGRADED.prometheus_kwargs(), registry=REGISTRY)
 for _reason in DROP_REASONS:
     SPANS_DROPPED.labels(_reason)
 
