@@ -27,11 +27,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import psycopg
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from spanmeter import metrics_catalog as M
 from spanmeter.billing.ledger.database import Database
+
+from .metrics import gauge_family, metric
 
 __all__ = ["BillingMetrics"]
 
@@ -47,37 +50,21 @@ class BillingMetrics(Collector):
         self._refreshed_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.errors = Counter(
-            "spanmeter_billing_metrics_refresh_errors", "Failed refreshes of the billing metrics.", registry=registry
-        )
+        self.errors = metric(M.BILLING_METRICS_REFRESH_ERRORS, registry)
         registry.register(self)
 
     def describe(self) -> list:
         return []  # collected per scrape from the snapshot
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        quota = GaugeMetricFamily(
-            "spanmeter_account_quota_used_ratio",
-            "Used over included this month, for accounts at or above 50% of a quota (at most 200 series).",
-            labels=["account_id", "meter"],
-        )
+        quota = gauge_family(M.ACCOUNT_QUOTA_USED)
         for account, meter, ratio in self._quotas:
             quota.add_metric([account, meter], ratio)
         yield quota
         if self._delta is not None:
-            yield GaugeMetricFamily(
-                "spanmeter_reconciliation_delta", "Delta of the latest reconciliation run.", value=self._delta[0]
-            )
-            yield GaugeMetricFamily(
-                "spanmeter_reconciliation_last_run_timestamp_seconds",
-                "Unix time of the latest reconciliation run.",
-                value=self._delta[1],
-            )
-        yield GaugeMetricFamily(
-            "spanmeter_billing_metrics_refresh_timestamp_seconds",
-            "Unix time of the last successful billing metrics refresh.",
-            value=self._refreshed_at,
-        )
+            yield gauge_family(M.RECONCILIATION_DELTA, self._delta[0])
+            yield gauge_family(M.RECONCILIATION_LAST_RUN, self._delta[1])
+        yield gauge_family(M.BILLING_METRICS_REFRESH, self._refreshed_at)
 
     def refresh(self) -> None:
         from spanmeter.billing.quotas import refresh_month_to_date
