@@ -1,5 +1,5 @@
 # One entry point for routine tasks. The README's two commands are ./scripts/run.sh and ./scripts/test.sh.
-.PHONY: run test lint fmt bench clean-db
+.PHONY: run test unit lint fmt bench clean-db
 
 run:
 	./scripts/run.sh
@@ -8,7 +8,10 @@ test:
 	./scripts/test.sh
 
 lint:
-	./scripts/bootstrap.sh && .venv/bin/ruff check . && .venv/bin/ruff format --check .
+	./scripts/bootstrap.sh && .venv/bin/ruff check . && .venv/bin/ruff format --check . && ./scripts/typecheck.sh
+
+unit:
+	./scripts/bootstrap.sh && .venv/bin/pytest -q -m unit
 
 fmt:
 	./scripts/bootstrap.sh && .venv/bin/ruff format . && .venv/bin/ruff check --fix .

@@ -15,6 +15,8 @@ from spanmeter.alerts import PROFILES, alert_names, differences, load_spec, rend
 from spanmeter.alerts.slo import BURN_RATE_WINDOWS, SLOSpecError, parse_spec
 from support import SPANMETER, require_tool
 
+pytestmark = pytest.mark.integration  # promtool and rendering runs
+
 ALERTS = Path(render.__file__).resolve().parent
 RULE_FILES = sorted((ALERTS / "rules").glob("*.yaml"))
 TEST_FILES = sorted((ALERTS / "tests").glob("*.yaml"))

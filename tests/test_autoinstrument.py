@@ -17,6 +17,8 @@ from spanmeter.demo import workload
 from spanmeter.demo.stack import DemoStack, sqla_broker_url
 from support import ledger, wait_until
 
+pytestmark = pytest.mark.integration  # every test runs an instrumented application in a subprocess
+
 APPS = Path(__file__).parent / "apps"
 
 

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import grpc
 import psycopg
+import pytest
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from spanmeter.billing.ledger.embedded import EmbeddedPostgres
 from support import SPANMETER, Collector, SpanFactory, exporter, raw_export, request_bytes, wait_until
+
+pytestmark = pytest.mark.integration  # the spanmeter command, run as a subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 MS = 1_000_000

@@ -99,6 +99,7 @@ def test_every_dashboard_is_the_grafana_foundation_sdks_own_model():
     )
 
 
+@pytest.mark.integration  # a subprocess or a real server
 def test_write_all_and_the_check_command_report_missing_changed_and_extra_files(tmp_path):
     written = write_all(tmp_path)
     assert sorted(p.name for p in written) == sorted(MODELS)
@@ -217,6 +218,7 @@ def test_rates_use_the_rate_interval_so_they_survive_scrape_interval_changes():
                     assert window == "$__rate_interval", f"{panel['title']!r}: [{window}]"
 
 
+@pytest.mark.integration  # a subprocess or a real server
 def test_every_promql_expression_parses(tmp_path):
     promtool = shutil.which("promtool")
     assert promtool, "promtool (Prometheus) is needed to check the dashboards' PromQL: install prometheus"

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import pytest
 import yaml
 
 from spanmeter.collector.config import listen_problem, load_config
@@ -256,6 +257,7 @@ def _build_context(destination: Path, stage: str) -> Path:
     return destination
 
 
+@pytest.mark.integration  # a subprocess or a real server
 def test_the_image_install_context_installs_and_runs(tmp_path):
     """`pip install .` in exactly what the Dockerfile's build stage copies (after .dockerignore): it used to
     fail (`package directory 'demo' does not exist`), so `docker compose up --build` could not build."""
@@ -430,6 +432,7 @@ def test_compose_runs_three_replicas_behind_the_gateway():
     assert named[directory] in compose()["volumes"]
 
 
+@pytest.mark.integration  # a subprocess or a real server
 def test_prometheus_config_with_dns_discovery_passes_promtool():
     from support import require_tool
 

@@ -16,6 +16,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -94,6 +95,7 @@ def requests(draw) -> ExportTraceServiceRequest:
     return request
 
 
+@pytest.mark.integration  # thousands of generated cases: the integration tier's CPU budget
 @settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(requests())
 def test_processor_never_raises_and_accounts_for_every_span(request):

@@ -201,6 +201,7 @@ def test_fast_attribute_write_defers_to_the_sdk_at_its_limits(caplog):
     assert "account_id" not in span.attributes
 
 
+@pytest.mark.integration  # a subprocess or a real server
 def test_helpers_are_no_ops_without_a_provider_and_never_raise():
     script = (
         "from spanmeter.instrumentation.helpers import attribution, gpu_section, record_llm_usage\n"

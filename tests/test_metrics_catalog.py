@@ -80,6 +80,7 @@ def test_every_series_serve_exposes_is_in_the_catalog_with_its_type_and_labels(f
     assert families["spanmeter_build_info"] == ("gauge", {"version", "metering"})
 
 
+@pytest.mark.integration  # a subprocess or a real server
 def test_the_instrumentations_series_are_in_the_catalog():
     script = """
 import sys
@@ -227,6 +228,7 @@ def test_the_readme_metrics_tables_list_every_catalog_entry_and_nothing_else():
     assert readme_metrics() == {m.name: (m.type, m.labels) for m in CATALOG}
 
 
+@pytest.mark.integration  # a subprocess or a real server
 def test_importing_the_catalog_loads_the_standard_library_only():
     script = """
 import json, sys
@@ -244,6 +246,7 @@ print(json.dumps(sorted(set(sys.modules) - before)))
     assert outside == set()
 
 
+@pytest.mark.integration  # a subprocess or a real server
 def test_the_instrumentation_imports_only_the_catalog_and_the_attribute_contract_from_spanmeter():
     allowed = {"spanmeter.attributes", "spanmeter.metrics_catalog"}
     for path in sorted((ROOT / "instrumentation").rglob("*.py")):

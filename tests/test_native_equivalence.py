@@ -38,6 +38,7 @@ MUTATIONS = int(os.environ.get("NATIVE_MUTATIONS", "6000"))
 HYPOTHESIS_STATS = Stats()
 
 
+@pytest.mark.integration  # thousands of generated cases: the integration tier's CPU budget
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(st.integers(min_value=0, max_value=2**64 - 1))
 def test_generated_requests_are_metered_identically(seed):
@@ -51,6 +52,7 @@ def test_generated_requests_are_metered_identically(seed):
     check(body, limits, now, rand_producer(rng), HYPOTHESIS_STATS)
 
 
+@pytest.mark.integration  # the report of the generated cases above: same tier
 def test_generated_requests_report():
     """Runs after the hypothesis test (file order): print the counts; fallbacks on valid input ~0."""
     s = HYPOTHESIS_STATS
@@ -91,6 +93,7 @@ def test_bench_requests_never_fall_back():
     assert stats.c["rows"] == 4 * 512 + 4 * 52
 
 
+@pytest.mark.integration  # thousands of generated cases: the integration tier's CPU budget
 def test_mutated_requests():
     rng = random.Random(20261204)
     seeds = _bench_bodies()[::3]

@@ -184,6 +184,7 @@ def test_producers_need_a_bearer_token_on_this_door_too(tmp_path, fresh_db):
         collector.kill()
 
 
+@pytest.mark.integration  # a subprocess or a real server
 def test_ledger_unavailable_is_503_with_retry_after_then_committed(tmp_path):
     from spanmeter.billing.ledger.embedded import EmbeddedPostgres
 

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
+import pytest
 import yaml
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind
@@ -30,6 +31,8 @@ from spanmeter.billing import reconcile, subscriptions
 from spanmeter.billing.ledger.embedded import EmbeddedPostgres
 from spanmeter.billing.periods import Period
 from support import SECOND, Collector, SpanFactory, exporter, ledger, require_tool, wait_until
+
+pytestmark = pytest.mark.integration  # a real Prometheus
 
 MS = 1_000_000
 

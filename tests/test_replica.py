@@ -44,6 +44,8 @@ from spanmeter.collector.metrics import ReadReplicaMetrics
 from spanmeter.collector.replica_lag import ReplicaLagMonitor
 from support import SPANMETER, Collector, wait_until
 
+pytestmark = pytest.mark.integration  # a streaming replica pair
+
 NOW = datetime.now(UTC)
 THIS = Period.containing(NOW)
 LAST = THIS.previous()  # finalizable at once with a drift window of 0

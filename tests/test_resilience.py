@@ -9,12 +9,15 @@ from decimal import Decimal
 from pathlib import Path
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.sdk.trace.export import SpanExportResult
 from psycopg.conninfo import make_conninfo
 
 from spanmeter.billing.ledger.embedded import EmbeddedPostgres
 from support import Collector, SpanFactory, exporter, ledger, raw_export, request_bytes, totals
+
+pytestmark = pytest.mark.integration  # serve and PostgreSQL stopped and started
 
 MS = 1_000_000
 

@@ -17,6 +17,8 @@ from spanmeter.billing.ledger.database import resolve_database
 from spanmeter.billing.ledger.roles import WRITER_ROLE
 from support import SPANMETER, Collector, SpanFactory, ledger, raw_export, request_bytes, totals, wait_until
 
+pytestmark = pytest.mark.integration  # the embedded ledger and its roles
+
 MS = 1_000_000
 
 # Every route a credential could take to change, remove or stop protecting a billed row.

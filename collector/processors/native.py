@@ -78,7 +78,8 @@ def count_spans(body: bytes) -> int | None:
     if spanmeter_native is None:
         return None
     try:
-        return spanmeter_native.count_spans(body)
+        counted: int | None = spanmeter_native.count_spans(body)
+        return counted
     except Exception:  # never raises for any bytes; if it did, the full decode decides
         return None
 

@@ -62,7 +62,13 @@ def _reason(name: str) -> str:
     return name
 
 
-def _meter(defn: MeterDefinition, match: tuple, count: dict | None, quantity: tuple, metadata: list) -> dict:
+def _meter(
+    defn: MeterDefinition,
+    match: tuple[Any, ...],
+    count: dict[str, Any] | None,
+    quantity: tuple[Any, ...],
+    metadata: list[tuple[Any, ...]],
+) -> dict[str, Any]:
     return {
         "code": defn.code,
         "version": defn.version,
@@ -75,7 +81,7 @@ def _meter(defn: MeterDefinition, match: tuple, count: dict | None, quantity: tu
     }
 
 
-def _genai(defn: MeterDefinition, current: str, legacy: str, subsets: tuple[str, ...]) -> dict:
+def _genai(defn: MeterDefinition, current: str, legacy: str, subsets: tuple[str, ...]) -> dict[str, Any]:
     return _meter(
         defn,
         (
@@ -211,7 +217,7 @@ def account_message(producer: Any) -> str:
     return f"producer {producer.name!r} may not bill this account"
 
 
-def producer_argument(producer: Any) -> tuple | None:
+def producer_argument(producer: Any) -> tuple[Any, ...] | None:
     """The ``producer`` argument of ``Meter.meter`` for a ``collector.auth.Producer`` (or None):
     (services, meters, message, exact accounts, account prefixes, account message); None for "any"."""
     if producer is None:

@@ -63,5 +63,5 @@ def _operation(span: Span, attrs: dict[str, Any]) -> str:
         return f"{method.string_value} {route.string_value}" if method is not None else route.string_value
     task = attrs.get(A.CELERY_TASK_NAME)
     if task is not None and task.string_value:
-        return task.string_value
+        return str(task.string_value)
     return span.name or "unnamed"

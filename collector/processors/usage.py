@@ -231,9 +231,9 @@ def _is_true(value: Any) -> bool:
         return False
     kind = value.WhichOneof("value")
     if kind == "bool_value":
-        return value.bool_value
+        return bool(value.bool_value)
     if kind == "string_value":
-        return value.string_value.lower() == "true"
+        return bool(value.string_value.lower() == "true")
     return False
 
 
