@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -37,7 +38,7 @@ from . import invoices, rollups
 from .periods import Period
 from .rating import BILLABLE_METRICS
 
-__all__ = ["ReconciliationResult", "billed_twice", "latest_delta", "reconcile"]
+__all__ = ["ReconciliationResult", "billed_twice", "latest_delta", "latest_run", "reconcile"]
 
 
 @dataclass(frozen=True)
@@ -231,3 +232,9 @@ def latest_delta(conn: psycopg.Connection) -> Decimal | None:
     """The delta of the most recent run (over all periods), None when reconciliation never ran."""
     row = conn.execute("SELECT delta FROM reconciliation_runs ORDER BY run_id DESC LIMIT 1").fetchone()
     return Decimal(row[0]) if row else None
+
+
+def latest_run(conn: psycopg.Connection) -> tuple[Decimal, datetime] | None:
+    """(delta, when it ran) of the most recent run over all periods, None when reconciliation never ran."""
+    row = conn.execute("SELECT delta, ran_at FROM reconciliation_runs ORDER BY run_id DESC LIMIT 1").fetchone()
+    return (Decimal(row[0]), row[1]) if row else None

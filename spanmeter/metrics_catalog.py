@@ -324,6 +324,13 @@ BILLING_METRICS_REFRESH = Metric(
     merge="supervisor",
     component="billing",
 )
+BILLING_REFRESH_LEADER = Metric(
+    "spanmeter_billing_refresh_leader",
+    "gauge",
+    "1 when this replica's last billing pass refreshed month to date (it held the lock), else 0.",
+    merge="supervisor",
+    component="billing",
+)
 BILLING_METRICS_REFRESH_ERRORS = Metric(
     "spanmeter_billing_metrics_refresh_errors_total",
     "counter",

@@ -22,6 +22,7 @@ from spanmeter.billing.ledger import migrate
 from spanmeter.billing.ledger.database import resolve_database
 from spanmeter.billing.ledger.writer import LedgerWriter
 from spanmeter.billing.periods import Period
+from support import ledger
 
 SEP, OCT, NOV = Period(2026, 9), Period(2026, 10), Period(2026, 11)
 NOV_WINDOW = ("--from", "2026-11-01", "--to", "2026-12-01")
@@ -635,6 +636,32 @@ def test_quota_gauges_skip_a_subscription_that_ended_earlier_in_the_month(db):
         rows = conn.execute("SELECT account_id FROM account_month_to_date ORDER BY 1").fetchall()
     assert [(a, m, str(r)) for a, m, r in exported] == [("stays", "worker_seconds", "0.8333")]
     assert rows == [("gone",), ("stays",)]  # the dashboard still shows what the ended subscription owes
+
+
+def test_the_billing_component_refreshes_on_one_replica_at_a_time(db):
+    """Two replicas' billing components on one ledger: the one holding the lock rewrites month to date and
+    exports the quota ratios; the other skips the rewrite, exports none, and still reads the reconciliation;
+    when the leader is gone, the next pass of the other takes over."""
+    from spanmeter.billing.component import REFRESH_LOCK_ID, BillingComponent
+
+    now = datetime.now(UTC)
+    subscribe(db, "acme", "starter", Period.containing(now).start)
+    write(db, [usage("acme", "worker_seconds", 3_000, now - timedelta(seconds=5))])
+    with psycopg.connect(db) as conn:
+        reconcile.reconcile(conn, Period.containing(now))
+        conn.commit()
+    database = resolve_database(db, data_dir=None)
+    one, other = BillingComponent(database), BillingComponent(database)
+    with psycopg.connect(db) as holder:  # replica one's pass, in progress: it holds the lock
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (REFRESH_LOCK_ID,))
+        follower = other.refresh()
+        assert (follower.leader, follower.quotas) == (False, ())
+        assert follower.reconciliation is not None and follower.refreshed_at > 0
+        assert ledger(db, "SELECT count(*) FROM account_month_to_date") == [(0,)]  # nothing rewritten
+    leader = other.refresh()  # the holder is gone (its transaction ended): this replica takes over
+    assert leader.leader and leader.quotas == (("acme", "worker_seconds", 0.8333),)
+    assert ledger(db, "SELECT account_id FROM account_month_to_date") == [("acme",)]
+    assert one.refresh().leader  # passes alternate freely once nobody holds the lock
 
 
 # The FinOps Foundation's validator, pinned: FOCUS 1.0 is the newest version focus-validator 1.0.0 supports.

@@ -106,9 +106,7 @@ def register(sub: Any) -> None:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from spanmeter.billing.ledger.replica import read_connection
-    from spanmeter.billing.quotas import month_to_date
-    from spanmeter.billing.usage import archived_before, usage_totals
+    from spanmeter.billing.service import BillingService
 
     config = config_from(args)
     now = datetime.now(UTC)
@@ -118,20 +116,11 @@ def _usage(args: argparse.Namespace) -> int:
     if end <= start:
         raise CommandError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
     databases = read_databases(config)
-
-    def read(database: Any) -> tuple[Any, Any, Any]:  # the replica when configured: usage may lag
-        engine = database.engine()
-        try:
-            totals = usage_totals(engine, args.account, start, end)
-            archived = archived_before(engine)
-        finally:
-            engine.dispose()
-        if args.start or args.end:
-            return totals, None, archived
-        with read_connection(database) as conn:  # month to date when the account has a subscription
-            return totals, month_to_date(conn, args.account, now), archived
-
-    totals, mtd, archived = databases.read(read)
+    billing = BillingService(databases)  # reads the replica when configured: usage may lag
+    totals = billing.usage(args.account, start, end)
+    archived = billing.archived_before()
+    # month to date when the account has a subscription and no window was asked for
+    mtd = None if args.start or args.end else billing.month_to_date(args.account, now)
     note_staleness(databases, config)
     if archived is not None and start < archived:  # raw rows of archived months are in their files only
         print(

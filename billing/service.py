@@ -1,0 +1,122 @@
+"""The billing service: the one API that every caller of billing uses.
+
+The CLI (``spanmeter usage``), serve's billing component (:mod:`spanmeter.billing.component`) and the HTTP
+API of issue 7/7 call :class:`BillingService`, never the domain modules' SQL, so a figure is computed one way
+whoever asks for it. Reads that may lag (usage, month to date, invoice drafts) go to the read replica when one
+is configured, in one read-only REPEATABLE READ snapshot, retried after a standby's recovery conflict
+(:class:`spanmeter.billing.ledger.replica.Databases`); what must be exact when it commits (finalizing an
+invoice, reconciling) reads and writes the primary.
+
+    service = BillingService(resolve_databases(url, read_url, data_dir))
+    service.usage("acme", start, end)               # [MeterTotal]: raw usage, corrections, adjusted
+    service.month_to_date("acme", now)              # MonthToDate | None: quotas, invoice so far, projection
+    service.invoice("acme", Period(2026, 11))       # Invoice: the stored one when finalized, else a draft
+    service.finalize("acme", Period(2026, 11), now=now, by="finance")   # (Invoice, finalized now?)
+    service.reconcile(Period(2026, 11))             # ReconciliationResult, stored
+
+Two calls take the caller's connection, for a component that runs them inside its own transaction:
+:meth:`BillingService.refresh_month_to_date` and :meth:`BillingService.latest_reconciliation`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+
+from . import invoices, quotas
+from . import reconcile as reconciliation
+from . import usage as usage_views
+from .ledger.database import Database
+from .ledger.replica import Databases, read_connection
+from .periods import Period
+
+__all__ = ["BillingService"]
+
+
+@dataclass(frozen=True)
+class BillingService:
+    databases: Databases
+
+    # -- reads that may lag: the replica when configured ------------------------------------------------
+    def usage(self, account_id: str, start: datetime, end: datetime) -> list[usage_views.MeterTotal]:
+        """Per meter: raw usage, the corrections dated in ``[start, end)`` and their sum (what is billed)."""
+
+        def read(database: Database) -> list[usage_views.MeterTotal]:
+            engine = database.engine()
+            try:
+                return usage_views.usage_totals(engine, account_id, start, end)
+            finally:
+                engine.dispose()
+
+        return self.databases.read(read)
+
+    def archived_before(self) -> datetime | None:
+        """The end of the newest archived month (raw rows before it are in archive files), or None."""
+
+        def read(database: Database) -> datetime | None:
+            engine = database.engine()
+            try:
+                return usage_views.archived_before(engine)
+            finally:
+                engine.dispose()
+
+        return self.databases.read(read)
+
+    def month_to_date(self, account_id: str, now: datetime) -> quotas.MonthToDate | None:
+        """The account's month so far under its subscription (None without one)."""
+
+        def read(database: Database) -> quotas.MonthToDate | None:
+            with read_connection(database) as conn:
+                return quotas.month_to_date(conn, account_id, now)
+
+        return self.databases.read(read)
+
+    def invoice(self, account_id: str, period: Period, *, pricing_override: str | None = None) -> invoices.Invoice:
+        """The stored invoice when finalized (unless ``pricing_override`` previews another version), else a
+        draft computed now."""
+
+        def read(database: Database) -> invoices.Invoice:
+            with read_connection(database) as conn:
+                return invoices.build_invoice(conn, account_id, period, pricing_override=pricing_override)
+
+        return self.databases.read(read)
+
+    # -- exact at commit: the primary -------------------------------------------------------------------
+    def finalize(
+        self,
+        account_id: str,
+        period: Period,
+        *,
+        now: datetime,
+        by: str,
+        drift_window: timedelta = invoices.DEFAULT_DRIFT_WINDOW,
+    ) -> tuple[invoices.Invoice, bool]:
+        """Store the invoice immutably (refused inside the drift window); (invoice, finalized by this call)."""
+        with psycopg.connect(self.databases.primary.conninfo) as conn:
+            result = invoices.finalize_invoice(
+                conn, account_id, period, now=now, finalized_by=by, drift_window=drift_window
+            )
+            conn.commit()
+        return result
+
+    def reconcile(self, period: Period) -> reconciliation.ReconciliationResult:
+        """Raw ledger, rollups and invoices compared for ``period``; the result is stored."""
+        with psycopg.connect(self.databases.primary.conninfo) as conn:
+            result = reconciliation.reconcile(conn, period)
+            conn.commit()
+        return result
+
+    # -- inside the caller's transaction ----------------------------------------------------------------
+    @staticmethod
+    def refresh_month_to_date(conn: psycopg.Connection, now: datetime) -> list[tuple[str, str, Decimal]]:
+        """Rewrite ``account_month_to_date`` for every subscribed account; the quota ratios to export."""
+        return list(quotas.refresh_month_to_date(conn, now))
+
+    @staticmethod
+    def latest_reconciliation(conn: psycopg.Connection) -> tuple[float, float] | None:
+        """(delta, unix time) of the latest ``spanmeter reconcile`` run, or None before the first."""
+        latest = reconciliation.latest_run(conn)
+        return (float(latest[0]), latest[1].timestamp()) if latest is not None else None
