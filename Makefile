@@ -1,5 +1,5 @@
 # One entry point for routine tasks. The README's two commands are ./scripts/run.sh and ./scripts/test.sh.
-.PHONY: run test unit lint fmt bench clean-db
+.PHONY: run test unit integration lint fmt bench clean-db
 
 run:
 	./scripts/run.sh
@@ -12,6 +12,9 @@ lint:
 
 unit:
 	./scripts/bootstrap.sh && .venv/bin/pytest -q -m unit
+
+integration:
+	./scripts/bootstrap.sh && .venv/bin/pytest -m integration
 
 fmt:
 	./scripts/bootstrap.sh && .venv/bin/ruff format . && .venv/bin/ruff check --fix .
