@@ -26,7 +26,7 @@ from decimal import Decimal
 
 import psycopg
 
-from . import invoices, quotas
+from . import invoices, quotas, subscriptions
 from . import reconcile as reconciliation
 from . import usage as usage_views
 from .ledger.database import Database
@@ -77,10 +77,51 @@ class BillingService:
     def invoice(self, account_id: str, period: Period, *, pricing_override: str | None = None) -> invoices.Invoice:
         """The stored invoice when finalized (unless ``pricing_override`` previews another version), else a
         draft computed now."""
+        return self.invoice_and_shadow(account_id, period, pricing_override=pricing_override)[0]
 
-        def read(database: Database) -> invoices.Invoice:
+    def invoice_and_shadow(
+        self,
+        account_id: str,
+        period: Period,
+        *,
+        pricing_override: str | None = None,
+        shadow: str | None = None,
+        transition: invoices.TransitionPolicy | None = None,
+        exact: bool = False,
+    ) -> tuple[invoices.Invoice, invoices.ShadowComparison | None]:
+        """The invoice and, with ``shadow``, its comparison under that pricing version, from one snapshot.
+        ``exact``: read the primary (after finalizing, a replica may not have the stored invoice yet)."""
+
+        def read(database: Database) -> tuple[invoices.Invoice, invoices.ShadowComparison | None]:
             with read_connection(database) as conn:
-                return invoices.build_invoice(conn, account_id, period, pricing_override=pricing_override)
+                invoice = invoices.build_invoice(conn, account_id, period, pricing_override=pricing_override)
+                if shadow is None:
+                    return invoice, None
+                comparison = invoices.shadow_comparison(
+                    conn, account_id, period, shadow, pricing=pricing_override, transition=transition
+                )
+                return invoice, comparison
+
+        return read(self.databases.primary) if exact else self.databases.read(read)
+
+    def shadow_report(
+        self,
+        period: Period,
+        shadow: str,
+        *,
+        pricing: str | None = None,
+        transition: invoices.TransitionPolicy | None = None,
+    ) -> list[invoices.ShadowComparison]:
+        """Every account subscribed in ``period``: its invoice against ``shadow`` pricing, from one snapshot."""
+
+        def read(database: Database) -> list[invoices.ShadowComparison]:
+            with read_connection(database) as conn:
+                accounts = sorted({s.account_id for s in subscriptions.history(conn)})
+                return [
+                    invoices.shadow_comparison(conn, account, period, shadow, pricing=pricing, transition=transition)
+                    for account in accounts
+                    if subscriptions.segments(conn, account, period.start, period.end)
+                ]
 
         return self.databases.read(read)
 

@@ -159,6 +159,24 @@ def _read(args: argparse.Namespace, work: Callable[[Any], T]) -> T:
     return result
 
 
+def _service(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The billing service over the primary (migrated when embedded, else checked) and the read replica when
+    one is configured (checked); with the databases and configuration, to say when a read may be stale."""
+    from spanmeter.billing.ledger import migrate
+    from spanmeter.billing.ledger.replica import check_replica_schema, resolve_databases
+    from spanmeter.billing.service import BillingService
+
+    config = config_from(args)
+    databases = resolve_databases(
+        config.database_url, config.read_database_url, config.data_dir, create=not _reads_only(args)
+    )
+    if databases.replica is None or not _reads_only(args):  # reads of a replica never need the primary
+        migrate.prepare(databases.primary)
+    if databases.replica is not None and _reads_only(args):  # writes never read the replica
+        check_replica_schema(databases)
+    return BillingService(databases), databases, config
+
+
 def _reads_only(args: argparse.Namespace) -> bool:
     """Commands that write (a subscription, a correction, a finalized invoice, a rebuild, a reconciliation
     run) may start on a new ledger; the others only read one."""
@@ -375,27 +393,16 @@ def _transition(text: str | None) -> Any:
 
 
 def _invoice(args: argparse.Namespace) -> int:
-    from spanmeter.billing import invoices, subscriptions
-
     period = _period(args.period)
     transition = _transition(args.transition)
     if transition is not None and not args.shadow:
         raise CommandError("--transition applies to the shadow invoice: add --shadow VERSION")
+    billing, databases, config = _service(args)
     if args.action == "shadow-report":
         if not args.shadow:
             raise CommandError("shadow-report needs --shadow VERSION")
-
-        def shadow_reports(conn: Any) -> list[Any]:
-            accounts = sorted({s.account_id for s in subscriptions.history(conn)})
-            return [
-                invoices.shadow_comparison(
-                    conn, account, period, args.shadow, pricing=args.pricing, transition=transition
-                )
-                for account in accounts
-                if subscriptions.segments(conn, account, period.start, period.end)
-            ]
-
-        reports = _read(args, shadow_reports)
+        reports = billing.shadow_report(period, args.shadow, pricing=args.pricing, transition=transition)
+        note_staleness(databases, config)
         if args.format == "json":
             _print_json([r.to_dict() for r in reports])
             return 0
@@ -414,42 +421,28 @@ def _invoice(args: argparse.Namespace) -> int:
         return 0
     if not args.account:
         raise CommandError("invoice needs --account (or use `invoice shadow-report`)")
-
-    def shadow(conn: Any) -> Any:
-        if not args.shadow:
-            return None
-        return invoices.shadow_comparison(
-            conn, args.account, period, args.shadow, pricing=args.pricing, transition=transition
-        )
-
     if args.finalize:
         if args.pricing:
             raise CommandError("--finalize rates by the subscription; drop --pricing")
         # the primary, always: the invoice is built from what is committed there and stored in the same
         # transaction (under the period's advisory lock); a replica's figures may be behind
-        with _connect(args) as conn:
-            invoice, created = invoices.finalize_invoice(
-                conn,
-                args.account,
-                period,
-                now=datetime.now(UTC),
-                finalized_by=who(args.by),
-                drift_window=_drift_window(),
-            )
-            conn.commit()
-            print(
-                f"{invoice.invoice_number} finalized" if created else f"{invoice.invoice_number} was already finalized",
-                file=sys.stderr,
-            )
-            comparison = shadow(conn)
-    else:  # a draft: the read replica when configured
-        invoice, comparison = _read(
-            args,
-            lambda conn: (
-                invoices.build_invoice(conn, args.account, period, pricing_override=args.pricing),
-                shadow(conn),
-            ),
+        invoice, created = billing.finalize(
+            args.account, period, now=datetime.now(UTC), by=who(args.by), drift_window=_drift_window()
         )
+        print(
+            f"{invoice.invoice_number} finalized" if created else f"{invoice.invoice_number} was already finalized",
+            file=sys.stderr,
+        )
+        comparison = None
+        if args.shadow:
+            comparison = billing.invoice_and_shadow(
+                args.account, period, shadow=args.shadow, transition=transition, exact=True
+            )[1]
+    else:  # a draft: the read replica when configured
+        invoice, comparison = billing.invoice_and_shadow(
+            args.account, period, pricing_override=args.pricing, shadow=args.shadow, transition=transition
+        )
+        note_staleness(databases, config)
     document = invoice.to_dict()
     if args.format == "json":
         if comparison is not None:
@@ -470,12 +463,8 @@ def _invoice(args: argparse.Namespace) -> int:
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    from spanmeter.billing import reconcile
-
     period = _period(args.period)
-    with _connect(args) as conn:
-        result = reconcile.reconcile(conn, period)
-        conn.commit()
+    result = _service(args)[0].reconcile(period)
     if args.format == "json":
         _print_json(result.to_dict())
     else:
