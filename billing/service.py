@@ -23,10 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 
-from . import invoices, quotas, subscriptions
+from . import adjustments, exports, invoices, quotas, rollups, subscriptions
 from . import reconcile as reconciliation
 from . import usage as usage_views
 from .ledger.database import Database
@@ -149,6 +150,90 @@ class BillingService:
             result = reconciliation.reconcile(conn, period)
             conn.commit()
         return result
+
+    def subscribe(
+        self,
+        *,
+        account_id: str,
+        plan_code: str,
+        pricing_version: str,
+        valid_from: datetime,
+        valid_to: datetime | None,
+        currency: str | None,
+        by: str,
+        note: str | None,
+    ) -> subscriptions.Subscription:
+        """Add an effective-dated subscription (append-only; see :mod:`spanmeter.billing.subscriptions`)."""
+        with psycopg.connect(self.databases.primary.conninfo) as conn:
+            row = subscriptions.set_subscription(
+                conn,
+                account_id=account_id,
+                plan_code=plan_code,
+                pricing_version=pricing_version,
+                valid_from=valid_from,
+                valid_to=valid_to,
+                currency=currency,
+                created_by=by,
+                note=note,
+            )
+            conn.commit()
+        return row
+
+    def subscription_history(self, account_id: str | None = None) -> list[subscriptions.Subscription]:
+        """Subscription history, one account or every account (the primary: what the next invoice uses)."""
+        with psycopg.connect(self.databases.primary.conninfo) as conn:
+            return subscriptions.history(conn, account_id)
+
+    def adjust(
+        self,
+        *,
+        idempotency_key: str,
+        account_id: str,
+        meter_code: str,
+        quantity: Decimal,
+        occurred_at: datetime,
+        reason: str,
+        by: str,
+        reference: str | None = None,
+    ) -> tuple[adjustments.Adjustment, bool]:
+        """Record a usage correction, once per key; (the correction, recorded by this call)."""
+        with psycopg.connect(self.databases.primary.conninfo) as conn:
+            result = adjustments.record(
+                conn,
+                idempotency_key=idempotency_key,
+                account_id=account_id,
+                meter_code=meter_code,
+                quantity=quantity,
+                occurred_at=occurred_at,
+                reason=reason,
+                created_by=by,
+                reference=reference,
+            )
+            conn.commit()
+        return result
+
+    def rebuild_rollups(self) -> dict[str, int]:
+        """Recompute every rollup of the attached months from the raw ledger (locks out the fold meanwhile)."""
+        with psycopg.connect(self.databases.primary.conninfo) as conn:
+            counts = rollups.rebuild(conn)
+            conn.commit()
+        return counts
+
+    def check_rollups(self, period: Period | None = None) -> list[rollups.RollupDifference]:
+        """Differences between the maintained rollups and the raw ledger (attached months; one period or all)."""
+        with psycopg.connect(self.databases.primary.conninfo) as conn:
+            return rollups.check(conn, period.start if period else None, period.end if period else None)
+
+    def export(
+        self, what: str, period: Period, account_id: str | None, parties: exports.FocusParties
+    ) -> list[dict[str, Any]]:
+        """``usage``, ``invoices`` or ``focus`` rows for ``period`` (see :mod:`spanmeter.billing.exports`)."""
+
+        def read(database: Database) -> list[dict[str, Any]]:
+            with read_connection(database) as conn:
+                return exports.export(conn, what, period, account_id, parties)
+
+        return self.databases.read(read)
 
     # -- inside the caller's transaction ----------------------------------------------------------------
     @staticmethod

@@ -23,13 +23,11 @@ import io
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any
 
-from ._shared import DATABASE, READ_REPLICA, CommandError, config_from, note_staleness, parse_time, read_databases, who
+from ._shared import DATABASE, READ_REPLICA, CommandError, config_from, note_staleness, parse_time, who
 
 __all__ = ["register"]
 
@@ -122,43 +120,6 @@ def register(sub: Any) -> None:
     export.set_defaults(handler=_export)
 
 
-@contextmanager
-def _connect(args: argparse.Namespace) -> Iterator[Any]:
-    """A connection to the primary, whatever --read-database-url says: for commands that write, and for
-    reads that must be exact when they commit (finalizing an invoice, reconciling, checking rollups)."""
-    import psycopg
-
-    from spanmeter.billing.ledger import migrate
-    from spanmeter.billing.ledger.replica import resolve_databases
-
-    config = config_from(args)
-    # a command that only reads never creates an embedded ledger where none exists (it says where it looked)
-    primary = resolve_databases(config.database_url, None, config.data_dir, create=not _reads_only(args)).primary
-    migrate.prepare(primary)  # the embedded ledger is migrated; a configured one only checked
-    with psycopg.connect(primary.conninfo) as conn:
-        yield conn
-
-
-T = TypeVar("T")
-
-
-def _read(args: argparse.Namespace, work: Callable[[Any], T]) -> T:
-    """``work(conn)`` on the read replica when one is configured, else on the primary: for reads that may lag
-    (drafts, exports). One read-only snapshot, run again after a recovery conflict: ``work`` only reads."""
-    from spanmeter.billing.ledger.replica import read_connection
-
-    config = config_from(args)
-    databases = read_databases(config, create=not _reads_only(args))
-
-    def once(database: Any) -> T:
-        with read_connection(database) as conn:
-            return work(conn)
-
-    result = databases.read(once)
-    note_staleness(databases, config)
-    return result
-
-
 def _service(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The billing service over the primary (migrated when embedded, else checked) and the read replica when
     one is configured (checked); with the databases and configuration, to say when a read may be stale."""
@@ -170,9 +131,10 @@ def _service(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     databases = resolve_databases(
         config.database_url, config.read_database_url, config.data_dir, create=not _reads_only(args)
     )
-    if databases.replica is None or not _reads_only(args):  # reads of a replica never need the primary
+    lagging = args.command == "export" or (args.command == "invoice" and not getattr(args, "finalize", False))
+    if databases.replica is None or not lagging:  # what reads the replica never needs the primary
         migrate.prepare(databases.primary)
-    if databases.replica is not None and _reads_only(args):  # writes never read the replica
+    if databases.replica is not None and lagging:  # the rest never reads the replica
         check_replica_schema(databases)
     return BillingService(databases), databases, config
 
@@ -213,29 +175,25 @@ def _print_json(document: Any) -> None:
 
 
 def _subscription(args: argparse.Namespace) -> int:
-    from spanmeter.billing import subscriptions
-
-    with _connect(args) as conn:
-        if args.subscription_command == "set":
-            row = subscriptions.set_subscription(
-                conn,
-                account_id=args.account,
-                plan_code=args.plan,
-                pricing_version=args.pricing,
-                valid_from=parse_time(args.valid_from, "--from"),
-                valid_to=parse_time(args.valid_to, "--to") if args.valid_to else None,
-                currency=args.currency,
-                created_by=who(args.by),
-                note=args.note,
-            )
-            conn.commit()
-            until = row.valid_to.isoformat() if row.valid_to else "open-ended"
-            print(
-                f"subscription {row.subscription_id}: {row.account_id} on {row.plan_code} ({row.pricing_version}, "
-                f"{row.currency}) from {row.valid_from.isoformat()} ({until})"
-            )
-            return 0
-        rows = subscriptions.history(conn, args.account)
+    billing = _service(args)[0]
+    if args.subscription_command == "set":
+        row = billing.subscribe(
+            account_id=args.account,
+            plan_code=args.plan,
+            pricing_version=args.pricing,
+            valid_from=parse_time(args.valid_from, "--from"),
+            valid_to=parse_time(args.valid_to, "--to") if args.valid_to else None,
+            currency=args.currency,
+            by=who(args.by),
+            note=args.note,
+        )
+        until = row.valid_to.isoformat() if row.valid_to else "open-ended"
+        print(
+            f"subscription {row.subscription_id}: {row.account_id} on {row.plan_code} ({row.pricing_version}, "
+            f"{row.currency}) from {row.valid_from.isoformat()} ({until})"
+        )
+        return 0
+    rows = billing.subscription_history(args.account)
     if args.format == "json":
         _print_json(
             [
@@ -267,16 +225,13 @@ def _subscription(args: argparse.Namespace) -> int:
 
 
 def _rollups(args: argparse.Namespace) -> int:
-    from spanmeter.billing import rollups
-
-    with _connect(args) as conn:
-        if args.rollups_command == "rebuild":
-            counts = rollups.rebuild(conn)
-            conn.commit()
-            print("rebuilt from the raw ledger: " + ", ".join(f"{t} {n} rows" for t, n in counts.items()))
-            return 0
-        period = _period(args.period) if args.period else None
-        differences = rollups.check(conn, period.start if period else None, period.end if period else None)
+    billing = _service(args)[0]
+    if args.rollups_command == "rebuild":
+        counts = billing.rebuild_rollups()
+        print("rebuilt from the raw ledger: " + ", ".join(f"{t} {n} rows" for t, n in counts.items()))
+        return 0
+    period = _period(args.period) if args.period else None
+    differences = billing.check_rollups(period)
     if not differences:
         print("rollups match the raw ledger" + (f" for {period}" if period else ""))
         return 0
@@ -287,25 +242,20 @@ def _rollups(args: argparse.Namespace) -> int:
 
 
 def _ledger(args: argparse.Namespace) -> int:
-    from spanmeter.billing import adjustments
-
     try:
         quantity = Decimal(args.quantity)
     except InvalidOperation:
         raise CommandError(f"--quantity {args.quantity!r} is not a decimal number") from None
-    with _connect(args) as conn:
-        row, created = adjustments.record(
-            conn,
-            idempotency_key=args.key,
-            account_id=args.account,
-            meter_code=args.meter,
-            quantity=quantity,
-            occurred_at=parse_time(args.at, "--at"),
-            reason=args.reason,
-            created_by=who(args.by),
-            reference=args.reference,
-        )
-        conn.commit()
+    row, created = _service(args)[0].adjust(
+        idempotency_key=args.key,
+        account_id=args.account,
+        meter_code=args.meter,
+        quantity=quantity,
+        occurred_at=parse_time(args.at, "--at"),
+        reason=args.reason,
+        by=who(args.by),
+        reference=args.reference,
+    )
     verb = "recorded" if created else "already recorded (same key, same correction): nothing changed"
     print(
         f"correction {row.idempotency_key} {verb}: {row.account_id} {row.meter_code} {row.quantity:+f} at {row.occurred_at.isoformat()}"
@@ -477,7 +427,9 @@ def _export(args: argparse.Namespace) -> int:
 
     period = _period(args.period)
     parties = exports.FocusParties(args.provider, args.publisher, args.invoice_issuer)
-    rows = _read(args, lambda conn: exports.export(conn, args.what, period, args.account, parties))  # may lag
+    billing, databases, config = _service(args)
+    rows = billing.export(args.what, period, args.account, parties)  # the read replica when configured: may lag
+    note_staleness(databases, config)
     if args.format == "json":
         _print_json(rows)
     else:
