@@ -179,6 +179,13 @@ class CollectorMetrics:
         self.billable_gpu_seconds = metric(M.BILLABLE_GPU_SECONDS, r)
         self.billable_tokens = metric(M.BILLABLE_TOKENS, r)
         self.billable_api_requests = metric(M.BILLABLE_API_REQUESTS, r)
+        # where a meter definition's routing points (MeterRouting.metric): the billable counters by name
+        self.billable: dict[str, Any] = {
+            M.BILLABLE_WORKER_SECONDS.name: self.billable_worker_seconds,
+            M.BILLABLE_GPU_SECONDS.name: self.billable_gpu_seconds,
+            M.BILLABLE_TOKENS.name: self.billable_tokens,
+            M.BILLABLE_API_REQUESTS.name: self.billable_api_requests,
+        }
         self.service_requests = metric(M.SERVICE_REQUESTS, r)
         self.service_request_duration = metric(M.SERVICE_REQUEST_DURATION, r)
         ProcessCollector(registry=r)

@@ -34,7 +34,9 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 
@@ -44,13 +46,23 @@ from spanmeter.billing.ledger.writer import KeyConflict, LedgerWriter, UsageEven
 
 from ..consumer import CompactRow, PendingWrite, RetryableError
 from ..metrics import CollectorMetrics
-from ..processors.meters import API_REQUESTS, GPU_SECONDS, INPUT_TOKENS, OUTPUT_TOKENS, WORKER_SECONDS
+from ..processors.meters import ALL_METERS, MeterDefinition
 from ..processors.usage import Rejection, UsageRow
 from .rows import compact_row, rejected_span_row, usage_event_row
 
-_WORKER, _GPU, _INPUT, _OUTPUT, _API = (
-    m.code for m in (WORKER_SECONDS, GPU_SECONDS, INPUT_TOKENS, OUTPUT_TOKENS, API_REQUESTS)
-)
+_UNSEEN = object()
+
+
+def _routes(
+    metrics: CollectorMetrics, meters: Iterable[MeterDefinition]
+) -> dict[tuple[str, int], tuple[Any, tuple[str, ...]]]:
+    """(meter code, version) -> (the billable counter, its label recipe), from each definition's routing."""
+    routes = {}
+    for meter in meters:
+        if meter.routing is not None:
+            routes[(meter.code, meter.version)] = (metrics.billable[meter.routing.metric], meter.routing.labels)
+    return routes
+
 
 __all__ = ["LedgerExporter", "LedgerUnavailable", "PendingWrite"]
 
@@ -179,6 +191,7 @@ class LedgerExporter:
         # set once the ledger is usable (see collector.schema); until then every write is answered retryable
         self._ready = ready if ready is not None else _always_ready()
         self._metrics = metrics
+        self._routes = _routes(metrics, ALL_METERS.values())
         self._batch_max_rows = batch_max_rows
         self._writer_count = writers
         self._queue: deque[PendingWrite] = deque()
@@ -438,6 +451,21 @@ class LedgerExporter:
             len(written_rows), len(new_keys), frozenset(new_keys), tuple(conflicts), tuple(outside)
         )
 
+    def _target(
+        self, code: str, version: int, plan_code: str | None, label: str | None
+    ) -> tuple[Any, tuple[str, ...]] | None:
+        """(billable counter, label values) for a row of this meter version, plan and label; None: unrouted."""
+        route = self._routes.get((code, version))
+        if route is None:
+            return None
+        m = self._metrics
+        counter, recipe = route
+        values = tuple(
+            m.plan_cap(plan_code) if part == "plan" else m.gpu_cap(label) if part == "gpu_model" else part[1:]
+            for part in recipe
+        )
+        return counter, values
+
     def _record(
         self, rows: list[CompactRow], written: UsageWrite, committed_at: float, conflicted: set[str] = frozenset()
     ) -> None:
@@ -448,7 +476,8 @@ class LedgerExporter:
         observe_lag = m.pipeline_lag.observe
         # the same span twice in one batch is inserted once: count each new key once
         unclaimed = set(written.inserted_keys) if written.inserted_keys is not None else None
-        for code, _version, key, plan_code, label, quantity, end_ns in rows:
+        targets: dict[tuple[str, int, str | None, str | None], Any] = {}
+        for code, version, key, plan_code, label, quantity, end_ns in rows:
             if unclaimed is not None:
                 if key not in unclaimed:
                     if key not in conflicted:  # a conflict (or no partition) is a rejection, not a duplicate
@@ -457,18 +486,10 @@ class LedgerExporter:
                 unclaimed.discard(key)
             billed[code] += 1
             observe_lag(max(0.0, committed_at - end_ns / 1e9))
-            plan = m.plan_cap(plan_code)
-            if code == _WORKER:
-                target = (m.billable_worker_seconds, (plan,))
-            elif code == _GPU:
-                target = (m.billable_gpu_seconds, (plan, m.gpu_cap(label)))
-            elif code == _INPUT:
-                target = (m.billable_tokens, (plan, "input"))
-            elif code == _OUTPUT:
-                target = (m.billable_tokens, (plan, "output"))
-            elif code == _API:
-                target = (m.billable_api_requests, (plan,))
-            else:
+            target = targets.get((code, version, plan_code, label), _UNSEEN)
+            if target is _UNSEEN:  # the first row of its kind in this batch: resolve its counter and labels
+                target = targets[(code, version, plan_code, label)] = self._target(code, version, plan_code, label)
+            if target is None:  # a meter without routing: counted in spans_billed only
                 continue
             quantities.setdefault(target, []).append(quantity)
         for code, count in billed.items():

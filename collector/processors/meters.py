@@ -33,6 +33,7 @@ __all__ = [
     "OUTPUT_TOKENS",
     "WORKER_SECONDS",
     "MeterDefinition",
+    "MeterRouting",
     "OnUnattributed",
 ]
 
@@ -44,6 +45,17 @@ class OnUnattributed(enum.Enum):
     COUNT_ONLY = "count_only"  # counted in spanmeter_spans_unattributed_total{meter}, not stored
 
 
+@dataclass(frozen=True, slots=True)
+class MeterRouting:
+    """Where a committed row's quantity is counted in Prometheus: the ``spanmeter_billable_*`` counter of
+    :mod:`spanmeter.metrics_catalog` named ``metric``, with ``labels`` in the counter's order, each one of
+    ``"plan"`` (the row's plan code, capped), ``"gpu_model"`` (the row's GPU model, capped) or ``"=text"``
+    (that text). A definition without routing counts its rows in ``spanmeter_spans_billed_total`` only."""
+
+    metric: str
+    labels: tuple[str, ...]
+
+
 @dataclass(frozen=True, slots=True, eq=False)  # identity equality: definitions are module constants
 class MeterDefinition:
     code: str
@@ -52,6 +64,7 @@ class MeterDefinition:
     description: str
     on_unattributed: OnUnattributed
     bill_failed: bool = True
+    routing: MeterRouting | None = None
 
 
 WORKER_SECONDS = MeterDefinition(
@@ -60,6 +73,7 @@ WORKER_SECONDS = MeterDefinition(
     unit="s",
     description="Worker time of Celery task runs and spanmeter.work_unit spans, rounded up to 100 ms",
     on_unattributed=OnUnattributed.REJECT,
+    routing=MeterRouting("spanmeter_billable_worker_seconds_total", ("plan",)),
 )
 GPU_SECONDS = MeterDefinition(
     code="gpu_seconds",
@@ -67,6 +81,7 @@ GPU_SECONDS = MeterDefinition(
     unit="s",
     description="GPU time: span duration rounded up to 100 ms, times gpu.count",
     on_unattributed=OnUnattributed.REJECT,
+    routing=MeterRouting("spanmeter_billable_gpu_seconds_total", ("plan", "gpu_model")),
 )
 INPUT_TOKENS = MeterDefinition(
     code="input_tokens",
@@ -74,6 +89,7 @@ INPUT_TOKENS = MeterDefinition(
     unit="{token}",
     description="LLM input tokens of model calls (cache tokens included, never billed twice)",
     on_unattributed=OnUnattributed.REJECT,
+    routing=MeterRouting("spanmeter_billable_tokens_total", ("plan", "=input")),
 )
 OUTPUT_TOKENS = MeterDefinition(
     code="output_tokens",
@@ -81,6 +97,7 @@ OUTPUT_TOKENS = MeterDefinition(
     unit="{token}",
     description="LLM output tokens of model calls (reasoning tokens included, never billed twice)",
     on_unattributed=OnUnattributed.REJECT,
+    routing=MeterRouting("spanmeter_billable_tokens_total", ("plan", "=output")),
 )
 API_REQUESTS = MeterDefinition(
     code="api_requests",
@@ -88,6 +105,7 @@ API_REQUESTS = MeterDefinition(
     unit="{request}",
     description="One per HTTP SERVER span",
     on_unattributed=OnUnattributed.COUNT_ONLY,
+    routing=MeterRouting("spanmeter_billable_api_requests_total", ("plan",)),
 )
 
 # Every definition that ever billed, keyed by (code, version). Never remove or edit an entry.

@@ -1,0 +1,68 @@
+"""Metric routing is data: a committed row's quantity goes to the billable counter its meter definition
+names (MeterRouting), so a new meter version, or a new meter, is a new definition, not an edit of the
+exporter. Pure: the exporter's accounting of a committed batch, no database."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from spanmeter.billing.ledger.writer import UsageWrite
+from spanmeter.collector.exporters import ledger as exporter_module
+from spanmeter.collector.exporters.ledger import LedgerExporter
+from spanmeter.collector.metrics import CollectorMetrics
+from spanmeter.collector.processors.meters import (
+    ALL_METERS,
+    GPU_SECONDS,
+    MeterDefinition,
+    MeterRouting,
+    OnUnattributed,
+)
+from spanmeter.metrics_catalog import CATALOG
+
+NS = 1_700_000_000 * 10**9
+
+
+def _record(rows, meters):
+    registry = CollectorRegistry()
+    metrics = CollectorMetrics(registry, plan_codes=("growth",), gpu_models=("H100",))
+    exporter = LedgerExporter(database=None, metrics=metrics)  # type: ignore[arg-type]  # never started
+    exporter._routes = exporter_module._routes(metrics, meters)
+    exporter._record(rows, UsageWrite(staged=len(rows), inserted=len(rows), inserted_keys=None), NS / 1e9)
+    return lambda name, labels: registry.get_sample_value(name, labels)
+
+
+def test_every_routing_names_a_billable_counter_of_the_catalog_with_its_labels():
+    names = {m.name: m for m in CATALOG}
+    for meter in ALL_METERS.values():
+        assert meter.routing is not None, meter.code
+        entry = names[meter.routing.metric]
+        assert entry.type == "counter" and len(entry.labels) == len(meter.routing.labels), meter.code
+
+
+def test_a_v2_meter_and_a_new_meter_route_by_their_definitions():
+    gpu_v2 = MeterDefinition(
+        code="gpu_seconds", version=2, unit="s", description="GPU time, per-second rounding (test)",
+        on_unattributed=OnUnattributed.REJECT, routing=MeterRouting("spanmeter_billable_gpu_seconds_total", ("plan", "gpu_model")),
+    )  # fmt: skip
+    cache_reads = MeterDefinition(
+        code="cache_read_tokens", version=1, unit="{token}", description="cached input tokens (test)",
+        on_unattributed=OnUnattributed.REJECT, routing=MeterRouting("spanmeter_billable_tokens_total", ("plan", "=cache_read")),
+    )  # fmt: skip
+    unrouted = MeterDefinition(
+        code="storage_bytes", version=1, unit="By", description="no billable counter (test)",
+        on_unattributed=OnUnattributed.REJECT,
+    )  # fmt: skip
+    rows = [  # (code, version, key, plan, label, quantity, end ns): what the exporter counts per committed row
+        ("gpu_seconds", 1, "k1", "growth", "H100", "1.5", NS),
+        ("gpu_seconds", 2, "k2", "growth", "H100", "2.0", NS),
+        ("cache_read_tokens", 1, "k3", "growth", None, "700", NS),
+        ("storage_bytes", 1, "k4", "growth", None, "4096", NS),
+    ]
+    value = _record(rows, [GPU_SECONDS, gpu_v2, cache_reads, unrouted])
+    assert value("spanmeter_billable_gpu_seconds_total", {"plan_code": "growth", "gpu_model": "h100"}) == 3.5
+    assert value("spanmeter_billable_tokens_total", {"plan_code": "growth", "direction": "cache_read"}) == 700
+    for code in ("gpu_seconds", "cache_read_tokens", "storage_bytes"):  # every row counted as billed
+        assert value("spanmeter_spans_billed_total", {"meter": code}) >= 1
+    # a version nobody defined is not guessed at: billed, but in no billable counter
+    value = _record([("gpu_seconds", 3, "k5", "growth", "H100", "9.0", NS)], [GPU_SECONDS])
+    assert value("spanmeter_billable_gpu_seconds_total", {"plan_code": "growth", "gpu_model": "h100"}) == 0
