@@ -4,6 +4,7 @@ exporter. Pure: the exporter's accounting of a committed batch, no database."""
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from spanmeter.billing.ledger.writer import UsageWrite
@@ -66,3 +67,11 @@ def test_a_v2_meter_and_a_new_meter_route_by_their_definitions():
     # a version nobody defined is not guessed at: billed, but in no billable counter
     value = _record([("gpu_seconds", 3, "k5", "growth", "H100", "9.0", NS)], [GPU_SECONDS])
     assert value("spanmeter_billable_gpu_seconds_total", {"plan_code": "growth", "gpu_model": "h100"}) == 0
+
+
+def test_a_definition_that_would_not_bill_failed_spans_is_refused_not_ignored():
+    with pytest.raises(ValueError, match="bill_failed=False is not implemented"):
+        MeterDefinition(
+            code="worker_seconds", version=9, unit="s", description="(test)",
+            on_unattributed=OnUnattributed.REJECT, bill_failed=False,
+        )  # fmt: skip

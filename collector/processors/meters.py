@@ -14,8 +14,9 @@ A meter definition is frozen once it has billed anyone. To change what a meter c
 
 Failed attempts (span status ERROR) bill by default for every meter: the compute, the tokens and the
 request were consumed, and each Celery retry is its own span (its own row). The row's metadata carries
-``"status": "error"`` so rating can treat failures differently without touching the ledger. A meter with
-``bill_failed=False`` would count failed spans in ``spanmeter_spans_unbilled_total{reason="failed"}``.
+``"status": "error"`` so rating can treat failures differently without touching the ledger. Not billing
+failed spans is not implemented: a definition with ``bill_failed=False`` is refused when it is created,
+rather than billing failures while saying it does not.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class MeterDefinition:
     on_unattributed: OnUnattributed
     bill_failed: bool = True
     routing: MeterRouting | None = None
+
+    def __post_init__(self) -> None:
+        if not self.bill_failed:
+            raise ValueError(f"{self.code} v{self.version}: bill_failed=False is not implemented (failed spans bill)")
 
 
 WORKER_SECONDS = MeterDefinition(
