@@ -31,7 +31,6 @@ A draft's number is ``DRAFT-YYYY-MM-<account>``.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,6 +40,7 @@ from typing import Any
 import psycopg
 
 from . import adjustments, subscriptions
+from .ledger import invoice_store
 from .periods import Period
 from .rating import (
     BILLABLE_METRICS,
@@ -215,17 +215,14 @@ def _metric_amounts(lines: Sequence[Line]) -> dict[str, Decimal]:
 
 
 def finalized_invoice(conn: psycopg.Connection, account_id: str, period: Period) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT document FROM invoices WHERE account_id = %s AND period_start = %s", (account_id, period.start)
-    ).fetchone()
-    return row[0] if row else None
+    """The stored document of the account's finalized invoice for ``period``, or None."""
+    return invoice_store.stored_document(conn, account_id, period.start)
 
 
 def _finalized_periods(conn: psycopg.Connection, account_id: str) -> list[tuple[Period, dict[str, Any]]]:
-    rows = conn.execute(
-        "SELECT period_start, document FROM invoices WHERE account_id = %s ORDER BY period_start", (account_id,)
-    )
-    return [(Period.containing(start), document) for start, document in rows]
+    return [
+        (Period.containing(start), document) for start, document in invoice_store.stored_documents(conn, account_id)
+    ]
 
 
 def _billed_per_metric(document: Mapping[str, Any]) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
@@ -435,47 +432,37 @@ def finalize_invoice(
             f"{period} stays open for late usage until {open_until.isoformat()} "
             f"(drift window {drift_window}); finalize after that"
         )
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext('spanmeter invoices ' || %s))", (str(period),))
+    invoice_store.lock_period(conn, str(period))
     if finalized_invoice(conn, account_id, period) is not None:
         return build_invoice(conn, account_id, period), False
     draft = build_invoice(conn, account_id, period)
-    (count,) = conn.execute("SELECT count(*) FROM invoices WHERE period_start = %s", (period.start,)).fetchone()  # type: ignore[misc]
-    number = f"INV-{period}-{count + 1:04d}"
+    number = f"INV-{period}-{invoice_store.count_in_period(conn, period.start) + 1:04d}"
     document = {**draft.to_dict(), "invoice_number": number, "status": "finalized", "finalized_at": now.isoformat()}
-    conn.execute(
-        "INSERT INTO invoices (invoice_number, account_id, period_start, pricing_version, currency, total, document,"
-        " finalized_at, finalized_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (
-            number,
-            account_id,
-            period.start,
-            draft.pricing_version,
-            draft.currency,
-            draft.total,
-            json.dumps(document),
-            now,
-            finalized_by,
-        ),
+    invoice_store.insert_invoice(
+        conn,
+        number=number,
+        account_id=account_id,
+        period_start=period.start,
+        pricing_version=draft.pricing_version,
+        currency=draft.currency,
+        total=draft.total,
+        document=document,
+        finalized_at=now,
+        finalized_by=finalized_by,
+        lines=[
+            (
+                i,
+                line.kind,
+                line.meter_code,
+                line.description,
+                line.quantity,
+                line.amount,
+                line.currency,
+                Period.parse(line.reference_period).start if line.reference_period else None,
+            )
+            for i, line in enumerate(draft.lines, start=1)
+        ],
     )
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO invoice_lines (invoice_number, line_no, kind, meter_code, description, quantity, amount,"
-            " currency, reference_period) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    number,
-                    i,
-                    line.kind,
-                    line.meter_code,
-                    line.description,
-                    line.quantity,
-                    line.amount,
-                    line.currency,
-                    Period.parse(line.reference_period).start if line.reference_period else None,
-                )
-                for i, line in enumerate(draft.lines, start=1)
-            ],
-        )
     return _from_document(document), True
 
 
