@@ -26,7 +26,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from spanmeter.billing.ledger.writer import encode_copy  # noqa: E402
 from spanmeter.collector.auth import Producer  # noqa: E402
-from spanmeter.collector.exporters.rows import compact_row, usage_event_row  # noqa: E402
+from spanmeter.collector.exporters.rows import compact_row, usage_event_tuple  # noqa: E402
 from spanmeter.collector.otlp import UnparseableRequest, count_spans, decode_request  # noqa: E402
 from spanmeter.collector.processors.native import _bounds, meter, to_metering_result  # noqa: E402
 from spanmeter.collector.processors.native_table import producer_argument  # noqa: E402
@@ -322,7 +322,7 @@ def serialize(request: ExportTraceServiceRequest, rng: random.Random) -> bytes:
 # ---------------------------------------------------------------------------------------------------
 def python_copy(rows) -> bytes:
     """The COPY text the ledger writer stages for the reference's rows (what the native core must equal)."""
-    return encode_copy(map(usage_event_row, rows))
+    return encode_copy(map(usage_event_tuple, rows))
 
 
 class Stats:
