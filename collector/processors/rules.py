@@ -13,6 +13,7 @@ below, which both cores share in meaning: :func:`text` (NUL replaced, capped), :
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
@@ -155,11 +156,49 @@ def _matcher(predicate: Predicate) -> Matcher:
         case AbsentOrIn(key, texts):
             return lambda kind, attrs: key not in attrs or attrs[key].string_value in texts
         case AllOf(parts):
-            every = tuple(map(_matcher, parts))
-            return lambda kind, attrs: all(m(kind, attrs) for m in every)
+            every: Matcher = _always
+            return functools.reduce(_both, map(_matcher, parts), every)
         case AnyOf(parts):
-            some = tuple(map(_matcher, parts))
-            return lambda kind, attrs: any(m(kind, attrs) for m in some)
+            none: Matcher = _never
+            return functools.reduce(_either, map(_matcher, parts), none)
+
+
+def _always(kind: int, attrs: Attributes) -> bool:
+    return True
+
+
+def _never(kind: int, attrs: Attributes) -> bool:
+    return False
+
+
+def _both(first: Matcher, second: Matcher) -> Matcher:
+    if first is _always:
+        return second
+    return lambda kind, attrs: first(kind, attrs) and second(kind, attrs)
+
+
+def _either(first: Matcher, second: Matcher) -> Matcher:
+    if first is _never:
+        return second
+    return lambda kind, attrs: first(kind, attrs) or second(kind, attrs)
+
+
+def _trigger_keys(predicate: Predicate) -> frozenset[str] | None:
+    """Keys one of which a span must carry for the predicate to hold (None: it can hold without any), so that
+    most meters are ruled out by one set operation."""
+    match predicate:
+        case Eq(key) | IsTrue(key) | Present(key):
+            return frozenset({key})
+        case KindIs() | AbsentOrIn():
+            return None
+        case AllOf(parts):
+            required = [keys for keys in map(_trigger_keys, parts) if keys is not None]
+            return min(required, key=len) if required else None
+        case AnyOf(parts):
+            alternatives = list(map(_trigger_keys, parts))
+            if not alternatives or any(keys is None for keys in alternatives):
+                return None
+            return frozenset().union(*(keys for keys in alternatives if keys is not None))
 
 
 class MeterSet:
@@ -174,15 +213,19 @@ class MeterSet:
         codes = [m.code for m in self.meters]
         if len(set(codes)) != len(codes):
             raise ValueError(f"a meter set holds one version of each meter: {codes}")
-        self._matchers = tuple((m, _matcher(m.match)) for m in self.meters)
+        self._matchers = tuple((m, _trigger_keys(m.match), _matcher(m.match)) for m in self.meters)
         self._by_version = {(m.code, m.version): m for m in self.meters}
         self.attribute_keys: frozenset[str] = frozenset().union(*map(rule_keys, self.meters))
         self.bare_kinds: frozenset[int] = frozenset(
-            kind for kind in Span.SpanKind.values() if any(match(kind, {}) for _, match in self._matchers)
+            kind for kind in Span.SpanKind.values() if any(match(kind, {}) for _, _, match in self._matchers)
         )
 
     def match(self, kind: int, attrs: Attributes) -> list[MeterDefinition]:
-        return [meter for meter, matches in self._matchers if matches(kind, attrs)]
+        return [
+            meter
+            for meter, triggers, matches in self._matchers
+            if (triggers is None or not triggers.isdisjoint(attrs)) and matches(kind, attrs)
+        ]
 
     def definition(self, code: str, version: int) -> MeterDefinition:
         """The definition a row of this meter version was metered with (KeyError: not in this set)."""

@@ -300,7 +300,11 @@ def meter_request(
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 received += 1
-                attrs: Attributes = {kv.key: kv.value for kv in span.attributes if kv.key in keys}
+                attrs: Attributes = {}
+                for kv in span.attributes:
+                    key = kv.key
+                    if key in keys:
+                        attrs[key] = kv.value
                 if span.kind in ENTRY_KINDS:
                     if resource is None:
                         resource = _resource_context(resource_spans)
@@ -329,7 +333,7 @@ class _Run:
     newest_end_ns: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per matched span, and a frozen init costs a setattr per field
 class _MatchedSpan:
     """A span that matched meters, with where it sits in the request."""
 
