@@ -289,7 +289,7 @@ _PLANS = ("starter", "growth", "scale", "platform")
 
 
 class RowSource:
-    """Rows exactly as spanmeter's exporter hands them to LedgerWriter (UsageEventRow), worker_seconds,
+    """Rows exactly as spanmeter's exporter hands them to LedgerWriter (UsageEventTuple), worker_seconds,
     occurred_at = now (µs) when the batch is made, random 128-bit keys (the product's are BLAKE2b-128)."""
 
     def __init__(self, seed: int) -> None:
@@ -325,7 +325,7 @@ def _ts(us: int) -> datetime:
     return datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
 
 
-# -- write methods: each takes UsageEventRow tuples and writes them in the caller's transaction ---------
+# -- write methods: each takes UsageEventTuple tuples and writes them in the caller's transaction ---------
 _COLS = (
     "occurred_at, idempotency_key, account_id, job_id, plan_code, meter_code, meter_version, quantity, "
     "unit, trace_id, span_id, metadata"

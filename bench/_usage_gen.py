@@ -2,7 +2,7 @@
 
 Used two ways, so both halves of a bench ledger come from the same distribution:
 
-- :func:`ledger_rows` turns a month into ``UsageEventRow`` tuples for ``LedgerWriter.write_usage`` (the real write
+- :func:`ledger_rows` turns a month into ``UsageEventTuple`` tuples for ``LedgerWriter.write_usage`` (the real write
   path: COPY, ``INSERT … ON CONFLICT``, the rollup-delta trigger, then the fold);
 - :func:`rollup_copies` aggregates a month into what the trigger and the fold would have made of it
   (``usage_rollups_hourly``, ``usage_rollups_daily``, the distinct-job sets) without writing a raw row: 8M
@@ -181,7 +181,7 @@ def _decimal(quantity: int, tenths: bool) -> str:
 
 
 def ledger_rows(month: Month, lo: int, hi: int, seed: int) -> list[tuple]:
-    """Rows ``lo``..``hi`` of the month as ``UsageEventRow`` tuples, as the exporter hands them to
+    """Rows ``lo``..``hi`` of the month as ``UsageEventTuple`` tuples, as the exporter hands them to
     ``LedgerWriter.write_usage``: (occurred_at µs, key, account, job, plan, meter, version, quantity, unit, trace
     id, span id, metadata JSON)."""
     rng = np.random.default_rng(seed)

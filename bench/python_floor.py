@@ -14,7 +14,7 @@ same pre-encoded requests the bench's load generator sends (512 spans; all billa
    metering needs (``for kv in span.attributes: kv.key in KEYS``): the least any Python metering can do to
    find out whether a span is billable, before it reads a single value;
 3. ``meter``: (1) + spanmeter's ``meter_request`` (match, validate, quantities, keys, metadata);
-4. ``meter+rows``: (3) + the rows as the ledger writer takes them (``usage_event_row``) + the COPY text,
+4. ``meter+rows``: (3) + the rows as the ledger writer takes them (``usage_event_tuple``) + the COPY text,
    i.e. all of the receiver's per-span Python work except gRPC, the commit wait and the metrics.
 
 Figures are medians over repeats of (process CPU time / spans). Compare them with the budgets the ingest
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import RequestFactory, build_template
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from spanmeter.collector.exporters.rows import usage_event_row
+from spanmeter.collector.exporters.rows import usage_event_tuple
 from spanmeter.collector.processors.usage import _SPAN_KEYS, MeteringLimits, meter_request
 
 
@@ -78,7 +78,7 @@ def _meter_rows(bodies: list[bytes]) -> None:
     now = time.time_ns()
     for body in bodies:
         result = meter_request(ExportTraceServiceRequest.FromString(body), limits, now)
-        rows = [usage_event_row(row) for row in result.rows]
+        rows = [usage_event_tuple(row) for row in result.rows]
         "".join(
             f"{us}\t{key}\t{_text(a)}\t{_text(j)}\t{_text(p)}\t{m}\t{v}\t{q}\t{u}\t{t}\t{s}\t{_text(md)}\n"
             for us, key, a, j, p, m, v, q, u, t, s, md in rows

@@ -617,7 +617,7 @@ def make_templates(probs: list[float], batches: int, batch_rows: int, seed: int 
 
 
 def materialize(templates: list[list[tuple]], block: int, rng: random.Random) -> list[list[tuple]]:
-    """UsageEventRow batches for block ``block`` (hour ``block`` of Oct 31)."""
+    """UsageEventTuple batches for block ``block`` (hour ``block`` of Oct 31)."""
     base_us = int(PREFILL_END.timestamp() * 1_000_000) + block * 3_600_000_000
     bits = rng.getrandbits
     out = []

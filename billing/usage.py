@@ -20,7 +20,7 @@ from decimal import Decimal
 
 from sqlalchemy import Engine, Select, func, select, text
 
-from .ledger.models import UsageAdjustment, UsageEvent
+from .ledger.models import UsageAdjustment, UsageEventRecord
 from .rating import BILLABLE_METRICS
 
 __all__ = [
@@ -57,11 +57,11 @@ def usage_statement(account_id: str, start: datetime, end: datetime) -> Select:
     """The query behind :func:`usage_totals`: bounded by ``occurred_at``, so PostgreSQL reads only the monthly
     partitions of ``usage_events`` that overlap ``[start, end)``."""
     return (
-        select(UsageEvent.meter_code, UsageEvent.unit, func.sum(UsageEvent.quantity), func.count())
-        .where(UsageEvent.account_id == account_id)
-        .where(UsageEvent.occurred_at >= start, UsageEvent.occurred_at < end)
-        .group_by(UsageEvent.meter_code, UsageEvent.unit)
-        .order_by(UsageEvent.meter_code)
+        select(UsageEventRecord.meter_code, UsageEventRecord.unit, func.sum(UsageEventRecord.quantity), func.count())
+        .where(UsageEventRecord.account_id == account_id)
+        .where(UsageEventRecord.occurred_at >= start, UsageEventRecord.occurred_at < end)
+        .group_by(UsageEventRecord.meter_code, UsageEventRecord.unit)
+        .order_by(UsageEventRecord.meter_code)
     )
 
 

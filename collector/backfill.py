@@ -24,7 +24,7 @@ import psycopg
 from spanmeter.billing.ledger.database import Database
 from spanmeter.billing.ledger.writer import LedgerWriter
 
-from .exporters.rows import rejected_span_row, usage_event_row
+from .exporters.rows import rejected_span_row, usage_event_tuple
 from .otlp_files import read_trace_file
 from .processors.usage import MeteringLimits, MeteringResult, meter_request
 
@@ -63,7 +63,7 @@ class IngestTotals:
 
 def write_metered(writer: LedgerWriter, result: MeteringResult) -> tuple[int, int]:
     """Write one metering result (caller commits); return (new rows, rows already in the ledger)."""
-    rows = [usage_event_row(row) for row in result.rows]
+    rows = [usage_event_tuple(row) for row in result.rows]
     written = writer.write_usage(rows)
     writer.write_rejected_spans(rejected_span_row(r) for r in result.rejections)
     return written.inserted, written.staged - written.inserted

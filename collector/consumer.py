@@ -24,7 +24,7 @@ from typing import Protocol
 
 from spanmeter.billing.ledger.writer import RejectedRequestRow
 
-from .processors.usage import Rejection, UsageRow
+from .processors.usage import Rejection, UsageEvent
 
 __all__ = ["CompactRow", "EncodedRows", "PendingWrite", "RetryableError", "UsageConsumer"]
 
@@ -41,25 +41,25 @@ class RetryableError(Exception):
 class EncodedRows:
     """Usage rows the native core has already encoded: the ledger's COPY text (byte-identical to what
     :func:`spanmeter.billing.ledger.writer.encode_copy` makes of the same rows), one :data:`CompactRow` per
-    row, and the full :class:`UsageRow` objects on demand (only the rare path that isolates a row the
+    row, and the full :class:`UsageEvent` objects on demand (only the rare path that isolates a row the
     ledger refuses needs them)."""
 
     copy_text: bytes
     compact: list[CompactRow]
-    materialize: Callable[[], list[UsageRow]]
+    materialize: Callable[[], list[UsageEvent]]
 
 
 @dataclass(eq=False)
 class PendingWrite:
     """One request's usage on its way to the store, and what became of it."""
 
-    rows: list[UsageRow]  # the rows, unless ``encoded`` carries them
+    rows: list[UsageEvent]  # the rows, unless ``encoded`` carries them
     rejections: list[Rejection]
     encoded: EncodedRows | None = None
     producer: str | None = None  # the authenticated producer's name, recorded on every row (None: none)
     rejected_request: RejectedRequestRow | None = None
     # the stored payload (resource, scope, span) of a row's span, for a row the store refuses permanently
-    span_payload: Callable[[UsageRow], bytes] | None = None
+    span_payload: Callable[[UsageEvent], bytes] | None = None
     received_monotonic: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
@@ -70,7 +70,7 @@ class PendingWrite:
     def row_count(self) -> int:
         return len(self.encoded.compact) if self.encoded is not None else len(self.rows)
 
-    def usage_rows(self) -> list[UsageRow]:
+    def usage_rows(self) -> list[UsageEvent]:
         """The full rows (materialized from ``encoded`` on first use)."""
         if self.encoded is not None and not self.rows:
             self.rows = self.encoded.materialize()

@@ -42,7 +42,7 @@ from spanmeter.billing.ledger.database import Database
 from spanmeter.billing.ledger.writer import LedgerWriter
 
 from .auth import ProducerRegistry
-from .exporters.rows import usage_event_row
+from .exporters.rows import usage_event_tuple
 from .processors.usage import MeteringLimits, meter_request
 
 __all__ = [
@@ -298,7 +298,7 @@ def replay(
                 provenance["authorization"] = "override"
             for row in result.rows:
                 row.metadata["replay"] = provenance
-            rows.extend(usage_event_row(row) for row in result.rows)
+            rows.extend(usage_event_tuple(row) for row in result.rows)
             keys = [r.idempotency_key for r in result.rows]
             records.append((key, replayed_by, why, json.dumps(patch), len(result.rows), keys, authorization))
             report.billed_spans += 1

@@ -6,11 +6,11 @@
 
 Steps (same pre-encoded 512-span requests as bench/python_floor.py; all billable, and 1 in 10 billable):
 
-- ``python``: ``decode_request`` + ``meter_request`` + ``usage_event_row`` + the COPY text (python_floor's
+- ``python``: ``decode_request`` + ``meter_request`` + ``usage_event_tuple`` + the COPY text (python_floor's
   "meter+rows", with the receiver's decode);
 - ``native``: ``Meter.meter(body, ...)`` + ``.copy_text`` + the compact row tuples (what a receiver needs
   for the ledger and its metrics);
-- ``native+adapter``: the native result converted to the reference's ``MeteringResult`` (UsageRow objects,
+- ``native+adapter``: the native result converted to the reference's ``MeteringResult`` (UsageEvent objects,
   Decimals, metadata dicts) + ``.copy_text``: what a drop-in replacement of ``meter_request`` would cost.
 
 Then a threads run: the native step over the same requests on 1 and 2 threads (wall-clock spans/s), which
@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent / "bench"))
 from _loadgen import RequestFactory, build_template  # noqa: E402
 
 from spanmeter.billing.ledger.writer import _text  # noqa: E402
-from spanmeter.collector.exporters.rows import usage_event_row  # noqa: E402
+from spanmeter.collector.exporters.rows import usage_event_tuple  # noqa: E402
 from spanmeter.collector.otlp import decode_request  # noqa: E402
 from spanmeter.collector.processors.native import _bounds, meter, to_metering_result  # noqa: E402
 from spanmeter.collector.processors.usage import MeteringLimits, meter_request  # noqa: E402
@@ -51,7 +51,7 @@ def _python(bodies: list[bytes], now: int) -> None:
     limits = MeteringLimits()
     for body in bodies:
         result = meter_request(decode_request(body).request, limits, now)
-        rows = [usage_event_row(row) for row in result.rows]
+        rows = [usage_event_tuple(row) for row in result.rows]
         "".join(
             f"{us}\t{key}\t{_text(a)}\t{_text(j)}\t{_text(p)}\t{m}\t{v}\t{q}\t{u}\t{t}\t{s}\t{_text(md)}\n"
             for us, key, a, j, p, m, v, q, u, t, s, md in rows

@@ -26,10 +26,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from spanmeter.billing.ledger.writer import encode_copy  # noqa: E402
 from spanmeter.collector.auth import Producer  # noqa: E402
-from spanmeter.collector.exporters.rows import compact_row, usage_event_row  # noqa: E402
+from spanmeter.collector.exporters.rows import compact_row, usage_event_tuple  # noqa: E402
 from spanmeter.collector.otlp import UnparseableRequest, count_spans, decode_request  # noqa: E402
 from spanmeter.collector.processors.native import _bounds, meter, to_metering_result  # noqa: E402
 from spanmeter.collector.processors.native_table import producer_argument  # noqa: E402
+from spanmeter.collector.processors.rules import CURRENT_METER_SET, MeterSet  # noqa: E402
 from spanmeter.collector.processors.usage import _RESOURCE_KEYS, _SPAN_KEYS, MeteringLimits, meter_request  # noqa: E402
 
 METER = meter()
@@ -322,7 +323,7 @@ def serialize(request: ExportTraceServiceRequest, rng: random.Random) -> bytes:
 # ---------------------------------------------------------------------------------------------------
 def python_copy(rows) -> bytes:
     """The COPY text the ledger writer stages for the reference's rows (what the native core must equal)."""
-    return encode_copy(map(usage_event_row, rows))
+    return encode_copy(map(usage_event_tuple, rows))
 
 
 class Stats:
@@ -342,11 +343,20 @@ class Stats:
         )
 
 
-def check(body: bytes, limits: MeteringLimits, now: int, producer, stats: Stats) -> None:
-    """The differential oracle for one body."""
+def check(
+    body: bytes,
+    limits: MeteringLimits,
+    now: int,
+    producer,
+    stats: Stats,
+    meters: MeterSet = CURRENT_METER_SET,
+    core: spanmeter_native.Meter | None = None,
+) -> None:
+    """The differential oracle for one body: metered with ``meters`` by the reference and by ``core`` (the
+    native core built from ``build_table(meters)``; the current one unless given)."""
     stats.c["cases"] += 1
     max_d, oldest, newest = _bounds(limits, now)
-    native = METER.meter_or_reason(body, now, max_d, oldest, newest, producer_argument(producer))
+    native = (core or METER).meter_or_reason(body, now, max_d, oldest, newest, producer_argument(producer))
     try:
         decoded = decode_request(body)
         py_error = None
@@ -377,8 +387,8 @@ def check(body: bytes, limits: MeteringLimits, now: int, producer, stats: Stats)
     assert py_error is None, f"native accepted a body Python cannot parse: {py_error}"
     assert strict, "native accepted a body the strict parse refuses"
     assert decoded.replaced_strings == 0, "native accepted a body Python had to repair"
-    expected = meter_request(decoded.request, limits, now, producer)
-    got = to_metering_result(native, body)
+    expected = meter_request(decoded.request, limits, now, producer, meters)
+    got = to_metering_result(native, body, meters=meters)
     stats.c["native"] += 1
     stats.c["rows"] += len(expected.rows)
     stats.c["synthetic"] += len(expected.synthetic_rows)

@@ -14,9 +14,11 @@ from spanmeter.collector.metrics import CollectorMetrics
 from spanmeter.collector.processors.meters import (
     ALL_METERS,
     GPU_SECONDS,
+    Constant,
     MeterDefinition,
     MeterRouting,
     OnUnattributed,
+    Present,
 )
 from spanmeter.metrics_catalog import CATALOG
 
@@ -44,14 +46,16 @@ def test_a_v2_meter_and_a_new_meter_route_by_their_definitions():
     gpu_v2 = MeterDefinition(
         code="gpu_seconds", version=2, unit="s", description="GPU time, per-second rounding (test)",
         on_unattributed=OnUnattributed.REJECT, routing=MeterRouting("spanmeter_billable_gpu_seconds_total", ("plan", "gpu_model")),
+        match=GPU_SECONDS.match, quantity=GPU_SECONDS.quantity, count=GPU_SECONDS.count,
     )  # fmt: skip
     cache_reads = MeterDefinition(
         code="cache_read_tokens", version=1, unit="{token}", description="cached input tokens (test)",
         on_unattributed=OnUnattributed.REJECT, routing=MeterRouting("spanmeter_billable_tokens_total", ("plan", "=cache_read")),
+        match=Present("gen_ai.usage.cache_read.input_tokens"), quantity=Constant(1),
     )  # fmt: skip
     unrouted = MeterDefinition(
         code="storage_bytes", version=1, unit="By", description="no billable counter (test)",
-        on_unattributed=OnUnattributed.REJECT,
+        on_unattributed=OnUnattributed.REJECT, match=Present("storage.bytes"), quantity=Constant(1),
     )  # fmt: skip
     rows = [  # (code, version, key, plan, label, quantity, end ns): what the exporter counts per committed row
         ("gpu_seconds", 1, "k1", "growth", "H100", "1.5", NS),
@@ -73,5 +77,5 @@ def test_a_definition_that_would_not_bill_failed_spans_is_refused_not_ignored():
     with pytest.raises(ValueError, match="bill_failed=False is not implemented"):
         MeterDefinition(
             code="worker_seconds", version=9, unit="s", description="(test)",
-            on_unattributed=OnUnattributed.REJECT, bill_failed=False,
+            on_unattributed=OnUnattributed.REJECT, bill_failed=False, match=Present("x"), quantity=Constant(1),
         )  # fmt: skip

@@ -54,7 +54,7 @@ __all__ = [
     "RejectedSpan",
     "Subscription",
     "UsageAdjustment",
-    "UsageEvent",
+    "UsageEventRecord",
     "UsageJobSet",
     "UsageJobSetMember",
     "UsageRollupDaily",
@@ -67,7 +67,10 @@ class Base(DeclarativeBase):
     pass
 
 
-class UsageEvent(Base):
+class UsageEventRecord(Base):
+    """A usage event as the ledger stores it (``usage_events``), read through the ORM; metered as a
+    ``collector.processors.UsageEvent`` and written as a ``writer.UsageEventTuple``."""
+
     __tablename__ = "usage_events"
 
     occurred_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), primary_key=True)

@@ -36,14 +36,16 @@ __all__ = [
     "LedgerWriter",
     "RejectedRequestRow",
     "RejectedSpanRow",
-    "UsageEventRow",
+    "UsageEventTuple",
     "UsageWrite",
     "encode_copy",
 ]
 
+# A usage event (collector.processors.UsageEvent) in the COPY encoding of usage_events
+# (collector.exporters.rows.usage_event_tuple makes it; models.UsageEventRecord reads the row back):
 # (occurred_at_us, idempotency_key hex, account_id, job_id, plan_code, meter_code, meter_version,
 #  quantity as a decimal string, unit, trace_id hex, span_id hex, metadata JSON text)
-UsageEventRow = tuple[int, str, str, str | None, str | None, str, int, str, str, str, str, str]
+UsageEventTuple = tuple[int, str, str, str | None, str | None, str, int, str, str, str, str, str]
 # (rejection_key hex, reason, error_message, trace_id, span_id, meter_codes, account_id, service_name,
 #  span_end_us or None, payload)
 # (..., end time µs, payload, producer): producer is the authenticated sender, None without authentication
@@ -142,7 +144,7 @@ def _text(value: str | None) -> str:
     return value.translate(_ESCAPES) if _NEEDS_ESCAPE(value) else value
 
 
-def encode_copy(rows: Iterable[UsageEventRow]) -> bytes:
+def encode_copy(rows: Iterable[UsageEventTuple]) -> bytes:
     """Rows as the COPY text ``write_copy`` stages: one line per row, tab-separated, UTF-8. The native
     metering core (``native/``) produces these bytes itself; the differential tests hold the two equal."""
     text = _text
@@ -223,7 +225,7 @@ class LedgerWriter:
         conn.execute(_STAGING)
         conn.commit()
 
-    def write_usage(self, rows: Sequence[UsageEventRow], producer: str | None = None) -> UsageWrite:
+    def write_usage(self, rows: Sequence[UsageEventTuple], producer: str | None = None) -> UsageWrite:
         """Stage and insert rows (the caller commits); say which were new to the ledger."""
         return self.write_copies([(producer, encode_copy(rows))], len(rows))
 

@@ -42,13 +42,13 @@ import psycopg
 
 from spanmeter.billing.ledger.database import Database
 from spanmeter.billing.ledger.errors import WriteErrorClass, classify
-from spanmeter.billing.ledger.writer import KeyConflict, LedgerWriter, UsageEventRow, UsageWrite, encode_copy
+from spanmeter.billing.ledger.writer import KeyConflict, LedgerWriter, UsageEventTuple, UsageWrite, encode_copy
 
 from ..consumer import CompactRow, PendingWrite, RetryableError
 from ..metrics import CollectorMetrics
 from ..processors.meters import ALL_METERS, MeterDefinition
-from ..processors.usage import Rejection, UsageRow
-from .rows import compact_row, rejected_span_row, usage_event_row
+from ..processors.usage import Rejection, UsageEvent
+from .rows import compact_row, rejected_span_row, usage_event_tuple
 
 _UNSEEN = object()
 
@@ -69,7 +69,7 @@ __all__ = ["LedgerExporter", "LedgerUnavailable", "PendingWrite"]
 log = logging.getLogger(__name__)
 
 
-def _kept_row(pending: PendingWrite, row: UsageRow, reason: str, message: str, salt: bytes = b"") -> Rejection:
+def _kept_row(pending: PendingWrite, row: UsageEvent, reason: str, message: str, salt: bytes = b"") -> Rejection:
     """A usage row kept as a rejected span of its request (its span's payload, for a later decision)."""
     payload = pending.span_payload(row) if pending.span_payload is not None else b""
     return Rejection(
@@ -86,12 +86,12 @@ def _kept_row(pending: PendingWrite, row: UsageRow, reason: str, message: str, s
     )
 
 
-def _refusal(pending: PendingWrite, row: UsageRow, message: str) -> Rejection:
+def _refusal(pending: PendingWrite, row: UsageEvent, message: str) -> Rejection:
     """A usage row the ledger refused permanently, kept like a span rejected at validation."""
     return _kept_row(pending, row, "ledger_refused", f"the ledger refused {row.meter.code}: {message}")
 
 
-def _conflict(pending: PendingWrite, row: UsageRow, held: KeyConflict) -> Rejection:
+def _conflict(pending: PendingWrite, row: UsageEvent, held: KeyConflict) -> Rejection:
     """A row whose key the ledger already holds with other content: kept, counted, never a silent duplicate."""
     message = (
         f"{row.meter.code} usage with this span's key is already billed with other content ({held.describe()}); "
@@ -380,7 +380,7 @@ class LedgerExporter:
                     chunks.setdefault(pending.producer, []).append(pending.encoded.copy_text)
                     rows.extend(pending.encoded.compact)
                 elif pending.rows:
-                    chunks.setdefault(pending.producer, []).append(encode_copy(map(usage_event_row, pending.rows)))
+                    chunks.setdefault(pending.producer, []).append(encode_copy(map(usage_event_tuple, pending.rows)))
                     rows.extend(map(compact_row, pending.rows))
             written = writer.write_copies([(who, b"".join(parts)) for who, parts in chunks.items()], len(rows))
             for pending in batch:
@@ -418,8 +418,8 @@ class LedgerExporter:
         conflicts: list[KeyConflict] = []
         outside: list[tuple[str, str]] = []
 
-        def attempt(pending: PendingWrite, rows: list[UsageRow]) -> None:
-            events: list[UsageEventRow] = [usage_event_row(row) for row in rows]
+        def attempt(pending: PendingWrite, rows: list[UsageEvent]) -> None:
+            events: list[UsageEventTuple] = [usage_event_tuple(row) for row in rows]
             try:
                 with conn.transaction():  # a savepoint: a refusal undoes only this part
                     writer.discard_staged()

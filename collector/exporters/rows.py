@@ -4,21 +4,22 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from spanmeter.attributes import GPU_MODEL
-from spanmeter.billing.ledger.writer import RejectedSpanRow, UsageEventRow
+from spanmeter.billing.ledger.writer import RejectedSpanRow, UsageEventTuple
 
 from ..consumer import CompactRow
-from ..processors.usage import Rejection, UsageRow
+from ..processors.meters import ROW_LABEL_KEY
+from ..processors.usage import Rejection, UsageEvent
 
-__all__ = ["compact_row", "rejected_span_row", "usage_event_row"]
+__all__ = ["compact_row", "rejected_span_row", "usage_event_tuple"]
 
 
-_METADATA_JSON: dict[tuple, str] = {}
+_METADATA_JSON: dict[tuple[tuple[str, Any], ...], str] = {}
 _METADATA_JSON_MAX = 4096
 
 
-def _metadata_json(metadata: dict) -> str:
+def _metadata_json(metadata: dict[str, Any]) -> str:
     """Metadata as compact JSON, memoised: the same few shapes repeat across millions of rows.
 
     The key is the items tuple; values are str or int from the processors (never bool or float, whose
@@ -36,7 +37,8 @@ def _metadata_json(metadata: dict) -> str:
     return cached
 
 
-def usage_event_row(row: UsageRow) -> UsageEventRow:
+def usage_event_tuple(row: UsageEvent) -> UsageEventTuple:
+    """The usage event in the ledger writer's COPY encoding (metadata keys in the event's order)."""
     return (
         row.end_time_unix_nano // 1000,
         row.idempotency_key,
@@ -53,9 +55,10 @@ def usage_event_row(row: UsageRow) -> UsageEventRow:
     )
 
 
-def compact_row(row: UsageRow) -> CompactRow:
-    """What the exporter's metrics need of a row: the same tuple the native core hands over."""
-    label = row.metadata.get(GPU_MODEL)
+def compact_row(row: UsageEvent) -> CompactRow:
+    """What the exporter's metrics need of a row: the same tuple the native core hands over (its label is
+    the metadata value under ``ROW_LABEL_KEY``, which routing's ``"gpu_model"`` label reads)."""
+    label = row.metadata.get(ROW_LABEL_KEY)
     return (
         row.meter.code,
         row.meter.version,

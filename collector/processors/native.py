@@ -8,7 +8,7 @@ pure-Python path even where the module is installed. :func:`metering_mode` tells
 ``meter_request_native(body, limits, now, producer)``:
 
 Returns the exact ``MeteringResult`` that ``meter_request(decode_request(body).request, limits, now, producer)``
-returns (``UsageRow`` with Decimal quantities and metadata dicts, ``Rejection`` with its stored payload), or
+returns (``UsageEvent`` with Decimal quantities and metadata dicts, ``Rejection`` with its stored payload), or
 ``None`` when the native core falls back (invalid UTF-8, malformed or unusual wire data, limits): the caller
 then runs the Python path. ``meter_native(...)`` returns the raw native result (COPY text + compact tuples),
 which is what a receiver would use; ``to_metering_result`` converts it.
@@ -25,10 +25,10 @@ from decimal import Decimal
 from typing import Any
 
 from ..otlp import decode_request
-from .meters import CURRENT_METERS
 from .native_table import build_table, producer_argument
 from .requests import ServiceRequest
-from .usage import MeteringLimits, MeteringResult, Rejection, UsageRow, _payload
+from .rules import CURRENT_METER_SET, MeterSet
+from .usage import MeteringLimits, MeteringResult, Rejection, UsageEvent, _payload
 
 try:
     import spanmeter_native
@@ -129,14 +129,14 @@ def meter_native(
 FALLBACK_REASONS = ("handed_back", "panic", "overflow", "producer")
 
 
-def usage_rows(native: Any, synthetic: bool = False) -> list[UsageRow]:
-    """The native result's ledger rows (or its synthetic rows) as the reference's :class:`UsageRow`."""
+def usage_rows(native: Any, synthetic: bool = False, meters: MeterSet = CURRENT_METER_SET) -> list[UsageEvent]:
+    """The native result's ledger rows (or its synthetic rows) as the reference's :class:`UsageEvent`;
+    ``meters``: the set the native core's table was built from."""
     rows = []
     for code, version, key, account, job, plan, quantity, end_ns, trace, span, metadata in native.full_rows(synthetic):
-        meter = CURRENT_METERS[code]
-        assert meter.version == version
+        meter = meters.definition(code, version)
         rows.append(
-            UsageRow(
+            UsageEvent(
                 meter=meter,
                 idempotency_key=key,
                 account_id=account,
@@ -152,14 +152,17 @@ def usage_rows(native: Any, synthetic: bool = False) -> list[UsageRow]:
     return rows
 
 
-def to_metering_result(native: Any, body: bytes, with_rows: bool = True) -> MeteringResult:
+def to_metering_result(
+    native: Any, body: bytes, with_rows: bool = True, meters: MeterSet = CURRENT_METER_SET
+) -> MeteringResult:
     """The native result as the reference's :class:`MeteringResult`. ``with_rows=False`` leaves ``rows``
     and ``synthetic_rows`` empty: a receiver hands the ledger ``native.copy_text`` and the compact
-    ``native.rows`` instead, and builds :func:`usage_rows` only if it ever needs them."""
+    ``native.rows`` instead, and builds :func:`usage_rows` only if it ever needs them. ``meters``: the set
+    the native core's table was built from."""
     result = MeteringResult(spans_received=native.spans_received)
     if with_rows:
-        result.rows = usage_rows(native)
-        result.synthetic_rows = usage_rows(native, synthetic=True)
+        result.rows = usage_rows(native, meters=meters)
+        result.synthetic_rows = usage_rows(native, synthetic=True, meters=meters)
     rejections = native.rejections
     if rejections:
         request = decode_request(body).request  # only when there is something to store

@@ -1,29 +1,30 @@
-"""The metering table handed to ``spanmeter_native.Meter(table)``: every meter-specific fact, built from the
-Python definitions (``spanmeter.attributes``, ``collector.processors.meters``, ``usage.py``'s constants).
+"""The metering table handed to ``spanmeter_native.Meter(table)``: a meter set's definitions serialized, and
+the algorithm's fixed vocabulary (``spanmeter.attributes``, ``usage.py``'s and ``rules.py``'s constants).
 
 The Rust core knows the algorithm of ``usage.meter_request`` (match → validate → quantities → metadata →
-rows) and a small rule vocabulary; it names no meter code and no attribute key. A new meter version changes
-this table (and ``usage.py``), not Rust.
+rows) and the rule vocabulary of :mod:`.meters`; it names no meter code and no attribute key. A new meter
+or meter version is a new definition: :func:`build_table` serializes it as it serializes every other
+(each rule kind has one table form, below), and neither this module, ``usage.py`` nor Rust changes.
 
 Format 1 (plain Python values)::
 
-    span_keys / resource_keys        the only attribute keys read (usage._SPAN_KEYS / _RESOURCE_KEYS)
+    span_keys / resource_keys        the only attribute keys read (usage.span_keys(meters) / _RESOURCE_KEYS)
     span_*_key / resource_*_key      attribution keys (account, job, plan), service.name, synthetic
-    attribution_max_length           _attribution's bound (code points); text_limit: _text's cap
+    attribution_max_length           rules.attribution's bound (code points); text_limit: rules.text's cap
     base_metadata                    [("span_name", out) | ("service_name", out) | ("status_is", out, code, text)]
-    label_metadata_key               the metadata key returned in the compact row tuple (gpu model)
-    rejects                          {check: (reason, message)}: the fixed checks' reasons and messages;
+    label_metadata_key               the metadata key returned in the compact row tuple (meters.ROW_LABEL_KEY)
+    rejects                          {check: (reason, message)}: the fixed checks' (usage.CHECK_MESSAGES);
                                      "{max_duration_s}" / "{codes}" are filled in by the core
     requests                         the request-SLI rules of collector.processors.requests
-    meters: [{code, version, unit, reject_unattributed,
+    meters: [{code, version, unit, reject_unattributed,          (a MeterDefinition, in the set's order)
               match:     predicate: ("eq", key, text) | ("true", key) | ("present", key) | ("kind", int)
                                     | ("absent_or_in", key, [texts]) | ("all", [p...]) | ("any", [p...])
               count:     None | {keys: [current, legacy...], min, max, reject: (reason, message)}
                          (validated in meter order, after the id/time checks; the first failure rejects)
               quantity:  ("duration_tenths",) | ("duration_tenths_x_count",) | ("count",) | ("const", n)
-              metadata:  [("string", out, [keys...])      `_string(a) or _string(b) ...`, when not None
-                          | ("meter_count", out)           the validated count
-                          | ("opt_count", out, key, max)]  `_count(key, max)` when valid
+              metadata:  [("string", out, [keys...])      FirstString: `string(a) or string(b) ...`, when not None
+                          | ("meter_count", out)           CountedValue: the validated count
+                          | ("opt_count", out, key, max)]  OptionalCount: `count(key, max)` when valid
              }]
 """
 
@@ -31,133 +32,116 @@ from __future__ import annotations
 
 from typing import Any
 
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from spanmeter import attributes as A
 from spanmeter.collector.auth import Producer
 from spanmeter.collector.processors import requests as R
 from spanmeter.collector.processors import usage as U
 from spanmeter.collector.processors.meters import (
-    API_REQUESTS,
-    CURRENT_METERS,
-    GPU_SECONDS,
-    INPUT_TOKENS,
-    OUTPUT_TOKENS,
-    WORKER_SECONDS,
+    ROW_LABEL_KEY,
+    AbsentOrIn,
+    AllOf,
+    AnyOf,
+    Constant,
+    Counted,
+    CountedValue,
+    CountRule,
+    DurationTenths,
+    DurationTenthsTimesCount,
+    Eq,
+    FirstString,
+    IsTrue,
+    KindIs,
+    MetadataRule,
     MeterDefinition,
     OnUnattributed,
+    OptionalCount,
+    Predicate,
+    Present,
+    QuantityRule,
 )
+from spanmeter.collector.processors.rules import CURRENT_METER_SET, MAX_ATTRIBUTION_LENGTH, MAX_METADATA_TEXT, MeterSet
 
-__all__ = ["TABLE_FORMAT", "account_message", "build_table", "producer_argument", "unauthorized_message"]
+__all__ = ["TABLE_FORMAT", "build_table", "producer_argument"]
 
 TABLE_FORMAT = 1
 _AUTH_ALLOWS = Producer.allows  # the rule the core reproduces from (services, meters)
 _AUTH_ALLOWS_ACCOUNT = Producer.allows_account  # and from (exact accounts, prefixes)
-_SERVER = int(Span.SpanKind.SPAN_KIND_SERVER)
 _ERROR = int(Status.StatusCode.STATUS_CODE_ERROR)
 
 
 def _reason(name: str) -> str:
-    assert name in U.REJECT_REASONS, name
+    if name not in U.REJECT_REASONS:
+        raise ValueError(f"{name!r} is not one of usage.REJECT_REASONS")
     return name
 
 
-def _meter(
-    defn: MeterDefinition,
-    match: tuple[Any, ...],
-    count: dict[str, Any] | None,
-    quantity: tuple[Any, ...],
-    metadata: list[tuple[Any, ...]],
-) -> dict[str, Any]:
+def _predicate(p: Predicate) -> tuple[Any, ...]:
+    match p:
+        case Eq(key, text):
+            return ("eq", key, text)
+        case IsTrue(key):
+            return ("true", key)
+        case Present(key):
+            return ("present", key)
+        case KindIs(kind):
+            return ("kind", kind)
+        case AbsentOrIn(key, texts):
+            return ("absent_or_in", key, sorted(texts))
+        case AllOf(parts):
+            return ("all", [_predicate(part) for part in parts])
+        case AnyOf(parts):
+            return ("any", [_predicate(part) for part in parts])
+
+
+def _count(rule: CountRule | None) -> dict[str, Any] | None:
+    if rule is None:
+        return None
+    return {"keys": list(rule.keys), "min": rule.min, "max": rule.max, "reject": (_reason(rule.reason), rule.message)}
+
+
+def _quantity(rule: QuantityRule) -> tuple[Any, ...]:
+    match rule:
+        case DurationTenths():
+            return ("duration_tenths",)
+        case DurationTenthsTimesCount():
+            return ("duration_tenths_x_count",)
+        case Counted():
+            return ("count",)
+        case Constant(value):
+            return ("const", value)
+
+
+def _metadata(rule: MetadataRule) -> tuple[Any, ...]:
+    match rule:
+        case FirstString(out, keys):
+            return ("string", out, list(keys))
+        case CountedValue(out):
+            return ("meter_count", out)
+        case OptionalCount(out, key, upper):
+            return ("opt_count", out, key, upper)
+
+
+def _meter(meter: MeterDefinition) -> dict[str, Any]:
     return {
-        "code": defn.code,
-        "version": defn.version,
-        "unit": defn.unit,
-        "reject_unattributed": defn.on_unattributed is OnUnattributed.REJECT,
-        "match": match,
-        "count": count,
-        "quantity": quantity,
-        "metadata": metadata,
+        "code": meter.code,
+        "version": meter.version,
+        "unit": meter.unit,
+        "reject_unattributed": meter.on_unattributed is OnUnattributed.REJECT,
+        "match": _predicate(meter.match),
+        "count": _count(meter.count),
+        "quantity": _quantity(meter.quantity),
+        "metadata": [_metadata(rule) for rule in meter.metadata],
     }
 
 
-def _genai(defn: MeterDefinition, current: str, legacy: str, subsets: tuple[str, ...]) -> dict[str, Any]:
-    return _meter(
-        defn,
-        (
-            "all",
-            [
-                ("absent_or_in", A.GEN_AI_OPERATION_NAME, sorted(A.GEN_AI_BILLABLE_OPERATIONS)),
-                ("any", [("present", current), ("present", legacy)]),
-            ],
-        ),
-        {
-            "keys": [current, legacy],
-            "min": 0,
-            "max": U.MAX_TOKENS_PER_SPAN,
-            # usage._meter_span: f"{meter.code} must be a whole number from 0 to {MAX_TOKENS_PER_SPAN}"
-            "reject": (
-                _reason("invalid_tokens"),
-                f"{defn.code} must be a whole number from 0 to {U.MAX_TOKENS_PER_SPAN}",
-            ),
-        },
-        ("count",),
-        [
-            ("string", "gen_ai.model", [A.GEN_AI_RESPONSE_MODEL, A.GEN_AI_REQUEST_MODEL]),
-            ("string", A.GEN_AI_PROVIDER_NAME, [A.GEN_AI_PROVIDER_NAME, A.GEN_AI_SYSTEM]),
-            ("string", A.GEN_AI_OPERATION_NAME, [A.GEN_AI_OPERATION_NAME]),
-            *[("opt_count", key, key, U.MAX_TOKENS_PER_SPAN) for key in subsets],
-        ],
-    )
-
-
-def build_table() -> dict[str, Any]:
-    """The table for ``usage.meter_request`` as it stands (meters in its match order)."""
-    meters = [
-        _meter(
-            WORKER_SECONDS,
-            ("any", [("eq", A.CELERY_ACTION, A.CELERY_ACTION_RUN), ("true", A.WORK_UNIT)]),
-            None,
-            ("duration_tenths",),
-            [("string", A.CELERY_TASK_NAME, [A.CELERY_TASK_NAME])],
-        ),
-        _meter(
-            GPU_SECONDS,
-            ("present", A.GPU_COUNT),
-            {
-                "keys": [A.GPU_COUNT],
-                "min": 1,
-                "max": U.MAX_GPU_COUNT,
-                "reject": (_reason("invalid_gpu_count"), f"gpu.count must be an integer from 1 to {U.MAX_GPU_COUNT}"),
-            },
-            ("duration_tenths_x_count",),
-            [("meter_count", A.GPU_COUNT), ("string", A.GPU_MODEL, [A.GPU_MODEL])],
-        ),
-        _genai(
-            INPUT_TOKENS,
-            A.GEN_AI_USAGE_INPUT_TOKENS,
-            A.GEN_AI_USAGE_PROMPT_TOKENS,
-            (A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
-        ),
-        _genai(
-            OUTPUT_TOKENS,
-            A.GEN_AI_USAGE_OUTPUT_TOKENS,
-            A.GEN_AI_USAGE_COMPLETION_TOKENS,
-            (A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,),
-        ),
-        _meter(
-            API_REQUESTS,
-            ("all", [("kind", _SERVER), ("any", [("present", A.HTTP_REQUEST_METHOD), ("present", A.HTTP_METHOD)])]),
-            None,
-            ("const", 1),
-            [("string", "http.request.method", [A.HTTP_REQUEST_METHOD, A.HTTP_METHOD])],
-        ),
-    ]
-    # Every current meter must be described, in usage.py's order, with its current definition.
-    assert [m["code"] for m in meters] == list(CURRENT_METERS), "the native table is missing a meter"
+def build_table(meters: MeterSet = CURRENT_METER_SET) -> dict[str, Any]:
+    """The table for ``usage.meter_request(..., meters=meters)``: the set's definitions in its match order,
+    each rule serialized as it stands; the rest is the algorithm's fixed vocabulary."""
     return {
         "format": TABLE_FORMAT,
-        "span_keys": sorted(U._SPAN_KEYS),
+        "span_keys": sorted(U.span_keys(meters)),
         "resource_keys": sorted(U._RESOURCE_KEYS),
         "span_account_key": A.ACCOUNT_ID,
         "span_job_key": A.JOB_ID,
@@ -168,29 +152,18 @@ def build_table() -> dict[str, Any]:
         "resource_plan_key": A.PLAN_CODE,
         "resource_service_key": A.SERVICE_NAME,
         "resource_synthetic_key": A.SYNTHETIC,
-        "attribution_max_length": U.MAX_ATTRIBUTION_LENGTH,
-        "text_limit": U.MAX_METADATA_TEXT,
+        "attribution_max_length": MAX_ATTRIBUTION_LENGTH,
+        "text_limit": MAX_METADATA_TEXT,
         "base_metadata": [
             ("span_name", "span.name"),
             ("service_name", A.SERVICE_NAME),
             ("status_is", "status", _ERROR, "error"),
         ],
-        "label_metadata_key": A.GPU_MODEL,
-        "meters": meters,
+        "label_metadata_key": ROW_LABEL_KEY,
+        "meters": [_meter(meter) for meter in meters.meters],
         "rejects": {
             "unauthorized_producer": _reason("unauthorized_producer"),
-            "invalid_id": (_reason("invalid_id"), "trace id must be 16 non-zero bytes and span id 8 non-zero bytes"),
-            "negative_duration": (_reason("negative_duration"), "span ends before it starts"),
-            "duration_too_long": (_reason("duration_too_long"), "span lasts longer than {max_duration_s} s"),
-            "future_timestamp": (
-                _reason("future_timestamp"),
-                "span ends in the future (beyond the allowed clock skew)",
-            ),
-            "stale_timestamp": (_reason("stale_timestamp"), "span ended before the oldest accepted time"),
-            "unattributed": (
-                _reason("unattributed"),
-                "no account_id on the span or its resource ({codes} requires one)",
-            ),
+            **{check: (_reason(check), message) for check, message in U.CHECK_MESSAGES.items()},
         },
         "requests": {
             "entry_kinds": sorted(int(k) for k in R.ENTRY_KINDS),
@@ -205,16 +178,6 @@ def build_table() -> dict[str, Any]:
             "status_error": _ERROR,
         },
     }
-
-
-def unauthorized_message(producer: Any) -> str:
-    # usage._meter_span: f"producer {producer.name!r} may not send this service's spans or these meters"
-    return f"producer {producer.name!r} may not send this service's spans or these meters"
-
-
-def account_message(producer: Any) -> str:
-    # usage._meter_span: f"producer {producer.name!r} may not bill this account"
-    return f"producer {producer.name!r} may not bill this account"
 
 
 def producer_argument(producer: Any) -> tuple[Any, ...] | None:
@@ -237,4 +200,4 @@ def producer_argument(producer: Any) -> tuple[Any, ...] | None:
     if accounts is not None:
         exact = {a for a in accounts if not a.endswith("*")}
         prefixes = sorted(a[:-1] for a in accounts if a.endswith("*"))
-    return (services, meters, unauthorized_message(producer), exact, prefixes, account_message(producer))
+    return (services, meters, U.unauthorized_message(producer), exact, prefixes, U.account_message(producer))

@@ -1,38 +1,41 @@
-"""Span → usage rows: the pure heart of the collector.
+"""Span → usage events: the pure heart of the collector.
 
 ``meter_request(request, limits, now_unix_nano)`` walks an OTLP ``ExportTraceServiceRequest`` once and
-returns a :class:`MeteringResult`: the usage rows to write, the spans to reject (with a reason), and the
+returns a :class:`MeteringResult`: the usage events to write, the spans to reject (with a reason), and the
 counts the receiver reports as metrics. It does no I/O and reads no clock, so every rule is testable with
-a hand-built request.
+a hand-built request. It meters with the current meter definitions, or with the :class:`~.rules.MeterSet`
+it is given; nothing here names a meter: every meter-specific fact is a rule of its definition
+(:mod:`.meters`), applied by :mod:`.rules`.
 
 Rules, in the order they are applied to each span:
 
-1. Match meters (see :mod:`.meters`). A span that matches no meter is not billed and not checked further:
-   most spans are not billable and must cost as little as possible.
+1. Match meters: each definition's ``match`` predicate, in the set's order. A span that matches no meter
+   is not billed and not checked further: most spans are not billable and must cost as little as possible.
 2. Validate the matched span as a whole; the first failing check rejects the whole span:
    ``unauthorized_producer`` (an authenticated producer sending a service or meter it may not),
    ``invalid_id`` (trace id not 16 bytes / all zero, span id not 8 bytes / all zero), ``negative_duration``,
    ``duration_too_long``, ``future_timestamp`` (end beyond now + clock skew), ``stale_timestamp``
-   (end older than the maximum age), ``invalid_gpu_count`` (``gpu.count`` not an integer in 1..4096),
-   ``invalid_tokens`` (a token count that is not a whole number in 0..1e9), ``unattributed`` (no
-   ``account_id`` while a matched meter's policy is ``reject``).
-3. Compute quantities: durations are rounded UP to the next 100 ms (``ceil(ns / 1e8) / 10`` seconds,
-   exact Decimal), GPU seconds are that times ``gpu.count``; tokens are the integer counts, the current
-   GenAI name winning over the legacy one; API requests are 1.
+   (end older than the maximum age), then each matched meter's count rule in order (v1:
+   ``invalid_gpu_count``, ``gpu.count`` not an integer in 1..4096; ``invalid_tokens``, a token count that
+   is not a whole number in 0..1e9), then ``unattributed`` (no ``account_id`` while a matched meter's
+   policy is ``reject``).
+3. One event per matched meter, with its ``quantity`` rule (v1: durations rounded UP to the next 100 ms,
+   ``ceil(ns / 1e8) / 10`` seconds, exact Decimal; GPU seconds that times ``gpu.count``; tokens the
+   integer counts, the current GenAI name winning over the legacy one; API requests 1) and its
+   ``metadata`` rules after the common keys (``span.name``, ``service.name``, ``status``).
 4. Synthetic spans (``spanmeter.synthetic = true``) are validated and metered like any other, then diverted
    to ``synthetic_rows``: counted in metrics, never written to the ledger.
 
 Independently of the meters, every entry span (``SERVER`` or ``CONSUMER``) yields one request SLI
 observation in ``service_requests`` (see :mod:`.requests`).
 
-Every row carries a deterministic idempotency key: the first 128 bits of BLAKE2b over
+Every event carries a deterministic idempotency key: the first 128 bits of BLAKE2b over
 ``trace_id ‖ span_id ‖ meter_code``, so the same span at any receiver, in any retry, yields the same key.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -44,18 +47,23 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from spanmeter import attributes as A
 
-from .meters import (
-    API_REQUESTS,
-    GPU_SECONDS,
-    INPUT_TOKENS,
-    OUTPUT_TOKENS,
-    WORKER_SECONDS,
-    MeterDefinition,
-    OnUnattributed,
-)
+from .meters import MeterDefinition, OnUnattributed
 from .requests import ENTRY_KINDS, ServiceRequest, service_request
+from .rules import (
+    CURRENT_METER_SET,
+    Attributes,
+    MeterSet,
+    add_metadata,
+    attribution,
+    count_refusal,
+    is_true,
+    quantity,
+    string,
+    text,
+)
 
 __all__ = [
+    "CHECK_MESSAGES",
     "LEDGER_REASONS",
     "REJECT_REASONS",
     "MeteringLimits",
@@ -63,17 +71,16 @@ __all__ = [
     "ProducerPolicy",
     "Rejection",
     "SpanPayloads",
-    "UsageRow",
+    "UsageEvent",
+    "account_message",
     "idempotency_key",
     "meter_request",
     "rounded_tenths_of_second",
+    "span_keys",
+    "unauthorized_message",
 ]
 
 NANOS_PER_100MS = 100_000_000
-MAX_GPU_COUNT = 4096
-MAX_TOKENS_PER_SPAN = 1_000_000_000
-MAX_ATTRIBUTION_LENGTH = 256
-MAX_METADATA_TEXT = 512
 
 REJECT_REASONS = (
     "ledger_refused",  # set by the ledger exporter: the database refused the row's value (see billing.ledger.errors)
@@ -92,6 +99,16 @@ REJECT_REASONS = (
 )
 # the reasons only the ledger exporter gives, after metering (the metering cores never do)
 LEDGER_REASONS = ("ledger_refused", "key_conflict", "no_partition", "archived_period")
+# The messages of the checks every matched span passes (a meter's own count check carries its own):
+# "{max_duration_s}" and "{codes}" are filled in. The native core receives these as they are.
+CHECK_MESSAGES = {
+    "invalid_id": "trace id must be 16 non-zero bytes and span id 8 non-zero bytes",
+    "negative_duration": "span ends before it starts",
+    "duration_too_long": "span lasts longer than {max_duration_s} s",
+    "future_timestamp": "span ends in the future (beyond the allowed clock skew)",
+    "stale_timestamp": "span ended before the oldest accepted time",
+    "unattributed": "no account_id on the span or its resource ({codes} requires one)",
+}
 
 
 class ProducerPolicy(Protocol):
@@ -104,41 +121,41 @@ class ProducerPolicy(Protocol):
     def allows_account(self, account_id: str | None) -> bool: ...
 
 
+def unauthorized_message(producer: ProducerPolicy) -> str:
+    return f"producer {producer.name!r} may not send this service's spans or these meters"
+
+
+def account_message(producer: ProducerPolicy) -> str:
+    return f"producer {producer.name!r} may not bill this account"
+
+
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
-_SERVER = Span.SpanKind.SPAN_KIND_SERVER
 _STATUS_ERROR = Status.StatusCode.STATUS_CODE_ERROR
 
-# The only span attribute keys the metering loop looks at; everything else is skipped in one set lookup.
-_SPAN_KEYS = frozenset(
+# The span attribute keys the metering loop reads besides the meters' own (see span_keys): attribution, the
+# synthetic flag and the request SLIs; everything else is skipped in one set lookup.
+_BASE_SPAN_KEYS = frozenset(
     {
         A.ACCOUNT_ID,
         A.JOB_ID,
         A.PLAN_CODE,
-        A.WORK_UNIT,
         A.SYNTHETIC,
-        A.GPU_COUNT,
-        A.GPU_MODEL,
-        A.CELERY_ACTION,
         A.CELERY_TASK_NAME,
         A.HTTP_REQUEST_METHOD,
         A.HTTP_METHOD,
         A.HTTP_ROUTE,
-        A.GEN_AI_OPERATION_NAME,
-        A.GEN_AI_USAGE_INPUT_TOKENS,
-        A.GEN_AI_USAGE_OUTPUT_TOKENS,
-        A.GEN_AI_USAGE_PROMPT_TOKENS,
-        A.GEN_AI_USAGE_COMPLETION_TOKENS,
-        A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
-        A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
-        A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
-        A.GEN_AI_RESPONSE_MODEL,
-        A.GEN_AI_REQUEST_MODEL,
-        A.GEN_AI_PROVIDER_NAME,
-        A.GEN_AI_SYSTEM,
     }
 )
 _RESOURCE_KEYS = frozenset({A.ACCOUNT_ID, A.JOB_ID, A.PLAN_CODE, A.SERVICE_NAME, A.SYNTHETIC})
+
+
+def span_keys(meters: MeterSet) -> frozenset[str]:
+    """The only span attribute keys metering with ``meters`` reads."""
+    return _BASE_SPAN_KEYS | meters.attribute_keys
+
+
+_SPAN_KEYS = span_keys(CURRENT_METER_SET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +168,10 @@ class MeteringLimits:
 
 
 @dataclass(slots=True)
-class UsageRow:
+class UsageEvent:
+    """One metered usage event: a row of the ledger's ``usage_events`` (see the glossary in
+    :mod:`spanmeter.collector.processors`)."""
+
     meter: MeterDefinition
     idempotency_key: str  # 32 lower-case hex digits (a uuid)
     account_id: str
@@ -181,8 +201,8 @@ class Rejection:
 @dataclass(slots=True)
 class MeteringResult:
     spans_received: int = 0
-    rows: list[UsageRow] = field(default_factory=list)
-    synthetic_rows: list[UsageRow] = field(default_factory=list)
+    rows: list[UsageEvent] = field(default_factory=list)
+    synthetic_rows: list[UsageEvent] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     unattributed: Counter[str] = field(default_factory=Counter)  # count-only meters, by meter code
     service_requests: list[ServiceRequest] = field(default_factory=list)  # entry spans, for the request SLIs
@@ -195,68 +215,6 @@ def idempotency_key(trace_id: bytes, span_id: bytes, meter_code: str) -> str:
 def rounded_tenths_of_second(duration_nanos: int) -> int:
     """Duration in tenths of a second, rounded up (the 100 ms minimum billable increment)."""
     return -(-duration_nanos // NANOS_PER_100MS)
-
-
-def _text(value: str, limit: int = MAX_METADATA_TEXT) -> str:
-    # Postgres text and jsonb cannot hold NUL; cap length so one span cannot bloat the ledger.
-    if "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-    return value[:limit]
-
-
-def _attribution(value: Any) -> str | None:
-    """An attribution value: a non-empty string (or an integer, written in decimal) of sane length."""
-    if value is None:
-        return None
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        text = value.string_value
-    elif kind == "int_value":
-        text = str(value.int_value)
-    else:
-        return None
-    if not text or len(text) > MAX_ATTRIBUTION_LENGTH:
-        return None
-    return _text(text)
-
-
-def _string(value: Any) -> str | None:
-    if value is None or value.WhichOneof("value") != "string_value":
-        return None
-    return _text(value.string_value)
-
-
-def _is_true(value: Any) -> bool:
-    if value is None:
-        return False
-    kind = value.WhichOneof("value")
-    if kind == "bool_value":
-        return bool(value.bool_value)
-    if kind == "string_value":
-        return bool(value.string_value.lower() == "true")
-    return False
-
-
-_INVALID = object()
-
-
-def _count(value: Any, upper: int) -> Any:
-    """A whole number in 0..upper, or _INVALID. Integral doubles are accepted (some SDKs send them)."""
-    if value is None:
-        return None
-    kind = value.WhichOneof("value")
-    if kind == "int_value":
-        number = value.int_value
-    elif kind == "double_value":
-        d = value.double_value
-        if not math.isfinite(d) or d != int(d):
-            return _INVALID
-        number = int(d)
-    else:
-        return _INVALID
-    if number < 0 or number > upper:
-        return _INVALID
-    return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,11 +234,11 @@ def _resource_context(resource_spans: ResourceSpans) -> _ResourceContext:
         if kv.key in _RESOURCE_KEYS:
             found[kv.key] = kv.value
     return _ResourceContext(
-        account_id=_attribution(found.get(A.ACCOUNT_ID)),
-        job_id=_attribution(found.get(A.JOB_ID)),
-        plan_code=_attribution(found.get(A.PLAN_CODE)),
-        service_name=_string(found.get(A.SERVICE_NAME)),
-        synthetic=_is_true(found.get(A.SYNTHETIC)),
+        account_id=attribution(found.get(A.ACCOUNT_ID)),
+        job_id=attribution(found.get(A.JOB_ID)),
+        plan_code=attribution(found.get(A.PLAN_CODE)),
+        service_name=string(found.get(A.SERVICE_NAME)),
+        synthetic=is_true(found.get(A.SYNTHETIC)),
     )
 
 
@@ -319,230 +277,165 @@ def meter_request(
     limits: MeteringLimits,
     now_unix_nano: int,
     producer: ProducerPolicy | None = None,
+    meters: MeterSet = CURRENT_METER_SET,
 ) -> MeteringResult:
-    """Meter every span of one Export request. Pure: same input, same output.
+    """Meter every span of one Export request with ``meters`` (the current definitions unless given).
+    Pure: same input, same output.
 
     ``producer``, when given, is the authenticated sender: a billable span whose ``service.name`` or
     meters it may not send is rejected ``unauthorized_producer`` before any other check.
     """
-    result = MeteringResult()
-    max_duration_ns = limits.max_span_duration_seconds * 1_000_000_000
-    oldest_end_ns = now_unix_nano - limits.max_span_age_seconds * 1_000_000_000
-    newest_end_ns = now_unix_nano + limits.max_clock_skew_seconds * 1_000_000_000
+    run = _Run(
+        result=MeteringResult(),
+        producer=producer,
+        max_duration_ns=limits.max_span_duration_seconds * 1_000_000_000,
+        oldest_end_ns=now_unix_nano - limits.max_span_age_seconds * 1_000_000_000,
+        newest_end_ns=now_unix_nano + limits.max_clock_skew_seconds * 1_000_000_000,
+    )
+    keys = span_keys(meters)
+    bare_kinds = meters.bare_kinds
     received = 0
     for resource_spans in request.resource_spans:
         resource: _ResourceContext | None = None
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 received += 1
-                attrs: dict[str, Any] = {}
+                attrs: Attributes = {}
                 for kv in span.attributes:
                     key = kv.key
-                    if key in _SPAN_KEYS:
+                    if key in keys:
                         attrs[key] = kv.value
                 if span.kind in ENTRY_KINDS:
                     if resource is None:
                         resource = _resource_context(resource_spans)
                     if producer is None or producer.allows(resource.service_name, ()):
-                        result.service_requests.append(service_request(span, attrs, resource.service_name))
-                if not attrs and span.kind != _SERVER:
+                        run.result.service_requests.append(service_request(span, attrs, resource.service_name))
+                if not attrs and span.kind not in bare_kinds:
                     continue  # fast path: nothing here can match a meter
-                matched = _match_meters(span, attrs)
+                matched = meters.match(span.kind, attrs)
                 if not matched:
                     continue
                 if resource is None:
                     resource = _resource_context(resource_spans)
-                _meter_span(
-                    result,
-                    producer,
-                    resource_spans,
-                    scope_spans,
-                    span,
-                    attrs,
-                    resource,
-                    matched,
-                    max_duration_ns,
-                    oldest_end_ns,
-                    newest_end_ns,
-                )
-    result.spans_received = received
-    return result
+                _meter_span(run, _MatchedSpan(resource_spans, scope_spans, span, attrs, resource, matched))
+    run.result.spans_received = received
+    return run.result
 
 
-def _match_meters(span: Span, attrs: dict[str, Any]) -> list[MeterDefinition]:
-    matched: list[MeterDefinition] = []
-    action = attrs.get(A.CELERY_ACTION)
-    if (action is not None and action.string_value == A.CELERY_ACTION_RUN) or _is_true(attrs.get(A.WORK_UNIT)):
-        matched.append(WORKER_SECONDS)
-    if A.GPU_COUNT in attrs:
-        matched.append(GPU_SECONDS)
-    operation = attrs.get(A.GEN_AI_OPERATION_NAME)
-    if operation is None or operation.string_value in A.GEN_AI_BILLABLE_OPERATIONS:
-        if A.GEN_AI_USAGE_INPUT_TOKENS in attrs or A.GEN_AI_USAGE_PROMPT_TOKENS in attrs:
-            matched.append(INPUT_TOKENS)
-        if A.GEN_AI_USAGE_OUTPUT_TOKENS in attrs or A.GEN_AI_USAGE_COMPLETION_TOKENS in attrs:
-            matched.append(OUTPUT_TOKENS)
-    if span.kind == _SERVER and (A.HTTP_REQUEST_METHOD in attrs or A.HTTP_METHOD in attrs):
-        matched.append(API_REQUESTS)
-    return matched
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What every span of one request is metered against, and where its outcome goes."""
+
+    result: MeteringResult
+    producer: ProducerPolicy | None
+    max_duration_ns: int
+    oldest_end_ns: int
+    newest_end_ns: int
 
 
-def _meter_span(
-    result: MeteringResult,
-    producer: ProducerPolicy | None,
-    resource_spans: ResourceSpans,
-    scope_spans: ScopeSpans,
-    span: Span,
-    attrs: dict[str, Any],
-    resource: _ResourceContext,
-    matched: list[MeterDefinition],
-    max_duration_ns: int,
-    oldest_end_ns: int,
-    newest_end_ns: int,
-) -> None:
-    trace_id = span.trace_id
-    span_id = span.span_id
-    start_ns = span.start_time_unix_nano
-    end_ns = span.end_time_unix_nano
-    account_id = _attribution(attrs.get(A.ACCOUNT_ID)) or resource.account_id
+@dataclass(slots=True)  # not frozen: one per matched span, and a frozen init costs a setattr per field
+class _MatchedSpan:
+    """A span that matched meters, with where it sits in the request."""
 
-    service_name = resource.service_name
-    reason = message = None
-    tokens: dict[str, int] = {}
-    gpu_count = 0
-    if producer is not None and not producer.allows(service_name, [m.code for m in matched]):
-        reason = "unauthorized_producer"
-        message = f"producer {producer.name!r} may not send this service's spans or these meters"
-    elif producer is not None and not producer.allows_account(account_id):
-        reason = "unauthorized_producer"
-        message = f"producer {producer.name!r} may not bill this account"
-    elif len(trace_id) != 16 or trace_id == _ZERO_TRACE or len(span_id) != 8 or span_id == _ZERO_SPAN:
-        reason, message = "invalid_id", "trace id must be 16 non-zero bytes and span id 8 non-zero bytes"
-    elif end_ns < start_ns:
-        reason, message = "negative_duration", "span ends before it starts"
-    elif end_ns - start_ns > max_duration_ns:
-        reason, message = "duration_too_long", f"span lasts longer than {max_duration_ns // 10**9} s"
-    elif end_ns > newest_end_ns:
-        reason, message = "future_timestamp", "span ends in the future (beyond the allowed clock skew)"
-    elif end_ns < oldest_end_ns:
-        reason, message = "stale_timestamp", "span ended before the oldest accepted time"
+    resource_spans: ResourceSpans
+    scope_spans: ScopeSpans
+    span: Span
+    attrs: Attributes
+    resource: _ResourceContext
+    matched: list[MeterDefinition]
+
+
+def _meter_span(run: _Run, s: _MatchedSpan) -> None:
+    """Validate the span as a whole; then one row per matched meter, a rejection, or unattributed counts."""
+    account_id = attribution(s.attrs.get(A.ACCOUNT_ID)) or s.resource.account_id
+    counts: list[int] = []  # each matched meter's validated count
+    refused = _refusal(run, s, account_id, counts)
+    if refused is not None:
+        run.result.rejections.append(_rejection(s, account_id, *refused))
+    elif account_id is None:  # only count-only meters matched
+        for meter in s.matched:
+            run.result.unattributed[meter.code] += 1
     else:
-        if GPU_SECONDS in matched:
-            count = _count(attrs.get(A.GPU_COUNT), MAX_GPU_COUNT)
-            if count is _INVALID or count is None or count < 1:
-                reason, message = "invalid_gpu_count", f"gpu.count must be an integer from 1 to {MAX_GPU_COUNT}"
-            else:
-                gpu_count = count
-        if reason is None:
-            for meter, current, legacy in (
-                (INPUT_TOKENS, A.GEN_AI_USAGE_INPUT_TOKENS, A.GEN_AI_USAGE_PROMPT_TOKENS),
-                (OUTPUT_TOKENS, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.GEN_AI_USAGE_COMPLETION_TOKENS),
-            ):
-                if meter not in matched:
-                    continue
-                value = attrs.get(current)
-                count = _count(value if value is not None else attrs.get(legacy), MAX_TOKENS_PER_SPAN)
-                if count is _INVALID:
-                    reason = "invalid_tokens"
-                    message = f"{meter.code} must be a whole number from 0 to {MAX_TOKENS_PER_SPAN}"
-                    break
-                tokens[meter.code] = count
-        if reason is None and account_id is None:
-            must_attribute = [m.code for m in matched if m.on_unattributed is OnUnattributed.REJECT]
-            if must_attribute:
-                reason = "unattributed"
-                message = f"no account_id on the span or its resource ({', '.join(must_attribute)} requires one)"
+        _add_events(run.result, s, account_id, counts)
 
-    trace_hex = trace_id.hex()
-    span_hex = span_id.hex()
-    if reason is not None:
-        payload = _payload(resource_spans, scope_spans, span)
-        result.rejections.append(
-            Rejection(
-                reason=reason,
-                message=message or reason,
-                rejection_key=hashlib.blake2b(payload, digest_size=16).hexdigest(),
-                trace_id=trace_hex,
-                span_id=span_hex,
-                meter_codes=tuple(m.code for m in matched),
-                account_id=account_id,
-                service_name=service_name,
-                end_time_unix_nano=end_ns,
-                payload=payload,
-            )
-        )
-        return
 
-    if account_id is None:  # only count-only meters matched
-        for meter in matched:
-            result.unattributed[meter.code] += 1
-        return
+def _refusal(run: _Run, s: _MatchedSpan, account_id: str | None, counts: list[int]) -> tuple[str, str] | None:
+    """The first failing check's (reason, message), or None; fills ``counts``."""
+    producer, span = run.producer, s.span
+    trace_id, span_id = span.trace_id, span.span_id
+    start_ns, end_ns = span.start_time_unix_nano, span.end_time_unix_nano
+    if producer is not None and not producer.allows(s.resource.service_name, [m.code for m in s.matched]):
+        return "unauthorized_producer", unauthorized_message(producer)
+    if producer is not None and not producer.allows_account(account_id):
+        return "unauthorized_producer", account_message(producer)
+    if len(trace_id) != 16 or trace_id == _ZERO_TRACE or len(span_id) != 8 or span_id == _ZERO_SPAN:
+        return _check("invalid_id")
+    if end_ns < start_ns:
+        return _check("negative_duration")
+    if end_ns - start_ns > run.max_duration_ns:
+        return _check("duration_too_long", "{max_duration_s}", str(run.max_duration_ns // 10**9))
+    if end_ns > run.newest_end_ns:
+        return _check("future_timestamp")
+    if end_ns < run.oldest_end_ns:
+        return _check("stale_timestamp")
+    refused = count_refusal(s.matched, s.attrs, counts)
+    if refused is None and account_id is None:
+        must_attribute = [m.code for m in s.matched if m.on_unattributed is OnUnattributed.REJECT]
+        if must_attribute:
+            return _check("unattributed", "{codes}", ", ".join(must_attribute))
+    return refused
 
-    job_id = _attribution(attrs.get(A.JOB_ID)) or resource.job_id
-    plan_code = _attribution(attrs.get(A.PLAN_CODE)) or resource.plan_code
-    synthetic = resource.synthetic or _is_true(attrs.get(A.SYNTHETIC))
-    base_metadata: dict[str, Any] = {"span.name": _text(span.name)}
-    if service_name is not None:
-        base_metadata["service.name"] = service_name
+
+def _check(reason: str, placeholder: str = "", value: str = "") -> tuple[str, str]:
+    message = CHECK_MESSAGES[reason]
+    return reason, message.replace(placeholder, value) if placeholder else message
+
+
+def _rejection(s: _MatchedSpan, account_id: str | None, reason: str, message: str) -> Rejection:
+    payload = _payload(s.resource_spans, s.scope_spans, s.span)
+    return Rejection(
+        reason=reason,
+        message=message or reason,
+        rejection_key=hashlib.blake2b(payload, digest_size=16).hexdigest(),
+        trace_id=s.span.trace_id.hex(),
+        span_id=s.span.span_id.hex(),
+        meter_codes=tuple(m.code for m in s.matched),
+        account_id=account_id,
+        service_name=s.resource.service_name,
+        end_time_unix_nano=s.span.end_time_unix_nano,
+        payload=payload,
+    )
+
+
+def _add_events(result: MeteringResult, s: _MatchedSpan, account_id: str, counts: list[int]) -> None:
+    """One usage event per matched meter: its quantity and metadata from the meter's rules."""
+    span, attrs, resource = s.span, s.attrs, s.resource
+    job_id = attribution(attrs.get(A.JOB_ID)) or resource.job_id
+    plan_code = attribution(attrs.get(A.PLAN_CODE)) or resource.plan_code
+    synthetic = resource.synthetic or is_true(attrs.get(A.SYNTHETIC))
+    base_metadata: dict[str, Any] = {"span.name": text(span.name)}
+    if resource.service_name is not None:
+        base_metadata["service.name"] = resource.service_name
     if span.status.code == _STATUS_ERROR:
         base_metadata["status"] = "error"
-    tenths = rounded_tenths_of_second(end_ns - start_ns)
+    end_ns = span.end_time_unix_nano
+    tenths = rounded_tenths_of_second(end_ns - span.start_time_unix_nano)
+    trace_hex, span_hex = span.trace_id.hex(), span.span_id.hex()
     target = result.synthetic_rows if synthetic else result.rows
-
-    for meter in matched:
+    for meter, counted in zip(s.matched, counts, strict=True):
         metadata = dict(base_metadata)
-        if meter is WORKER_SECONDS:
-            quantity = Decimal(tenths).scaleb(-1)
-            task = _string(attrs.get(A.CELERY_TASK_NAME))
-            if task is not None:
-                metadata["celery.task_name"] = task
-        elif meter is GPU_SECONDS:
-            quantity = Decimal(tenths * gpu_count).scaleb(-1)
-            metadata["gpu.count"] = gpu_count
-            model = _string(attrs.get(A.GPU_MODEL))
-            if model is not None:
-                metadata["gpu.model"] = model
-        elif meter is API_REQUESTS:
-            quantity = Decimal(1)
-            method = _string(attrs.get(A.HTTP_REQUEST_METHOD)) or _string(attrs.get(A.HTTP_METHOD))
-            if method is not None:
-                metadata["http.request.method"] = method
-        else:  # input_tokens / output_tokens
-            quantity = Decimal(tokens[meter.code])
-            _genai_metadata(metadata, attrs, meter)
+        add_metadata(meter.metadata, attrs, counted, metadata)
         target.append(
-            UsageRow(
+            UsageEvent(
                 meter=meter,
-                idempotency_key=idempotency_key(trace_id, span_id, meter.code),
+                idempotency_key=idempotency_key(span.trace_id, span.span_id, meter.code),
                 account_id=account_id,
                 job_id=job_id,
                 plan_code=plan_code,
-                quantity=quantity,
+                quantity=quantity(meter.quantity, tenths, counted),
                 end_time_unix_nano=end_ns,
                 trace_id=trace_hex,
                 span_id=span_hex,
                 metadata=metadata,
             )
         )
-
-
-def _genai_metadata(metadata: dict[str, Any], attrs: dict[str, Any], meter: MeterDefinition) -> None:
-    model = _string(attrs.get(A.GEN_AI_RESPONSE_MODEL)) or _string(attrs.get(A.GEN_AI_REQUEST_MODEL))
-    if model is not None:
-        metadata["gen_ai.model"] = model
-    provider = _string(attrs.get(A.GEN_AI_PROVIDER_NAME)) or _string(attrs.get(A.GEN_AI_SYSTEM))
-    if provider is not None:
-        metadata["gen_ai.provider.name"] = provider
-    operation = _string(attrs.get(A.GEN_AI_OPERATION_NAME))
-    if operation is not None:
-        metadata["gen_ai.operation.name"] = operation
-    # Subsets of the billed count: kept for explanation, never billed again.
-    subsets = (
-        (A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS)
-        if meter is INPUT_TOKENS
-        else (A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,)
-    )
-    for key in subsets:
-        count = _count(attrs.get(key), MAX_TOKENS_PER_SPAN)
-        if count is not None and count is not _INVALID:
-            metadata[key] = count
