@@ -7,7 +7,7 @@ window ends the clients stop taking new requests and drain what they hold. Then:
 
 - exactness: the ledger holds exactly one row per billable span acknowledged (``count(*)`` = the clients'
   sum, ``count(DISTINCT trace_id, span_id)`` = ``count(*)``), and the rollups, folded, equal the ledger
-  (``rollups.check`` finds nothing);
+  (``rollup_store.check`` finds nothing);
 - ``--mode soak``: a steady load (``--rate`` requests/s), the receivers' RSS sampled every 10 s;
 - ``--mode chaos``: as fast as the clients go, ``--kills`` SIGKILLs of a random receiver spread over the
   window (restarted a second later on its port) and ``--db-restarts`` stops of the database (5 s each).
@@ -44,8 +44,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 from _loadgen import METHOD, RequestFactory, build_template  # noqa: E402
 
-from spanmeter.billing import rollups  # noqa: E402
-from spanmeter.billing.ledger import migrate  # noqa: E402
+from spanmeter.billing.ledger import migrate, rollup_store  # noqa: E402
 from spanmeter.billing.ledger.database import Database  # noqa: E402
 from spanmeter.billing.ledger.embedded import EmbeddedPostgres  # noqa: E402
 from spanmeter.billing.ledger.roles import WRITER_ROLE  # noqa: E402
@@ -246,9 +245,9 @@ def main() -> int:
         rows, distinct = conn.execute(
             "SELECT count(*), count(DISTINCT (trace_id, span_id, meter_code)) FROM usage_events"
         ).fetchone()
-        while rollups.fold(conn).deltas:
+        while rollup_store.fold(conn).deltas:
             pass
-        differences = rollups.check(conn)
+        differences = rollup_store.check(conn)
     codes: dict[str, int] = {}
     for c in clients:
         for k, v in c.codes.items():

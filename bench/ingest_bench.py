@@ -275,14 +275,14 @@ class FoldSampler:
         self._thread.join(60)
 
     def _run(self) -> None:
-        from spanmeter.billing import rollups
+        from spanmeter.billing.ledger import rollup_store
 
         try:
             with _ledger.connect(self.conninfo, autocommit=False) as conn:
                 while not self._stop.wait(FOLD_INTERVAL_SECONDS):
                     if self.fold:
                         while True:
-                            r = rollups.fold(conn)
+                            r = rollup_store.fold(conn)
                             self.folded += r.deltas
                             if r.locked_out or r.deltas < 50_000:
                                 break
@@ -291,7 +291,7 @@ class FoldSampler:
                         self.lag.append(m.get("spanmeter_rollup_fold_lag_seconds", float("nan")))
                         self.pending.append(int(m.get("spanmeter_rollup_pending_deltas", -1)))
                     else:
-                        p = rollups.pending_deltas(conn)
+                        p = rollup_store.pending_deltas(conn)
                         conn.commit()
                         self.lag.append(p.oldest_age_seconds)
                         self.pending.append(p.deltas)

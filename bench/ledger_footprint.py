@@ -7,7 +7,7 @@
 Writes ``--rows`` rows of realistic usage (``bench/_usage_gen.py``: Zipf accounts, five meters, job ids, model and
 GPU dimensions, the product's metadata) through the real write path: ``LedgerWriter.write_usage`` in batches of
 ``--batch-rows`` (COPY, ``INSERT … ON CONFLICT DO NOTHING``, the rollup-delta trigger), committed, and
-``rollups.fold`` after every ``--fold-every`` batches (about once a second at this machine's write rate, as
+``rollup_store.fold`` after every ``--fold-every`` batches (about once a second at this machine's write rate, as
 ``spanmeter serve`` folds). The rows start at the current month's first instant, ``--events-per-month`` apart on
 average (the density decides how many rollup rows an event makes: 8.33M a month is 100M a year).
 
@@ -44,7 +44,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import _usage_gen as gen  # noqa: E402
 
-from spanmeter.billing import partitions, rollups  # noqa: E402
+from spanmeter.billing.ledger import partitions, rollup_store  # noqa: E402
 
 DB = "spanmeter_ledger_footprint"
 TB = 1 << 40
@@ -178,13 +178,13 @@ def main(argv: list[str] | None = None) -> int:
                 if batches % args.fold_every == 0 or hi == args.rows:
                     while True:
                         before = wal.lsn()
-                        folded = rollups.fold(folder)
+                        folded = rollup_store.fold(folder)
                         wal.add("fold", before)
                         if folded.deltas < 50_000:
                             break
             seconds = time.monotonic() - t
         with psycopg.connect(url, autocommit=True) as conn:
-            pending = rollups.pending_deltas(conn)
+            pending = rollup_store.pending_deltas(conn)
             conn.execute("VACUUM (ANALYZE)")
             partition = f"usage_events_{start:%Y_%m}"
             heap = conn.execute(

@@ -29,8 +29,7 @@ import uuid
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from spanmeter.billing import rollups
-from spanmeter.billing.ledger import migrate
+from spanmeter.billing.ledger import migrate, rollup_store
 from spanmeter.billing.ledger.database import resolve_database
 from spanmeter.billing.ledger.writer import LedgerWriter
 
@@ -104,7 +103,7 @@ def main() -> None:
                 conn.commit()
                 rates[ledger].append(args.batch_rows / (time.perf_counter() - began))
                 assert written.inserted == args.batch_rows and not written.outside, written
-                while rollups.fold(conn).deltas:
+                while rollup_store.fold(conn).deltas:
                     pass
         for conn in conns.values():
             conn.close()

@@ -9,7 +9,7 @@ monthly partitions (2,000 Zipf accounts), the largest account included; invoices
 
 100M raw events need ~66 GiB, so the ledger is built the way review asked: the current month holds ``--current-events``
 raw events written through the real write path (``LedgerWriter.write_usage``: COPY, ``INSERT … ON CONFLICT``, the
-rollup-delta trigger), folded by ``rollups.fold`` in a thread every second as ``spanmeter serve`` does; the 11 older
+rollup-delta trigger), folded by ``rollup_store.fold`` in a thread every second as ``spanmeter serve`` does; the 11 older
 months hold only the rollup rows (hourly, daily, distinct-job sets) that ``(--total-events - --current-events) / 11``
 events a month of the same distribution would have produced, aggregated in Python (``bench/_usage_gen.py``; a test
 holds them equal to what the trigger and the fold make of the same rows) and copied in month by month, each row in
@@ -68,7 +68,8 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import _usage_gen as gen  # noqa: E402
 
-from spanmeter.billing import partitions, rollups  # noqa: E402
+from spanmeter.billing import rollups  # noqa: E402
+from spanmeter.billing.ledger import partitions, rollup_store  # noqa: E402
 
 WIDTH = 118
 
@@ -197,7 +198,7 @@ CREATE TABLE IF NOT EXISTS bench_partition_reads (
 
 
 class Folder(threading.Thread):
-    """``rollups.fold`` every second on its own connection, as ``spanmeter serve``'s compactor does."""
+    """``rollup_store.fold`` every second on its own connection, as ``spanmeter serve``'s compactor does."""
 
     def __init__(self, url: str) -> None:
         super().__init__(name="folder", daemon=True)
@@ -212,7 +213,7 @@ class Folder(threading.Thread):
             with psycopg.connect(self.url) as conn:
                 while not self.stop.wait(1.0):
                     started = time.perf_counter()
-                    while rollups.fold(conn).deltas >= 50_000:
+                    while rollup_store.fold(conn).deltas >= 50_000:
                         pass
                     self.seconds += time.perf_counter() - started
                     self.folds += 1
@@ -350,7 +351,7 @@ def build(url: str, args: argparse.Namespace, timeline: Timeline, probs) -> Buil
         folder.stop.set()
         folder.join()
         out.seconds["current_month_write"] = time.monotonic() - t
-        while rollups.fold(conn).deltas:
+        while rollup_store.fold(conn).deltas:
             pass
         conn.commit()
         out.notes["current_month"] = {
@@ -580,7 +581,7 @@ def explain(conn: psycopg.Connection, query: str, params) -> list[str]:
 def plans(url: str, worst: str, largest: str, timeline: Timeline, invoice_month: datetime) -> dict:
     from sqlalchemy.dialects import postgresql
 
-    from spanmeter.billing.usage import usage_statement
+    from spanmeter.billing.ledger.usage_store import usage_statement
 
     out = {}
     with psycopg.connect(url, autocommit=True) as conn:
@@ -589,9 +590,9 @@ def plans(url: str, worst: str, largest: str, timeline: Timeline, invoice_month:
             ("invoice_largest", largest, invoice_month),
         ):
             end = partitions.months_after(start, 1)
-            day_from, day_to = rollups._split(start, end)
+            day_from, day_to = rollups.split_days(start, end)
             params = {"account": account, "start": start, "end": end, "day_from": day_from, "day_to": day_to}
-            out[key] = explain(conn, rollups._TOTALS, params)
+            out[key] = explain(conn, rollup_store.TOTALS, params)
         compiled = usage_statement(largest, timeline.current, partitions.months_after(timeline.current, 1)).compile(
             dialect=postgresql.psycopg.dialect()
         )

@@ -195,8 +195,7 @@ def trim(url: str) -> int:
 
 def prepare(pg: Postgres, args: argparse.Namespace, zipf_s: float, probs: list[float]) -> dict:
     """Schema, prefill (reused when it matches), rollups rebuilt and laid out in time order, VACUUM."""
-    from spanmeter.billing import rollups
-    from spanmeter.billing.ledger import migrate
+    from spanmeter.billing.ledger import migrate, rollup_store
     from spanmeter.billing.ledger.database import resolve_database
 
     if args.reset:
@@ -262,9 +261,9 @@ def prepare(pg: Postgres, args: argparse.Namespace, zipf_s: float, probs: list[f
         if not meta[4]:
             t = time.monotonic()
             conn.execute("SET work_mem = '1GB'")
-            counts = rollups.rebuild(conn)
+            counts = rollup_store.rebuild(conn)
             seconds["rebuild"] = time.monotonic() - t
-            log(f"  rollups.rebuild: {counts} in {seconds['rebuild']:.0f} s")
+            log(f"  rollup_store.rebuild: {counts} in {seconds['rebuild']:.0f} s")
             # rebuild() writes each account's rows together; the trigger writes them as time goes by, so one
             # account's buckets end up spread over the table. Re-lay them out in time order (random within
             # a bucket) so the reads below pay for that the way production does.
@@ -363,6 +362,7 @@ def scans_text(plan: dict) -> str:
 # -- stage 1: month to date from the rollups --------------------------------------------------------------
 def stage_rollup_reads(url: str, accounts: list[str], passes: int) -> dict:
     from spanmeter.billing import rollups
+    from spanmeter.billing.ledger import rollup_store
 
     largest = accounts[0]
     lat: dict[str, list[float]] = {a: [] for a in accounts}
@@ -377,9 +377,9 @@ def stage_rollup_reads(url: str, accounts: list[str], passes: int) -> dict:
                 t = time.perf_counter()
                 rollups.rollup_totals(conn, a, MONTH_START, MTD_END)
                 lat[a].append((time.perf_counter() - t) * 1e3)
-        day_from, day_to = rollups._split(MONTH_START, MTD_END)
+        day_from, day_to = rollups.split_days(MONTH_START, MTD_END)
         params = {"account": largest, "start": MONTH_START, "end": MTD_END, "day_from": day_from, "day_to": day_to}
-        plan_mtd = explain(conn, rollups._TOTALS, params)
+        plan_mtd = explain(conn, rollup_store.TOTALS, params)
         period_end = datetime(2026, 11, 1, tzinfo=UTC)
         params = {
             "account": largest,
@@ -388,10 +388,10 @@ def stage_rollup_reads(url: str, accounts: list[str], passes: int) -> dict:
             "day_from": MONTH_START,
             "day_to": period_end,
         }
-        plan_period = explain(conn, rollups._TOTALS, params)
+        plan_period = explain(conn, rollup_store.TOTALS, params)
         # psycopg prepares a statement on its 5th execution; PostgreSQL may then switch to a generic plan,
         # which cannot turn the hourly branch's NOT (day range) into two index ranges. Show that plan.
-        numbered = rollups._TOTALS
+        numbered = rollup_store.TOTALS
         for i, name in enumerate(("account", "start", "end", "day_from", "day_to"), start=1):
             numbered = numbered.replace(f"%({name})s", f"${i}")
         conn.execute(f"PREPARE bench_totals (text, timestamptz, timestamptz, timestamptz, timestamptz) AS {numbered}")
@@ -645,7 +645,7 @@ def materialize(templates: list[list[tuple]], block: int, rng: random.Random) ->
 
 
 def stage_ingest(url: str, probs: list[float], rounds: int, batches: int, batch_rows: int) -> dict:
-    from spanmeter.billing import rollups
+    from spanmeter.billing.ledger import rollup_store
     from spanmeter.billing.ledger.writer import LedgerWriter
 
     templates = make_templates(probs, batches, batch_rows)
@@ -682,7 +682,7 @@ def stage_ingest(url: str, probs: list[float], rounds: int, batches: int, batch_
             fold_seconds = 0.0
             if enabled:  # the upkeep's second half: fold the block's deltas, as serve does in the background
                 t = time.perf_counter()
-                while rollups.fold(wconn).deltas:
+                while rollup_store.fold(wconn).deltas:
                     pass
                 fold_seconds = time.perf_counter() - t
             wconn.execute("SELECT pg_stat_force_next_flush()")

@@ -18,9 +18,10 @@ from decimal import Decimal
 
 import psycopg
 
+from .ledger import adjustment_store
 from .rating import BILLABLE_METRICS
 
-__all__ = ["Adjustment", "AdjustmentError", "for_account", "record"]
+__all__ = ["Adjustment", "AdjustmentError", "check_replay", "for_account", "record", "validate"]
 
 _METERS = frozenset(meter for metric in BILLABLE_METRICS.values() for meter in metric.meters)
 
@@ -42,9 +43,6 @@ class Adjustment:
     reference: str | None
 
 
-_COLUMNS = "idempotency_key, account_id, meter_code, quantity, occurred_at, reason, created_by, created_at, reference"
-
-
 def record(
     conn: psycopg.Connection,
     *,
@@ -59,6 +57,30 @@ def record(
 ) -> tuple[Adjustment, bool]:
     """Record a correction (the caller commits); returns it and whether it is new (False: the key existed
     with the same content)."""
+    validate(idempotency_key=idempotency_key, meter_code=meter_code, quantity=quantity, occurred_at=occurred_at,
+             reason=reason)  # fmt: skip
+    row = adjustment_store.insert(
+        conn,
+        idempotency_key=idempotency_key,
+        account_id=account_id,
+        meter_code=meter_code,
+        quantity=quantity,
+        occurred_at=occurred_at,
+        reason=reason,
+        created_by=created_by,
+        reference=reference,
+    )
+    if row is not None:
+        return Adjustment(*row), True
+    stored = adjustment_store.by_key(conn, idempotency_key)
+    assert stored is not None  # the insert conflicted on this key, and rows are never deleted
+    existing = Adjustment(*stored)
+    check_replay(existing, account_id=account_id, meter_code=meter_code, quantity=quantity, occurred_at=occurred_at)
+    return existing, False
+
+
+def validate(*, idempotency_key: str, meter_code: str, quantity: Decimal, occurred_at: datetime, reason: str) -> None:
+    """Refuse a correction finance could not explain or the invoices could not use (pure)."""
     if meter_code not in _METERS:
         raise AdjustmentError(f"unknown meter {meter_code!r}; meters: {', '.join(sorted(_METERS))}")
     if not quantity or not quantity.is_finite():
@@ -69,37 +91,24 @@ def record(
         raise AdjustmentError("an idempotency key is required")
     if occurred_at.utcoffset() is None:
         raise AdjustmentError("the correction's time needs a timezone (use UTC)")
-    row = conn.execute(
-        f"INSERT INTO usage_adjustments (idempotency_key, account_id, meter_code, quantity, occurred_at, reason,"
-        f" created_by, reference) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING {_COLUMNS}",
-        (idempotency_key, account_id, meter_code, quantity, occurred_at, reason, created_by, reference),
-    ).fetchone()
-    if row is not None:
-        return Adjustment(*row), True
-    existing = Adjustment(
-        *conn.execute(
-            f"SELECT {_COLUMNS} FROM usage_adjustments WHERE idempotency_key = %s", (idempotency_key,)
-        ).fetchone()  # type: ignore[misc]
-    )
-    same = (existing.account_id, existing.meter_code, existing.quantity, existing.occurred_at) == (
+
+
+def check_replay(
+    existing: Adjustment, *, account_id: str, meter_code: str, quantity: Decimal, occurred_at: datetime
+) -> None:
+    """A key used again must name the same correction; a different one is refused (pure)."""
+    if (existing.account_id, existing.meter_code, existing.quantity, existing.occurred_at) != (
         account_id,
         meter_code,
         quantity,
         occurred_at,
-    )
-    if not same:
+    ):
         raise AdjustmentError(
-            f"idempotency key {idempotency_key!r} was already used for a different correction "
+            f"idempotency key {existing.idempotency_key!r} was already used for a different correction "
             f"({existing.account_id} {existing.meter_code} {existing.quantity} at {existing.occurred_at.isoformat()})"
         )
-    return existing, False
 
 
 def for_account(conn: psycopg.Connection, account_id: str, start: datetime, end: datetime) -> list[Adjustment]:
     """The corrections dated in [start, end), oldest first."""
-    rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM usage_adjustments WHERE account_id = %s AND occurred_at >= %s AND occurred_at < %s"
-        " ORDER BY occurred_at, idempotency_key",
-        (account_id, start, end),
-    )
-    return [Adjustment(*row) for row in rows]
+    return [Adjustment(*row) for row in adjustment_store.in_window(conn, account_id, start, end)]

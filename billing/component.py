@@ -29,14 +29,14 @@ from datetime import UTC, datetime
 
 import psycopg
 
+from .ledger import locks
 from .ledger.database import Database
+from .ledger.locks import REFRESH_LOCK_ID
 from .service import BillingService
 
 __all__ = ["REFRESH_LOCK_ID", "BillingComponent", "BillingSnapshot"]
 
 log = logging.getLogger(__name__)
-
-REFRESH_LOCK_ID = 0x62696C6C72667368  # "billrfsh": held by the one replica refreshing month to date
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,7 @@ class BillingComponent:
     def refresh(self) -> BillingSnapshot:
         """One pass (the thread calls it every interval; tests call it directly)."""
         with psycopg.connect(self.database.conninfo, connect_timeout=10) as conn:
-            taken = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (REFRESH_LOCK_ID,)).fetchone()
-            leader = bool(taken and taken[0])
+            leader = locks.try_transaction_lock(conn, REFRESH_LOCK_ID)
             quotas: tuple[tuple[str, str, float], ...] = ()
             if leader:
                 ratios = BillingService.refresh_month_to_date(conn, datetime.now(UTC))

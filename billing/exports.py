@@ -31,6 +31,7 @@ import psycopg
 
 from . import adjustments as corrections
 from . import invoices, subscriptions
+from .ledger import rollup_store
 from .periods import Period
 from .rating import BILLABLE_METRICS
 from .rollups import rollup_totals
@@ -198,20 +199,7 @@ def export(
 ) -> list[dict[str, Any]]:
     if what == "usage":
         rows = []
-        accounts = (
-            [account]
-            if account
-            else [
-                a
-                for (a,) in conn.execute(
-                    "SELECT account_id FROM usage_rollups_daily WHERE bucket_start >= %s AND bucket_start < %s "
-                    "UNION SELECT account_id FROM usage_rollup_deltas WHERE bucket_start >= %s AND bucket_start < %s "
-                    "UNION SELECT account_id FROM usage_adjustments WHERE occurred_at >= %s AND occurred_at < %s "
-                    "ORDER BY 1",
-                    (period.start, period.end) * 3,
-                )
-            ]
-        )
+        accounts = [account] if account else rollup_store.accounts_with_usage(conn, period.start, period.end)
         for a in accounts:
             totals = rollup_totals(conn, a, period.start, period.end)
             adjusted: dict[str, Decimal] = {}

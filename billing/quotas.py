@@ -12,6 +12,7 @@ The projection is linear: each subscription segment's usage so far, scaled to th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -19,6 +20,7 @@ from decimal import Decimal
 import psycopg
 
 from . import invoices, subscriptions
+from .ledger import month_to_date_store
 from .periods import Period
 from .rating import PRICING_VERSIONS, QuotaStatus, invoice_total, quota_status, rate_plan
 
@@ -27,6 +29,7 @@ __all__ = [
     "QUOTA_EXPORT_THRESHOLD",
     "MonthToDate",
     "month_to_date",
+    "projected_total",
     "refresh_month_to_date",
 ]
 
@@ -48,14 +51,9 @@ class MonthToDate:
     in_force: bool  # a subscription segment contains `as_of` (False: it ended earlier this month)
 
 
-def month_to_date(conn: psycopg.Connection, account_id: str, now: datetime) -> MonthToDate | None:
-    """None when the account has no subscription in force this month."""
-    period = Period.containing(now)
-    parts = invoices.period_usage(conn, account_id, period)
-    if not parts:
-        return None
-    draft = invoices.build_invoice(conn, account_id, period, parts=parts)  # one read of the period's usage
-    projected_lines = []
+def projected_total(parts: Sequence[invoices.SegmentUsage], period: Period, now: datetime) -> Decimal:
+    """The month's linear projection (pure): each segment's usage so far scaled to its full length, rated."""
+    lines = []
     period_seconds = Decimal((period.end - period.start).total_seconds())
     for part in parts:
         segment = part.segment
@@ -64,12 +62,24 @@ def month_to_date(conn: psycopg.Connection, account_id: str, now: datetime) -> M
         elapsed = Decimal((min(now, segment.end) - segment.start).total_seconds())
         scale = length / elapsed if elapsed > 0 else Decimal(0)
         projected = {metric: q * scale for metric, q in part.usage.items()}
-        projected_lines.extend(rate_plan(projected, plan, fraction=length / period_seconds))
+        lines.extend(rate_plan(projected, plan, fraction=length / period_seconds))
+    return invoice_total(lines)
+
+
+def month_to_date(conn: psycopg.Connection, account_id: str, now: datetime) -> MonthToDate | None:
+    """None when the account has no subscription in force this month."""
+    period = Period.containing(now)
+    parts = invoices.period_usage(conn, account_id, period)
+    if not parts:
+        return None
+    draft = invoices.build_invoice(conn, account_id, period, parts=parts)  # one read of the period's usage
     in_force = next((p for p in parts if p.segment.start <= now < p.segment.end), None)
     current = in_force or parts[-1]
     sub = current.segment.subscription
     plan = PRICING_VERSIONS[sub.pricing_version].plans[sub.plan_code]
-    fraction = Decimal((current.segment.end - current.segment.start).total_seconds()) / period_seconds
+    fraction = Decimal((current.segment.end - current.segment.start).total_seconds()) / Decimal(
+        (period.end - period.start).total_seconds()
+    )
     return MonthToDate(
         period=period,
         as_of=now,
@@ -79,7 +89,7 @@ def month_to_date(conn: psycopg.Connection, account_id: str, now: datetime) -> M
         usage=dict(draft.usage),
         quotas=quota_status(current.usage, plan, fraction=fraction),
         invoice_so_far=draft.total,
-        projected_total=invoice_total(projected_lines),
+        projected_total=projected_total(parts, period, now),
         in_force=in_force is not None,
     )
 
@@ -107,17 +117,15 @@ def refresh_month_to_date(conn: psycopg.Connection, now: datetime) -> list[tuple
                 continue
             if mtd.in_force:  # an ended subscription's frozen ratios must not keep quota alerts firing
                 found.extend((account, q.metric, q.ratio) for q in mtd.quotas)
-            conn.execute(  # a SECURITY DEFINER upsert (migration 0006): serve's role cannot change the table
-                "SELECT spanmeter_put_month_to_date(%s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    account,
-                    period.start,
-                    mtd.plan_code,
-                    mtd.pricing_version,
-                    mtd.currency,
-                    mtd.invoice_so_far,
-                    mtd.projected_total,
-                    now,
-                ),
+            month_to_date_store.put(
+                conn,
+                account_id=account,
+                period_start=period.start,
+                plan_code=mtd.plan_code,
+                pricing_version=mtd.pricing_version,
+                currency=mtd.currency,
+                invoice_so_far=mtd.invoice_so_far,
+                projected_total=mtd.projected_total,
+                as_of=now,
             )
     return _exported(found)

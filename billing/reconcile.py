@@ -6,7 +6,7 @@ Four checks, stored as one row of ``reconciliation_runs`` (``spanmeter serve`` e
 as ``spanmeter_reconciliation_delta`` so ``SpanmeterReconciliationDelta`` fires on anything but zero):
 
 1. **rollups vs raw ledger**: the daily rollups recomputed from ``usage_events`` (see
-   :func:`spanmeter.billing.rollups.check`); delta = the sum of absolute quantity differences.
+   :func:`spanmeter.billing.rollup_store.check`); delta = the sum of absolute quantity differences.
 2. **invoices vs ledger**: for every finalized invoice of the period and every billable metric, what the
    ledger holds now (rollups plus corrections) must equal what was billed: the invoice's usage, plus late
    usage already finalized on later invoices, plus late usage the next open invoice's draft will carry.
@@ -26,7 +26,7 @@ usage in the ledger is on exactly one invoice, or on its way to one.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -34,11 +34,22 @@ from typing import Any
 
 import psycopg
 
-from . import invoices, rollups
+from . import invoices, subscriptions
+from .ledger import reconcile_store, rollup_store
 from .periods import Period
 from .rating import BILLABLE_METRICS
 
-__all__ = ["ReconciliationResult", "billed_twice", "latest_delta", "latest_run", "reconcile"]
+__all__ = [
+    "ReconciliationResult",
+    "billed_twice",
+    "difference_total",
+    "invoice_differences",
+    "late_billed_for",
+    "latest_delta",
+    "latest_run",
+    "next_open_period",
+    "reconcile",
+]
 
 
 @dataclass(frozen=True)
@@ -83,141 +94,147 @@ class ReconciliationResult:
         return "\n".join(lines)
 
 
-# A row of the period whose key an earlier-received row holds at another end time, and no correction
-# references it yet (usage_adjustments.reference = the key as 32 hex digits).
-_BILLED_TWICE = """
-SELECT replace(d.idempotency_key::text, '-', ''), d.meter_code, d.quantity::text, d.account_id, d.occurred_at,
-       d.producer, f.account_id, f.occurred_at, f.producer
-  FROM usage_events d
-  JOIN usage_events f
-    ON f.idempotency_key = d.idempotency_key AND f.occurred_at <> d.occurred_at
-   AND (f.received_at, f.occurred_at) < (d.received_at, d.occurred_at)
- WHERE d.occurred_at >= %(start)s AND d.occurred_at < %(end)s
-   AND NOT EXISTS (SELECT FROM usage_adjustments a WHERE a.reference = replace(d.idempotency_key::text, '-', ''))
- ORDER BY d.occurred_at, 1
-"""
-
-
-def _iso(moment) -> str:
+def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
 def billed_twice(conn: psycopg.Connection, period: Period) -> list[dict[str, str]]:
     """Check 4: the period's rows billed again at another end time under a key the ledger already held."""
-    found = []
-    for key, meter, quantity, account, at, producer, first_account, first_at, first_producer in conn.execute(
-        _BILLED_TWICE, {"start": period.start, "end": period.end}
-    ):
-        found.append(
-            {
-                "idempotency_key": key,
-                "meter_code": meter,
-                "quantity": quantity,
-                "account_id": account,
-                "occurred_at": _iso(at),
-                "producer": producer or "",
-                "first_account_id": first_account,
-                "first_occurred_at": _iso(first_at),
-                "first_producer": first_producer or "",
-            }
+    return [
+        {
+            "idempotency_key": key,
+            "meter_code": meter,
+            "quantity": quantity,
+            "account_id": account,
+            "occurred_at": _iso(at),
+            "producer": producer or "",
+            "first_account_id": first_account,
+            "first_occurred_at": _iso(first_at),
+            "first_producer": first_producer or "",
+        }
+        for key, meter, quantity, account, at, producer, first_account, first_at, first_producer in (
+            reconcile_store.billed_twice_rows(conn, period.start, period.end)
         )
-    return found
+    ]
 
 
 def _quantity(text: str | None) -> Decimal:
     return Decimal(text.split("/")[0]) if text else Decimal(0)
 
 
+def late_billed_for(period: Period, later_documents: Iterable[Mapping[str, Any]]) -> dict[str, Decimal]:
+    """Late usage of ``period`` that later finalized invoices carried, per metric (pure)."""
+    billed: dict[str, Decimal] = {}
+    for document in later_documents:
+        for item in document.get("late_usage", []):
+            if item["reference_period"] == str(period):
+                billed[item["meter_code"]] = billed.get(item["meter_code"], Decimal(0)) + Decimal(item["quantity"])
+    return billed
+
+
+def invoice_differences(
+    account: str,
+    invoice: Mapping[str, Any],
+    late_billed: Mapping[str, Decimal],
+    pending: Mapping[str, Decimal],
+    ledger: Mapping[str, Decimal],
+) -> list[dict[str, str]]:
+    """Check 2 for one finalized invoice (pure): per billable metric, what the ledger holds now against what
+    was billed (the invoice's usage, late usage finalized later, late usage pending on the next open draft)."""
+    differences = []
+    for metric in BILLABLE_METRICS:
+        expected = (
+            Decimal(invoice.get("usage", {}).get(metric, 0))
+            + late_billed.get(metric, Decimal(0))
+            + pending.get(metric, Decimal(0))
+        )
+        actual = ledger.get(metric, Decimal(0))
+        if expected != actual:
+            differences.append(
+                {
+                    "account_id": account,
+                    "invoice_number": invoice["invoice_number"],
+                    "meter_code": metric,
+                    "ledger": format(actual, "f"),
+                    "billed_or_pending": format(expected, "f"),
+                }
+            )
+    return differences
+
+
+def difference_total(differences: Iterable[Mapping[str, str]]) -> Decimal:
+    """The delta of check 2's differences: the sum of |ledger - billed or pending| (pure)."""
+    return sum((abs(Decimal(d["ledger"]) - Decimal(d["billed_or_pending"])) for d in differences), Decimal(0))
+
+
 def reconcile(conn: psycopg.Connection, period: Period) -> ReconciliationResult:
-    """Run the three checks for ``period`` and store the result (the caller commits)."""
-    rollup_rows = rollups.check(conn, period.start, period.end)
+    """Run the four checks for ``period`` and store the result (the caller commits)."""
+    rollup_rows = rollup_store.check(conn, period.start, period.end)
     delta = sum((abs(_quantity(d.maintained) - _quantity(d.recomputed)) for d in rollup_rows), Decimal(0))
     rollup_differences = [
         {"table": d.table, "key": list(d.key), "maintained": d.maintained, "raw_ledger": d.recomputed}
         for d in rollup_rows
     ]
-
-    accounts = [
-        a
-        for (a,) in conn.execute(
-            "SELECT account_id FROM usage_rollups_daily WHERE bucket_start >= %s AND bucket_start < %s "
-            "UNION SELECT account_id FROM usage_rollup_deltas WHERE bucket_start >= %s AND bucket_start < %s "
-            "UNION SELECT account_id FROM invoices WHERE period_start = %s UNION "
-            "SELECT account_id FROM usage_adjustments WHERE occurred_at >= %s AND occurred_at < %s ORDER BY 1",
-            (period.start, period.end, period.start, period.end, period.start, period.start, period.end),
-        )
-    ]
-    invoice_differences: list[dict[str, str]] = []
+    accounts = rollup_store.accounts_with_usage(conn, period.start, period.end, with_invoices_of=period.start)
+    differences: list[dict[str, str]] = []
     unrated: list[dict[str, str]] = []
     checked = 0
     for account in accounts:
-        stored = invoices.finalized_invoice(conn, account, period)
         parts = invoices.period_usage(conn, account, period)
         ledger: dict[str, Decimal] = {}
         for part in parts:
             for metric, q in part.usage.items():
                 ledger[metric] = ledger.get(metric, Decimal(0)) + q
-        segments = [p.segment for p in parts]
-        for gap_start, gap_end in invoices.uncovered_windows(segments, period):
+        for gap_start, gap_end in invoices.uncovered_windows([p.segment for p in parts], period):
             gap_usage, _, _ = invoices.window_usage(conn, account, gap_start, gap_end)
             for metric, q in gap_usage.items():
                 if q:
                     unrated.append({"account_id": account, "meter_code": metric, "quantity": format(q, "f")})
                     delta += abs(q)
+        finalized = invoices.finalized_periods(conn, account)
+        stored = next((document for p, document in finalized if p == period), None)
         if stored is None:
             continue
         checked += 1
-        billed = {metric: Decimal(q) for metric, q in stored.get("usage", {}).items()}
-        for (document,) in conn.execute(
-            "SELECT document FROM invoices WHERE account_id = %s AND period_start > %s", (account, period.start)
-        ):
-            for item in document.get("late_usage", []):
-                if item["reference_period"] == str(period):
-                    billed[item["meter_code"]] = billed.get(item["meter_code"], Decimal(0)) + Decimal(item["quantity"])
-        pending = _pending_on_next_open(conn, account, period)
-        for metric in BILLABLE_METRICS:
-            expected = billed.get(metric, Decimal(0)) + pending.get(metric, Decimal(0))
-            actual = ledger.get(metric, Decimal(0))
-            if expected != actual:
-                invoice_differences.append(
-                    {
-                        "account_id": account,
-                        "invoice_number": stored["invoice_number"],
-                        "meter_code": metric,
-                        "ledger": format(actual, "f"),
-                        "billed_or_pending": format(expected, "f"),
-                    }
-                )
-                delta += abs(actual - expected)
+        found = invoice_differences(
+            account,
+            stored,
+            late_billed_for(period, [document for p, document in finalized if p > period]),
+            _pending_on_next_open(conn, account, period, {p for p, _ in finalized}),
+            ledger,
+        )
+        differences += found
+        delta += difference_total(found)
     doubled = billed_twice(conn, period)
     delta += sum((Decimal(d["quantity"]) for d in doubled), Decimal(0))
     result = ReconciliationResult(
         period=str(period),
         rollup_differences=rollup_differences,
-        invoice_differences=invoice_differences,
+        invoice_differences=differences,
         unrated=unrated,
         delta=delta,
         invoices_checked=checked,
         accounts_checked=len(accounts),
         billed_twice=doubled,
     )
-    conn.execute(
-        "INSERT INTO reconciliation_runs (period_start, delta, details) VALUES (%s, %s, %s)",
-        (period.start, delta, json.dumps(result.to_dict())),
-    )
+    reconcile_store.insert_run(conn, period.start, delta, result.to_dict())
     return result
 
 
-def _pending_on_next_open(conn: psycopg.Connection, account: str, period: Period) -> dict[str, Decimal]:
+def next_open_period(period: Period, closed: set[Period]) -> Period:
+    """The first period after ``period`` without a finalized invoice (pure)."""
+    following = period.next()
+    while following in closed:
+        following = following.next()
+    return following
+
+
+def _pending_on_next_open(
+    conn: psycopg.Connection, account: str, period: Period, closed: set[Period]
+) -> dict[str, Decimal]:
     """Late usage for ``period`` that the next open invoice's draft carries (not finalized yet)."""
-    closed = {
-        Period.containing(start)
-        for (start,) in conn.execute("SELECT period_start FROM invoices WHERE account_id = %s", (account,))
-    }
-    next_open = period.next()
-    while next_open in closed:
-        next_open = next_open.next()
-    segments = invoices.subscriptions.segments(conn, account, next_open.start, next_open.end)
+    next_open = next_open_period(period, closed)
+    segments = subscriptions.segments(conn, account, next_open.start, next_open.end)
     if not segments:
         return {}  # no subscription to bill it on: it shows as a difference
     _, details = invoices.late_usage_lines(conn, account, next_open, segments[0].subscription.currency)
@@ -230,11 +247,10 @@ def _pending_on_next_open(conn: psycopg.Connection, account: str, period: Period
 
 def latest_delta(conn: psycopg.Connection) -> Decimal | None:
     """The delta of the most recent run (over all periods), None when reconciliation never ran."""
-    row = conn.execute("SELECT delta FROM reconciliation_runs ORDER BY run_id DESC LIMIT 1").fetchone()
-    return Decimal(row[0]) if row else None
+    run = reconcile_store.latest_run(conn)
+    return run[0] if run else None
 
 
 def latest_run(conn: psycopg.Connection) -> tuple[Decimal, datetime] | None:
     """(delta, when it ran) of the most recent run over all periods, None when reconciliation never ran."""
-    row = conn.execute("SELECT delta, ran_at FROM reconciliation_runs ORDER BY run_id DESC LIMIT 1").fetchone()
-    return (Decimal(row[0]), row[1]) if row else None
+    return reconcile_store.latest_run(conn)

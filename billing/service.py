@@ -20,21 +20,40 @@ Two calls take the caller's connection, for a component that runs them inside it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+from sqlalchemy import Engine
 
-from . import adjustments, exports, invoices, quotas, rollups, subscriptions
+from . import adjustments, exports, invoices, quotas, subscriptions
 from . import reconcile as reconciliation
 from . import usage as usage_views
+from .ledger import rollup_store, usage_store
 from .ledger.database import Database
 from .ledger.replica import Databases, read_connection
 from .periods import Period
+from .rating import TransitionPolicy
 
 __all__ = ["BillingService"]
+
+T = TypeVar("T")
+
+
+def _with_engine(read: Callable[[Engine], T]) -> Callable[[Database], T]:
+    """``read`` given a SQLAlchemy engine on the chosen database, disposed after (one read, one pool)."""
+
+    def run(database: Database) -> T:
+        engine = database.engine()
+        try:
+            return read(engine)
+        finally:
+            engine.dispose()
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -44,27 +63,13 @@ class BillingService:
     # -- reads that may lag: the replica when configured ------------------------------------------------
     def usage(self, account_id: str, start: datetime, end: datetime) -> list[usage_views.MeterTotal]:
         """Per meter: raw usage, the corrections dated in ``[start, end)`` and their sum (what is billed)."""
-
-        def read(database: Database) -> list[usage_views.MeterTotal]:
-            engine = database.engine()
-            try:
-                return usage_views.usage_totals(engine, account_id, start, end)
-            finally:
-                engine.dispose()
-
-        return self.databases.read(read)
+        return self.databases.read(
+            _with_engine(lambda engine: usage_views.usage_totals(engine, account_id, start, end))
+        )
 
     def archived_before(self) -> datetime | None:
         """The end of the newest archived month (raw rows before it are in archive files), or None."""
-
-        def read(database: Database) -> datetime | None:
-            engine = database.engine()
-            try:
-                return usage_views.archived_before(engine)
-            finally:
-                engine.dispose()
-
-        return self.databases.read(read)
+        return self.databases.read(_with_engine(usage_store.archived_before))
 
     def month_to_date(self, account_id: str, now: datetime) -> quotas.MonthToDate | None:
         """The account's month so far under its subscription (None without one)."""
@@ -87,7 +92,7 @@ class BillingService:
         *,
         pricing_override: str | None = None,
         shadow: str | None = None,
-        transition: invoices.TransitionPolicy | None = None,
+        transition: TransitionPolicy | None = None,
         exact: bool = False,
     ) -> tuple[invoices.Invoice, invoices.ShadowComparison | None]:
         """The invoice and, with ``shadow``, its comparison under that pricing version, from one snapshot.
@@ -111,7 +116,7 @@ class BillingService:
         shadow: str,
         *,
         pricing: str | None = None,
-        transition: invoices.TransitionPolicy | None = None,
+        transition: TransitionPolicy | None = None,
     ) -> list[invoices.ShadowComparison]:
         """Every account subscribed in ``period``: its invoice against ``shadow`` pricing, from one snapshot."""
 
@@ -215,14 +220,14 @@ class BillingService:
     def rebuild_rollups(self) -> dict[str, int]:
         """Recompute every rollup of the attached months from the raw ledger (locks out the fold meanwhile)."""
         with psycopg.connect(self.databases.primary.conninfo) as conn:
-            counts = rollups.rebuild(conn)
+            counts = rollup_store.rebuild(conn)
             conn.commit()
         return counts
 
-    def check_rollups(self, period: Period | None = None) -> list[rollups.RollupDifference]:
+    def check_rollups(self, period: Period | None = None) -> list[rollup_store.RollupDifference]:
         """Differences between the maintained rollups and the raw ledger (attached months; one period or all)."""
         with psycopg.connect(self.databases.primary.conninfo) as conn:
-            return rollups.check(conn, period.start if period else None, period.end if period else None)
+            return rollup_store.check(conn, period.start if period else None, period.end if period else None)
 
     def export(
         self, what: str, period: Period, account_id: str | None, parties: exports.FocusParties

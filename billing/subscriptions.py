@@ -23,6 +23,7 @@ from datetime import datetime
 
 import psycopg
 
+from .ledger import subscription_store
 from .rating import PRICING_VERSIONS
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "resolve_segments",
     "segments",
     "set_subscription",
+    "validate",
 ]
 
 
@@ -63,12 +65,6 @@ class Segment:
     subscription: Subscription
 
 
-_COLUMNS = (
-    "subscription_id, account_id, plan_code, pricing_version, currency, valid_from, valid_to, created_at,"
-    " created_by, note"
-)
-
-
 def set_subscription(
     conn: psycopg.Connection,
     *,
@@ -83,6 +79,38 @@ def set_subscription(
 ) -> Subscription:
     """Add a subscription row (the caller commits). The plan must exist in the pricing version, and the
     currency (default: the plan's) must be the plan's currency."""
+    currency = validate(
+        account_id=account_id,
+        plan_code=plan_code,
+        pricing_version=pricing_version,
+        valid_from=valid_from,
+        currency=currency,
+        valid_to=valid_to,
+    )
+    row = subscription_store.insert(
+        conn,
+        account_id=account_id,
+        plan_code=plan_code,
+        pricing_version=pricing_version,
+        currency=currency,
+        valid_from=valid_from,
+        valid_to=valid_to,
+        created_by=created_by,
+        note=note,
+    )
+    return Subscription(*row)
+
+
+def validate(
+    *,
+    account_id: str,
+    plan_code: str,
+    pricing_version: str,
+    valid_from: datetime,
+    currency: str | None = None,
+    valid_to: datetime | None = None,
+) -> str:
+    """Refuse a subscription no invoice could rate; returns its currency (pure)."""
     version = PRICING_VERSIONS.get(pricing_version)
     if version is None:
         raise SubscriptionError(f"unknown pricing version {pricing_version!r}; known: {', '.join(PRICING_VERSIONS)}")
@@ -105,22 +133,12 @@ def set_subscription(
             )
     if valid_to is not None and valid_to <= valid_from:
         raise SubscriptionError("valid_to must be after valid_from")
-    row = conn.execute(
-        f"INSERT INTO subscriptions (account_id, plan_code, pricing_version, currency, valid_from, valid_to,"
-        f" created_by, note) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
-        (account_id, plan_code, pricing_version, currency, valid_from, valid_to, created_by, note),
-    ).fetchone()
-    assert row is not None
-    return Subscription(*row)
+    return currency
 
 
 def history(conn: psycopg.Connection, account_id: str | None = None) -> list[Subscription]:
     """Every subscription row (of one account), oldest first."""
-    where, params = ("WHERE account_id = %s", (account_id,)) if account_id else ("", ())
-    rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM subscriptions {where} ORDER BY account_id, valid_from, subscription_id", params
-    )
-    return [Subscription(*row) for row in rows]
+    return [Subscription(*row) for row in subscription_store.rows(conn, account_id)]
 
 
 def resolve_segments(rows: Sequence[Subscription], start: datetime, end: datetime) -> list[Segment]:

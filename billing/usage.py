@@ -18,16 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Engine, Select, func, select, text
+from sqlalchemy import Engine
 
-from .ledger.models import UsageAdjustment, UsageEventRecord
+from .ledger import usage_store
 from .rating import BILLABLE_METRICS
 
 __all__ = [
     "MeterTotal",
-    "adjustments_statement",
-    "archived_before",
-    "usage_statement",
     "usage_totals",
     "with_adjustments",
 ]
@@ -53,32 +50,10 @@ class MeterTotal:
         return self.quantity + self.adjustments
 
 
-def usage_statement(account_id: str, start: datetime, end: datetime) -> Select:
-    """The query behind :func:`usage_totals`: bounded by ``occurred_at``, so PostgreSQL reads only the monthly
-    partitions of ``usage_events`` that overlap ``[start, end)``."""
-    return (
-        select(UsageEventRecord.meter_code, UsageEventRecord.unit, func.sum(UsageEventRecord.quantity), func.count())
-        .where(UsageEventRecord.account_id == account_id)
-        .where(UsageEventRecord.occurred_at >= start, UsageEventRecord.occurred_at < end)
-        .group_by(UsageEventRecord.meter_code, UsageEventRecord.unit)
-        .order_by(UsageEventRecord.meter_code)
-    )
-
-
-def adjustments_statement(account_id: str, start: datetime, end: datetime) -> Select:
-    """Corrections per meter dated in ``[start, end)``: their signed sum and count."""
-    return (
-        select(UsageAdjustment.meter_code, func.sum(UsageAdjustment.quantity), func.count())
-        .where(UsageAdjustment.account_id == account_id)
-        .where(UsageAdjustment.occurred_at >= start, UsageAdjustment.occurred_at < end)
-        .group_by(UsageAdjustment.meter_code)
-    )
-
-
 def with_adjustments(raw: list[MeterTotal], adjustments: dict[str, tuple[Decimal, int]]) -> list[MeterTotal]:
     """``raw`` totals with each meter's corrections beside them (meters with corrections only included),
-    ordered by meter code. Pure: the two reads come from :func:`usage_statement` and
-    :func:`adjustments_statement`."""
+    ordered by meter code. Pure: the two reads come from
+    :func:`spanmeter.billing.ledger.usage_store.read_window`."""
     by_meter = {t.meter_code: t for t in raw}
     for meter, (quantity, count) in adjustments.items():
         held = by_meter.get(meter)
@@ -88,23 +63,7 @@ def with_adjustments(raw: list[MeterTotal], adjustments: dict[str, tuple[Decimal
     return [by_meter[meter] for meter in sorted(by_meter)]
 
 
-def archived_before(engine: Engine) -> datetime | None:
-    """The end of the newest archived month (``spanmeter db archive``): raw rows before it are in the archive
-    files, not in ``usage_events``; None when nothing is archived."""
-    with engine.connect() as connection:
-        return connection.execute(text("SELECT archived_to FROM usage_event_coverage")).scalar()
-
-
 def usage_totals(engine: Engine, account_id: str, start: datetime, end: datetime) -> list[MeterTotal]:
     """Per meter: raw usage and the corrections dated in ``[start, end)``, read in one snapshot."""
-    with engine.connect() as connection:
-        connection = connection.execution_options(isolation_level="REPEATABLE READ")
-        raw = [
-            MeterTotal(code, unit, Decimal(total), count)
-            for code, unit, total, count in connection.execute(usage_statement(account_id, start, end))
-        ]
-        adjustments = {
-            code: (Decimal(total), count)
-            for code, total, count in connection.execute(adjustments_statement(account_id, start, end))
-        }
-    return with_adjustments(raw, adjustments)
+    raw, corrections = usage_store.read_window(engine, account_id, start, end)
+    return with_adjustments([MeterTotal(*total) for total in raw], corrections)

@@ -1,7 +1,7 @@
 """The rollup compactor: folds pending rollup deltas into the rollups, in the background of ``spanmeter serve``.
 
 Every ingest transaction appends pre-aggregated deltas (migration ``0005_rollup_deltas``); this component
-calls :func:`spanmeter.billing.rollups.fold` every ``SPANMETER_ROLLUP_FOLD_INTERVAL_SECONDS`` (default 1 s)
+calls :func:`spanmeter.billing.rollup_store.fold` every ``SPANMETER_ROLLUP_FOLD_INTERVAL_SECONDS`` (default 1 s)
 on its own connection, and again at once while a fold comes back full, so a backlog drains at storage
 speed. Correctness never depends on it: readers add pending deltas to the folded rows, so figures are exact
 whether it runs or not. It only keeps the pending set small (readers fast, the table small).
@@ -15,7 +15,7 @@ backlog and exports it:
 - ``spanmeter_rollup_pending_deltas``, ``spanmeter_rollup_deltas_folded_total``,
   ``spanmeter_rollup_fold_errors_total``, ``spanmeter_rollup_last_fold_timestamp_seconds``.
 
-It also keeps the ledger's monthly partitions ahead (:func:`spanmeter.billing.partitions.ensure`, at start and
+It also keeps the ledger's monthly partitions ahead (:func:`spanmeter.billing.ledger.partitions.ensure`, at start and
 every ``partition_interval_seconds``, default an hour; every process may, the database function takes an
 advisory lock; ``partition_months_ahead`` after the current month, from the clock skew the receiver accepts)
 and exports ``spanmeter_ledger_partitions_end_timestamp_seconds``, read again even when creating fails, so
@@ -35,7 +35,7 @@ import time
 
 import psycopg
 
-from spanmeter.billing import partitions, rollups
+from spanmeter.billing.ledger import partitions, rollup_store
 from spanmeter.billing.ledger.database import Database
 
 from .metrics import RollupMetrics
@@ -121,14 +121,14 @@ class RollupCompactor:
             self._partitions_failing = True
             self._close()
 
-    def run_once(self) -> rollups.FoldResult:
+    def run_once(self) -> rollup_store.FoldResult:
         """Fold until the backlog is below one batch (or another process holds the lock); update the gauges.
         Returns what this call folded in all."""
         conn = self._connection()
         deltas = events = 0
         locked_out = False
         while not self._stop.is_set():
-            result = rollups.fold(conn, self._max_deltas)
+            result = rollup_store.fold(conn, self._max_deltas)
             if result.locked_out:
                 locked_out = True
                 break
@@ -137,11 +137,11 @@ class RollupCompactor:
             self._metrics.last_fold.set(time.time())
             if result.deltas < self._max_deltas:
                 break
-        pending = rollups.pending_deltas(conn)
+        pending = rollup_store.pending_deltas(conn)
         conn.commit()
         self._metrics.pending_deltas.set(pending.deltas)
         self._metrics.fold_lag.set(pending.oldest_age_seconds)
-        return rollups.FoldResult(deltas, events, locked_out=locked_out)
+        return rollup_store.FoldResult(deltas, events, locked_out=locked_out)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -125,7 +125,7 @@ class RollupMetrics:
         self.deltas_folded = metric(M.ROLLUP_DELTAS_FOLDED, r)
         self.fold_errors = metric(M.ROLLUP_FOLD_ERRORS, r)
         self.last_fold = metric(M.ROLLUP_LAST_FOLD, r)
-        # the ledger's monthly partitions (see spanmeter.billing.partitions), kept by the same component
+        # the ledger's monthly partitions (see spanmeter.billing.ledger.partitions), kept by the same component
         self.partitions_end = metric(M.LEDGER_PARTITIONS_END, r)
         self.partitions_created = metric(M.LEDGER_PARTITIONS_CREATED, r)
         self.partition_errors = metric(M.LEDGER_PARTITION_ERRORS, r)

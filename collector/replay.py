@@ -38,6 +38,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from spanmeter import attributes as A
 from spanmeter.billing import adjustments as adjustments_module
+from spanmeter.billing.ledger import adjustment_store, replay_store
 from spanmeter.billing.ledger.database import Database
 from spanmeter.billing.ledger.writer import LedgerWriter
 
@@ -102,19 +103,13 @@ def resolve(
     adjustments: list[tuple[str, str, Decimal]] = []
     adjustment_keys: list[str] = []
     with psycopg.connect(database.conninfo) as conn:
-        found = conn.execute(
-            "SELECT reason, payload, meter_codes FROM rejected_spans WHERE rejection_key = %s FOR UPDATE", (key,)
-        ).fetchone()
+        found = replay_store.lock_rejected(conn, key)
         if found is None:
             raise ReplayError(f"no rejected span with id {rejection_key!r} (ids come from `dead-letter list`)")
         reason, payload, meter_codes = found
-        done = conn.execute(
-            "SELECT 'replayed' FROM dead_letter_replays WHERE rejection_key = %(k)s UNION ALL "
-            "SELECT 'resolved (' || decision || ')' FROM dead_letter_resolutions WHERE rejection_key = %(k)s",
-            {"k": key},
-        ).fetchone()
+        done = replay_store.outcome(conn, key)
         if done is not None:
-            raise ReplayError(f"rejected span {key} is already {done[0]}")
+            raise ReplayError(f"rejected span {key} is already {done}")
         if decision != "dismiss" and reason != "key_conflict":
             raise ReplayError(
                 f"keep-ledger and bill-span decide key_conflict spans; this one is {reason}: dismiss or replay it"
@@ -127,23 +122,14 @@ def resolve(
             for row in result.rows:
                 if row.meter.code not in meter_codes:  # another meter of the span: its own rejection, if any
                     continue
-                held = conn.execute(
-                    "SELECT account_id, quantity, occurred_at FROM usage_events WHERE idempotency_key = %s"
-                    " AND occurred_at = timestamptz 'epoch' + %s * interval '1 microsecond'",
-                    (row.idempotency_key, row.end_time_unix_nano // 1000),
-                ).fetchone()
+                held = replay_store.conflicting_row(conn, row.idempotency_key, row.end_time_unix_nano)
                 if held is None or (held[0], held[1]) == (row.account_id, row.quantity):
                     continue  # not the conflicting row
                 account, quantity, occurred_at = held
                 for suffix, who, amount in (("out", account, -quantity), ("in", row.account_id, row.quantity)):
                     # keyed by the usage row: the ledger's row can be moved once, whichever span claims it
                     adjustment_key = f"conflict-{row.idempotency_key}-{suffix}"
-                    if (
-                        suffix == "out"
-                        and conn.execute(
-                            "SELECT 1 FROM usage_adjustments WHERE idempotency_key = %s", (adjustment_key,)
-                        ).fetchone()
-                    ):
+                    if suffix == "out" and adjustment_store.exists(conn, adjustment_key):
                         raise ReplayError(
                             f"the ledger's {row.meter.code} row for this span was already moved by another "
                             "bill-span decision: decide keep-ledger (or correct by hand with `ledger adjust`)"
@@ -166,10 +152,8 @@ def resolve(
                     f"rejected span {key} bills the same account and quantity as the ledger's row (or no longer "
                     "conflicts): there is nothing to move; decide keep-ledger"
                 )
-        conn.execute(
-            "INSERT INTO dead_letter_resolutions (rejection_key, resolved_by, decision, reason, adjustment_keys)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            (key, resolved_by, decision, why, adjustment_keys),
+        replay_store.record_resolution(
+            conn, key, resolved_by=resolved_by, decision=decision, why=why, adjustment_keys=adjustment_keys
         )
         conn.commit()
     return Resolution(key, decision, adjustments)
@@ -212,26 +196,6 @@ def patch_span(resource_spans: ResourceSpans, patch: dict[str, str]) -> None:
         span.attributes.append(KeyValue(key=key, value=AnyValue(string_value=value)))
 
 
-_SELECT = """
-SELECT r.rejection_key, r.reason, r.payload, r.producer
-FROM rejected_spans r
-WHERE NOT EXISTS (SELECT 1 FROM dead_letter_replays d WHERE d.rejection_key = r.rejection_key)
-  AND NOT EXISTS (SELECT 1 FROM dead_letter_resolutions s WHERE s.rejection_key = r.rejection_key)
-  AND r.reason <> 'key_conflict'
-  AND (%(reason)s::text IS NULL OR r.reason = %(reason)s)
-  AND (%(key)s::uuid IS NULL OR r.rejection_key = %(key)s)
-ORDER BY r.rejected_at, r.rejection_key
-FOR UPDATE OF r SKIP LOCKED
-"""
-# a replay running at the same time may have recorded the span first: its rows are then duplicates here
-_RECORD = """
-INSERT INTO dead_letter_replays (rejection_key, replayed_by, reason, patch, usage_rows, idempotency_keys,
-                                 authorization_check)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (rejection_key) DO NOTHING
-"""
-
-
 def replay(
     database: Database,
     *,
@@ -259,15 +223,13 @@ def replay(
         raise ReplayError("--why is required with --override-authorization: say why the producer check is skipped")
     report = ReplayReport()
     with psycopg.connect(database.conninfo) as conn:
-        if rejection_key is not None:
-            found = conn.execute("SELECT reason FROM rejected_spans WHERE rejection_key = %s", (rejection_key,))
-            if (found.fetchone() or (None,))[0] == "key_conflict":
-                raise ReplayError(_CONFLICTS_ARE_RESOLVED)
+        if rejection_key is not None and replay_store.reason_of(conn, rejection_key) == "key_conflict":
+            raise ReplayError(_CONFLICTS_ARE_RESOLVED)
         writer = LedgerWriter(conn)
-        selected = conn.execute(_SELECT, {"reason": reason, "key": rejection_key}).fetchall()
+        selected = replay_store.select_pending(conn, reason, rejection_key)
         report.selected = len(selected)
         rows: list = []
-        records: list[tuple] = []
+        records: list[replay_store.ReplayRecord] = []
         for key, old_reason, payload, sender in selected:
             resource_spans = ResourceSpans.FromString(payload)
             if patch:
@@ -316,7 +278,6 @@ def replay(
         report.new_rows = written.inserted
         report.duplicate_rows = written.staged - written.inserted - len(outside)
         if records:
-            with conn.cursor() as cur:
-                cur.executemany(_RECORD, records)
+            replay_store.record_replays(conn, records)
         conn.commit()
     return report

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import CollectorRegistry
 
-from spanmeter.billing import partitions
-from spanmeter.billing.ledger import migrate
+from spanmeter.billing.ledger import migrate, partitions
 from spanmeter.billing.ledger.database import Database, resolve_database
 
 from .auth import Authenticator

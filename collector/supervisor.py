@@ -52,7 +52,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client.process_collector import ProcessCollector
 
-from spanmeter.billing import partitions
+from spanmeter.billing.ledger import partitions
 from spanmeter.billing.ledger.database import Database, resolve_database
 
 from .billing_metrics import BillingMetrics

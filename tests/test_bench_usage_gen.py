@@ -2,7 +2,7 @@
 
 ``bench/partition_reads.py`` writes the current month through the real write path but only *simulates* the rollups
 of the 11 older months (``bench/_usage_gen.py``: 90M raw rows do not fit on the disk). Here one small month goes
-both ways: its rows through ``LedgerWriter`` (the delta trigger) and ``rollups.fold``, and through the simulation;
+both ways: its rows through ``LedgerWriter`` (the delta trigger) and ``rollup_store.fold``, and through the simulation;
 the hourly and daily rollups and the distinct-job sets must be equal, row for row.
 """
 
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from spanmeter.billing import partitions, rollups
-from spanmeter.billing.ledger import migrate
+from spanmeter.billing.ledger import migrate, partitions, rollup_store
 from spanmeter.billing.ledger.database import resolve_database
 from spanmeter.billing.ledger.writer import LedgerWriter
 from spanmeter.collector.processors.usage import idempotency_key
@@ -57,7 +56,7 @@ def test_simulated_rollups_equal_the_folded_ones(fresh_db):
             written = writer.write_usage(rows)
             conn.commit()
             assert (written.inserted, written.outside) == (len(rows), ())
-        while rollups.fold(conn).deltas:
+        while rollup_store.fold(conn).deltas:
             pass
         conn.commit()
         columns = gen.ROLLUP_COLUMNS

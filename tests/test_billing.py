@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from spanmeter.billing import adjustments, invoices, reconcile, rollups, subscriptions
-from spanmeter.billing.ledger import migrate
+from spanmeter.billing.ledger import migrate, rollup_store
 from spanmeter.billing.ledger.database import resolve_database
 from spanmeter.billing.ledger.writer import LedgerWriter
 from spanmeter.billing.periods import Period
@@ -119,7 +119,7 @@ def test_rollups_stay_exact_with_concurrent_writers_retries_and_late_rows_and_re
     assert done.is_set()
     with psycopg.connect(db) as conn:  # a reader sees b's committed usage and nothing of a's yet
         assert rollups.rollup_totals(conn, "acme", NOV.start, NOV.end)["worker_seconds"].quantity == Decimal("4.0")
-        assert rollups.fold(conn).deltas == 2  # b's two (acme, globex); a's are not committed
+        assert rollup_store.fold(conn).deltas == 2  # b's two (acme, globex); a's are not committed
     a.commit()
     # a third receiver commits first rows for another account, then a retry of everything, then a late row
     write(
@@ -134,7 +134,7 @@ def test_rollups_stay_exact_with_concurrent_writers_retries_and_late_rows_and_re
     a.close(), b.close()
 
     with psycopg.connect(db) as conn:
-        assert rollups.check(conn) == []
+        assert rollup_store.check(conn) == []
         totals = rollups.rollup_totals(conn, "acme", NOV.start, NOV.end)
         assert totals["worker_seconds"].quantity == Decimal("8.5")
         assert totals["worker_seconds"].events == 4
@@ -149,10 +149,10 @@ def test_rollups_stay_exact_with_concurrent_writers_retries_and_late_rows_and_re
         assert rollups.aggregate(conn, "input_tokens", "initech", NOV.start, NOV.end) == Decimal(1000)
         assert rollups.aggregate(conn, "api_requests", "initech", NOV.start, NOV.end) is None
     with psycopg.connect(db) as conn:  # fold what is pending: the folded tables alone now equal a rebuild
-        assert rollups.fold(conn).deltas > 0 and rollups.pending_deltas(conn).deltas == 0
+        assert rollup_store.fold(conn).deltas > 0 and rollup_store.pending_deltas(conn).deltas == 0
     maintained = snapshot(db)
     with psycopg.connect(db) as conn:
-        rollups.rebuild(conn)
+        rollup_store.rebuild(conn)
     assert snapshot(db) == maintained
     # the CLI says the same
     check = subprocess.run(
@@ -164,13 +164,13 @@ def test_rollups_stay_exact_with_concurrent_writers_retries_and_late_rows_and_re
 def test_rollups_check_finds_a_tampered_rollup(db):
     write(db, [usage("acme", "worker_seconds", "3", at("2026-11-03T10:15:00"))])
     with psycopg.connect(db) as conn:
-        rollups.fold(conn)
+        rollup_store.fold(conn)
         conn.execute("UPDATE usage_rollups_daily SET quantity = quantity + 1")
         conn.commit()
-        differences = rollups.check(conn)
+        differences = rollup_store.check(conn)
         assert [(d.maintained, d.recomputed) for d in differences] == [("4/1", "3/1")]
-        rollups.rebuild(conn)
-        assert rollups.check(conn) == []
+        rollup_store.rebuild(conn)
+        assert rollup_store.check(conn) == []
 
 
 # ----------------------------------------------------------------------------------- invoices
@@ -598,7 +598,7 @@ def test_serve_exports_quota_burn_only_for_accounts_over_half_a_quota_and_the_re
     assert {row[4] for row in mtd} == {month.start}
     # a tampered rollup: the next reconciliation stores a non-zero delta and the metric follows
     with psycopg.connect(db) as conn:
-        rollups.fold(conn)  # serve folds every second too; a tampered folded row is what this is about
+        rollup_store.fold(conn)  # serve folds every second too; a tampered folded row is what this is about
         conn.execute("UPDATE usage_rollups_daily SET quantity = quantity + 7 WHERE account_id = 'globex'")
         assert reconcile.reconcile(conn, month).delta == 7
     wait_until(lambda: collector.metrics().get("spanmeter_reconciliation_delta") == 7, timeout=30, what="delta 7")

@@ -19,12 +19,12 @@ import psycopg
 import pytest
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from spanmeter.billing import archive, invoices, partitions, reconcile, rollups, subscriptions
-from spanmeter.billing.ledger import migrate
+from spanmeter.billing import invoices, reconcile, subscriptions
+from spanmeter.billing.ledger import archive, migrate, partitions, rollup_store
 from spanmeter.billing.ledger.database import resolve_database
+from spanmeter.billing.ledger.usage_store import usage_statement
 from spanmeter.billing.ledger.writer import LedgerWriter
 from spanmeter.billing.periods import Period
-from spanmeter.billing.usage import usage_statement
 from support import SPANMETER, SpanFactory, exporter, insert_as_an_old_writer, ledger
 
 OCT, NOV, DEC = Period(2026, 10), Period(2026, 11), Period(2026, 12)
@@ -64,7 +64,7 @@ def test_a_populated_ledger_becomes_a_partition_without_a_rewrite(fresh_db):
     insert_as_an_old_writer(fresh_db, old)
     (filenode,) = ledger(fresh_db, "SELECT pg_relation_filenode('usage_events')")[0]
     with psycopg.connect(fresh_db) as conn:
-        rollups.fold(conn)
+        rollup_store.fold(conn)
         conn.commit()
         daily_before = conn.execute("SELECT * FROM usage_rollups_daily ORDER BY 1, 2, 3").fetchall()
 
@@ -89,7 +89,7 @@ def test_a_populated_ledger_becomes_a_partition_without_a_rewrite(fresh_db):
         # the old table's index and key serve the parent's: no second copy was built
         assert conn.execute("SELECT count(*) FROM pg_index WHERE indrelid = %s::regclass", (legacy,)).fetchone() == (2,)
         assert conn.execute("SELECT * FROM usage_rollups_daily ORDER BY 1, 2, 3").fetchall() == daily_before
-        assert rollups.check(conn) == []
+        assert rollup_store.check(conn) == []
     # a retry of an old row is still a duplicate: the primary key reaches into the old table
     again = write(fresh_db, [*old[:10], usage("acct-new", 1, t)])
     assert again.inserted == 1 and again.outside == ()
@@ -333,7 +333,7 @@ def test_the_raw_readers_read_only_their_months_partition(db):
         assert _relations(conn, str(compiled)) == {month}
         # rollups check and reconcile (which runs it): the raw recomputation of the window
         window = {"start": DEC.start, "end": DEC.end}
-        for sql in rollups.raw_readers():
+        for sql in rollup_store.raw_readers():
             assert {r for r in _relations(conn, sql, window) if r.startswith("usage_events")} == {month}, sql
         # the whole ledger is read only where there is no window
         assert len(_relations(conn, "SELECT count(*) FROM usage_events")) >= 7
@@ -369,7 +369,7 @@ def test_closed_months_are_archived_to_checked_files_and_restored_exactly(db, tm
     monthly = [usage("acme", i + 1, cutover + timedelta(hours=i)) for i in range(50)]
     write(db, old + monthly)
     with psycopg.connect(db) as conn:
-        rollups.fold(conn)
+        rollup_store.fold(conn)
         conn.commit()
     months = sorted({Period(r.year, r.month) for r in (datetime.fromtimestamp(u[0] / 1e6, UTC) for u in old + monthly)})
     much_later = partitions.months_after(cutover, 3)
@@ -410,8 +410,8 @@ def test_closed_months_are_archived_to_checked_files_and_restored_exactly(db, tm
         # finalized invoices still explain themselves: the rollups and the stored documents stay
         assert invoices.build_invoice(conn, "acme", months[0]).to_dict()["lines"] == invoice_before["lines"]
         assert invoices.finalized_invoice(conn, "acme", months[0]) is not None
-        assert rollups.check(conn) == []  # attached months only
-        rollups.rebuild(conn)
+        assert rollup_store.check(conn) == []  # attached months only
+        rollup_store.rebuild(conn)
         assert invoices.build_invoice(conn, "acme", months[0]).to_dict()["lines"] == invoice_before["lines"]
         assert reconcile.reconcile(conn, months[0]).delta == 0
     # a span of an archived month again: never billed twice, kept for a decision
@@ -478,7 +478,7 @@ def test_closed_months_are_archived_to_checked_files_and_restored_exactly(db, tm
         (450, sum(Decimal(r[7]) for r in old + monthly))
     ]
     with psycopg.connect(db) as conn:
-        assert rollups.check(conn) == []  # the restored rows match the rollups that never left
+        assert rollup_store.check(conn) == []  # the restored rows match the rollups that never left
         assert partitions.coverage(conn).from_at is None
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"DELETE FROM {first_month}")

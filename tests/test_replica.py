@@ -29,8 +29,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from replication import StreamingPair
 
-from spanmeter.billing import partitions, rollups, subscriptions
-from spanmeter.billing.ledger import migrate
+from spanmeter.billing import rollups, subscriptions
+from spanmeter.billing.ledger import migrate, partitions, rollup_store
 from spanmeter.billing.ledger.database import resolve_database
 from spanmeter.billing.ledger.replica import (
     Databases,
@@ -67,7 +67,7 @@ def write(conninfo: str, rows: list[tuple], fold: bool = False) -> None:
         conn.commit()
         assert (written.inserted, written.outside) == (len(rows), ())  # every row landed in a partition
         if fold:
-            rollups.fold(conn)  # what serve's compactor does every second
+            rollup_store.fold(conn)  # what serve's compactor does every second
             conn.commit()
 
 

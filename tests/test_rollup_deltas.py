@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from spanmeter.billing import rollups
-from spanmeter.billing.ledger import migrate
+from spanmeter.billing.ledger import migrate, rollup_store
 from spanmeter.billing.ledger.database import resolve_database
 from spanmeter.billing.ledger.writer import LedgerWriter
 from spanmeter.billing.periods import Period
@@ -88,11 +88,11 @@ def test_a_batch_appends_one_delta_per_group_and_no_row_per_job(db):
     assert write(db, batch).inserted == 0
     with psycopg.connect(db) as conn:
         assert pending(conn) == 3
-        assert rollups.fold(conn).deltas == 3
+        assert rollup_store.fold(conn).deltas == 3
         assert pending(conn) == 0
         assert conn.execute("SELECT count(*) FROM usage_rollup_jobs").fetchone()[0] == 500
         assert rollups.aggregate(conn, "jobs", "acme", NOV.start, NOV.end) == 500
-        assert rollups.check(conn) == []
+        assert rollup_store.check(conn) == []
 
 
 def test_figures_are_exact_at_every_moment_of_random_writes_retries_and_folds(db):
@@ -120,7 +120,7 @@ def test_figures_are_exact_at_every_moment_of_random_writes_retries_and_folds(db
             elif action < 0.7 and written:
                 write(db, rng.sample(written, min(len(written), 30)))  # retries of committed rows
             else:
-                rollups.fold(reader, max_deltas=rng.choice((1, 3, 50_000)))  # partial and whole folds
+                rollup_store.fold(reader, max_deltas=rng.choice((1, 3, 50_000)))  # partial and whole folds
             # whole-hour windows that cut days, so the daily, hourly and pending branches all contribute
             start = base + timedelta(hours=rng.randrange(0, 300))
             end = start + timedelta(hours=rng.randrange(1, 400))
@@ -129,10 +129,10 @@ def test_figures_are_exact_at_every_moment_of_random_writes_retries_and_folds(db
                 assert live_totals(reader, account, NOV.start, NOV.end) == raw_totals(
                     reader, account, NOV.start, NOV.end
                 )
-            assert rollups.check(reader) == []
+            assert rollup_store.check(reader) == []
             reader.commit()
-        assert rollups.fold(reader).deltas >= 0 and pending(reader) == 0
-        assert rollups.check(reader) == []
+        assert rollup_store.fold(reader).deltas >= 0 and pending(reader) == 0
+        assert rollup_store.check(reader) == []
 
 
 def test_a_fold_that_dies_before_commit_loses_and_doubles_nothing(db):
@@ -141,8 +141,8 @@ def test_a_fold_that_dies_before_commit_loses_and_doubles_nothing(db):
     with psycopg.connect(db) as conn:
         before = live_totals(conn, "acme", NOV.start, NOV.end)
     victim = psycopg.connect(db)
-    fold_sql = rollups._FOLD  # the fold's own statement, run by a process that is then killed
-    victim.execute("SELECT pg_advisory_xact_lock(%s)", (rollups.FOLD_LOCK_ID,))
+    fold_sql = rollup_store.FOLD  # the fold's own statement, run by a process that is then killed
+    victim.execute("SELECT pg_advisory_xact_lock(%s)", (rollup_store.FOLD_LOCK_ID,))
     victim.execute(fold_sql, {"limit": 50_000})
     pid = victim.info.backend_pid
     with psycopg.connect(db, autocommit=True) as admin:  # SIGTERM the backend mid-transaction (a crash)
@@ -154,10 +154,10 @@ def test_a_fold_that_dies_before_commit_loses_and_doubles_nothing(db):
         assert pending(conn) == 1  # still pending: the delete rolled back with the upserts
         assert conn.execute("SELECT count(*) FROM usage_rollups_daily").fetchone()[0] == 0
         assert live_totals(conn, "acme", NOV.start, NOV.end) == before
-        assert rollups.fold(conn).deltas == 1
+        assert rollup_store.fold(conn).deltas == 1
         assert live_totals(conn, "acme", NOV.start, NOV.end) == before
         assert rollups.aggregate(conn, "jobs", "acme", NOV.start, NOV.end) == 2
-        assert rollups.check(conn) == []
+        assert rollup_store.check(conn) == []
 
 
 def test_an_aborted_ingest_transaction_leaves_no_delta(db):
@@ -172,9 +172,9 @@ def test_one_folder_at_a_time_and_a_rebuild_locks_folders_out(db):
     t = datetime(2026, 11, 7, 12, 0, tzinfo=UTC)
     write(db, [row("acme", "worker_seconds", "4", t, job="x")])
     holder = psycopg.connect(db)
-    holder.execute("SELECT pg_advisory_xact_lock(%s)", (rollups.FOLD_LOCK_ID,))  # a folder (or rebuild) at work
+    holder.execute("SELECT pg_advisory_xact_lock(%s)", (rollup_store.FOLD_LOCK_ID,))  # a folder (or rebuild) at work
     with psycopg.connect(db) as conn:
-        assert rollups.fold(conn).locked_out  # returns at once, takes nothing
+        assert rollup_store.fold(conn).locked_out  # returns at once, takes nothing
         assert pending(conn) == 1
     holder.rollback()
     holder.close()
@@ -188,7 +188,7 @@ def test_one_folder_at_a_time_and_a_rebuild_locks_folders_out(db):
     def rebuild():
         with psycopg.connect(db) as conn:
             rebuilding.set()
-            results["rebuild"] = rollups.rebuild(conn)
+            results["rebuild"] = rollup_store.rebuild(conn)
 
     thread = threading.Thread(target=rebuild)
     thread.start()
@@ -197,19 +197,19 @@ def test_one_folder_at_a_time_and_a_rebuild_locks_folders_out(db):
         for _ in range(100):
             if watcher.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = %s",
-                (rollups.FOLD_LOCK_ID & 0xFFFFFFFF,),
+                (rollup_store.FOLD_LOCK_ID & 0xFFFFFFFF,),
             ).fetchone()[0]:
                 break
             threading.Event().wait(0.05)
     with psycopg.connect(db) as conn:
-        assert rollups.fold(conn).locked_out
+        assert rollup_store.fold(conn).locked_out
     blocker.rollback()
     blocker.close()
     thread.join(30)
     assert results["rebuild"]["usage_rollup_deltas discarded"] == 2  # recomputed, not folded on top
     with psycopg.connect(db) as conn:
         assert pending(conn) == 0
-        assert rollups.check(conn) == []
+        assert rollup_store.check(conn) == []
         assert live_totals(conn, "acme", NOV.start, NOV.end) == {"worker_seconds": (Decimal(4), 1)}
 
 
@@ -242,7 +242,7 @@ def test_concurrent_writers_and_a_folder_end_exact(db):
     def folder():
         with psycopg.connect(db) as conn:
             while not stop.is_set():
-                rollups.fold(conn, max_deltas=7)
+                rollup_store.fold(conn, max_deltas=7)
 
     threads = [threading.Thread(target=writer, args=(s,)) for s in range(3)]
     fold_thread = threading.Thread(target=folder)
@@ -255,11 +255,11 @@ def test_concurrent_writers_and_a_folder_end_exact(db):
     fold_thread.join(30)
     assert not errors
     with psycopg.connect(db) as conn:
-        assert rollups.check(conn) == []
+        assert rollup_store.check(conn) == []
         for account in ("a1", "a2", "a3", "a4"):
             assert live_totals(conn, account, NOV.start, NOV.end) == raw_totals(conn, account, NOV.start, NOV.end)
-        rollups.fold(conn)
-        assert pending(conn) == 0 and rollups.check(conn) == []
+        rollup_store.fold(conn)
+        assert pending(conn) == 0 and rollup_store.check(conn) == []
 
 
 def test_upgrading_a_ledger_the_old_trigger_maintained_keeps_its_rollups(fresh_db):
@@ -275,7 +275,7 @@ def test_upgrading_a_ledger_the_old_trigger_maintained_keeps_its_rollups(fresh_d
     write(fresh_db, [row("acme", "worker_seconds", "2", t, job="new")])
     with psycopg.connect(fresh_db) as conn:
         assert pending(conn) == 1
-        assert rollups.check(conn) == []
+        assert rollup_store.check(conn) == []
         assert live_totals(conn, "acme", NOV.start, NOV.end) == {
             "worker_seconds": (Decimal(5), 2),
             "input_tokens": (Decimal(7), 1),
@@ -324,7 +324,7 @@ def test_narrowing_the_job_sets_keeps_every_folded_job_and_new_jobs_join_their_s
     write(fresh_db, [row("initech", "worker_seconds", "1", t, job="j0")])  # a set the fold creates
     with psycopg.connect(fresh_db) as conn:
         assert rollups.aggregate(conn, "jobs", "acme", NOV.start, NOV.end) == 6  # j0..j4 and j9, pending or not
-        result = rollups.fold(conn)
+        result = rollup_store.fold(conn)
         assert result.new_jobs == 2  # j9 for acme, j0 for initech; j4 was there
         assert rollups.aggregate(conn, "jobs", "acme", NOV.start, NOV.end) == 6
         assert rollups.aggregate(conn, "jobs", "initech", NOV.start, NOV.end) == 1
@@ -334,11 +334,11 @@ def test_narrowing_the_job_sets_keeps_every_folded_job_and_new_jobs_join_their_s
     for _ in range(3):
         write(fresh_db, [row("acme", "worker_seconds", "1", t, job=f"again-{uuid.uuid4()}")])
         with psycopg.connect(fresh_db) as conn:
-            assert rollups.fold(conn).new_jobs == 1
+            assert rollup_store.fold(conn).new_jobs == 1
     with psycopg.connect(fresh_db) as conn:
         assert conn.execute("SELECT last_value FROM usage_job_sets_set_id_seq").fetchone()[0] == counter
-        assert rollups.check(conn) == []
-        rebuilt = rollups.rebuild(conn)
+        assert rollup_store.check(conn) == []
+        rebuilt = rollup_store.rebuild(conn)
         assert rebuilt["usage_rollup_jobs"] == 12
         assert rollups.aggregate(conn, "jobs", "acme", NOV.start, NOV.end) == 9
-        assert rollups.check(conn) == []
+        assert rollup_store.check(conn) == []

@@ -1,7 +1,7 @@
 """Finalized invoices in the ledger: the queries behind :mod:`spanmeter.billing.invoices`.
 
 Typed query functions over ``invoices`` and ``invoice_lines`` (append-only tables, migration 0003); the
-invoice logic (building, numbering, what a finalized document holds) stays in ``billing/invoices.py``, which
+invoice logic (building, numbering, what a finalized document holds) stays in ``billing/invoices/`` (a package, one module per job), which
 speaks no SQL. psycopg with SQL text, like the rest of the write path: each function takes the caller's
 connection and never commits.
 """

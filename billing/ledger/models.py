@@ -7,7 +7,7 @@ Its primary key is ``(occurred_at, idempotency_key)``: the key is deterministic 
 span end time is deterministic per span, so the pair identifies a usage event exactly once, while leading
 with time keeps inserts on the right edge of the B-tree on a large table, and makes the table ready for
 time partitioning (a unique key on a partitioned table must include the partition key). Since migration 0010
-it is range-partitioned by UTC month (see :mod:`spanmeter.billing.partitions`): its partitions are created at run
+it is range-partitioned by UTC month (see :mod:`spanmeter.billing.ledger.partitions`): its partitions are created at run
 time, so they are not models here (:data:`LEDGER_PARTITION` matches their names).
 
 ``rejected_spans`` keeps every billable span that failed validation, with the whole span (resource, scope,

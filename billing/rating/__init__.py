@@ -1,6 +1,6 @@
 """Rating: usage totals and a plan → invoice lines. Pure: no database, no clock, no I/O.
 
-The ledger layer (``billing/rollups.py``, ``billing/invoices.py``) reads usage and stores lines; this
+The ledger layer (``billing/rollups.py``, ``billing/invoices/``) reads usage and stores lines; this
 package only does the arithmetic, so every rule here is tested without a database::
 
     from decimal import Decimal

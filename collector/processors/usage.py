@@ -114,7 +114,8 @@ CHECK_MESSAGES = {
 class ProducerPolicy(Protocol):
     """What the processors need to know about an authenticated producer (see ``collector.auth``)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def allows(self, service_name: str | None, meter_codes: Iterable[str]) -> bool: ...
 

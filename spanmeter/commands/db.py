@@ -8,7 +8,7 @@
   Older usage (a backfill) needs no month of its own: it lands in the partition that holds everything before
   the ledger's first month.
 - ``db archive --before YYYY-MM --to DIR``: export each closed month before YYYY-MM to a checksummed file,
-  then detach it (see :mod:`spanmeter.billing.archive` for what "closed" means).
+  then detach it (see :mod:`spanmeter.billing.ledger.archive` for what "closed" means).
 - ``db restore MANIFEST``: bring an archived month back from its files.
 
 All three run as the ledger's owner: creating, detaching and attaching partitions needs the parent's owner.
@@ -110,7 +110,7 @@ def _partitions(args: argparse.Namespace) -> int:
     migrate.prepare(database)
     import psycopg
 
-    from spanmeter.billing import archive, partitions
+    from spanmeter.billing.ledger import archive, partitions
 
     try:
         before = _month(getattr(args, "before", None), "--before")

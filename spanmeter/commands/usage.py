@@ -239,9 +239,9 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _dead_letter(args: argparse.Namespace) -> int:
-    from spanmeter.billing.deadletters import get_dead_letter, list_dead_letters
     from spanmeter.billing.ledger import migrate
     from spanmeter.billing.ledger.database import resolve_database
+    from spanmeter.billing.ledger.deadletters import get_dead_letter, list_dead_letters
     from spanmeter.collector.replay import ReplayError, replay
 
     config = config_from(args)

@@ -13,7 +13,7 @@ Now:
   count, max, latest (time and quantity) and, for ``worker_seconds``, the job ids as an array (made distinct
   when folded): no row per job on the hot path. The trigger only *inserts* (no upsert, no lock on a shared row), so
   concurrent writers never wait for each other here, and the deltas commit or roll back with their rows.
-- The compactor (:func:`spanmeter.billing.rollups.fold`, run by ``spanmeter serve``) consumes deltas with
+- The compactor (:func:`spanmeter.billing.rollup_store.fold`, run by ``spanmeter serve``) consumes deltas with
   ``DELETE … RETURNING`` and upserts them into the hourly and daily rollups and ``usage_rollup_jobs`` in
   the same transaction: a delta is either still pending or folded, never both, never neither.
 - Every reader adds the pending deltas to the folded rollups in one statement (one snapshot), so every

@@ -34,7 +34,7 @@ depends_on = None
 
 WRITER_ROLE = "spanmeter_writer"
 INSERT_TABLES = ("usage_events", "rejected_spans", "rejected_requests")
-FOLD_LOCK_ID = 0x726F6C6C75707366  # billing.rollups.FOLD_LOCK_ID
+FOLD_LOCK_ID = 0x726F6C6C75707366  # billing.rollup_store.FOLD_LOCK_ID
 
 _COLUMNS = (
     "account_id, bucket_start, meter_code, meter_version, plan_code, dimension, quantity, events, max_quantity,"

@@ -35,7 +35,7 @@ depends_on = None
 
 READER_ROLE = "spanmeter_grafana"
 WRITER_ROLE = "spanmeter_writer"
-FOLD_LOCK_ID = 0x726F6C6C75707366  # billing.rollups.FOLD_LOCK_ID
+FOLD_LOCK_ID = 0x726F6C6C75707366  # billing.rollup_store.FOLD_LOCK_ID
 
 _least_privilege = importlib.import_module("spanmeter.billing.ledger.migrations.versions.0006_least_privilege")
 _fold_upsert = _least_privilege._fold_upsert

@@ -57,8 +57,8 @@ depends_on = None
 TS = postgresql.TIMESTAMP(timezone=True)
 WRITER_ROLE = "spanmeter_writer"
 READER_ROLE = "spanmeter_grafana"
-PARTITION_LOCK_ID = 0x7061727469746E73  # billing.partitions.PARTITION_LOCK_ID ("partitns")
-MONTHS_AHEAD = 2  # billing.partitions.MONTHS_AHEAD
+PARTITION_LOCK_ID = 0x7061727469746E73  # billing.ledger.partitions.PARTITION_LOCK_ID ("partitns")
+MONTHS_AHEAD = 2  # billing.ledger.partitions.MONTHS_AHEAD
 
 CREATE_FUNCTION = f"""
 CREATE FUNCTION spanmeter_create_usage_partitions(p_through timestamptz, p_from timestamptz DEFAULT NULL)

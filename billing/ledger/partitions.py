@@ -19,7 +19,7 @@ A ledger upgraded from an unpartitioned one keeps its old table, unrewritten, as
   the legacy partition (``MINVALUE`` to the cutover), so older usage always has a home while it is attached;
   ``ensure(back_to=…)`` only adds months below a lower bound, which exists once the legacy partition is archived
   (and is refused over archived months).
-- **Archived.** A month archived by ``spanmeter db archive`` (see :mod:`spanmeter.billing.archive`) is gone from
+- **Archived.** A month archived by ``spanmeter db archive`` (see :mod:`spanmeter.billing.ledger.archive`) is gone from
   the ledger's unique key: a span of that month would be billed twice if accepted, so it is kept as
   ``archived_period`` instead, and no partition may be created over it again (restore it).
 
@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from .ledger.writer import PARTITION_LOCK_ID
+from .writer import PARTITION_LOCK_ID
 
 __all__ = [
     "CHECK_INTERVAL_SECONDS",

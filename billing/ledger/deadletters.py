@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from .ledger.models import DeadLetterReplay, DeadLetterResolution, RejectedSpan
+from .models import DeadLetterReplay, DeadLetterResolution, RejectedSpan
 
 __all__ = ["DeadLetter", "get_dead_letter", "list_dead_letters"]
 

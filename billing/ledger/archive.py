@@ -42,9 +42,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from .ledger.models import LEDGER_PARTITION
-from .ledger.writer import PARTITION_LOCK_ID
+from .models import LEDGER_PARTITION
 from .partitions import coverage, list_partitions
+from .writer import PARTITION_LOCK_ID
 
 __all__ = ["ARCHIVE_FORMAT", "ArchiveError", "ArchivedPartition", "archive", "read_manifest", "restore"]
 
