@@ -12,6 +12,7 @@ The projection is linear: each subscription segment's usage so far, scaled to th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +23,8 @@ import psycopg
 from . import invoices, subscriptions
 from .ledger import month_to_date_store
 from .periods import Period
-from .rating import PRICING_VERSIONS, QuotaStatus, invoice_total, quota_status, rate_plan
+from .prices import BUILTIN, Catalog, load_catalog
+from .rating import QuotaStatus, invoice_total, quota_status
 
 __all__ = [
     "MAX_QUOTA_SERIES",
@@ -51,35 +53,51 @@ class MonthToDate:
     in_force: bool  # a subscription segment contains `as_of` (False: it ended earlier this month)
 
 
-def projected_total(parts: Sequence[invoices.SegmentUsage], period: Period, now: datetime) -> Decimal:
+def _scaled(part: invoices.SegmentUsage, scale: Decimal) -> invoices.SegmentUsage:
+    return dataclasses.replace(
+        part,
+        usage={metric: q * scale for metric, q in part.usage.items()},
+        dimension_windows=tuple(
+            dataclasses.replace(w, usage={key: q * scale for key, q in w.usage.items()}) for w in part.dimension_windows
+        ),
+    )
+
+
+def projected_total(
+    parts: Sequence[invoices.SegmentUsage], period: Period, now: datetime, catalog: Catalog = BUILTIN
+) -> Decimal:
     """The month's linear projection (pure): each segment's usage so far scaled to its full length, rated."""
     lines = []
-    period_seconds = Decimal((period.end - period.start).total_seconds())
     for part in parts:
         segment = part.segment
-        plan = PRICING_VERSIONS[segment.subscription.pricing_version].plans[segment.subscription.plan_code]
         length = Decimal((segment.end - segment.start).total_seconds())
         elapsed = Decimal((min(now, segment.end) - segment.start).total_seconds())
         scale = length / elapsed if elapsed > 0 else Decimal(0)
-        projected = {metric: q * scale for metric, q in part.usage.items()}
-        lines.extend(rate_plan(projected, plan, fraction=length / period_seconds))
+        lines.extend(invoices.rate_segments([_scaled(part, scale)], period, None, catalog).lines)
     return invoice_total(lines)
 
 
-def month_to_date(conn: psycopg.Connection, account_id: str, now: datetime) -> MonthToDate | None:
+def month_to_date(
+    conn: psycopg.Connection, account_id: str, now: datetime, catalog: Catalog | None = None
+) -> MonthToDate | None:
     """None when the account has no subscription in force this month."""
+    catalog = catalog if catalog is not None else load_catalog(conn)
     period = Period.containing(now)
-    parts = invoices.period_usage(conn, account_id, period)
+    parts = invoices.period_usage(conn, account_id, period, catalog)
     if not parts:
         return None
-    draft = invoices.build_invoice(conn, account_id, period, parts=parts)  # one read of the period's usage
+    draft = invoices.build_invoice(conn, account_id, period, parts=parts, catalog=catalog)  # one read of the usage
     in_force = next((p for p in parts if p.segment.start <= now < p.segment.end), None)
     current = in_force or parts[-1]
     sub = current.segment.subscription
-    plan = PRICING_VERSIONS[sub.pricing_version].plans[sub.plan_code]
+    version = catalog.version(sub.pricing_version)
+    assert version is not None  # build_invoice refused an unknown version
+    plan = version.plans[sub.plan_code]
     fraction = Decimal((current.segment.end - current.segment.start).total_seconds()) / Decimal(
         (period.end - period.start).total_seconds()
     )
+    current_lines = invoices.rate_segments([current], period, None, catalog).lines
+    spend = sum((line.amount for line in current_lines if line.kind == "usage"), Decimal(0))
     return MonthToDate(
         period=period,
         as_of=now,
@@ -87,9 +105,9 @@ def month_to_date(conn: psycopg.Connection, account_id: str, now: datetime) -> M
         pricing_version=sub.pricing_version,
         currency=draft.currency,
         usage=dict(draft.usage),
-        quotas=quota_status(current.usage, plan, fraction=fraction),
+        quotas=quota_status(current.usage, plan, fraction=fraction, spend=spend),
         invoice_so_far=draft.total,
-        projected_total=projected_total(parts, period, now),
+        projected_total=projected_total(parts, period, now, catalog),
         in_force=in_force is not None,
     )
 
@@ -109,10 +127,11 @@ def refresh_month_to_date(conn: psycopg.Connection, now: datetime) -> list[tuple
     """
     period = Period.containing(now)
     accounts = sorted({s.account_id for s in subscriptions.history(conn)})
+    catalog = load_catalog(conn)
     found: list[tuple[str, str, Decimal | None]] = []
     with conn.transaction():
         for account in accounts:
-            mtd = month_to_date(conn, account, now)
+            mtd = month_to_date(conn, account, now, catalog)
             if mtd is None:
                 continue
             if mtd.in_force:  # an ended subscription's frozen ratios must not keep quota alerts firing

@@ -35,6 +35,7 @@ __all__ = [
     "RollupTotal",
     "aggregate",
     "aggregate_buckets",
+    "dimension_usage",
     "rollup_totals",
     "split_days",
     "totals_from_rows",
@@ -129,6 +130,15 @@ def rollup_totals(conn: psycopg.Connection, account_id: str, start: datetime, en
     hourly rows for the edges."""
     day_from, day_to = split_days(start, end)
     return totals_from_rows(rollup_store.totals_rows(conn, account_id, start, end, day_from, day_to))
+
+
+def dimension_usage(
+    conn: psycopg.Connection, account_id: str, meters: Sequence[str], start: datetime, end: datetime
+) -> dict[tuple[str, str], Decimal]:
+    """(meter, dimension) -> quantity over [start, end) (whole UTC hours) for ``meters``."""
+    day_from, day_to = split_days(start, end)
+    rows = rollup_store.dimension_rows(conn, account_id, meters, start, end, day_from, day_to)
+    return {(meter, dimension): Decimal(quantity) for meter, dimension, quantity in rows}
 
 
 def aggregate_buckets(

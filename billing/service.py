@@ -29,18 +29,24 @@ from typing import Any, TypeVar
 import psycopg
 from sqlalchemy import Engine
 
-from . import adjustments, exports, invoices, quotas, subscriptions
+from . import adjustments, exports, invoices, prices, quotas, subscriptions
 from . import reconcile as reconciliation
 from . import usage as usage_views
 from .ledger import rollup_store, usage_store
 from .ledger.database import Database
 from .ledger.replica import Databases, read_connection
 from .periods import Period
-from .rating import TransitionPolicy
+from .pricebook import PriceBook
+from .rating import PricingVersion, TransitionPolicy
 
 __all__ = ["BillingService"]
 
 T = TypeVar("T")
+
+
+def _with_connection(database: Database, read: Callable[[psycopg.Connection], T]) -> T:
+    with read_connection(database) as conn:
+        return read(conn)
 
 
 def _with_engine(read: Callable[[Engine], T]) -> Callable[[Database], T]:
@@ -131,7 +137,37 @@ class BillingService:
 
         return self.databases.read(read)
 
+    def catalog(self) -> prices.Catalog:
+        """Every pricing version (built-in and imported) and every price book version."""
+        return self.databases.read(lambda database: _with_connection(database, prices.load_catalog))
+
+    def unpriced(self, period: Period) -> list[dict[str, str]]:
+        """Usage in ``period`` that no price book version prices, per account, model and meter (drafts)."""
+
+        def read(database: Database) -> list[dict[str, str]]:
+            with read_connection(database) as conn:
+                catalog = prices.load_catalog(conn)
+                found = []
+                for account in sorted({s.account_id for s in subscriptions.history(conn)}):
+                    if not subscriptions.segments(conn, account, period.start, period.end):
+                        continue
+                    draft = invoices.build_invoice(conn, account, period, catalog=catalog)
+                    found += [{"account_id": account, **item} for item in draft.unpriced_models]
+                return found
+
+        return self.databases.read(read)
+
     # -- exact at commit: the primary -------------------------------------------------------------------
+    def import_prices(self, item: PriceBook | PricingVersion, *, by: str, drift_window: timedelta) -> bool:
+        """Store a price book version or a pricing version (append-only); False when already stored as is."""
+        with psycopg.connect(self.databases.primary.conninfo) as conn:
+            if isinstance(item, PriceBook):
+                created = prices.import_book(conn, item, imported_by=by, drift_window=drift_window)
+            else:
+                created = prices.import_pricing_version(conn, item, imported_by=by)
+            conn.commit()
+        return created
+
     def finalize(
         self,
         account_id: str,

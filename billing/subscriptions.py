@@ -17,14 +17,15 @@ the ledger and shows up as unrated on the invoice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
 
 from .ledger import subscription_store
-from .rating import PRICING_VERSIONS
+from .prices import load_catalog
+from .rating import PRICING_VERSIONS, PricingVersion
 
 __all__ = [
     "Segment",
@@ -86,6 +87,7 @@ def set_subscription(
         valid_from=valid_from,
         currency=currency,
         valid_to=valid_to,
+        versions=load_catalog(conn).versions,
     )
     row = subscription_store.insert(
         conn,
@@ -109,11 +111,13 @@ def validate(
     valid_from: datetime,
     currency: str | None = None,
     valid_to: datetime | None = None,
+    versions: Mapping[str, PricingVersion] = PRICING_VERSIONS,
 ) -> str:
-    """Refuse a subscription no invoice could rate; returns its currency (pure)."""
-    version = PRICING_VERSIONS.get(pricing_version)
+    """Refuse a subscription no invoice could rate; returns its currency (pure). ``versions``: the pricing
+    versions that exist (the built-in ones and those imported, :func:`spanmeter.billing.prices.load_catalog`)."""
+    version = versions.get(pricing_version)
     if version is None:
-        raise SubscriptionError(f"unknown pricing version {pricing_version!r}; known: {', '.join(PRICING_VERSIONS)}")
+        raise SubscriptionError(f"unknown pricing version {pricing_version!r}; known: {', '.join(versions)}")
     plan = version.plans.get(plan_code)
     if plan is None:
         raise SubscriptionError(

@@ -6,6 +6,7 @@
     spanmeter usage --account ID [--from DATE] [--to DATE] [--format table|json|csv] [--read-database-url URL]
     spanmeter dead-letter list | show ID | replay --reason R | resolve ID --decision D --why TEXT
     spanmeter subscription | rollups | ledger adjust | invoice | reconcile | export   (see spanmeter.commands.billing)
+    spanmeter prices import | check | show | diff | unpriced                      (see spanmeter.commands.prices)
 
 Every command reads the same ``SPANMETER_*`` variables (see :mod:`spanmeter.collector.config`); flags win.
 Bad configuration exits with status 2 and one message naming every bad setting. ``usage``, invoice drafts
@@ -22,11 +23,11 @@ from __future__ import annotations
 import argparse
 
 from spanmeter import __version__
-from spanmeter.commands import _shared, billing, db, ops, serve, usage
+from spanmeter.commands import _shared, billing, db, ops, prices, serve, usage
 
 __all__ = ["main"]
 
-_GROUPS = (serve, db, usage, billing, ops)
+_GROUPS = (serve, db, usage, billing, prices, ops)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -43,6 +43,7 @@ from .document import Invoice, InvoiceError
 from .draft import build_invoice
 from .finalize import DEFAULT_DRIFT_WINDOW, finalize_invoice
 from .late import finalized_invoice, finalized_periods, late_usage_lines
+from .pricing import Rated, rate_segments
 from .shadow import ShadowComparison, shadow_comparison
 from .usage import SegmentUsage, period_usage, uncovered_windows, window_usage
 
@@ -50,6 +51,7 @@ __all__ = [
     "DEFAULT_DRIFT_WINDOW",
     "Invoice",
     "InvoiceError",
+    "Rated",
     "SegmentUsage",
     "ShadowComparison",
     "build_invoice",
@@ -58,6 +60,7 @@ __all__ = [
     "finalized_periods",
     "late_usage_lines",
     "period_usage",
+    "rate_segments",
     "shadow_comparison",
     "uncovered_windows",
     "window_usage",

@@ -38,6 +38,9 @@ class Invoice:
     plan_mismatches: Sequence[Mapping[str, str]] = ()
     unrated_usage: Mapping[str, Decimal] = field(default_factory=dict)
     late_usage: Sequence[Mapping[str, str]] = ()
+    # usage a price book does not price (model, meter, quantity): never billed at zero; blocks finalizing
+    unpriced_models: Sequence[Mapping[str, str]] = ()
+    price_books: Sequence[str] = ()  # the book versions that priced lines ("docpipe@2026-12")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +58,9 @@ class Invoice:
             "plan_mismatches": [dict(m) for m in self.plan_mismatches],
             "unrated_usage": {metric: plain(q) for metric, q in self.unrated_usage.items()},
             "late_usage": [dict(item) for item in self.late_usage],
+            # only when a price book took part, so invoices under books-free versions keep their exact form
+            **({"price_books": list(self.price_books)} if self.price_books else {}),
+            **({"unpriced_models": [dict(u) for u in self.unpriced_models]} if self.unpriced_models else {}),
         }
 
 
@@ -96,4 +102,6 @@ def from_document(document: Mapping[str, Any]) -> Invoice:
         plan_mismatches=document.get("plan_mismatches", []),
         unrated_usage={k: Decimal(v) for k, v in document.get("unrated_usage", {}).items()},
         late_usage=document.get("late_usage", []),
+        unpriced_models=document.get("unpriced_models", []),
+        price_books=document.get("price_books", []),
     )

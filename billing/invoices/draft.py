@@ -13,10 +13,11 @@ from typing import Any
 import psycopg
 
 from ..periods import Period
+from ..prices import Catalog, load_catalog
 from ..rating import Line, invoice_total
 from .document import Invoice, InvoiceError, from_document, plain
 from .late import finalized_invoice, late_usage_lines
-from .pricing import rate_segments
+from .pricing import Rated, rate_segments
 from .usage import SegmentUsage, period_usage, uncovered_windows, window_usage
 
 __all__ = ["assemble", "build_invoice", "plan_mismatches"]
@@ -45,15 +46,14 @@ def assemble(
     period: Period,
     parts: Sequence[SegmentUsage],
     *,
-    rated: tuple[list[Line], str, str],
+    rated: Rated,
     late: tuple[list[Line], list[dict[str, str]]] = ([], []),
     unrated: Mapping[str, Decimal] | None = None,
     stored: Mapping[str, Any] | None = None,
 ) -> Invoice:
     """The draft (or, over a ``stored`` finalized document, the preview) from the period's segments, their
     rating (:func:`.pricing.rate_segments`), late usage lines and unrated usage (pure)."""
-    rated_lines, version, currency = rated
-    lines = [*rated_lines, *late[0]]
+    lines = [*rated.lines, *late[0]]
     usage: dict[str, Decimal] = {}
     meter_versions: dict[str, set[int]] = {}
     for part in parts:
@@ -66,8 +66,8 @@ def assemble(
         status="preview" if stored else "draft",
         account_id=account_id,
         period=str(period),
-        currency=currency,
-        pricing_version=version,
+        currency=rated.currency,
+        pricing_version=rated.version,
         meter_versions={meter: sorted(v) for meter, v in sorted(meter_versions.items())},
         lines=lines,
         total=invoice_total(lines),
@@ -84,6 +84,8 @@ def assemble(
         plan_mismatches=plan_mismatches(parts),
         unrated_usage=dict(unrated or {}),
         late_usage=late[1],
+        unpriced_models=rated.unpriced,
+        price_books=rated.books,
     )
 
 
@@ -94,22 +96,25 @@ def build_invoice(
     *,
     pricing_override: str | None = None,
     parts: list[SegmentUsage] | None = None,
+    catalog: Catalog | None = None,
 ) -> Invoice:
     """The invoice for ``account_id`` and ``period``: the stored one when finalized (unless
     ``pricing_override`` asks for a preview under another version), else a draft computed now.
-    ``parts``: the period's usage when the caller already read it with :func:`.usage.period_usage`."""
+    ``parts``: the period's usage when the caller already read it with :func:`.usage.period_usage`;
+    ``catalog``: the pricing versions and price books (read from the ledger when not given)."""
     stored = finalized_invoice(conn, account_id, period)
     if stored is not None and pricing_override is None:
         return from_document(stored)
+    catalog = catalog if catalog is not None else load_catalog(conn)
     if parts is None:
-        parts = period_usage(conn, account_id, period)
+        parts = period_usage(conn, account_id, period, catalog)
     if not parts:
         raise InvoiceError(
             f"{account_id} has no subscription in {period}: "
             f"spanmeter subscription set --account {account_id} --plan PLAN --pricing VERSION --from {period.start:%Y-%m-%d}"
         )
-    rated = rate_segments(parts, period, pricing_override)
-    late = ([], []) if stored is not None else late_usage_lines(conn, account_id, period, rated[2])
+    rated = rate_segments(parts, period, pricing_override, catalog)
+    late = ([], []) if stored is not None else late_usage_lines(conn, account_id, period, rated.currency, catalog)
     unrated: dict[str, Decimal] = {}
     for gap_start, gap_end in uncovered_windows([p.segment for p in parts], period):
         gap_usage, _, _ = window_usage(conn, account_id, gap_start, gap_end)

@@ -66,6 +66,12 @@ def finalize_invoice(
     if finalized_invoice(conn, account_id, period) is not None:
         return build_invoice(conn, account_id, period), False
     draft = build_invoice(conn, account_id, period)
+    if draft.unpriced_models:
+        models = ", ".join(sorted({f"{u['model']} ({u['meter_code']})" for u in draft.unpriced_models}))
+        raise InvoiceError(
+            f"{account_id} {period} has usage no price book version prices: {models}; import a book version that "
+            f"prices them (or a default entry), effective from {period.start:%Y-%m-%dT%H:%MZ} or earlier, then finalize"
+        )
     number = f"INV-{period}-{invoice_store.count_in_period(conn, period.start) + 1:04d}"
     document = {**draft.to_dict(), "invoice_number": number, "status": "finalized", "finalized_at": now.isoformat()}
     invoice_store.insert_invoice(

@@ -18,6 +18,7 @@ import psycopg
 
 from ..ledger import invoice_store
 from ..periods import Period
+from ..prices import BUILTIN, Catalog, load_catalog
 from ..rating import BILLABLE_METRICS, Line
 from .document import plain
 from .pricing import metric_amounts, rate_segments
@@ -79,6 +80,7 @@ def late_adjustments(
     finalized: Finalized,
     parts: Sequence[SegmentUsage],
     currency: str,
+    catalog: Catalog = BUILTIN,
 ) -> tuple[list[Line], list[dict[str, str]]]:
     """Adjustment lines (and their details) for ``earlier``, finalized as ``document``, whose usage is now
     ``parts`` (pure)."""
@@ -90,7 +92,7 @@ def late_adjustments(
                 quantities[metric] = quantities.get(metric, Decimal(0)) + Decimal(item["quantity"])
                 amounts[metric] = amounts.get(metric, Decimal(0)) + Decimal(item["amount"])
     version = document["pricing_version"]
-    now_lines, _, _ = rate_segments(parts, earlier, version if "+" not in version else None)
+    now_lines = rate_segments(parts, earlier, version if "+" not in version else None, catalog).lines
     now_amounts = metric_amounts(now_lines)
     now_quantities: dict[str, Decimal] = {}
     for part in parts:
@@ -135,15 +137,16 @@ def late_adjustments(
 
 
 def late_usage_lines(
-    conn: psycopg.Connection, account_id: str, period: Period, currency: str
+    conn: psycopg.Connection, account_id: str, period: Period, currency: str, catalog: Catalog | None = None
 ) -> tuple[list[Line], list[dict[str, str]]]:
     """Adjustment lines on ``period`` for usage that reached already-finalized earlier periods."""
+    catalog = catalog if catalog is not None else load_catalog(conn)
     finalized = finalized_periods(conn, account_id)
     lines: list[Line] = []
     details: list[dict[str, str]] = []
     for earlier, document in periods_late_onto(finalized, period):
         more_lines, more_details = late_adjustments(
-            earlier, document, finalized, period_usage(conn, account_id, earlier), currency
+            earlier, document, finalized, period_usage(conn, account_id, earlier, catalog), currency, catalog
         )
         lines += more_lines
         details += more_details

@@ -10,14 +10,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from .. import subscriptions
 from ..periods import Period
-from ..rating import PRICING_VERSIONS, Line, rate_plan
-from .document import InvoiceError
+from ..pricebook import book_windows, group_usage
+from ..pricebook.rate import TOKEN_METERS
+from ..prices import BUILTIN, Catalog
+from ..rating import Line, Plan, PricingVersion, rate_plan
+from ..rating.book_lines import Group
+from ..rating.plans import BookPrice
+from .document import InvoiceError, plain
 from .usage import SegmentUsage
 
-__all__ = ["metric_amounts", "rate_segments", "segment_label"]
+__all__ = ["Rated", "book_groups", "metric_amounts", "rate_segments", "segment_label"]
 
 
 def segment_label(segment: subscriptions.Segment, period: Period, plan_name: str) -> str:
@@ -28,31 +34,93 @@ def segment_label(segment: subscriptions.Segment, period: Period, plan_name: str
     return f"{plan_name}, {segment.start:%b %d}–{last:%b %d}: "
 
 
+class Rated(NamedTuple):
+    """What rating a period's segments gives: its lines, the pricing version(s) joined by ``+``, the currency,
+    the usage no price book version prices (one dict per model and meter) and the book versions used."""
+
+    lines: list[Line]
+    version: str
+    currency: str
+    unpriced: tuple[dict[str, str], ...] = ()
+    books: tuple[str, ...] = ()
+
+
+def book_groups(
+    part: SegmentUsage, version: PricingVersion, plan: Plan, catalog: Catalog
+) -> tuple[dict[str, list[Group]], list[dict[str, str]], set[str]]:
+    """The segment's usage per model and GPU model priced by the book versions in force (pure): groups per
+    metric, the unpriced usage, the book versions used."""
+    books = catalog.book_versions(version.price_book)
+    groups: dict[str, list[Group]] = {}
+    unpriced: list[dict[str, str]] = []
+    used: set[str] = set()
+    for rate in plan.rates:
+        if not isinstance(rate.price, BookPrice):
+            continue
+        meters = TOKEN_METERS if rate.price.section == "tokens" else {"gpu_seconds": "gpu"}
+        windows = []
+        for window in part.dimension_windows:
+            in_force = book_windows(books, window.start, window.end)[0]
+            if in_force.book is not None and in_force.book.currency != plan.currency:
+                raise InvoiceError(
+                    f"plan {plan.code} of {version.code} is priced in {plan.currency} but {in_force.book.label} in "
+                    f"{in_force.book.currency}: an invoice never converts"
+                )
+            usage = {key: q for key, q in window.usage.items() if key[0] in meters}
+            windows.append((in_force, usage))
+        found, missing = group_usage(rate.price.section, windows)
+        groups[rate.metric] = found
+        used.update(group.book for group in found)
+        unpriced += [
+            {
+                "metric": rate.metric,
+                "meter_code": meter,
+                "model": dimension or "(none)",
+                "quantity": plain(q),
+                "price_book": version.price_book or "",
+            }
+            for dimension, meter, q in missing
+        ]
+    return groups, unpriced, used
+
+
 def rate_segments(
-    parts: Sequence[SegmentUsage], period: Period, pricing_override: str | None
-) -> tuple[list[Line], str, str]:
-    """(lines, pricing version(s) joined by ``+``, currency) of the period's segments."""
+    parts: Sequence[SegmentUsage], period: Period, pricing_override: str | None, catalog: Catalog = BUILTIN
+) -> Rated:
+    """The period's segments rated under their subscriptions' pricing versions (or ``pricing_override``)."""
     lines: list[Line] = []
     versions, currencies = set(), set()
+    unpriced: list[dict[str, str]] = []
+    books: set[str] = set()
     period_seconds = Decimal((period.end - period.start).total_seconds())
     for part in parts:
         sub = part.segment.subscription
         version_code = pricing_override or sub.pricing_version
-        version = PRICING_VERSIONS.get(version_code)
+        version = catalog.version(version_code)
         if version is None:
-            raise InvoiceError(f"unknown pricing version {version_code!r}; known: {', '.join(PRICING_VERSIONS)}")
+            raise InvoiceError(f"unknown pricing version {version_code!r}; known: {', '.join(catalog.versions)}")
         plan = version.plans.get(sub.plan_code)
         if plan is None:
             raise InvoiceError(f"pricing version {version_code} has no plan {sub.plan_code!r}")
+        groups: dict[str, list[Group]] = {}
+        if version.uses_book:
+            groups, missing, used = book_groups(part, version, plan, catalog)
+            unpriced += missing
+            books |= used
         fraction = Decimal((part.segment.end - part.segment.start).total_seconds()) / period_seconds
-        lines.extend(
-            rate_plan(part.usage, plan, fraction=fraction, label=segment_label(part.segment, period, plan.name))
-        )
+        label = segment_label(part.segment, period, plan.name)
+        lines.extend(rate_plan(part.usage, plan, fraction=fraction, label=label, groups=groups))
         versions.add(version_code)
         currencies.add(plan.currency)
     if len(currencies) > 1:
         raise InvoiceError(f"subscriptions in {period} mix currencies {sorted(currencies)}: split the invoice")
-    return lines, "+".join(sorted(versions)), (currencies.pop() if currencies else "EUR")
+    return Rated(
+        lines,
+        "+".join(sorted(versions)),
+        currencies.pop() if currencies else "EUR",
+        tuple(unpriced),
+        tuple(sorted(books)),
+    )
 
 
 def metric_amounts(lines: Sequence[Line]) -> dict[str, Decimal]:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,15 +17,42 @@ import psycopg
 
 from .. import adjustments, subscriptions
 from ..periods import Period
+from ..prices import Catalog, load_catalog
 from ..rating import BILLABLE_METRICS, billable_quantities
-from ..rollups import RollupTotal, rollup_totals
+from ..rollups import RollupTotal, dimension_usage, rollup_totals
 
-__all__ = ["SegmentUsage", "WindowUsage", "billable_usage", "period_usage", "uncovered_windows", "window_usage"]
+__all__ = [
+    "BOOK_METERS",
+    "DimensionWindow",
+    "SegmentUsage",
+    "WindowUsage",
+    "billable_usage",
+    "cut",
+    "period_usage",
+    "uncovered_windows",
+    "window_usage",
+    "with_corrections",
+]
 
 _METRIC_OF_METER = {meter: metric.code for metric in BILLABLE_METRICS.values() for meter in metric.meters}
 
 # (billable metric -> quantity incl. corrections, meter -> meter versions, span plan code -> quantity)
 WindowUsage = tuple[dict[str, Decimal], dict[str, set[int]], dict[str, Decimal]]
+
+
+# The meters a price book prices per model (tokens) or per GPU model (gpu_seconds)
+BOOK_METERS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+               "gpu_seconds")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DimensionWindow:
+    """Usage per (meter, model or GPU model) in [start, end), a stretch inside which no price book changes.
+    Corrections have no model: they count under the dimension ``""`` (priced by a book's default entry)."""
+
+    start: datetime
+    end: datetime
+    usage: Mapping[tuple[str, str], Decimal]
 
 
 @dataclass(frozen=True)
@@ -33,6 +61,7 @@ class SegmentUsage:
     usage: dict[str, Decimal]  # billable metric -> quantity (ledger + corrections)
     meter_versions: dict[str, set[int]]
     plan_codes: dict[str, Decimal]  # span plan code -> quantity, all meters
+    dimension_windows: tuple[DimensionWindow, ...] = ()  # read when a pricing version prices from a book
 
 
 def billable_usage(totals: Mapping[str, RollupTotal], corrections: Iterable[adjustments.Adjustment]) -> WindowUsage:
@@ -57,12 +86,53 @@ def window_usage(conn: psycopg.Connection, account_id: str, start: datetime, end
     )
 
 
-def period_usage(conn: psycopg.Connection, account_id: str, period: Period) -> list[SegmentUsage]:
-    """Usage per subscription segment of ``period``."""
+def cut(start: datetime, end: datetime, dates: Sequence[datetime]) -> list[tuple[datetime, datetime]]:
+    """[start, end) cut at every date strictly inside it (pure)."""
+    inside = [d for d in sorted(set(dates)) if start < d < end]
+    bounds = [start, *inside, end]
+    return list(itertools.pairwise(bounds))
+
+
+def with_corrections(
+    usage: Mapping[tuple[str, str], Decimal],
+    corrections: Iterable[adjustments.Adjustment],
+    start: datetime,
+    end: datetime,
+) -> dict[tuple[str, str], Decimal]:
+    """``usage`` plus the corrections of book-priced meters dated in [start, end), under dimension ``""`` (pure)."""
+    total = dict(usage)
+    for correction in corrections:
+        if correction.meter_code in BOOK_METERS and start <= correction.occurred_at < end:
+            key = (correction.meter_code, "")
+            total[key] = total.get(key, Decimal(0)) + correction.quantity
+    return total
+
+
+def period_usage(
+    conn: psycopg.Connection, account_id: str, period: Period, catalog: Catalog | None = None
+) -> list[SegmentUsage]:
+    """Usage per subscription segment of ``period``; with usage per model and GPU model, window by window, when
+    a pricing version of ``catalog`` (read from the ledger when not given) prices from a price book."""
+    catalog = catalog if catalog is not None else load_catalog(conn)
+    per_dimension = any(version.uses_book for version in catalog.versions.values())
     result = []
     for segment in subscriptions.segments(conn, account_id, period.start, period.end):
-        usage, versions, plans = window_usage(conn, account_id, segment.start, segment.end)
-        result.append(SegmentUsage(segment, usage, versions, plans))
+        totals = rollup_totals(conn, account_id, segment.start, segment.end)
+        corrections = adjustments.for_account(conn, account_id, segment.start, segment.end)
+        usage, versions, plans = billable_usage(totals, corrections)
+        windows: tuple[DimensionWindow, ...] = ()
+        if per_dimension:
+            windows = tuple(
+                DimensionWindow(
+                    start,
+                    end,
+                    with_corrections(
+                        dimension_usage(conn, account_id, BOOK_METERS, start, end), corrections, start, end
+                    ),
+                )
+                for start, end in cut(segment.start, segment.end, catalog.cut_dates)
+            )
+        result.append(SegmentUsage(segment, usage, versions, plans, windows))
     return result
 
 

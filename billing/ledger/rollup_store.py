@@ -33,6 +33,7 @@ Every function takes the caller's connection; only :func:`fold` and :func:`rebui
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -48,6 +49,7 @@ __all__ = [
     "accounts_with_usage",
     "bucket_rows",
     "check",
+    "dimension_rows",
     "distinct_jobs",
     "fold",
     "pending_deltas",
@@ -90,6 +92,30 @@ GROUP BY meter_code, plan_code
 ORDER BY meter_code, plan_code
 """
 
+
+# The same three ranges plus pending deltas, per (meter, dimension) of the given meters: usage per LLM model or
+# GPU model, for metrics priced from a price book.
+_DIMENSIONS = """
+SELECT meter_code, dimension, sum(quantity) FROM (
+    SELECT meter_code, dimension, quantity FROM usage_rollups_daily
+     WHERE account_id = %(account)s AND meter_code = ANY(%(meters)s)
+       AND bucket_start >= %(day_from)s AND bucket_start < %(day_to)s
+    UNION ALL
+    SELECT meter_code, dimension, quantity FROM usage_rollups_hourly
+     WHERE account_id = %(account)s AND meter_code = ANY(%(meters)s)
+       AND bucket_start >= %(start)s AND bucket_start < %(day_from)s
+    UNION ALL
+    SELECT meter_code, dimension, quantity FROM usage_rollups_hourly
+     WHERE account_id = %(account)s AND meter_code = ANY(%(meters)s)
+       AND bucket_start >= %(day_to)s AND bucket_start < %(end)s
+    UNION ALL
+    SELECT meter_code, dimension, quantity FROM usage_rollup_deltas
+     WHERE account_id = %(account)s AND meter_code = ANY(%(meters)s)
+       AND bucket_start >= %(start)s AND bucket_start < %(end)s
+) AS buckets
+GROUP BY meter_code, dimension
+ORDER BY meter_code, dimension
+"""
 
 _BUCKETS = """
 SELECT dimension, quantity, events, max_quantity, latest_at, latest_quantity FROM usage_rollups_daily
@@ -145,6 +171,22 @@ def bucket_rows(
         "day_to": day_to,
     }
     return conn.execute(_BUCKETS, params).fetchall()
+
+
+def dimension_rows(
+    conn: psycopg.Connection,
+    account_id: str,
+    meters: Sequence[str],
+    start: datetime,
+    end: datetime,
+    day_from: datetime,
+    day_to: datetime,
+) -> list[tuple[str, str, Decimal]]:
+    """(meter, dimension, quantity) of ``account_id`` over [start, end) for ``meters``: the dimension is the
+    row's ``gen_ai.model`` or ``gpu.model`` ('' when it had none)."""
+    params = {"account": account_id, "meters": list(meters), "start": start, "end": end, "day_from": day_from,
+              "day_to": day_to}  # fmt: skip
+    return conn.execute(_DIMENSIONS, params).fetchall()
 
 
 def distinct_jobs(conn: psycopg.Connection, account_id: str, meter_code: str, start: datetime, end: datetime) -> int:

@@ -6,12 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
 from types import MappingProxyType
+from typing import Literal
 
 from .metrics import BILLABLE_METRICS
 from .money import currency_decimals, exact_mul, require_decimal, round_money
 from .prices.base import PriceModel
 
-__all__ = ["ALLOWANCE_DECIMALS", "MetricRate", "Plan", "PricingVersion", "prorate", "validate_fraction"]
+__all__ = ["ALLOWANCE_DECIMALS", "BookPrice", "MetricRate", "Plan", "PricingVersion", "prorate", "validate_fraction"]
 
 # Prorated allowances are rounded half-up to this many decimals (36,000 s × 16/30 is 19,200, not
 # 19,199.99999999999999999999999880). Usage quantities themselves are never rounded.
@@ -19,17 +20,31 @@ ALLOWANCE_DECIMALS = 6
 
 
 @dataclass(frozen=True, slots=True)
+class BookPrice:
+    """A metric priced per model (``tokens``) or per GPU model (``gpus``) from the pricing version's price book,
+    at the book version in force when the usage occurred (:mod:`spanmeter.billing.pricebook`)."""
+
+    section: Literal["tokens", "gpus"]
+
+    @property
+    def metric(self) -> str:
+        return "tokens" if self.section == "tokens" else "gpu_seconds"
+
+
+@dataclass(frozen=True, slots=True)
 class MetricRate:
     metric: str  # a BILLABLE_METRICS code
     description: str  # shown on the invoice, e.g. "Worker-seconds"
     included: Decimal  # units free each full period
-    price: PriceModel  # prices the units beyond `included`
+    price: PriceModel | BookPrice  # prices the units beyond `included`
 
     def __post_init__(self) -> None:
         if self.metric not in BILLABLE_METRICS:
             raise ValueError(f"unknown billable metric {self.metric!r}; known: {', '.join(BILLABLE_METRICS)}")
         if require_decimal(self.included, "included") < 0:
             raise ValueError(f"included must not be negative, got {self.included}")
+        if isinstance(self.price, BookPrice) and self.price.metric != self.metric:
+            raise ValueError(f"book: {self.price.section} prices {self.price.metric}, not {self.metric}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +117,15 @@ class PricingVersion:
     code: str
     description: str
     plans: Mapping[str, Plan]
+    price_book: str | None = None  # the book that prices its BookPrice rates
+
+    @property
+    def uses_book(self) -> bool:
+        return any(isinstance(rate.price, BookPrice) for plan in self.plans.values() for rate in plan.rates)
 
     def __post_init__(self) -> None:
+        if self.uses_book and not self.price_book:
+            raise ValueError(f"{self.code}: a plan prices a metric from a book (book: …), so name price_book")
         plans = MappingProxyType(dict(self.plans))
         for key, plan in plans.items():
             if key != plan.code:

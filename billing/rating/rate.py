@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 
+from .book_lines import Group, book_lines
 from .lines import Line, invoice_total
+from .metrics import BILLABLE_METRICS
 from .money import exact_mul, exact_sum, format_money, require_decimal, round_money
-from .plans import Plan, prorate, validate_fraction
+from .plans import BookPrice, Plan, prorate, validate_fraction
 
 __all__ = ["rate_plan"]
 
@@ -17,7 +19,12 @@ def _flat_line(kind: str, description: str, amount: Decimal, currency: str) -> L
 
 
 def rate_plan(
-    usage: Mapping[str, Decimal], plan: Plan, *, fraction: Decimal = Decimal(1), label: str = ""
+    usage: Mapping[str, Decimal],
+    plan: Plan,
+    *,
+    fraction: Decimal = Decimal(1),
+    label: str = "",
+    groups: Mapping[str, Sequence[Group]] | None = None,
 ) -> list[Line]:
     """The lines for ``usage`` (billable metric code → total for the period) under ``plan``.
 
@@ -25,7 +32,9 @@ def rate_plan(
     lines (at least one, even at zero usage), then a "commitment" top-up, then a "minimum" top-up.
     Metrics the plan does not rate are ignored (e.g. api_requests under v2_compute); missing ones are 0.
     ``fraction`` prorates base fee, allowances, commitment and minimum spend for part of a period;
-    ``label`` is prefixed to every description (``"Growth, Nov 15–30: "``).
+    ``label`` is prefixed to every description (``"Growth, Nov 15–30: "``). A rate priced from a price book
+    (:class:`.plans.BookPrice`) is rated from ``groups[metric]``, its usage per model or GPU model already
+    priced by book version (:mod:`spanmeter.billing.pricebook.rate`); without groups it has no usage.
     """
     validate_fraction(fraction)
     for metric, quantity in usage.items():
@@ -43,6 +52,13 @@ def rate_plan(
         amount = round_money(exact_mul(fraction, plan.base_fee), currency)
         lines.append(Line("fee", None, description, fraction, Decimal(0), Decimal(0), plan.base_fee, amount, currency))
     for rate in period_plan.rates:
+        if isinstance(rate.price, BookPrice):
+            unit = BILLABLE_METRICS[rate.metric].unit.strip("{}")
+            metric_groups = (groups or {}).get(rate.metric, ())
+            lines.extend(
+                book_lines(rate.metric, f"{label}{rate.description}", metric_groups, rate.included, currency, unit)
+            )
+            continue
         quantity = usage.get(rate.metric, Decimal(0))
         lines.extend(rate.price.lines(rate.metric, f"{label}{rate.description}", quantity, rate.included, currency))
     usage_amount = exact_sum(line.amount for line in lines if line.kind == "usage")

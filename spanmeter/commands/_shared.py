@@ -164,6 +164,9 @@ def explain(exc: Exception) -> int:
     from spanmeter.billing.ledger.database import NoLedgerHere
     from spanmeter.billing.ledger.migrate import SchemaNotCurrent
     from spanmeter.billing.ledger.replica import ReadReplicaError, ReplicaConflict
+    from spanmeter.billing.pricebook import PriceBookError
+    from spanmeter.billing.prices import PricesError
+    from spanmeter.billing.rating.plan_data import PricingDataError
     from spanmeter.billing.subscriptions import SubscriptionError
 
     cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None else exc
@@ -171,7 +174,18 @@ def explain(exc: Exception) -> int:
     if isinstance(exc, ReplicaConflict):  # transient: retrying may well work
         return fail(str(exc), 1)
     if isinstance(
-        exc, (NoLedgerHere, SchemaNotCurrent, ReadReplicaError, SubscriptionError, AdjustmentError, InvoiceError)
+        exc,
+        (
+            NoLedgerHere,
+            SchemaNotCurrent,
+            ReadReplicaError,
+            SubscriptionError,
+            AdjustmentError,
+            InvoiceError,
+            PriceBookError,
+            PricingDataError,
+            PricesError,
+        ),
     ):
         return fail(str(exc))
     if isinstance(cause, psycopg.errors.UndefinedTable):

@@ -1,0 +1,65 @@
+"""Lines for a metric priced per model or GPU model from a price book (see :mod:`spanmeter.billing.pricebook`).
+
+:mod:`spanmeter.billing.pricebook.rate` groups the usage (model, token kind, book version, unit price); this
+module turns the groups into invoice lines, applying the rate's allowance to the dearest groups first. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from .lines import Line
+from .money import exact_mul, format_quantity, round_money
+
+__all__ = ["Group", "book_lines"]
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Usage of one model (or GPU model) and kind under one book version, with its unit price."""
+
+    dimension: str
+    kind: str  # a token kind, or "gpu"
+    book: str  # the version's label, "docpipe@2026-12"
+    unit_price: Decimal  # price / per: exact (per is a power of ten)
+    unit_cost: Decimal | None
+    quantity: Decimal
+
+
+def book_lines(
+    metric: str, description: str, groups: Sequence[Group], included: Decimal, currency: str, unit: str
+) -> list[Line]:
+    """One usage line per group, the allowance applied to the dearest groups first; one zero line (showing the
+    allowance) when there is no priced usage."""
+    if not groups:
+        return [Line("usage", metric, f"{description}: no usage, {format_quantity(included)} included",
+                     Decimal(0), included, Decimal(0), Decimal(0), Decimal(0), currency)]  # fmt: skip
+    left = included
+    free: dict[int, Decimal] = {}
+    for i in sorted(range(len(groups)), key=lambda i: (-groups[i].unit_price, groups[i].dimension, groups[i].kind)):
+        free[i] = min(left, groups[i].quantity)
+        left -= free[i]
+    lines = []
+    for i, group in enumerate(groups):
+        billed = group.quantity - free[i]
+        kind = "" if group.kind == "gpu" else f" {group.kind.replace('_', ' ')}"
+        note = f", {format_quantity(free[i])} of the allowance" if free[i] else ""
+        lines.append(
+            Line(
+                kind="usage",
+                meter_code=metric,
+                description=(
+                    f"{description}, {group.dimension}{kind} ({group.book}): "
+                    f"{format_quantity(group.quantity)} {unit}{note}"
+                ),
+                quantity=billed,
+                included_quantity=included,
+                overage_quantity=billed,
+                unit_price=group.unit_price,
+                amount=round_money(exact_mul(billed, group.unit_price), currency),
+                currency=currency,
+            )
+        )
+    return lines

@@ -1,0 +1,536 @@
+"""Price books and plans as data (issue 6/7): the file formats, matching, the cached-token trap, windows,
+the models.dev importer, and invoices priced per model and GPU model against a real ledger.
+
+The unit tests run the pure parts on the bundled example files. The integration tests import books and
+pricing versions into a migrated PostgreSQL ledger, write usage through the ledger writer (the rollup
+trigger, as ingest does), and read invoices back: per-model lines at the book version in force, a mid-month
+price change, unpriced models that block finalizing, immutability, currencies, and a differential check that
+prices the raw ledger rows independently and must agree with the rollup-based invoice to the cent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from datetime import timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spanmeter.billing import invoices, prices, subscriptions
+from spanmeter.billing.ledger import migrate
+from spanmeter.billing.ledger.database import resolve_database
+from spanmeter.billing.ledger.writer import LedgerWriter
+from spanmeter.billing.periods import Period
+from spanmeter.billing.pricebook import (
+    PriceBookError,
+    book_document,
+    book_windows,
+    diff_books,
+    load_file,
+    parse_book,
+    split_tokens,
+)
+from spanmeter.billing.pricebook.models_dev import book_from_models_dev, read_models_dev
+from spanmeter.billing.rating import PRICING_VERSIONS
+from spanmeter.billing.rating.plan_data import PricingDataError, parse_pricing_version
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "examples" / "prices" / "docpipe-2026-01.yaml"
+BOOK_USD = ROOT / "examples" / "prices" / "docpipe-usd-2026-01.yaml"
+V3 = ROOT / "examples" / "pricing" / "v3_models.yaml"
+V3_USD = ROOT / "examples" / "pricing" / "v3_models_usd.yaml"
+DEC = Period(2026, 12)
+D = Decimal
+
+
+def _book(**change) -> dict:
+    document = book_document(load_file(BOOK))
+    document.update(change)
+    return document
+
+
+# -- the file formats ----------------------------------------------------------------------------------------
+
+
+def test_the_example_books_load_and_survive_their_canonical_form():
+    for path in (BOOK, BOOK_USD):
+        book = load_file(path)
+        assert parse_book(book_document(book)) == book
+    book = load_file(BOOK)
+    assert book.label == "docpipe@2026-01" and book.currency == "EUR"
+    assert book.model("gpt-4o").price.input == D("5.00")
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"currency": "XXX"}, "currency"),
+        ({"effective_from": "2026-01-01T00:30:00Z"}, "whole UTC hours"),
+        ({"effective_from": "2026-01-01T00:00:00"}, "timezone"),
+        ({"version": 2026.1}, "version"),
+        ({"tokens": {"per": 3600, "models": []}}, "tokens.per"),
+        (
+            {"tokens": {"per": 1000000, "models": [{"model": "m", "price": {"input": 0.3, "output": "1"}}]}},
+            "tokens.models[0].price.input",
+        ),
+        (
+            {
+                "tokens": {
+                    "per": 1000000,
+                    "models": [{"model": "m", "price": {"input": "1", "output": "1", "audio": "9"}}],
+                }
+            },
+            "unknown token kind",
+        ),
+        (
+            {"tokens": {"per": 1000000, "models": [{"model": "m", "price": {"input": "1"}}]}},
+            "tokens.models[0].price.output",
+        ),
+        (
+            {
+                "tokens": {
+                    "per": 1000000,
+                    "models": [
+                        {"model": "m", "price": {"input": "1", "output": "1"}},
+                        {"model": "m", "price": {"input": "2", "output": "2"}},
+                    ],
+                }
+            },
+            "priced twice",
+        ),
+        (
+            {
+                "tokens": {
+                    "per": 1000000,
+                    "models": [{"model": "m", "pattern": "m*", "price": {"input": "1", "output": "1"}}],
+                }
+            },
+            "exactly one",
+        ),
+        ({"gpus": {"per": 1, "models": [{"model": "l4", "price": "-1"}]}}, "gpus.models[0].price"),
+        ({"surprise": 1}, "unknown top-level"),
+    ],
+)
+def test_a_book_that_is_not_exact_or_not_clear_is_refused_naming_the_field(change, names):  # fmt: skip
+    with pytest.raises(PriceBookError, match=re.escape(names)):
+        parse_book(_book(**change))
+
+
+def test_the_builtin_pricing_versions_written_as_data_load_equal_to_the_frozen_code():
+    for code, version in PRICING_VERSIONS.items():
+        data = yaml.safe_load((ROOT / "examples" / "pricing" / f"{code}.yaml").read_text())
+        assert parse_pricing_version(data) == version  # same plans, rates, tiers, commitments: same invoices
+
+
+def test_a_plan_file_names_its_mistakes():
+    data = yaml.safe_load(V3.read_text())
+    data["plans"][0]["rates"][0]["per_unit"] = 0.002
+    with pytest.raises(PricingDataError, match=r"plans\[0\].rates\[0\].per_unit"):
+        parse_pricing_version(data)
+    data = yaml.safe_load(V3.read_text())
+    del data["price_book"]
+    with pytest.raises(PricingDataError, match="name price_book"):
+        parse_pricing_version(data)
+    data = yaml.safe_load(V3.read_text())
+    data["plans"][0]["rates"][1]["book"] = "tokens"  # the gpu_seconds rate
+    with pytest.raises(PricingDataError, match="prices tokens, not gpu_seconds"):
+        parse_pricing_version(data)
+
+
+# -- matching, kinds, windows ----------------------------------------------------------------------------
+
+
+def test_a_model_matches_by_exact_name_then_pattern_then_default_and_otherwise_is_unpriced():
+    book = load_file(BOOK)
+    assert str(book.model("gpt-4o-mini").match) == "gpt-4o-mini"
+    assert str(book.model("gpt-4o-mini-2024-07-18").match) == "pattern gpt-4o-mini-20*"
+    assert book.model("claude-sonnet-4") is None  # no default in this book: unpriced
+    with_default = parse_book(_book(tokens={"per": 1000000, "models": [
+        {"pattern": "gpt-*", "price": {"input": "1", "output": "1"}},
+        {"default": True, "price": {"input": "9", "output": "9"}},
+        {"model": "gpt-4o", "price": {"input": "5", "output": "5"}},
+    ]}))  # fmt: skip
+    assert with_default.model("gpt-4o").price.input == 5  # exact wins over an earlier pattern
+    assert with_default.model("gpt-3.5").price.input == 1
+    assert with_default.model("claude").price.input == 9
+
+
+def test_cached_and_reasoning_tokens_are_priced_once_never_on_top_of_input_and_output():
+    kinds = split_tokens({"input_tokens": D(1000), "cache_read_tokens": D(800), "cache_write_tokens": D(100),
+                          "output_tokens": D(300), "reasoning_tokens": D(200)})  # fmt: skip
+    assert kinds == {
+        "input": D(100),
+        "cache_read": D(800),
+        "cache_write": D(100),
+        "output": D(100),
+        "reasoning": D(200),
+    }
+    assert sum(kinds.values()) == 1300  # every token exactly once
+    # inconsistent spans (a subset larger than its parent) never make a count negative or add tokens
+    assert split_tokens({"input_tokens": D(10), "cache_read_tokens": D(50)}) == {"input": D(0), "cache_read": D(10)}
+
+
+def test_a_book_version_prices_from_its_effective_hour_and_a_later_import_on_the_same_hour_supersedes():
+    first = load_file(BOOK)
+    later = parse_book(_book(version="2026-12b", effective_from="2026-12-15T00:00:00Z"))
+    fix = parse_book(_book(version="2026-12c", effective_from="2026-12-15T00:00:00Z"))
+    windows = book_windows([first, later, fix], DEC.start, DEC.end)
+    assert [(w.start.day, w.book.version) for w in windows] == [(1, "2026-01"), (15, "2026-12c")]
+    assert book_windows([later], DEC.start, DEC.end)[0].book is None  # nothing in force before the 15th
+
+
+def test_diff_names_each_changed_price_with_its_percentage():
+    old = load_file(BOOK)
+    models = book_document(old)["tokens"]["models"]
+    for entry in models:  # the same prices, now written per thousand tokens
+        for side in ("price", "cost"):
+            entry[side] = {kind: format(D(value) / 1000, "f") for kind, value in entry[side].items()}
+    models[1]["price"]["input"] = "0.004"  # gpt-4o input: 5.00 -> 4.00 per million
+    new = parse_book(_book(version="2026-12", tokens={"per": 1000, "models": models[:2]}))
+    changes = diff_books(old, new)
+    assert any(c.startswith("tokens gpt-4o price.input: 0.005 -> 0.004 per 1000 (-20.0 %)") for c in changes), changes
+    assert "tokens pattern gpt-4o-mini-20*: removed" in changes
+    assert not any("gpt-4o-mini price" in c for c in changes)  # the same price per token: no change shown
+
+
+def test_the_models_dev_importer_marks_up_cost_exactly_and_says_what_it_skipped():
+    result = book_from_models_dev(
+        read_models_dev(ROOT / "examples" / "prices" / "models-dev-sample.json"),
+        code="public-llm", version="2026-12", effective_from=DEC.start, markup=D("0.25"),
+        providers=["openai", "azure"],
+    )  # fmt: skip
+    book = result.book
+    mini = book.model("gpt-4o-mini")
+    assert mini.provider == "openai"  # the first provider named wins; azure's listing is skipped, said so
+    assert mini.cost.input == D("0.15") and mini.price.input == D("0.1875")  # 0.15 × 1.25, no float on the way
+    assert "azure/gpt-4o-mini: gpt-4o-mini is already priced by openai" in result.skipped
+    assert "openai/text-embedding-3-small: no input and output cost" in result.skipped
+    assert result.ignored_cost_keys == ("input_audio", "output_audio")
+    assert book.currency == "USD" and book.token_per == 1_000_000
+    assert book.model("claude-sonnet-4-20250514") is None  # anthropic not chosen
+
+
+# -- against a real ledger -------------------------------------------------------------------------------------
+
+_key = iter(range(1, 10**9))
+
+
+def _row(account, meter, quantity, when, *, model=None, gpu=None, plan="growth"):
+    metadata = json.dumps({**({"gen_ai.model": model} if model else {}), **({"gpu.model": gpu} if gpu else {})})
+    micros = int(when.timestamp()) * 1_000_000
+    unit = {"worker_seconds": "s", "gpu_seconds": "s", "api_requests": "{request}"}.get(meter, "{token}")
+    key = f"{next(_key):032x}"
+    return (micros, key, account, None, plan, meter, 1, str(quantity), unit, "ab" * 16, "cd" * 8, metadata)
+
+
+def _write(db, rows):
+    with psycopg.connect(db) as conn:
+        LedgerWriter(conn).write_usage(rows)
+        conn.commit()
+
+
+@pytest.fixture
+def db(fresh_db):
+    migrate.upgrade(resolve_database(fresh_db, data_dir=None))
+    return fresh_db
+
+
+def _import(db, *paths, drift=timedelta(days=2)):
+    with psycopg.connect(db) as conn:
+        for path in paths:
+            item = prices.parse_any(yaml.safe_load(Path(path).read_text()) if isinstance(path, Path) else path)
+            if isinstance(item, type(load_file(BOOK))):
+                prices.import_book(conn, item, imported_by="test", drift_window=drift)
+            else:
+                prices.import_pricing_version(conn, item, imported_by="test")
+        conn.commit()
+
+
+def _subscribe(db, account, plan="growth", pricing="v3_models", currency=None, start=DEC.start):
+    with psycopg.connect(db) as conn:
+        subscriptions.set_subscription(conn, account_id=account, plan_code=plan, pricing_version=pricing,
+                                       valid_from=start, created_by="test", currency=currency)  # fmt: skip
+        conn.commit()
+
+
+def _invoice(db, account, period=DEC):
+    with psycopg.connect(db) as conn:
+        return invoices.build_invoice(conn, account, period)
+
+
+def _money(value: Decimal) -> Decimal:
+    return value.quantize(D("0.01"), rounding=ROUND_HALF_UP)
+
+
+def test_tokens_and_gpu_time_are_priced_per_model_at_the_book_in_force(db):
+    _import(db, BOOK, V3)
+    _subscribe(db, "acme")
+    day = DEC.start + timedelta(days=3)
+    _write(db, [
+        _row("acme", "input_tokens", 4_000_000, day, model="gpt-4o-mini"),
+        _row("acme", "output_tokens", 1_000_000, day, model="gpt-4o-mini"),
+        _row("acme", "input_tokens", 2_000_000, day, model="gpt-4o"),
+        _row("acme", "output_tokens", 500_000, day, model="gpt-4o-2024-08-06"),  # priced nowhere: no pattern
+        _row("acme", "gpu_seconds", 1000, day, gpu="l4"),
+        _row("acme", "gpu_seconds", 1000, day, gpu="h100"),
+    ])  # fmt: skip
+    inv = _invoice(db, "acme")
+    usage = {line.description.split(": ")[0]: line for line in inv.lines if line.kind == "usage"}
+    # growth includes 5M tokens, applied to the dearest first: gpt-4o input (5.00/M) takes 2M, then
+    # gpt-4o-mini output (1.20/M) 1M, then gpt-4o-mini input (0.30/M) 2M of its 4M
+    assert usage["LLM tokens, gpt-4o input (docpipe@2026-01)"].amount == D("0.00")
+    assert usage["LLM tokens, gpt-4o-mini output (docpipe@2026-01)"].amount == D("0.00")
+    assert usage["LLM tokens, gpt-4o-mini input (docpipe@2026-01)"].quantity == 2_000_000
+    assert usage["LLM tokens, gpt-4o-mini input (docpipe@2026-01)"].amount == D("0.60")  # 2M × 0.30/M
+    assert usage["GPU-seconds, l4 (docpipe@2026-01)"].amount == D("0.25")  # 1000 × 0.00025
+    assert usage["GPU-seconds, h100 (docpipe@2026-01)"].amount == D("1.20")  # the dearer GPU costs more
+    assert inv.price_books == ("docpipe@2026-01",)
+    assert [(u["model"], u["meter_code"], u["quantity"]) for u in inv.unpriced_models] == [
+        ("gpt-4o-2024-08-06", "output_tokens", "500000")
+    ]
+    document = inv.to_dict()
+    assert document["unpriced_models"] and document["price_books"] == ["docpipe@2026-01"]
+    # a finalized invoice with unpriced usage would bill it at zero: refused, saying what to do
+    with psycopg.connect(db) as conn, pytest.raises(invoices.InvoiceError, match="gpt-4o-2024-08-06"):
+        invoices.finalize_invoice(conn, "acme", DEC, now=DEC.end + timedelta(days=3), finalized_by="test")
+    # a version that prices it (a pattern for the dated snapshots), effective in the open month, settles it
+    models = book_document(load_file(BOOK))["tokens"]["models"]
+    models.append({"pattern": "gpt-4o-20*", "price": {"input": "5.00", "output": "20.00"}})
+    _import(
+        db, _book(version="2026-12", effective_from="2026-12-01T00:00:00Z", tokens={"per": 1000000, "models": models})
+    )
+    inv = _invoice(db, "acme")
+    assert not inv.unpriced_models
+    usage = {line.description.split(": ")[0]: line for line in inv.lines if line.kind == "usage"}
+    assert inv.price_books == ("docpipe@2026-12",)  # in force from the 1st: the whole month at its prices
+    # the newly priced snapshot (20.00/M output) is now the dearest group: the allowance covers it first,
+    # and 500,000 more tokens of gpt-4o-mini input are billed than before
+    assert usage["LLM tokens, gpt-4o-2024-08-06 output (docpipe@2026-12)"].amount == D("0.00")
+    assert usage["LLM tokens, gpt-4o-mini input (docpipe@2026-12)"].quantity == 2_500_000
+    assert usage["LLM tokens, gpt-4o-mini input (docpipe@2026-12)"].amount == D("0.75")
+    with psycopg.connect(db) as conn:
+        done, created = invoices.finalize_invoice(conn, "acme", DEC, now=DEC.end + timedelta(days=3), finalized_by="t")
+        conn.commit()
+    assert created and done.total == inv.total
+
+
+def test_a_mid_month_price_change_prices_each_side_at_its_version_and_the_allowance_once(db):
+    _import(db, BOOK, V3)
+    _subscribe(db, "acme", plan="starter")  # 250,000 tokens included
+    _write(db, [
+        _row("acme", "input_tokens", 1_000_000, DEC.start + timedelta(days=2), model="gpt-4o-mini"),
+        _row("acme", "input_tokens", 1_000_000, DEC.start + timedelta(days=20), model="gpt-4o-mini"),
+    ])  # fmt: skip
+    dearer = book_document(load_file(BOOK))
+    dearer["tokens"]["models"][0]["price"]["input"] = "0.60"
+    _import(db, _book(version="2026-12-15", effective_from="2026-12-15T00:00:00Z", tokens=dearer["tokens"]))
+    lines = {
+        line.description.split(": ")[0]: line for line in _invoice(db, "acme").lines if line.meter_code == "tokens"
+    }
+    before = lines["LLM tokens, gpt-4o-mini input (docpipe@2026-01)"]
+    after = lines["LLM tokens, gpt-4o-mini input (docpipe@2026-12-15)"]
+    assert after.quantity == 750_000 and after.amount == D("0.45")  # the allowance went to the dearer side
+    assert before.quantity == 1_000_000 and before.amount == D("0.30")
+
+
+def test_versions_are_immutable_and_never_take_effect_inside_an_invoiced_month(db):
+    _import(db, BOOK, V3)
+    _import(db, BOOK)  # the same document again: nothing changes
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM price_books").fetchone()[0] == 1
+        changed = parse_book(_book(description="edited"))
+        with pytest.raises(prices.PricesError, match="frozen"):
+            prices.import_book(conn, changed, imported_by="t", drift_window=timedelta(days=2))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute("UPDATE price_books SET currency = 'USD'")
+    _subscribe(db, "acme", start=Period(2026, 11).start)
+    _write(db, [_row("acme", "input_tokens", 10, Period(2026, 11).start + timedelta(days=1), model="gpt-4o")])
+    with psycopg.connect(db) as conn:
+        invoices.finalize_invoice(conn, "acme", Period(2026, 11), now=DEC.start + timedelta(days=3), finalized_by="t")
+        conn.commit()
+        late = parse_book(_book(version="2026-11b", effective_from="2026-11-20T00:00:00Z"))
+        with pytest.raises(prices.PricesError, match="earliest is 2026-12-03T00:00Z"):
+            prices.import_book(conn, late, imported_by="t", drift_window=timedelta(days=2))
+        on_time = parse_book(_book(version="2026-12b", effective_from="2026-12-03T00:00:00Z"))
+        assert prices.import_book(conn, on_time, imported_by="t", drift_window=timedelta(days=2))
+        with pytest.raises(prices.PricesError, match="built-in"):
+            prices.import_pricing_version(conn, PRICING_VERSIONS["v2_compute"], imported_by="t")
+
+
+def test_a_usd_plan_is_billed_in_usd_and_a_book_in_another_currency_is_refused(db):
+    _import(db, BOOK_USD, V3_USD)
+    _subscribe(db, "initech", pricing="v3_models_usd", currency="USD")
+    _write(db, [_row("initech", "gpu_seconds", 10_000, DEC.start + timedelta(days=1), gpu="h100")])
+    inv = _invoice(db, "initech")
+    assert inv.currency == "USD" and all(line.currency == "USD" for line in inv.lines)
+    assert inv.to_dict()["total"] == "341.00"  # the USD base fee 329.00 + 10,000 h100-seconds × 0.00120
+    with psycopg.connect(db) as conn:
+        eur_on_usd = parse_pricing_version(
+            {**yaml.safe_load(V3.read_text()), "pricing_version": "v3_eur", "price_book": "docpipe-usd"}
+        )
+        with pytest.raises(prices.PricesError, match="never converts"):
+            prices.import_pricing_version(conn, eur_on_usd, imported_by="t")
+        with pytest.raises(subscriptions.SubscriptionError, match="priced in USD, not EUR"):
+            subscriptions.set_subscription(conn, account_id="x", plan_code="growth", pricing_version="v3_models_usd",
+                                           valid_from=DEC.start, created_by="t", currency="EUR")  # fmt: skip
+
+
+def test_v2_invoices_are_identical_whether_or_not_books_and_v3_are_imported(db):
+    _subscribe(db, "globex", pricing="v2_compute")
+    _write(db, [
+        _row("globex", "input_tokens", 9_000_000, DEC.start + timedelta(days=1), model="gpt-4o"),
+        _row("globex", "gpu_seconds", 700, DEC.start + timedelta(days=1), gpu="h100"),
+        _row("globex", "worker_seconds", 50_000, DEC.start + timedelta(days=1)),
+    ])  # fmt: skip
+    before = _invoice(db, "globex").to_dict()
+    _import(db, BOOK, V3)
+    after = _invoice(db, "globex").to_dict()
+    assert after == before
+    assert "price_books" not in after and "unpriced_models" not in after  # the document's form is unchanged
+
+
+MONTH_HOURS = 31 * 24
+_examples = iter(range(10**6))
+
+
+def _versions_for(n: int, change_hour: int) -> tuple:
+    """Example ``n``'s own book (two versions, the second dearer from ``change_hour``) and pricing version."""
+    base = {**book_document(load_file(BOOK)), "book": f"dp{n}"}
+    dearer = json.loads(json.dumps(base))
+    for entry in dearer["tokens"]["models"]:
+        entry["price"] = {kind: format(D(value) * 2, "f") for kind, value in entry["price"].items()}
+    dearer["gpus"]["models"][1]["price"] = "0.00200"
+    at = DEC.start + timedelta(hours=change_hour)
+    dearer.update(version="dearer", effective_from=at.isoformat())
+    version = {**yaml.safe_load(V3.read_text()), "pricing_version": f"v3x{n}", "price_book": f"dp{n}"}
+    return parse_book(base), parse_book(dearer), parse_pricing_version(version)
+
+
+@pytest.fixture(scope="module")
+def ledger(module_db):
+    migrate.upgrade(resolve_database(module_db, data_dir=None))
+    return module_db
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["input_tokens", "output_tokens", "gpu_seconds"]),
+            st.sampled_from(["gpt-4o-mini", "gpt-4o", "gpt-4o-mini-2024-07-18"]),
+            st.sampled_from(["l4", "h100"]),
+            st.integers(1, 3_000_000),
+            st.integers(0, MONTH_HOURS - 1),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    change_hour=st.integers(1, MONTH_HOURS - 1),
+    plan=st.sampled_from(["starter", "growth", "scale"]),
+)
+def test_invoices_from_rollups_equal_the_raw_rows_priced_by_hand_to_the_cent(ledger, rows, change_hour, plan):
+    n = next(_examples)
+    book_a, book_b, version = _versions_for(n, change_hour)
+    with psycopg.connect(ledger) as conn:
+        prices.import_book(conn, book_a, imported_by="t", drift_window=timedelta(days=2))
+        prices.import_book(conn, book_b, imported_by="t", drift_window=timedelta(days=2))
+        prices.import_pricing_version(conn, version, imported_by="t")
+        conn.commit()
+    account = f"acct{n}"
+    _subscribe(ledger, account, plan=plan, pricing=version.code)
+    usage = []
+    for meter, model, gpu, quantity, hour in rows:
+        when = DEC.start + timedelta(hours=hour, minutes=7)
+        if meter == "gpu_seconds":
+            usage.append(_row(account, meter, quantity, when, gpu=gpu))
+        else:
+            usage.append(_row(account, meter, quantity, when, model=model))
+    _write(ledger, usage)
+    inv = _invoice(ledger, account)
+    # the oracle: every raw row priced at the version in force at its own time, grouped, the allowance to the
+    # dearest first, each group rounded once; independent of rollups, windows and the rating code
+    groups: dict[tuple[str, str, str], list[Decimal]] = {}
+    with psycopg.connect(ledger) as conn:
+        raw = conn.execute(
+            "SELECT meter_code, coalesce(metadata->>'gen_ai.model', metadata->>'gpu.model'), quantity, occurred_at"
+            " FROM usage_events WHERE account_id = %s",
+            (account,),
+        ).fetchall()
+    for meter, dim, quantity, occurred in raw:
+        book = book_b if occurred >= book_b.effective_from else book_a
+        if meter == "gpu_seconds":
+            key, unit_price = (dim, "gpu", book.label), book.gpu(dim).price / book.gpu_per
+        else:
+            kind = meter.split("_")[0]
+            key, unit_price = (dim, kind, book.label), book.model(dim).price.of(kind) / book.token_per
+        groups.setdefault(key, [D(0), unit_price])[0] += quantity
+    included = {r.metric: r.included for r in version.plans[plan].rates}
+    expected: dict[tuple[str, str, str], Decimal] = {}
+    for metric, kinds in (("tokens", ("input", "output")), ("gpu_seconds", ("gpu",))):
+        left = included[metric]
+        for key in sorted((k for k in groups if k[1] in kinds), key=lambda k: (-groups[k][1], k[0], k[1])):
+            free = min(left, groups[key][0])
+            left -= free
+            expected[key] = _money((groups[key][0] - free) * groups[key][1])
+    got = {}
+    for line in inv.lines:
+        if line.meter_code not in ("tokens", "gpu_seconds") or "no usage" in line.description:
+            continue
+        head, label = line.description.split(": ")[0].rsplit(" (", 1)
+        what = head.split(", ", 1)[1]
+        dim, kind = what.rsplit(" ", 1) if line.meter_code == "tokens" else (what, "gpu")
+        got[(dim, kind, label.rstrip(")"))] = line.amount
+    assert got == expected
+    assert not inv.unpriced_models
+    assert inv.total == sum((line.amount for line in inv.lines), D(0))
+
+
+def test_the_prices_commands_import_show_diff_and_list_unpriced_usage(db, tmp_path):
+    env = {"SPANMETER_DATABASE_URL": db}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        import os
+
+        return subprocess.run([sys.executable, "-m", "spanmeter", *args], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **env})  # fmt: skip
+
+    assert "imported: price book docpipe@2026-01" in cli("prices", "import", str(BOOK)).stdout
+    assert "already imported" in cli("prices", "import", str(BOOK)).stdout
+    assert "imported: pricing version v3_models over book docpipe" in cli("prices", "import", str(V3)).stdout
+    newer = tmp_path / "newer.yaml"
+    document = book_document(load_file(BOOK))
+    document.update(version="2026-12", effective_from="2026-12-01T00:00:00Z")
+    document["gpus"]["models"][0]["price"] = "0.00030"
+    newer.write_text(yaml.safe_dump(document))
+    cli("prices", "import", str(newer))
+    shown = cli("prices", "show").stdout
+    assert "docpipe@2026-01" in shown and "docpipe@2026-12" in shown and "pricing version v3_models" in shown
+    diff = cli("prices", "diff", "docpipe@2026-01", "docpipe@2026-12")
+    assert diff.returncode == 0 and "gpus l4 price: 0.00025 -> 0.0003 per 1 (+20.0 %)" in diff.stdout
+    _subscribe(db, "acme")
+    _write(db, [_row("acme", "output_tokens", 1000, DEC.start + timedelta(hours=5), model="mystery-model")])
+    unpriced = cli("prices", "unpriced", "--period", "2026-12")
+    assert unpriced.returncode == 1 and "mystery-model" in unpriced.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {**document, "tokens": {"per": 1000000, "models": [{"model": "m", "price": {"input": 0.5, "output": "1"}}]}}
+        )
+    )
+    refused = cli("prices", "import", str(bad))
+    assert (
+        refused.returncode == 2
+        and "tokens.models[0].price.input" in refused.stderr
+        and "Traceback" not in refused.stderr
+    )
+    models_dev = cli("prices", "import", "--models-dev", str(ROOT / "examples/prices/models-dev-sample.json"), "--book",
+                     "public-llm", "--version", "2026-12", "--from", "2026-12-01T00:00:00Z", "--markup", "0.25")  # fmt: skip
+    assert models_dev.returncode == 0 and "imported: price book public-llm@2026-12 (USD" in models_dev.stdout
