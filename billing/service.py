@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 import psycopg
 from sqlalchemy import Engine
 
-from . import adjustments, exports, invoices, prices, quotas, subscriptions
+from . import adjustments, explain, exports, invoices, prices, quotas, subscriptions
 from . import reconcile as reconciliation
 from . import usage as usage_views
-from .ledger import rollup_store, usage_store
+from .ledger import partitions, rollup_store, usage_store
 from .ledger.database import Database
 from .ledger.replica import Databases, read_connection
 from .periods import Period
@@ -154,6 +154,22 @@ class BillingService:
                     draft = invoices.build_invoice(conn, account, period, catalog=catalog)
                     found += [{"account_id": account, **item} for item in draft.unpriced_models]
                 return found
+
+        return self.databases.read(read)
+
+    def explain(
+        self, account_id: str, period: Period, *, line_no: int | None = None, trace_url_template: str | None = None
+    ) -> tuple[invoices.Invoice, list[explain.LineExplanation]]:
+        """The invoice and, per line (or line ``line_no``), the ledger rows, jobs, traces, corrections and
+        price book version behind it, from one snapshot."""
+
+        def read(database: Database) -> tuple[invoices.Invoice, list[explain.LineExplanation]]:
+            with read_connection(database) as conn:
+                archived_to = partitions.coverage(conn).archived_to
+                return explain.explain_invoice(
+                    conn, account_id, period, line_no=line_no, trace_url_template=trace_url_template,
+                    archived_to=archived_to,
+                )  # fmt: skip
 
         return self.databases.read(read)
 

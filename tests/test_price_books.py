@@ -534,3 +534,52 @@ def test_the_prices_commands_import_show_diff_and_list_unpriced_usage(db, tmp_pa
     models_dev = cli("prices", "import", "--models-dev", str(ROOT / "examples/prices/models-dev-sample.json"), "--book",
                      "public-llm", "--version", "2026-12", "--from", "2026-12-01T00:00:00Z", "--markup", "0.25")  # fmt: skip
     assert models_dev.returncode == 0 and "imported: price book public-llm@2026-12 (USD" in models_dev.stdout
+
+
+def test_invoice_explain_traces_every_line_to_its_rows_jobs_traces_corrections_and_book_version(db):
+    _import(db, BOOK, V3)
+    _subscribe(db, "acme", plan="starter")
+    day = DEC.start + timedelta(days=4)
+    rows = [
+        _row("acme", "input_tokens", 300_000, day, model="gpt-4o"),
+        _row("acme", "input_tokens", 200_000, day + timedelta(hours=1), model="gpt-4o"),
+        _row("acme", "input_tokens", 900_000, day, model="gpt-4o-mini"),
+        _row("acme", "worker_seconds", 5000, day),
+    ]
+    _write(db, rows)
+    with psycopg.connect(db) as conn:
+        from spanmeter.billing import adjustments
+
+        adjustments.record(conn, idempotency_key="OPS-9", account_id="acme", meter_code="worker_seconds",
+                           quantity=D(-400), occurred_at=day, reason="runaway retry loop, OPS-9", created_by="finance")  # fmt: skip
+        conn.commit()
+    env = {"SPANMETER_DATABASE_URL": db, "SPANMETER_TRACE_URL_TEMPLATE": "http://tempo:3200/trace/{trace_id}"}
+    import os
+
+    out = subprocess.run(
+        [sys.executable, "-m", "spanmeter", "invoice", "explain", "--account", "acme", "--period", "2026-12",
+         "--format", "json"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **env},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    explained = json.loads(out.stdout)
+    by_description = {e["line"]["description"].split(": ")[0]: e for e in explained["lines"]}
+    gpt4o = by_description["LLM tokens, gpt-4o input (docpipe@2026-01)"]
+    assert gpt4o["meters"] == ["input_tokens"] and gpt4o["dimension"] == "gpt-4o"
+    assert gpt4o["totals"] == [{"meter_code": "input_tokens", "rows": "2", "quantity": "500000",
+                                "first": "2026-12-05T00:00:00Z", "last": "2026-12-05T01:00:00Z"}]  # fmt: skip
+    assert gpt4o["largest_rows"][0]["quantity"] == "300000"
+    assert gpt4o["largest_rows"][0]["url"] == "http://tempo:3200/trace/" + "ab" * 16
+    assert "priced by docpipe@2026-01 (input)" in gpt4o["basis"]
+    worker = next(e for e in explained["lines"] if e["line"]["meter_code"] == "worker_seconds")
+    assert worker["totals"][0]["quantity"] == "5000"
+    assert [(c["key"], c["quantity"], c["reason"]) for c in worker["corrections"]] == [
+        ("OPS-9", "-400", "runaway retry loop, OPS-9")
+    ]
+    fee = next(e for e in explained["lines"] if e["line"]["kind"] == "fee")
+    assert "starter (v3_models)" in fee["basis"]
+    one = subprocess.run(
+        [sys.executable, "-m", "spanmeter", "invoice", "explain", "--account", "acme", "--period", "2026-12", "--line", "99"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **env},
+    )  # fmt: skip
+    assert one.returncode == 2 and "--line 99: the invoice has lines 1 to" in one.stderr

@@ -84,6 +84,9 @@ def from_document(document: Mapping[str, Any]) -> Invoice:
             amount=Decimal(d["amount"]),
             currency=d["currency"],
             reference_period=d.get("reference_period"),
+            dimension=d.get("dimension"),
+            usage_kind=d.get("usage_kind"),
+            price_book=d.get("price_book"),
         )
         for d in document["lines"]
     ]

@@ -60,6 +60,9 @@ def book_lines(
                 unit_price=group.unit_price,
                 amount=round_money(exact_mul(billed, group.unit_price), currency),
                 currency=currency,
+                dimension=group.dimension,
+                usage_kind=group.kind,
+                price_book=group.book,
             )
         )
     return lines

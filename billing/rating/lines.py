@@ -41,6 +41,11 @@ class Line:
     amount: Decimal
     currency: str
     reference_period: str | None = None  # "YYYY-MM": the earlier period an adjustment corrects
+    # lines priced from a price book (spanmeter.billing.pricebook): the LLM or GPU model, the token kind
+    # ("input", "cache_read", …; "gpu") and the book version, so that `invoice explain` finds the rows behind it
+    dimension: str | None = None
+    usage_kind: str | None = None
+    price_book: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in LINE_KINDS:
@@ -71,6 +76,10 @@ class Line:
             "amount": f"{self.amount:.{decimals}f}",
             "currency": self.currency,
             "reference_period": self.reference_period,
+            # only on book-priced lines: every other line keeps the form finalized invoices already have
+            **({"dimension": self.dimension} if self.dimension is not None else {}),
+            **({"usage_kind": self.usage_kind} if self.usage_kind is not None else {}),
+            **({"price_book": self.price_book} if self.price_book is not None else {}),
         }
 
 

@@ -78,7 +78,12 @@ def register(sub: Any) -> None:
         help="an account's invoice for a UTC month (or: invoice shadow-report)",
         parents=[DATABASE, READ_REPLICA],
     )
-    invoice.add_argument("action", nargs="?", choices=("shadow-report",), help="shadow-report: every account")
+    invoice.add_argument(
+        "action",
+        nargs="?",
+        choices=("shadow-report", "explain"),
+        help="shadow-report: every account against --shadow; explain: the ledger rows behind each line",
+    )
     invoice.add_argument("--account", help="the account to invoice")
     invoice.add_argument("--period", required=True, help="YYYY-MM (UTC calendar month)")
     invoice.add_argument("--pricing", help="rate under this pricing version instead of the subscription's")
@@ -93,6 +98,12 @@ def register(sub: Any) -> None:
         "--format", choices=("table", "json", "csv"), default="table", help="output format (default table)"
     )
     invoice.add_argument("--by", help="who finalizes (default: $USER)")
+    invoice.add_argument("--line", type=int, help="with explain: only line N (as numbered by explain, from 1)")
+    invoice.add_argument(
+        "--trace-url",
+        help="with explain: a trace viewer link per trace id, e.g. http://tempo:3200/trace/{trace_id} "
+        "(default: $SPANMETER_TRACE_URL_TEMPLATE)",
+    )
 
     reconcile = sub.add_parser(
         "reconcile", help="compare raw ledger, rollups and invoices for a period; store the result", parents=[DATABASE]
@@ -371,6 +382,8 @@ def _invoice(args: argparse.Namespace) -> int:
         return 0
     if not args.account:
         raise CommandError("invoice needs --account (or use `invoice shadow-report`)")
+    if args.action == "explain":
+        return _explain(args, billing, period, databases, config)
     if args.finalize:
         if args.pricing:
             raise CommandError("--finalize rates by the subscription; drop --pricing")
@@ -409,6 +422,37 @@ def _invoice(args: argparse.Namespace) -> int:
                 f"{c['primary']['pricing_version']} total {c['primary']['total']}: difference {c['difference']}\n"
                 f"  {c['explanation']}"
             )
+    return 0
+
+
+def _explain(args: argparse.Namespace, billing: Any, period: Any, databases: Any, config: Any) -> int:
+    template = args.trace_url or os.environ.get("SPANMETER_TRACE_URL_TEMPLATE") or None
+    invoice, explanations = billing.explain(args.account, period, line_no=args.line, trace_url_template=template)
+    note_staleness(databases, config)
+    if args.format == "json":
+        _print_json({"invoice_number": invoice.invoice_number, "status": invoice.status, "total": invoice.to_dict()["total"],
+                     "currency": invoice.currency, "lines": [e.to_dict() for e in explanations]})  # fmt: skip
+        return 0
+    print(f"{invoice.invoice_number} ({invoice.status}) {invoice.account_id} {invoice.period}: "
+          f"{invoice.to_dict()['total']} {invoice.currency}")  # fmt: skip
+    for e in explanations:
+        line = e.line
+        print(f"\nline {e.line_no}: {line['description']}  =  {line['quantity']} × {line['unit_price']} = "
+              f"{line['amount']} {line['currency']}")  # fmt: skip
+        print(f"  from {e.basis}")
+        for t in e.totals:
+            print(f"  {t['meter_code']}: {t['rows']} rows, {t['quantity']} in total, {t['first']} … {t['last']}")
+        if e.top_jobs:
+            print("  top jobs: " + ", ".join(f"{j['job_id']} ({j['quantity']}, {j['rows']} rows)" for j in e.top_jobs))
+        for r in e.largest_rows:
+            print(f"  trace {r['trace_id']} span {r['span_id']}: {r['meter_code']} {r['quantity']} at {r['occurred_at']}"
+                  + (f"  {r['url']}" if "url" in r else ""))  # fmt: skip
+        for c in e.corrections:
+            print(
+                f"  correction {c['key']}: {c['meter_code']} {c['quantity']} at {c['occurred_at']} by {c['by']}: {c['reason']}"
+            )
+        if e.note:
+            print(f"  note: {e.note}")
     return 0
 
 

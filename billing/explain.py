@@ -1,0 +1,183 @@
+"""Every invoice line explains itself: ``spanmeter invoice explain --account A --period P [--line N]``.
+
+For each line (or line ``N``) of the account's invoice for the period (the stored one when finalized, else the
+draft), this shows what it was computed from, as finance or a customer asks months later:
+
+- **usage lines**: the meters summed into the line's metric, and for a line priced per model the model or GPU
+  model, the token kind and the price book version (``docpipe@2026-12``) with its effective window; the raw
+  ledger rows behind it (count, quantity, first and last), the top jobs by quantity, the largest rows with their
+  trace ids (a link each when ``SPANMETER_TRACE_URL_TEMPLATE`` is set, e.g.
+  ``http://tempo:3200/trace/{trace_id}`` or ``http://jaeger:16686/trace/{trace_id}``), and the corrections
+  (``ledger adjust``) dated in the window with their reasons;
+- **adjustment lines**: the earlier period and invoice whose late usage they carry;
+- **fees, commitments, minimums**: the plan and subscription they come from.
+
+The raw rows are read from the ledger (bounded by account and time: only the window's partitions), so the
+numbers a line shows can be recomputed by anyone: the rows' quantities add up to the line's usage (before the
+allowance). Archived months (``spanmeter db archive``) have no raw rows left; the explanation says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from . import adjustments
+from .invoices import Invoice, InvoiceError, build_invoice
+from .invoices.usage import BOOK_METERS
+from .ledger import explain_store
+from .periods import Period
+from .pricebook.rate import TOKEN_METERS
+from .prices import Catalog, load_catalog
+from .rating import BILLABLE_METRICS, Line
+
+__all__ = ["LineExplanation", "explain_invoice", "trace_url"]
+
+
+@dataclass(frozen=True)
+class LineExplanation:
+    line_no: int
+    line: dict[str, Any]
+    basis: str  # one sentence: what the line is computed from
+    window: tuple[str, str] | None = None  # the rows' [from, to) when the line is backed by ledger rows
+    meters: tuple[str, ...] = ()
+    dimension: str | None = None
+    totals: list[dict[str, str]] = field(default_factory=list)  # per meter: rows, quantity, first, last
+    top_jobs: list[dict[str, str]] = field(default_factory=list)
+    largest_rows: list[dict[str, str]] = field(default_factory=list)  # trace ids (and links)
+    corrections: list[dict[str, str]] = field(default_factory=list)
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, (), [])}
+
+
+def trace_url(template: str | None, trace_id: str, span_id: str | None = None) -> str | None:
+    """``template`` with ``{trace_id}`` (and ``{span_id}``) filled in; None without a template."""
+    if not template:
+        return None
+    return template.replace("{trace_id}", trace_id).replace("{span_id}", span_id or "")
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _meters_of(line: Line) -> tuple[str, ...]:
+    if line.usage_kind == "gpu":
+        return ("gpu_seconds",)
+    if line.usage_kind:
+        # a token kind: its own meter, plus the parent count it was taken out of (input for cache tokens)
+        meter = next(m for m, kind in TOKEN_METERS.items() if kind == line.usage_kind)
+        return (meter,)
+    metric = BILLABLE_METRICS.get(line.meter_code or "")
+    return metric.meters if metric else ()
+
+
+def _window(line: Line, period: Period, catalog: Catalog, invoice: Invoice) -> tuple[datetime, datetime]:
+    start, end = period.start, period.end
+    if line.price_book:
+        code, _, version = line.price_book.partition("@")
+        versions = sorted(catalog.book_versions(code), key=lambda b: b.effective_from)
+        for i, book in enumerate(versions):
+            if book.version == version:
+                start = max(start, book.effective_from)
+                later = [b.effective_from for b in versions[i + 1 :] if b.effective_from > book.effective_from]
+                end = min([end, *later])
+    return start, end
+
+
+def _explain(
+    conn: psycopg.Connection,
+    account_id: str,
+    period: Period,
+    invoice: Invoice,
+    line_no: int,
+    line: Line,
+    catalog: Catalog,
+    template: str | None,
+    archived_to: datetime | None,
+) -> LineExplanation:
+    document = line.to_dict()
+    if line.kind == "adjustment":
+        ref = next((item for item in invoice.late_usage if item["reference_period"] == line.reference_period
+                    and item["meter_code"] == line.meter_code), None)  # fmt: skip
+        basis = f"late usage of {line.reference_period} that arrived after its invoice was finalized"
+        if ref:
+            basis += f" ({ref['reference_invoice']}: {ref['quantity']} more {line.meter_code}, re-rated)"
+        basis += f"; explain it with: spanmeter invoice explain --account {account_id} --period {line.reference_period}"
+        return LineExplanation(line_no, document, basis)
+    if line.kind != "usage":
+        plans = ", ".join(
+            f"{s['plan_code']} ({s['pricing_version']}) {s['from']}–{s['to']}" for s in invoice.subscriptions
+        )
+        return LineExplanation(line_no, document, f"{line.kind} of the subscription(s): {plans}")
+    meters = _meters_of(line)
+    start, end = _window(line, period, catalog, invoice)
+    rows = explain_store.summary(conn, account_id, meters, start, end, line.dimension)
+    totals = [
+        {"meter_code": m or "", "rows": str(n), "quantity": format(q, "f"), "first": _iso(a), "last": _iso(b)}
+        for what, m, _, n, q, a, b, _ in rows
+        if what == "total"
+    ]
+    jobs = [
+        {"job_id": j or "", "rows": str(n), "quantity": format(q, "f")}
+        for what, _, j, n, q, *_ in rows
+        if what == "job"
+    ]
+    largest = []
+    for what, m, trace, _, q, at, _, span in rows:
+        if what != "row":
+            continue
+        item = {"trace_id": trace or "", "span_id": span or "", "meter_code": m or "", "quantity": format(q, "f"),
+                "occurred_at": _iso(at)}  # fmt: skip
+        if url := trace_url(template, trace or "", span):
+            item["url"] = url
+        largest.append(item)
+    corrections = [
+        {
+            "key": c.idempotency_key,
+            "meter_code": c.meter_code,
+            "quantity": format(c.quantity, "f"),
+            "occurred_at": _iso(c.occurred_at),
+            "reason": c.reason,
+            "by": c.created_by,
+        }
+        for c in adjustments.for_account(conn, account_id, start, end)
+        if c.meter_code in meters and (line.dimension in (None, "") or c.meter_code not in BOOK_METERS)
+    ]
+    what = f"{', '.join(meters)} of {account_id} in [{_iso(start)}, {_iso(end)})"
+    if line.dimension is not None:
+        what += f", model {line.dimension or '(none)'}"
+    basis = f"the ledger rows of {what}"
+    if line.price_book:
+        basis += f", priced by {line.price_book} ({line.usage_kind})"
+    note = None
+    if archived_to is not None and start < archived_to:
+        note = f"rows before {_iso(archived_to)} are archived (spanmeter db restore brings them back)"
+    return LineExplanation(line_no, document, basis, (_iso(start), _iso(end)), meters, line.dimension, totals, jobs,
+                           largest, corrections, note)  # fmt: skip
+
+
+def explain_invoice(
+    conn: psycopg.Connection,
+    account_id: str,
+    period: Period,
+    *,
+    line_no: int | None = None,
+    trace_url_template: str | None = None,
+    archived_to: datetime | None = None,
+) -> tuple[Invoice, list[LineExplanation]]:
+    """The invoice and an explanation per line (or of line ``line_no``, counted from 1)."""
+    catalog = load_catalog(conn)
+    invoice = build_invoice(conn, account_id, period, catalog=catalog)
+    if line_no is not None and not 1 <= line_no <= len(invoice.lines):
+        raise InvoiceError(f"--line {line_no}: the invoice has lines 1 to {len(invoice.lines)}")
+    chosen = [(i, line) for i, line in enumerate(invoice.lines, start=1) if line_no in (None, i)]
+    return invoice, [
+        _explain(conn, account_id, period, invoice, i, line, catalog, trace_url_template, archived_to)
+        for i, line in chosen
+    ]
