@@ -1,7 +1,7 @@
 """Prices as data: price books and pricing versions in the ledger, and the catalog invoices rate with.
 
     spanmeter prices import examples/prices/docpipe-2026-12.yaml     # a price book version
-    spanmeter prices import examples/pricing/v3_models.yaml          # a pricing version (plans over a book)
+    spanmeter prices import demo/pricing/v3_models.yaml          # a pricing version (plans over a book)
     spanmeter prices show [--book docpipe] [--version 2026-12]
     spanmeter prices diff docpipe@2026-11 docpipe@2026-12
     spanmeter prices unpriced --period 2026-12                       # models no book version prices

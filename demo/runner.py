@@ -224,39 +224,58 @@ def _report(
     )
 
 
+PRICING = Path(__file__).resolve().parent / "pricing"
+
+
 def _invoice_preview(conninfo: str, out: _Out) -> None:
-    """Subscribe the demo accounts (when they have no subscription yet) and print their draft invoices."""
+    """Import the demo's price book and per-model pricing version (once), subscribe the demo accounts (when they
+    have no subscription yet), and print their draft invoices against the flat-rate v2_compute."""
+    from datetime import timedelta
+
     import psycopg
 
-    from spanmeter.billing import invoices, subscriptions
+    from spanmeter.billing import invoices, prices, subscriptions
     from spanmeter.billing.periods import Period
+    from spanmeter.billing.pricebook import load_file
+    from spanmeter.billing.pricebook.parse import read_document
+    from spanmeter.billing.rating.plan_data import parse_pricing_version
 
     period = Period.containing(datetime.now(UTC))
-    out.line(f"\n  draft invoices for {period} (subscriptions on v2_compute; shadow: the old per-request v1_request)")
     with psycopg.connect(conninfo) as conn:
+        book = load_file(PRICING / "docpipe-2026-01.yaml")
+        prices.import_book(conn, book, imported_by="spanmeter demo", drift_window=timedelta(days=2))
+        version = parse_pricing_version(read_document(PRICING / "v3_models.yaml"))
+        prices.import_pricing_version(conn, version, imported_by="spanmeter demo")
+        conn.commit()
+        out.line(
+            f"\n  draft invoices for {period}: {version.code} (tokens and GPU time per model, price book {book.label})"
+            "\n  against the flat token and GPU-second rates of v2_compute"
+        )
         for account, plan in workload.ACCOUNTS:
             if not subscriptions.history(conn, account):
                 subscriptions.set_subscription(
                     conn,
                     account_id=account,
                     plan_code=plan,
-                    pricing_version="v2_compute",
+                    pricing_version=version.code,
                     valid_from=period.start,
                     created_by="spanmeter demo",
                     note="created by spanmeter demo",
                 )
                 conn.commit()
             try:
-                comparison = invoices.shadow_comparison(conn, account, period, "v1_request")
+                comparison = invoices.shadow_comparison(conn, account, period, "v2_compute")
             except invoices.InvoiceError as exc:
                 out.line(f"  {account:<10} {exc}")
                 continue
             primary, shadow = comparison.primary, comparison.shadow
+            models = sorted({line.dimension for line in primary.lines if line.dimension})
             out.line(
                 f"  {account:<10} {primary.subscriptions[-1]['plan_code']:<9} {primary.pricing_version} "
-                f"{primary.total:>9,.2f} {primary.currency}   v1_request {shadow.total:>8,.2f} {shadow.currency}"
-                f"   ({len(primary.lines)} lines)"
+                f"{primary.total:>9,.2f} {primary.currency}   v2_compute {shadow.total:>9,.2f} {shadow.currency}"
+                f"   difference {primary.total - shadow.total:+,.2f}   ({', '.join(models)})"
             )
+    out.line(f"  each line explained: spanmeter invoice explain --account acme --period {period}")
 
 
 def _synthetic_spans(stack: DemoStack) -> int:

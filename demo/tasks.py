@@ -21,15 +21,17 @@ class ModelUnavailable(Exception):
 
 @app.task(bind=True, name="docpipe.extract_text")
 def extract_text(self, document: dict) -> None:
-    time.sleep(workload.EXTRACT_SECONDS_PER_PAGE * document["pages"])  # OCR / parsing
+    time.sleep(workload.extract_seconds(document["pages"]))  # OCR / parsing
     detect_tables.delay(document)  # the request's account and job travel with the message
     classify_document.delay(document)
 
 
 @app.task(bind=True, name="docpipe.detect_tables")
 def detect_tables(self, document: dict) -> None:
-    with gpu_section(count=document["gpus"], model="l4", name="detect_tables.inference"):
-        time.sleep(workload.GPU_SECONDS_PER_PAGE * document["pages"])
+    with gpu_section(
+        count=document["gpus"], model=workload.gpu_model(document["gpus"]), name="detect_tables.inference"
+    ):
+        time.sleep(workload.gpu_seconds(document["pages"]))
 
 
 @app.task(bind=True, name="docpipe.classify_document", max_retries=3)
@@ -37,12 +39,13 @@ def classify_document(self, document: dict) -> str:
     if document.get("flaky") and self.request.retries == 0:
         time.sleep(0.05)
         raise self.retry(exc=ModelUnavailable("classifier returned 503"), countdown=0.2)
-    with tracer.start_as_current_span(f"chat {workload.MODEL}", kind=trace.SpanKind.CLIENT):
+    model = workload.model_for(document["pages"])
+    with tracer.start_as_current_span(f"chat {model}", kind=trace.SpanKind.CLIENT):
         time.sleep(workload.LLM_CALL_SECONDS)
         record_llm_usage(
             input_tokens=workload.input_tokens(document["pages"]),
             output_tokens=workload.output_tokens(document["pages"]),
-            model=workload.MODEL,
+            model=model,
             provider=workload.PROVIDER,
         )
     return "invoice" if document["pages"] > 2 else "receipt"

@@ -9,7 +9,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from .tasks import extract_text
 
-MAX_PAGES = 50
+MAX_PAGES = 500  # a long extraction (the workload's first document per account is 180 pages)
 MAX_GPUS = 8
 
 

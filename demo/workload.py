@@ -13,6 +13,12 @@ meter                     rows   quantity
 ``output_tokens``         1      :func:`output_tokens` (``pages``)
 ========================  =====  ====================================================================
 
+Two LLM models and two GPU models, priced differently by the demo's price book (``demo/pricing/``): a
+document of :data:`VISION_PAGES` pages or more is read by the vision model ``gpt-4o`` (about 1,100 tokens a
+page), a shorter one by ``gpt-4o-mini``; a document on two GPUs runs on ``h100``, on one on ``l4``. Each
+account's first document is a 180-page extraction, so the per-model invoice differs visibly from the flat
+token rate of ``v2_compute``.
+
 Synthetic documents (``X-Spanmeter-Synthetic: true``) produce the same spans and no ledger rows.
 """
 
@@ -27,7 +33,11 @@ __all__ = [
     "Submission",
     "expected_rows",
     "expected_tokens",
+    "extract_seconds",
+    "gpu_model",
+    "gpu_seconds",
     "input_tokens",
+    "model_for",
     "output_tokens",
     "plan",
 ]
@@ -38,11 +48,33 @@ ACCOUNTS = (("acme", "starter"), ("globex", "growth"), ("initech", "platform"))
 EXTRACT_SECONDS_PER_PAGE = 0.05
 GPU_SECONDS_PER_PAGE = 0.08
 LLM_CALL_SECONDS = 0.04
-MODEL = "gpt-4o-mini"
+SMALL_MODEL = "gpt-4o-mini"
+VISION_MODEL = "gpt-4o"
+VISION_PAGES = 50  # documents this long are read by the vision model
 PROVIDER = "openai"
+BIG_DOCUMENT_PAGES = 180  # each account's first document: a long extraction
+MAX_STEP_SECONDS = 0.8  # the demo's simulated work per step is capped, so a long document does not stall it
+
+
+def model_for(pages: int) -> str:
+    return VISION_MODEL if pages >= VISION_PAGES else SMALL_MODEL
+
+
+def gpu_model(gpus: int) -> str:
+    return "h100" if gpus >= 2 else "l4"
+
+
+def extract_seconds(pages: int) -> float:
+    return min(EXTRACT_SECONDS_PER_PAGE * pages, MAX_STEP_SECONDS)
+
+
+def gpu_seconds(pages: int) -> float:
+    return min(GPU_SECONDS_PER_PAGE * pages, MAX_STEP_SECONDS)
 
 
 def input_tokens(pages: int) -> int:
+    if model_for(pages) == VISION_MODEL:
+        return 1_100 * pages + 400  # page images, plus the instructions
     return 320 * pages + 180  # the prompt: instructions plus the extracted text
 
 
@@ -81,7 +113,7 @@ def plan(documents_per_account: int = 4, synthetic_probes: int = 2) -> list[Subm
     submissions: list[Submission] = []
     for index in range(documents_per_account):
         for rank, (account, plan_code) in enumerate(ACCOUNTS):
-            pages = 1 + (3 * index + 5 * rank + index * rank) % 6
+            pages = BIG_DOCUMENT_PAGES if index == 0 else 1 + (3 * index + 5 * rank + index * rank) % 6
             gpus = 1 + (index + rank) % 2
             flaky = (index + rank) % 4 == 1
             submissions.append(Submission(account, plan_code, Document(f"{account}-{index + 1}", pages, gpus, flaky)))

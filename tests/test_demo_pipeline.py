@@ -122,12 +122,14 @@ def test_quantities_follow_the_meter_rules(stack, run):
         for quantity, _ in by_meter["worker_seconds"]:
             assert quantity == quantity.quantize(Decimal("0.1")) and quantity >= Decimal("0.1")
         [(gpu_quantity, gpu_meta)] = by_meter["gpu_seconds"]
-        assert gpu_meta["gpu.count"] == document.gpus and gpu_meta["gpu.model"] == "l4"
+        assert gpu_meta["gpu.count"] == document.gpus and gpu_meta["gpu.model"] == workload.gpu_model(document.gpus)
         per_gpu = gpu_quantity / document.gpus
         assert per_gpu == per_gpu.quantize(Decimal("0.1"), ROUND_CEILING)  # rounded up, then × count
-        assert per_gpu >= Decimal(str(workload.GPU_SECONDS_PER_PAGE * document.pages)).quantize(Decimal("0.1"))
+        assert per_gpu >= Decimal(str(workload.gpu_seconds(document.pages))).quantize(Decimal("0.1"))
         [(extract, _)] = [(q, m) for q, m in by_meter["worker_seconds"] if m["span.name"].endswith("extract_text")]
-        assert extract >= Decimal(str(workload.EXTRACT_SECONDS_PER_PAGE * document.pages)).quantize(Decimal("0.1"))
+        assert extract >= Decimal(str(workload.extract_seconds(document.pages))).quantize(Decimal("0.1"))
+        [(_, token_meta)] = by_meter["input_tokens"]
+        assert token_meta["gen_ai.model"] == workload.model_for(document.pages)  # two models, by document size
 
 
 def test_synthetic_traffic_is_metered_but_never_billed(stack, run):

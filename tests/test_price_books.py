@@ -43,12 +43,25 @@ from spanmeter.billing.rating import PRICING_VERSIONS
 from spanmeter.billing.rating.plan_data import PricingDataError, parse_pricing_version
 
 ROOT = Path(__file__).resolve().parents[1]
-BOOK = ROOT / "examples" / "prices" / "docpipe-2026-01.yaml"
+BOOK = ROOT / "demo" / "pricing" / "docpipe-2026-01.yaml"
 BOOK_USD = ROOT / "examples" / "prices" / "docpipe-usd-2026-01.yaml"
-V3 = ROOT / "examples" / "pricing" / "v3_models.yaml"
+V3 = ROOT / "demo" / "pricing" / "v3_models.yaml"
 V3_USD = ROOT / "examples" / "pricing" / "v3_models_usd.yaml"
 DEC = Period(2026, 12)
 D = Decimal
+
+
+V2_TOKEN_ALLOWANCES = {"starter": "250000", "growth": "5000000", "scale": "0", "platform": "1000000"}
+
+
+def _v3(code: str = "v3_allow", book: str = "docpipe", allowances: dict | None = None) -> dict:
+    """v3_models with token allowances (v2's by default; v3 itself includes no tokens), as a new version."""
+    document = {**yaml.safe_load(V3.read_text()), "pricing_version": code, "price_book": book}
+    for plan in document["plans"]:
+        for rate in plan["rates"]:
+            if rate["metric"] == "tokens":
+                rate["included"] = (allowances or V2_TOKEN_ALLOWANCES)[plan["code"]]
+    return document
 
 
 def _book(**change) -> dict:
@@ -271,8 +284,8 @@ def _money(value: Decimal) -> Decimal:
 
 
 def test_tokens_and_gpu_time_are_priced_per_model_at_the_book_in_force(db):
-    _import(db, BOOK, V3)
-    _subscribe(db, "acme")
+    _import(db, BOOK, _v3())
+    _subscribe(db, "acme", pricing="v3_allow")
     day = DEC.start + timedelta(days=3)
     _write(db, [
         _row("acme", "input_tokens", 4_000_000, day, model="gpt-4o-mini"),
@@ -323,8 +336,8 @@ def test_tokens_and_gpu_time_are_priced_per_model_at_the_book_in_force(db):
 
 
 def test_a_mid_month_price_change_prices_each_side_at_its_version_and_the_allowance_once(db):
-    _import(db, BOOK, V3)
-    _subscribe(db, "acme", plan="starter")  # 250,000 tokens included
+    _import(db, BOOK, _v3())
+    _subscribe(db, "acme", plan="starter", pricing="v3_allow")  # 250,000 tokens included
     _write(db, [
         _row("acme", "input_tokens", 1_000_000, DEC.start + timedelta(days=2), model="gpt-4o-mini"),
         _row("acme", "input_tokens", 1_000_000, DEC.start + timedelta(days=20), model="gpt-4o-mini"),
@@ -401,7 +414,7 @@ MONTH_HOURS = 31 * 24
 _examples = iter(range(10**6))
 
 
-def _versions_for(n: int, change_hour: int) -> tuple:
+def _books_for(n: int, change_hour: int) -> tuple:
     """Example ``n``'s own book (two versions, the second dearer from ``change_hour``) and pricing version."""
     base = {**book_document(load_file(BOOK)), "book": f"dp{n}"}
     dearer = json.loads(json.dumps(base))
@@ -410,8 +423,7 @@ def _versions_for(n: int, change_hour: int) -> tuple:
     dearer["gpus"]["models"][1]["price"] = "0.00200"
     at = DEC.start + timedelta(hours=change_hour)
     dearer.update(version="dearer", effective_from=at.isoformat())
-    version = {**yaml.safe_load(V3.read_text()), "pricing_version": f"v3x{n}", "price_book": f"dp{n}"}
-    return parse_book(base), parse_book(dearer), parse_pricing_version(version)
+    return parse_book(base), parse_book(dearer)
 
 
 @pytest.fixture(scope="module")
@@ -435,10 +447,15 @@ def ledger(module_db):
     ),
     change_hour=st.integers(1, MONTH_HOURS - 1),
     plan=st.sampled_from(["starter", "growth", "scale"]),
+    allowance=st.sampled_from(["0", "250000", "5000000"]),
 )
-def test_invoices_from_rollups_equal_the_raw_rows_priced_by_hand_to_the_cent(ledger, rows, change_hour, plan):
+def test_invoices_from_rollups_equal_the_raw_rows_priced_by_hand_to_the_cent(
+    ledger, rows, change_hour, plan, allowance
+):
     n = next(_examples)
-    book_a, book_b, version = _versions_for(n, change_hour)
+    book_a, book_b = _books_for(n, change_hour)
+    allowances = dict.fromkeys(V2_TOKEN_ALLOWANCES, allowance)
+    version = parse_pricing_version(_v3(f"v3x{n}", f"dp{n}", allowances))
     with psycopg.connect(ledger) as conn:
         prices.import_book(conn, book_a, imported_by="t", drift_window=timedelta(days=2))
         prices.import_book(conn, book_b, imported_by="t", drift_window=timedelta(days=2))

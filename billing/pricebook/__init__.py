@@ -2,7 +2,7 @@
 
 A price book is a file (YAML or JSON) imported into the ledger with ``spanmeter prices import``; an invoice
 prices model and GPU usage with the version in force when the usage occurred. An example:
-``examples/prices/docpipe-2026-12.yaml``::
+``demo/pricing/docpipe-2026-01.yaml`` (the demo's book; more in ``examples/prices/``)::
 
     book: docpipe                      # the book's code; plans name it (price_book: docpipe)
     version: "2026-12"                 # unique within the book; quote it

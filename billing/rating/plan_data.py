@@ -3,7 +3,7 @@
 ``spanmeter prices import plans.yaml`` stores a pricing version in the ledger; subscriptions name it like the
 built-in ``v1_request`` and ``v2_compute`` (which this format expresses exactly: ``examples/pricing/`` holds
 both, and a test proves they load equal to the frozen Python definitions). An example,
-``examples/pricing/v3_models.yaml``::
+``demo/pricing/v3_models.yaml``::
 
     pricing_version: v3_models
     description: Per model and per GPU model, from the docpipe price book

@@ -53,7 +53,9 @@ def rate_plan(
         lines.append(Line("fee", None, description, fraction, Decimal(0), Decimal(0), plan.base_fee, amount, currency))
     for rate in period_plan.rates:
         if isinstance(rate.price, BookPrice):
-            unit = BILLABLE_METRICS[rate.metric].unit.strip("{}")
+            unit = {"{token}": "tokens"}.get(
+                BILLABLE_METRICS[rate.metric].unit, BILLABLE_METRICS[rate.metric].unit.strip("{}")
+            )
             metric_groups = (groups or {}).get(rate.metric, ())
             lines.extend(
                 book_lines(rate.metric, f"{label}{rate.description}", metric_groups, rate.included, currency, unit)
