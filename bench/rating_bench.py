@@ -306,9 +306,16 @@ def prepare(pg: Postgres, args: argparse.Namespace, zipf_s: float, probs: list[f
             t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
             for t in ("usage_rollups_hourly", "usage_rollups_daily", "usage_rollup_jobs")
         }
+        # usage_events is partitioned (0010): its size is its partitions'; the jobs are a view over the job sets (0009)
+        size = "SELECT sum(pg_total_relation_size(relid)) / 1048576.0 FROM pg_partition_tree(%s)"
         info["sizes_mib"] = {
-            t: conn.execute("SELECT pg_total_relation_size(%s) / 1048576.0", (t,)).fetchone()[0]
-            for t in ("usage_events", "usage_rollups_hourly", "usage_rollups_daily", "usage_job_set_members")
+            t: float(conn.execute(size, (table,)).fetchone()[0] or 0)
+            for t, table in (
+                ("usage_events", "usage_events"),
+                ("usage_rollups_hourly", "usage_rollups_hourly"),
+                ("usage_rollups_daily", "usage_rollups_daily"),
+                ("usage_rollup_jobs", "usage_job_set_members"),
+            )
         }
         info["largest_hourly_rows_mtd"] = conn.execute(
             "SELECT count(*) FROM usage_rollups_hourly WHERE account_id = %s AND bucket_start >= %s AND bucket_start < %s",
@@ -561,6 +568,94 @@ def stage_rating(url: str, ranks: list[int], passes: int) -> dict:
         times.append(time.perf_counter() - t)
     out["rate_plan_s"] = statistics.median(times)
     out["rate_plan_runs_s"] = times
+    return out
+
+
+# -- stage 4b: per-model prices from a price book, side by side with v2_compute -------------------------------
+_BENCH_BOOK = {
+    "book": "bench",
+    "version": "2026-01",
+    "effective_from": "2026-01-01T00:00:00Z",
+    "currency": "EUR",
+    "description": "rating bench: the three models of the bench ledger at different prices",
+    "tokens": {
+        "per": 1000000,
+        "models": [
+            {
+                "model": "gpt-4o-mini",
+                "price": {"input": "0.30", "output": "1.20"},
+                "cost": {"input": "0.14", "output": "0.55"},
+            },
+            {
+                "model": "claude-sonnet-4",
+                "price": {"input": "4.00", "output": "18.00"},
+                "cost": {"input": "3.00", "output": "15.00"},
+            },
+            {"model": "docpipe-classifier-small", "price": {"input": "0.05", "output": "0.10"}},
+        ],
+    },
+    "gpus": {"per": 1, "models": [{"model": "l4", "price": "0.00025"}]},
+}
+
+
+def stage_rating_models(url: str, ranks: list[int], passes: int) -> dict:
+    """build_invoice for every account under v2_compute (one rate per token) and under a per-model pricing
+    version over a price book (``pricing_override``), passes alternating on one connection; then ``invoice
+    explain`` for the largest account on each."""
+    from spanmeter.billing import prices
+    from spanmeter.billing.explain import explain_invoice
+    from spanmeter.billing.invoices import build_invoice
+    from spanmeter.billing.periods import Period
+    from spanmeter.billing.pricebook import parse_book
+    from spanmeter.billing.pricebook.parse import read_document
+    from spanmeter.billing.rating.plan_data import parse_pricing_version
+    from spanmeter.billing.subscriptions import set_subscription
+
+    period = Period(2026, 10)
+    accounts = [account_id(r) for r in ranks]
+    version = {**read_document(BENCH_DIR.parent / "demo" / "pricing" / "v3_models.yaml"), "pricing_version": "v3_bench",
+               "price_book": "bench"}  # fmt: skip
+    with psycopg.connect(url) as conn:
+        prices.import_book(conn, parse_book(_BENCH_BOOK), imported_by="rating_bench", drift_window=timedelta(days=2))
+        prices.import_pricing_version(conn, parse_pricing_version(version), imported_by="rating_bench")
+        conn.commit()
+    out: dict = {"v2_pass_s": [], "models_pass_s": []}
+    totals: dict[str, Decimal] = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(passes):
+            for key, override in (("v2_pass_s", None), ("models_pass_s", "v3_bench")):
+                t0 = time.perf_counter()
+                for a in accounts:
+                    invoice = build_invoice(conn, a, period, pricing_override=override)
+                    if override:
+                        totals[a] = invoice.total
+                        assert not invoice.unpriced_models, invoice.unpriced_models
+                out[key].append(time.perf_counter() - t0)
+        out["v2_s"] = statistics.median(out["v2_pass_s"])
+        out["models_s"] = statistics.median(out["models_pass_s"])
+        out["ratio"] = out["models_s"] / out["v2_s"]
+        out["models_invoices_total_eur"] = str(sum(totals.values(), Decimal(0)))
+        largest = accounts[0]
+        runs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            _, explained = explain_invoice(conn, largest, period)
+            runs.append(time.perf_counter() - t)
+        out["explain_v2_largest_s"] = statistics.median(runs)
+        out["explain_v2_lines"] = len(explained)
+    with psycopg.connect(url) as conn:  # the largest account moves to the per-model version (a new row supersedes)
+        set_subscription(conn, account_id=largest, plan_code=plan_of(1), pricing_version="v3_bench",
+                         valid_from=MONTH_START, created_by="rating_bench")  # fmt: skip
+        conn.commit()
+    with psycopg.connect(url, autocommit=True) as conn:
+        runs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            _, explained = explain_invoice(conn, largest, period)
+            runs.append(time.perf_counter() - t)
+        out["explain_models_largest_s"] = statistics.median(runs)
+        out["explain_models_lines"] = len(explained)
+        out["explain_models_rows"] = sum(int(t["rows"]) for e in explained for t in e.totals)
     return out
 
 
@@ -891,6 +986,17 @@ def main(argv: list[str] | None = None) -> int:
             f" (largest EUR {r4['largest_invoice_total_eur']}); {time.monotonic() - t:.0f} s"
         )
 
+        log("(4b) per-model prices: build_invoice for every account, v2_compute and a price book, passes alternating")
+        t = time.monotonic()
+        r4b = results["4b"] = stage_rating_models(pg.url, ranks, max(3, args.invoice_passes))
+        log(
+            f"    v2_compute passes {', '.join(f'{x:.2f}' for x in r4b['v2_pass_s'])} s; per-model passes "
+            f"{', '.join(f'{x:.2f}' for x in r4b['models_pass_s'])} s; ratio of medians {r4b['ratio']:.2f}; "
+            f"invoice explain, largest: {r4b['explain_v2_largest_s']:.2f} s (v2, {r4b['explain_v2_lines']} lines), "
+            f"{r4b['explain_models_largest_s']:.2f} s (per model, {r4b['explain_models_lines']} lines, "
+            f"{r4b['explain_models_rows']:,} rows); {time.monotonic() - t:.0f} s"
+        )
+
         log(
             f"(3) rollup upkeep: {args.ab_rounds} A/B rounds of {args.batches} x {args.batch_rows:,} rows through "
             "LedgerWriter.write_usage + commit"
@@ -997,6 +1103,22 @@ def summarize(results: dict, args: argparse.Namespace, n_accounts: int) -> list[
     )
     row("    info: of which rollup_totals over the whole period", f"{r4['rollup_totals_period_s']:.2f} s")
     row(f"(4) pure rate_plan for all {n_accounts:,} accounts", f"{r4['rate_plan_s'] * 1e3:.1f} ms")
+    r4b = results["4b"]
+    row(
+        f"(4b) build_invoice, all {n_accounts:,} accounts, per-model prices (median of {len(r4b['models_pass_s'])})",
+        f"{r4b['models_s']:.2f} s",
+        "< 5 s",
+        r4b["models_s"] < 5,
+    )
+    row("(4b) the same under v2_compute, passes alternating", f"{r4b['v2_s']:.2f} s")
+    row("(4b) ratio per-model / v2_compute", f"{r4b['ratio']:.2f}", "<= 2", r4b["ratio"] <= 2)
+    row(
+        "(4b) invoice explain, largest account, per-model lines",
+        f"{r4b['explain_models_largest_s']:.2f} s",
+        "<= 2 s",
+        r4b["explain_models_largest_s"] <= 2,
+    )
+    row("    info: invoice explain, largest account, v2_compute lines", f"{r4b['explain_v2_largest_s']:.2f} s")
     row(f"(4) set_subscription for all {n_accounts:,} accounts (one commit)", f"{r4['set_subscription_s']:.2f} s")
     log("-" * 120)
     return rows

@@ -107,7 +107,7 @@ def build_invoice(
         return from_document(stored)
     catalog = catalog if catalog is not None else load_catalog(conn)
     if parts is None:
-        parts = period_usage(conn, account_id, period, catalog)
+        parts = period_usage(conn, account_id, period, catalog, pricing_override)
     if not parts:
         raise InvoiceError(
             f"{account_id} has no subscription in {period}: "

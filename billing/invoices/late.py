@@ -145,9 +145,9 @@ def late_usage_lines(
     lines: list[Line] = []
     details: list[dict[str, str]] = []
     for earlier, document in periods_late_onto(finalized, period):
-        more_lines, more_details = late_adjustments(
-            earlier, document, finalized, period_usage(conn, account_id, earlier, catalog), currency, catalog
-        )
+        version = document["pricing_version"]
+        parts = period_usage(conn, account_id, earlier, catalog, version if "+" not in version else None)
+        more_lines, more_details = late_adjustments(earlier, document, finalized, parts, currency, catalog)
         lines += more_lines
         details += more_details
     return lines, details

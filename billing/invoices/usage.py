@@ -109,14 +109,20 @@ def with_corrections(
 
 
 def period_usage(
-    conn: psycopg.Connection, account_id: str, period: Period, catalog: Catalog | None = None
+    conn: psycopg.Connection,
+    account_id: str,
+    period: Period,
+    catalog: Catalog | None = None,
+    pricing_override: str | None = None,
 ) -> list[SegmentUsage]:
-    """Usage per subscription segment of ``period``; with usage per model and GPU model, window by window, when
-    a pricing version of ``catalog`` (read from the ledger when not given) prices from a price book."""
+    """Usage per subscription segment of ``period``; with usage per model and GPU model, window by window, for a
+    segment whose pricing version (or ``pricing_override``) prices from a price book (``catalog``: the versions
+    and books, read from the ledger when not given)."""
     catalog = catalog if catalog is not None else load_catalog(conn)
-    per_dimension = any(version.uses_book for version in catalog.versions.values())
     result = []
     for segment in subscriptions.segments(conn, account_id, period.start, period.end):
+        version = catalog.version(pricing_override or segment.subscription.pricing_version)
+        per_dimension = version is not None and version.uses_book
         totals = rollup_totals(conn, account_id, segment.start, segment.end)
         corrections = adjustments.for_account(conn, account_id, segment.start, segment.end)
         usage, versions, plans = billable_usage(totals, corrections)
