@@ -20,6 +20,7 @@ derived from the name (``alerts/runbooks/<AlertName>.md``) and a ``dashboard_url
 | ``SpanmeterDuplicateRateHigh`` | warning | over 20 % of usage rows received are already in the ledger (retry storm, replay loop) |
 | ``SpanmeterCollectorDown`` | critical | no ``spanmeter`` scrape target is up |
 | ``SpanmeterReconciliationDelta`` | warning | the latest ``spanmeter reconcile`` found rollups ≠ ledger |
+| ``SpanmeterUnpricedUsage`` | warning | this month has usage of a model or GPU model no price book version prices (its invoice cannot be finalized) |
 | ``SpanmeterBillingMetricsStale`` | warning | quota and reconciliation gauges not refreshed for 10 min (then ``for`` 5 min) |
 | ``SpanmeterAccountQuotaHigh`` | warning | an account used 75 % of an included quota (or commitment) this month |
 | ``SpanmeterAccountQuotaExhausted`` | critical | an account used all of it |
@@ -256,6 +257,18 @@ def _billing(profile: Profile) -> list[Alert]:
             "(quantities summed across meters: only zero or not-zero means anything) between the raw ledger, "
             "the rollups invoices read, and finalized invoices, or usage with no subscription. Do not finalize "
             "invoices until it is 0.",
+            BILLING,
+        ),
+        Alert(
+            "SpanmeterUnpricedUsage",
+            f"max by (job) (spanmeter_unpriced_usage_items{{{job}}}) > 0",
+            "30m",
+            "warning",
+            "Usage of a model no price book prices.",
+            "{{ $value | humanize }} (model, meter) pair(s) of this month's usage match no entry of their price "
+            "book (no exact name, pattern or default): they are listed on the draft invoices, never billed at zero, "
+            "and those invoices cannot be finalized until a book version prices them. `spanmeter prices unpriced "
+            "--period <this month>` names them.",
             BILLING,
         ),
         Alert(

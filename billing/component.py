@@ -48,6 +48,7 @@ class BillingSnapshot:
     reconciliation: tuple[float, float] | None = None
     refreshed_at: float = 0.0
     leader: bool = False
+    unpriced_items: int | None = None  # leader only: (model, meter) pairs this month no price book prices
 
 
 @dataclass
@@ -67,12 +68,15 @@ class BillingComponent:
         with psycopg.connect(self.database.conninfo, connect_timeout=10) as conn:
             leader = locks.try_transaction_lock(conn, REFRESH_LOCK_ID)
             quotas: tuple[tuple[str, str, float], ...] = ()
+            unpriced = None
             if leader:
-                ratios = BillingService.refresh_month_to_date(conn, datetime.now(UTC))
+                now = datetime.now(UTC)
+                ratios = BillingService.refresh_month_to_date(conn, now)
                 quotas = tuple((account, metric, float(ratio)) for account, metric, ratio in ratios)
+                unpriced = BillingService.unpriced_items(conn, now)
             reconciliation = BillingService.latest_reconciliation(conn)
             conn.commit()  # the rewrite, and the lock's release
-        self._snapshot = BillingSnapshot(quotas, reconciliation, time.time(), leader)
+        self._snapshot = BillingSnapshot(quotas, reconciliation, time.time(), leader, unpriced)
         return self._snapshot
 
     def _run(self) -> None:

@@ -22,6 +22,7 @@ import psycopg
 
 from . import invoices, subscriptions
 from .ledger import month_to_date_store
+from .margin import cost_of, margin_rows
 from .periods import Period
 from .prices import BUILTIN, Catalog, load_catalog
 from .rating import QuotaStatus, invoice_total, quota_status
@@ -51,6 +52,8 @@ class MonthToDate:
     invoice_so_far: Decimal
     projected_total: Decimal
     in_force: bool  # a subscription segment contains `as_of` (False: it ended earlier this month)
+    cost_so_far: Decimal | None = None  # the usage so far at the price books' cost (None: no known cost)
+    unpriced_items: int = 0  # (model, meter) pairs of the month's usage no book version prices
 
 
 def _scaled(part: invoices.SegmentUsage, scale: Decimal) -> invoices.SegmentUsage:
@@ -97,6 +100,7 @@ def month_to_date(
         (period.end - period.start).total_seconds()
     )
     current_lines = invoices.rate_segments([current], period, None, catalog).lines
+    rated = invoices.rate_segments(parts, period, None, catalog)
     spend = sum((line.amount for line in current_lines if line.kind == "usage"), Decimal(0))
     return MonthToDate(
         period=period,
@@ -109,6 +113,8 @@ def month_to_date(
         invoice_so_far=draft.total,
         projected_total=projected_total(parts, period, now, catalog),
         in_force=in_force is not None,
+        cost_so_far=cost_of(margin_rows(account_id, rated.lines, rated)),
+        unpriced_items=len(draft.unpriced_models),
     )
 
 
@@ -146,5 +152,7 @@ def refresh_month_to_date(conn: psycopg.Connection, now: datetime) -> list[tuple
                 invoice_so_far=mtd.invoice_so_far,
                 projected_total=mtd.projected_total,
                 as_of=now,
+                cost_so_far=mtd.cost_so_far,
+                unpriced_items=mtd.unpriced_items,
             )
     return _exported(found)

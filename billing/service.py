@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 import psycopg
 from sqlalchemy import Engine
 
-from . import adjustments, explain, exports, invoices, prices, quotas, subscriptions
+from . import adjustments, explain, exports, invoices, margin, prices, quotas, subscriptions
 from . import reconcile as reconciliation
 from . import usage as usage_views
-from .ledger import partitions, rollup_store, usage_store
+from .ledger import month_to_date_store, partitions, rollup_store, usage_store
 from .ledger.database import Database
 from .ledger.replica import Databases, read_connection
 from .periods import Period
@@ -173,6 +173,20 @@ class BillingService:
 
         return self.databases.read(read)
 
+    def margin(self, period: Period) -> list[margin.MarginRow]:
+        """Revenue, provider cost and margin per invoice line of every account subscribed in ``period``."""
+
+        def read(database: Database) -> list[margin.MarginRow]:
+            with read_connection(database) as conn:
+                catalog = prices.load_catalog(conn)
+                return [
+                    row
+                    for account in margin.subscribed_accounts(conn, period)
+                    for row in margin.account_margin(conn, account, period, catalog)
+                ]
+
+        return self.databases.read(read)
+
     # -- exact at commit: the primary -------------------------------------------------------------------
     def import_prices(self, item: PriceBook | PricingVersion, *, by: str, drift_window: timedelta) -> bool:
         """Store a price book version or a pricing version (append-only); False when already stored as is."""
@@ -297,6 +311,11 @@ class BillingService:
     def refresh_month_to_date(conn: psycopg.Connection, now: datetime) -> list[tuple[str, str, Decimal]]:
         """Rewrite ``account_month_to_date`` for every subscribed account; the quota ratios to export."""
         return list(quotas.refresh_month_to_date(conn, now))
+
+    @staticmethod
+    def unpriced_items(conn: psycopg.Connection, now: datetime) -> int:
+        """(model, meter) pairs of this month's usage no price book prices, as the last refresh found them."""
+        return month_to_date_store.unpriced_items(conn, Period.containing(now).start)
 
     @staticmethod
     def latest_reconciliation(conn: psycopg.Connection) -> tuple[float, float] | None:

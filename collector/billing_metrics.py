@@ -13,6 +13,7 @@ the quota ratios; the others export the reconciliation figures and the refresh t
 | ``spanmeter_reconciliation_last_run_timestamp_seconds`` | gauge | | when it ran |
 | ``spanmeter_billing_metrics_refresh_timestamp_seconds`` | gauge | | last successful pass (0 before) |
 | ``spanmeter_billing_refresh_leader`` | gauge | | 1 when this replica's last pass refreshed month to date (held the lock), else 0 |
+| ``spanmeter_unpriced_usage_items`` | gauge | | (model, meter) pairs of this month's usage no price book version prices, from the leader (absent elsewhere) |
 | ``spanmeter_billing_metrics_refresh_errors_total`` | counter | | failed passes (the previous snapshot is kept) |
 
 ``spanmeter_account_quota_used_ratio`` is the one metric allowed an ``account_id`` label; the threshold and
@@ -58,6 +59,8 @@ class BillingMetrics(Collector):
             yield gauge_family(M.RECONCILIATION_LAST_RUN, snapshot.reconciliation[1])
         yield gauge_family(M.BILLING_METRICS_REFRESH, snapshot.refreshed_at)
         yield gauge_family(M.BILLING_REFRESH_LEADER, 1.0 if snapshot.leader else 0.0)
+        if snapshot.unpriced_items is not None:
+            yield gauge_family(M.UNPRICED_USAGE_ITEMS, float(snapshot.unpriced_items))
 
     def refresh(self) -> None:
         self.component.refresh()

@@ -119,15 +119,18 @@ def _month_to_date_row() -> tuple:
         b.table(
             "Month-to-date bill and projection per account",
             "Each account's draft invoice so far this month and the linear projection to the month's end "
-            "(an estimate), in the account's currency. A projection far above the usual bill: warn the "
-            "customer or check the usage above. Empty: `spanmeter serve` has not refreshed yet, or no account "
-            "has a subscription this month.",
+            "(an estimate), in the account's currency; beside it, what that usage costs you at the price books' "
+            "cost entries and the margin (invoice so far minus cost; empty when no book entry has a cost), and "
+            "the (model, meter) pairs no price book prices (not zero: `spanmeter prices unpriced`; the invoice "
+            "cannot be finalized). A projection far above the usual bill: warn the customer or check the usage "
+            "above. Empty: `spanmeter serve` has not refreshed yet, or no account has a subscription this month.",
             [
                 b.sql(
                     f"""
 SELECT account_id AS "Account", plan_code AS "Plan", pricing_version AS "Pricing version",
        currency AS "Currency", invoice_so_far AS "Invoice so far", projected_total AS "Projected total",
-       computed_at AS "Computed at"
+       cost_so_far AS "Provider cost so far", invoice_so_far - cost_so_far AS "Margin so far",
+       unpriced_items AS "Unpriced models", computed_at AS "Computed at"
 FROM account_month_to_date
 WHERE {THIS_MONTH} AND {ACCOUNT_FILTER}
 ORDER BY projected_total DESC, account_id
@@ -141,12 +144,14 @@ ORDER BY projected_total DESC, account_id
         ),
         b.table(
             "Month to date per currency",
-            "Sum of the month-to-date drafts and projections per currency (never across currencies).",
+            "Sum of the month-to-date drafts, projections, provider costs and margins per currency (never "
+            "across currencies: spanmeter has no FX table and never converts).",
             [
                 b.sql(
                     f"""
 SELECT currency AS "Currency", count(*) AS "Accounts", sum(invoice_so_far) AS "Invoice so far",
-       sum(projected_total) AS "Projected total"
+       sum(projected_total) AS "Projected total", sum(cost_so_far) AS "Provider cost so far",
+       sum(invoice_so_far - cost_so_far) AS "Margin so far (accounts with a cost)"
 FROM account_month_to_date
 WHERE {THIS_MONTH} AND {ACCOUNT_FILTER}
 GROUP BY currency

@@ -331,6 +331,13 @@ BILLING_REFRESH_LEADER = Metric(
     merge="supervisor",
     component="billing",
 )
+UNPRICED_USAGE_ITEMS = Metric(
+    "spanmeter_unpriced_usage_items",
+    "gauge",
+    "(Model, meter) pairs of this month's usage that no price book version prices (leader only).",
+    merge="supervisor",
+    component="billing",
+)
 BILLING_METRICS_REFRESH_ERRORS = Metric(
     "spanmeter_billing_metrics_refresh_errors_total",
     "counter",

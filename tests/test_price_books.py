@@ -14,7 +14,7 @@ import json
 import re
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -600,3 +600,42 @@ def test_invoice_explain_traces_every_line_to_its_rows_jobs_traces_corrections_a
         capture_output=True, text=True, timeout=120, env={**os.environ, **env},
     )  # fmt: skip
     assert one.returncode == 2 and "--line 99: the invoice has lines 1 to" in one.stderr
+
+
+def test_margin_sets_the_books_cost_against_revenue_and_month_to_date_carries_cost_and_unpriced(db):
+    from spanmeter.billing import quotas
+    from spanmeter.billing.component import BillingComponent
+    from spanmeter.billing.ledger.database import resolve_database as resolve
+    from spanmeter.billing.margin import account_margin, group_rows
+
+    _import(db, BOOK, V3)  # v3 includes no tokens: every token is revenue
+    _subscribe(db, "acme", plan="starter")
+    day = DEC.start + timedelta(days=2)
+    _write(db, [
+        _row("acme", "input_tokens", 2_000_000, day, model="gpt-4o"),  # price 5.00/M, cost 2.30/M
+        _row("acme", "gpu_seconds", 10_000, day, gpu="h100"),  # price 0.00120/s, cost 0.00085/s
+        _row("acme", "output_tokens", 1_000, day, model="unknown-model"),  # unpriced
+    ])  # fmt: skip
+    with psycopg.connect(db) as conn:
+        rows = account_margin(conn, "acme", DEC)
+    by_model = {r["model"]: r for r in group_rows(rows, "model")}
+    assert by_model["gpt-4o"]["revenue"] == "10.00" and by_model["gpt-4o"]["cost"] == "4.60"
+    assert by_model["gpt-4o"]["margin"] == "5.40" and by_model["gpt-4o"]["margin_pct"] == "54.0"
+    assert by_model["h100"]["revenue"] == "12.00" and by_model["h100"]["cost"] == "8.50"
+    assert by_model["(no model)"]["revenue"] == "49.00"  # the base fee: revenue with no provider cost
+    assert "unknown-model" not in by_model  # unpriced: no revenue to set a cost against (listed elsewhere)
+    # month to date for the dashboard: provider cost so far and the unpriced pairs, beside the draft
+    now = DEC.start + timedelta(days=10)
+    with psycopg.connect(db) as conn:
+        quotas.refresh_month_to_date(conn, now)
+        cost, unpriced, so_far = conn.execute(
+            "SELECT cost_so_far, unpriced_items, invoice_so_far FROM account_month_to_date WHERE account_id = 'acme'"
+        ).fetchone()
+    assert (cost, unpriced) == (D("13.10"), 1)
+    assert so_far == D("71.00")  # 49.00 + 10.00 + 12.00
+    # serve's billing component exports the month's unpriced pairs (spanmeter_unpriced_usage_items)
+    current = Period.containing(datetime.now(UTC))
+    _subscribe(db, "globex", plan="growth", start=current.start)
+    _write(db, [_row("globex", "input_tokens", 10, datetime.now(UTC).replace(microsecond=0), model="new-model")])
+    snapshot = BillingComponent(resolve(db, data_dir=None)).refresh()
+    assert snapshot.leader and snapshot.unpriced_items == 1 + (current == DEC)  # acme's too, in December 2026

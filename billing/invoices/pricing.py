@@ -43,6 +43,7 @@ class Rated(NamedTuple):
     currency: str
     unpriced: tuple[dict[str, str], ...] = ()
     books: tuple[str, ...] = ()
+    groups: tuple[tuple[str, Group], ...] = ()  # (metric, group): usage per model behind the book-priced lines
 
 
 def book_groups(
@@ -92,6 +93,7 @@ def rate_segments(
     versions, currencies = set(), set()
     unpriced: list[dict[str, str]] = []
     books: set[str] = set()
+    all_groups: list[tuple[str, Group]] = []
     period_seconds = Decimal((period.end - period.start).total_seconds())
     for part in parts:
         sub = part.segment.subscription
@@ -107,6 +109,7 @@ def rate_segments(
             groups, missing, used = book_groups(part, version, plan, catalog)
             unpriced += missing
             books |= used
+            all_groups += [(metric, group) for metric, found in groups.items() for group in found]
         fraction = Decimal((part.segment.end - part.segment.start).total_seconds()) / period_seconds
         label = segment_label(part.segment, period, plan.name)
         lines.extend(rate_plan(part.usage, plan, fraction=fraction, label=label, groups=groups))
@@ -120,6 +123,7 @@ def rate_segments(
         currencies.pop() if currencies else "EUR",
         tuple(unpriced),
         tuple(sorted(books)),
+        tuple(all_groups),
     )
 
 

@@ -424,3 +424,5 @@ class AccountMonthToDate(Base):
     invoice_so_far: Mapped[Decimal] = mapped_column(Numeric)
     projected_total: Mapped[Decimal] = mapped_column(Numeric)
     computed_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    cost_so_far: Mapped[Decimal | None] = mapped_column(Numeric, nullable=True)  # 0013: at the books' cost
+    unpriced_items: Mapped[int] = mapped_column(Integer, server_default="0")  # 0013: (model, meter) pairs

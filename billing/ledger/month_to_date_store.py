@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import psycopg
 
-__all__ = ["put"]
+__all__ = ["put", "unpriced_items"]
 
 
 def put(
@@ -26,9 +26,20 @@ def put(
     invoice_so_far: Decimal,
     projected_total: Decimal,
     as_of: datetime,
+    cost_so_far: Decimal | None,
+    unpriced_items: int,
 ) -> None:
     """Upsert the account's row for the period starting ``period_start``."""
     conn.execute(
-        "SELECT spanmeter_put_month_to_date(%s, %s, %s, %s, %s, %s, %s, %s)",
-        (account_id, period_start, plan_code, pricing_version, currency, invoice_so_far, projected_total, as_of),
-    )
+        "SELECT spanmeter_put_month_to_date(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (account_id, period_start, plan_code, pricing_version, currency, invoice_so_far, projected_total, as_of,
+         cost_so_far, unpriced_items),
+    )  # fmt: skip
+
+
+def unpriced_items(conn: psycopg.Connection, period_start: datetime) -> int:
+    """(model, meter) pairs of the period's usage that no price book version prices, over every account."""
+    row = conn.execute(
+        "SELECT coalesce(sum(unpriced_items), 0) FROM account_month_to_date WHERE period_start = %s", (period_start,)
+    ).fetchone()
+    return int(row[0]) if row else 0

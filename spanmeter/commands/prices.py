@@ -6,6 +6,7 @@
     spanmeter prices diff CODE@V1 CODE@V2
     spanmeter prices unpriced --period YYYY-MM                       # exit 1 when some usage has no price
     spanmeter prices check FILE                                      # validate a file without a database
+    spanmeter prices margin --period YYYY-MM [--by account|meter|model]  # revenue, provider cost, margin
 
 Importing is append-only: the same file again changes nothing; a changed price is a new version from a later
 ``effective_from`` (refused inside a period already invoiced under the book, or its drift window).
@@ -75,6 +76,18 @@ def register(sub: Any) -> None:
     unpriced.add_argument("--period", required=True, help="YYYY-MM")
     unpriced.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
     unpriced.set_defaults(handler=_unpriced)
+
+    margin = psub.add_parser(
+        "margin",
+        help="revenue, provider cost (the books' cost entries) and margin of a month, per account, meter or model",
+        parents=[DATABASE, READ_REPLICA],
+    )
+    margin.add_argument("--period", required=True, help="YYYY-MM")
+    margin.add_argument(
+        "--by", choices=("account", "meter", "model"), default="account", help="grouping (default account)"
+    )
+    margin.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
+    margin.set_defaults(handler=_margin)
 
 
 def _service(args: argparse.Namespace, *, writes: bool) -> Any:
@@ -253,3 +266,27 @@ def _unpriced(args: argparse.Namespace) -> int:
             f"{len(found)} unpriced: import a price book version that prices them (or a default entry)", file=sys.stderr
         )
     return 1 if found else 0
+
+
+def _margin(args: argparse.Namespace) -> int:
+    from spanmeter.billing.margin import group_rows
+
+    from .billing import _period
+
+    rows = group_rows(_service(args, writes=False).margin(_period(args.period)), args.by)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no account is subscribed in {args.period}")
+        return 0
+    print(
+        f"{args.by:<28} {'currency':<8} {'revenue':>12} {'cost':>12} {'margin':>12} {'margin %':>9}  revenue without a known cost"
+    )
+    for r in rows:
+        print(
+            f"{r[args.by]:<28} {r['currency']:<8} {r['revenue']:>12} {r['cost']:>12} {r['margin']:>12} {r['margin_pct']:>9}  {r['revenue_without_known_cost']}"
+        )
+    print("cost: the price books' cost entries for all usage of a model (allowance included); fees and worker time have "
+          "no provider cost here; totals per currency, never converted")  # fmt: skip
+    return 0
