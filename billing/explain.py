@@ -155,6 +155,9 @@ def _explain(
     basis = f"the ledger rows of {what}"
     if line.price_book:
         basis += f", priced by {line.price_book} ({line.usage_kind})"
+        if line.usage_kind in ("input", "output"):
+            subsets = "cache reads and writes" if line.usage_kind == "input" else "reasoning tokens"
+            basis += f"; the {subsets} among them are priced on their own lines (each token once)"
     note = None
     if archived_to is not None and start < archived_to:
         note = f"rows before {_iso(archived_to)} are archived (spanmeter db restore brings them back)"

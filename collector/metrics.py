@@ -179,12 +179,14 @@ class CollectorMetrics:
         self.billable_gpu_seconds = metric(M.BILLABLE_GPU_SECONDS, r)
         self.billable_tokens = metric(M.BILLABLE_TOKENS, r)
         self.billable_api_requests = metric(M.BILLABLE_API_REQUESTS, r)
+        self.billable_token_subsets = metric(M.BILLABLE_TOKEN_SUBSETS, r)
         # where a meter definition's routing points (MeterRouting.metric): the billable counters by name
         self.billable: dict[str, Any] = {
             M.BILLABLE_WORKER_SECONDS.name: self.billable_worker_seconds,
             M.BILLABLE_GPU_SECONDS.name: self.billable_gpu_seconds,
             M.BILLABLE_TOKENS.name: self.billable_tokens,
             M.BILLABLE_API_REQUESTS.name: self.billable_api_requests,
+            M.BILLABLE_TOKEN_SUBSETS.name: self.billable_token_subsets,
         }
         self.service_requests = metric(M.SERVICE_REQUESTS, r)
         self.service_request_duration = metric(M.SERVICE_REQUEST_DURATION, r)
@@ -230,6 +232,8 @@ class CollectorMetrics:
             self.billable_api_requests.labels(plan)
             for direction in ("input", "output"):
                 self.billable_tokens.labels(plan, direction)
+            for kind in ("cache_read", "cache_write", "reasoning"):
+                self.billable_token_subsets.labels(plan, kind)
             for gpu in self.gpu_cap.values:
                 self.billable_gpu_seconds.labels(plan, gpu)
 

@@ -172,6 +172,13 @@ BILLABLE_GPU_SECONDS = Metric(
 BILLABLE_TOKENS = Metric(
     "spanmeter_billable_tokens_total", "counter", "Billable LLM tokens committed.", ("plan_code", "direction")
 )
+BILLABLE_TOKEN_SUBSETS = Metric(
+    "spanmeter_billable_token_subsets_total",
+    "counter",
+    "Cache-read, cache-write and reasoning tokens committed: already inside spanmeter_billable_tokens_total "
+    "(never add the two), metered apart so price books can price them.",
+    ("plan_code", "kind"),
+)
 BILLABLE_API_REQUESTS = Metric(
     "spanmeter_billable_api_requests_total", "counter", "Billable API requests committed.", ("plan_code",)
 )

@@ -639,3 +639,18 @@ def test_margin_sets_the_books_cost_against_revenue_and_month_to_date_carries_co
     _write(db, [_row("globex", "input_tokens", 10, datetime.now(UTC).replace(microsecond=0), model="new-model")])
     snapshot = BillingComponent(resolve(db, data_dir=None)).refresh()
     assert snapshot.leader and snapshot.unpriced_items == 1 + (current == DEC)  # acme's too, in December 2026
+
+
+def test_cached_input_is_priced_once_at_the_cache_price_on_a_real_invoice(db):
+    _import(db, BOOK, V3)  # no token allowance in v3: every token is billed
+    _subscribe(db, "acme", plan="starter")
+    day = DEC.start + timedelta(days=1)
+    _write(db, [
+        _row("acme", "input_tokens", 1_000_000, day, model="gpt-4o"),  # the span's input count, cache included
+        _row("acme", "cache_read_tokens", 800_000, day, model="gpt-4o"),  # of which read from the cache
+    ])  # fmt: skip
+    lines = {line.usage_kind: line for line in _invoice(db, "acme").lines if line.dimension == "gpt-4o"}
+    assert lines["input"].quantity == 200_000 and lines["input"].amount == D("1.00")  # 200k × 5.00/M
+    assert lines["cache_read"].quantity == 800_000 and lines["cache_read"].amount == D("2.00")  # 800k × 2.50/M
+    # the trap: input price on the whole input count plus the cache price would be 5.00 + 2.00
+    assert sum(line.amount for line in lines.values()) == D("3.00")

@@ -101,13 +101,17 @@ def test_every_meter_and_rounding_rule(collector, module_db):
         "input_tokens": Decimal("1082"),  # 1000 + 7 + 11 + 64
         "output_tokens": Decimal("258"),  # 250 + 3 + 5
         "api_requests": Decimal("2"),
+        # subsets of the chat span's counts, on rows of their own for price books (still inside the counts above)
+        "cache_read_tokens": Decimal("400"),
+        "reasoning_tokens": Decimal("50"),
     }
     rows = ledger(
         module_db,
         "SELECT meter_code, meter_version, unit, job_id, plan_code, metadata FROM usage_events "
         "WHERE account_id = 'acct-meters' AND metadata->>'span.name' = 'chat' ORDER BY 1",
     )
-    (_, v_in, unit_in, job, plan, meta_in), (_, _, _, _, _, meta_out) = rows
+    cached, (_, v_in, unit_in, job, plan, meta_in), (_, _, _, _, _, meta_out), reasoning = rows
+    assert (cached[0], cached[5]["gen_ai.model"], reasoning[0]) == ("cache_read_tokens", "gpt-4o", "reasoning_tokens")
     assert (v_in, unit_in, job, plan) == (1, "{token}", "job-1", "growth")
     assert meta_in["gen_ai.usage.cache_read.input_tokens"] == 400  # kept, not billed again
     assert meta_in["gen_ai.model"] == "gpt-4o" and meta_in["gen_ai.provider.name"] == "openai"

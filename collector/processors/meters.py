@@ -25,6 +25,9 @@ A meter definition is frozen once it has billed anyone. To change what a meter c
 | gpu_seconds     | ``s``       | spans with ``gpu.count``                                                 | duration rounded up to 100 ms × gpu.count  | reject          | billed       |
 | input_tokens    | ``{token}`` | GenAI spans with input tokens, operation absent or a model call          | ``gen_ai.usage.input_tokens``              | reject          | billed       |
 | output_tokens   | ``{token}`` | GenAI spans with output tokens, operation absent or a model call         | ``gen_ai.usage.output_tokens``             | reject          | billed       |
+| cache_read_tokens | ``{token}`` | model calls with ``gen_ai.usage.cache_read.input_tokens``              | that count (a subset of input_tokens)      | reject          | billed       |
+| cache_write_tokens | ``{token}`` | model calls with ``gen_ai.usage.cache_creation.input_tokens``         | that count (a subset of input_tokens)      | reject          | billed       |
+| reasoning_tokens | ``{token}`` | model calls with ``gen_ai.usage.reasoning.output_tokens``              | that count (a subset of output_tokens)     | reject          | billed       |
 | api_requests    | ``{request}`` | SERVER spans with ``http.request.method`` / ``http.method``            | 1                                          | count_only      | billed       |
 
 Failed attempts (span status ERROR) bill by default for every meter: the compute, the tokens and the
@@ -47,11 +50,14 @@ from spanmeter import attributes as A
 __all__ = [
     "ALL_METERS",
     "API_REQUESTS",
+    "CACHE_READ_TOKENS",
+    "CACHE_WRITE_TOKENS",
     "CURRENT_METERS",
     "GPU_SECONDS",
     "INPUT_TOKENS",
     "METER_CODES",
     "OUTPUT_TOKENS",
+    "REASONING_TOKENS",
     "ROW_LABEL_KEY",
     "WORKER_SECONDS",
     "AbsentOrIn",
@@ -372,6 +378,57 @@ OUTPUT_TOKENS = _tokens(
     (A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,),
     "LLM output tokens of model calls (reasoning tokens included, never billed twice)",
 )
+
+
+def _token_subset(code: str, key: str, kind: str, description: str) -> MeterDefinition:
+    """A subset of a model call's input or output count (cache reads, cache writes, reasoning), metered on its
+    own row so a price book can price it apart. It is *inside* its parent's count (``input_tokens`` or
+    ``output_tokens`` already bills it): rating takes it out of the parent and prices it once
+    (:func:`spanmeter.billing.pricebook.rate.split_tokens`), flat-rate pricing versions ignore it. Counted in
+    ``spanmeter_billable_token_subsets_total``, never in ``spanmeter_billable_tokens_total`` (which would then
+    count these tokens twice)."""
+    return MeterDefinition(
+        code=code,
+        version=1,
+        unit="{token}",
+        description=description,
+        on_unattributed=OnUnattributed.REJECT,
+        match=AllOf((AbsentOrIn(A.GEN_AI_OPERATION_NAME, A.GEN_AI_BILLABLE_OPERATIONS), Present(key))),
+        count=CountRule(
+            (key,),
+            0,
+            MAX_TOKENS_PER_SPAN,
+            "invalid_tokens",
+            f"{key} must be a whole number from 0 to {MAX_TOKENS_PER_SPAN}",
+        ),
+        quantity=Counted(),
+        metadata=(
+            FirstString("gen_ai.model", (A.GEN_AI_RESPONSE_MODEL, A.GEN_AI_REQUEST_MODEL)),
+            FirstString(A.GEN_AI_PROVIDER_NAME, (A.GEN_AI_PROVIDER_NAME, A.GEN_AI_SYSTEM)),
+            FirstString(A.GEN_AI_OPERATION_NAME, (A.GEN_AI_OPERATION_NAME,)),
+        ),
+        routing=MeterRouting("spanmeter_billable_token_subsets_total", ("plan", "=" + kind)),
+    )
+
+
+CACHE_READ_TOKENS = _token_subset(
+    "cache_read_tokens",
+    A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+    "cache_read",
+    "Cached input tokens read by model calls (a subset of input_tokens, priced apart by price books)",
+)
+CACHE_WRITE_TOKENS = _token_subset(
+    "cache_write_tokens",
+    A.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+    "cache_write",
+    "Input tokens written to the provider's cache by model calls (a subset of input_tokens)",
+)
+REASONING_TOKENS = _token_subset(
+    "reasoning_tokens",
+    A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+    "reasoning",
+    "Reasoning tokens of model calls (a subset of output_tokens, priced apart by price books)",
+)
 API_REQUESTS = MeterDefinition(
     code="api_requests",
     version=1,
@@ -387,11 +444,17 @@ API_REQUESTS = MeterDefinition(
 )
 
 # Every definition that ever billed, keyed by (code, version). Never remove or edit an entry.
-ALL_METERS: dict[tuple[str, int], MeterDefinition] = {
-    (m.code, m.version): m for m in (WORKER_SECONDS, GPU_SECONDS, INPUT_TOKENS, OUTPUT_TOKENS, API_REQUESTS)
-}
+_METERS = (
+    WORKER_SECONDS,
+    GPU_SECONDS,
+    INPUT_TOKENS,
+    OUTPUT_TOKENS,
+    CACHE_READ_TOKENS,
+    CACHE_WRITE_TOKENS,
+    REASONING_TOKENS,
+    API_REQUESTS,
+)
+ALL_METERS: dict[tuple[str, int], MeterDefinition] = {(m.code, m.version): m for m in _METERS}
 # The definitions new usage is metered with, in the order a span's matched meters are listed.
-CURRENT_METERS: dict[str, MeterDefinition] = {
-    m.code: m for m in (WORKER_SECONDS, GPU_SECONDS, INPUT_TOKENS, OUTPUT_TOKENS, API_REQUESTS)
-}
+CURRENT_METERS: dict[str, MeterDefinition] = {m.code: m for m in _METERS}
 METER_CODES: tuple[str, ...] = tuple(CURRENT_METERS)
