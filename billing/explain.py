@@ -19,8 +19,10 @@ allowance). Archived months (``spanmeter db archive``) have no raw rows left; th
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -70,14 +72,13 @@ def _meters_of(line: Line) -> tuple[str, ...]:
     if line.usage_kind == "gpu":
         return ("gpu_seconds",)
     if line.usage_kind:
-        # a token kind: its own meter, plus the parent count it was taken out of (input for cache tokens)
-        meter = next(m for m, kind in TOKEN_METERS.items() if kind == line.usage_kind)
-        return (meter,)
+        return (next(m for m, kind in TOKEN_METERS.items() if kind == line.usage_kind),)
     metric = BILLABLE_METRICS.get(line.meter_code or "")
     return metric.meters if metric else ()
 
 
-def _window(line: Line, period: Period, catalog: Catalog, invoice: Invoice) -> tuple[datetime, datetime]:
+def _window(line: Line, period: Period, catalog: Catalog) -> tuple[datetime, datetime]:
+    """The stretch of the period a book-priced line covers: its book version's effective window."""
     start, end = period.start, period.end
     if line.price_book:
         code, _, version = line.price_book.partition("@")
@@ -90,16 +91,35 @@ def _window(line: Line, period: Period, catalog: Catalog, invoice: Invoice) -> t
     return start, end
 
 
+def _top(items: list[dict[str, Any]], key: str, top: int) -> list[dict[str, Any]]:
+    return sorted(items, key=lambda item: (-Decimal(item["quantity"]), item.get(key, "")))[:top]
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The summary of the invoice's rows, indexed for the lines."""
+
+    cuts: list[datetime]
+    totals: list[explain_store.SummaryRow]
+    jobs: list[explain_store.SummaryRow]
+    largest: list[explain_store.SummaryRow]
+
+    def buckets(self, start: datetime, end: datetime) -> range:
+        return range(bisect.bisect_right(self.cuts, start), bisect.bisect_left(self.cuts, end) + 1)
+
+
 def _explain(
-    conn: psycopg.Connection,
     account_id: str,
     period: Period,
     invoice: Invoice,
     line_no: int,
     line: Line,
     catalog: Catalog,
+    rows: _Rows,
+    corrections_all: list[adjustments.Adjustment],
     template: str | None,
     archived_to: datetime | None,
+    top: int = 5,
 ) -> LineExplanation:
     document = line.to_dict()
     if line.kind == "adjustment":
@@ -116,23 +136,36 @@ def _explain(
         )
         return LineExplanation(line_no, document, f"{line.kind} of the subscription(s): {plans}")
     meters = _meters_of(line)
-    start, end = _window(line, period, catalog, invoice)
-    rows = explain_store.summary(conn, account_id, meters, start, end, line.dimension)
-    totals = [
-        {"meter_code": m or "", "rows": str(n), "quantity": format(q, "f"), "first": _iso(a), "last": _iso(b)}
-        for what, m, _, n, q, a, b, _ in rows
-        if what == "total"
-    ]
-    jobs = [
-        {"job_id": j or "", "rows": str(n), "quantity": format(q, "f")}
-        for what, _, j, n, q, *_ in rows
-        if what == "job"
-    ]
+    start, end = _window(line, period, catalog)
+    by_book = line.dimension is not None
+    buckets = rows.buckets(start, end)
+    provider = line.provider or ""
+
+    def ours(row: explain_store.SummaryRow) -> bool:
+        if by_book:
+            return row[1] in meters and row[3] == line.dimension and row[4] == provider and row[5] in buckets
+        return row[1] in meters and row[3] is None
+
+    totals: dict[str, list[Any]] = {}
+    for _, meter, _, _, _, _, _, _, n, q, first, last in filter(ours, rows.totals):
+        assert meter is not None
+        held = totals.setdefault(meter, [0, Decimal(0), first, last])
+        held[0] += n
+        held[1] += q
+        held[2], held[3] = min(held[2], first), max(held[3], last)
+    jobs: dict[str, list[Any]] = {}
+    job_rows = (
+        filter(ours, rows.jobs) if by_book else (r for r in rows.jobs if r[1] is None and r[2] == line.meter_code)
+    )
+    for *_, job, _, n, q, _, _ in job_rows:
+        held = jobs.setdefault(job or "", [0, Decimal(0)])
+        held[0] += n
+        held[1] += q
     largest = []
-    for what, m, trace, _, q, at, _, span in rows:
-        if what != "row":
-            continue
-        item = {"trace_id": trace or "", "span_id": span or "", "meter_code": m or "", "quantity": format(q, "f"),
+    for _, meter, _, _, _, _, trace, span, _, q, at, _ in (
+        r for r in rows.largest if (ours(r) if by_book else r[1] in meters)
+    ):
+        item = {"trace_id": trace or "", "span_id": span or "", "meter_code": meter or "", "quantity": format(q, "f"),
                 "occurred_at": _iso(at)}  # fmt: skip
         if url := trace_url(template, trace or "", span):
             item["url"] = url
@@ -146,12 +179,14 @@ def _explain(
             "reason": c.reason,
             "by": c.created_by,
         }
-        for c in adjustments.for_account(conn, account_id, start, end)
-        if c.meter_code in meters and (line.dimension in (None, "") or c.meter_code not in BOOK_METERS)
+        for c in corrections_all
+        if c.meter_code in meters
+        and start <= c.occurred_at < end
+        and (line.dimension in (None, "") or c.meter_code not in BOOK_METERS)
     ]
     what = f"{', '.join(meters)} of {account_id} in [{_iso(start)}, {_iso(end)})"
-    if line.dimension is not None:
-        what += f", model {line.dimension or '(none)'}"
+    if by_book:
+        what += f", model {line.dimension or '(none)'}" + (f" via {provider}" if provider else "")
     basis = f"the ledger rows of {what}"
     if line.price_book:
         basis += f", priced by {line.price_book} ({line.usage_kind})"
@@ -161,8 +196,20 @@ def _explain(
     note = None
     if archived_to is not None and start < archived_to:
         note = f"rows before {_iso(archived_to)} are archived (spanmeter db restore brings them back)"
-    return LineExplanation(line_no, document, basis, (_iso(start), _iso(end)), meters, line.dimension, totals, jobs,
-                           largest, corrections, note)  # fmt: skip
+    return LineExplanation(
+        line_no,
+        document,
+        basis,
+        (_iso(start), _iso(end)),
+        meters,
+        line.dimension,
+        [{"meter_code": m, "rows": str(n), "quantity": format(q, "f"), "first": _iso(a), "last": _iso(b)}
+         for m, (n, q, a, b) in sorted(totals.items())],
+        _top([{"job_id": j, "rows": str(n), "quantity": format(q, "f")} for j, (n, q) in jobs.items()], "job_id", top),
+        _top(largest, "trace_id", top),
+        corrections,
+        note,
+    )  # fmt: skip
 
 
 def explain_invoice(
@@ -174,13 +221,28 @@ def explain_invoice(
     trace_url_template: str | None = None,
     archived_to: datetime | None = None,
 ) -> tuple[Invoice, list[LineExplanation]]:
-    """The invoice and an explanation per line (or of line ``line_no``, counted from 1)."""
+    """The invoice and an explanation per line (or of line ``line_no``, counted from 1), from one read of the
+    account's rows of the period."""
     catalog = load_catalog(conn)
     invoice = build_invoice(conn, account_id, period, catalog=catalog)
     if line_no is not None and not 1 <= line_no <= len(invoice.lines):
         raise InvoiceError(f"--line {line_no}: the invoice has lines 1 to {len(invoice.lines)}")
     chosen = [(i, line) for i, line in enumerate(invoice.lines, start=1) if line_no in (None, i)]
+    metric_of = {
+        meter: line.meter_code or "" for _, line in chosen if line.kind == "usage" for meter in _meters_of(line)
+    }
+    books = {line.price_book.partition("@")[0] for _, line in chosen if line.price_book}
+    cuts = sorted({b.effective_from for code in books for b in catalog.book_versions(code)
+                   if period.start < b.effective_from < period.end})  # fmt: skip
+    summary = explain_store.summary(conn, account_id, metric_of, period.start, period.end, cuts) if metric_of else []
+    rows = _Rows(
+        cuts,
+        [r for r in summary if r[0] == "total"],
+        [r for r in summary if r[0] == "job"],
+        [r for r in summary if r[0] == "row"],
+    )
+    corrections = adjustments.for_account(conn, account_id, period.start, period.end)
     return invoice, [
-        _explain(conn, account_id, period, invoice, i, line, catalog, trace_url_template, archived_to)
+        _explain(account_id, period, invoice, i, line, catalog, rows, corrections, trace_url_template, archived_to)
         for i, line in chosen
     ]

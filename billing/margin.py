@@ -49,11 +49,12 @@ class MarginRow:
 
 def margin_rows(account_id: str, lines: Sequence[Line], rated: invoices.Rated) -> list[MarginRow]:
     """One row per invoice line of ``account_id`` (pure): book-priced lines with their cost, the rest as revenue."""
-    groups = {(metric, g.dimension, g.kind, g.book): g for metric, g in rated.groups}
+    groups = {(metric, g.dimension, g.provider, g.kind, g.book): g for metric, g in rated.groups}
     rows = []
     for line in lines:
         if line.dimension is not None and line.meter_code:
-            group = groups.get((line.meter_code, line.dimension, line.usage_kind or "", line.price_book or ""))
+            key = (line.meter_code, line.dimension, line.provider or "", line.usage_kind or "", line.price_book or "")
+            group = groups.get(key)
             cost = None
             quantity = line.quantity
             if group is not None:

@@ -134,11 +134,11 @@ def rollup_totals(conn: psycopg.Connection, account_id: str, start: datetime, en
 
 def dimension_usage(
     conn: psycopg.Connection, account_id: str, meters: Sequence[str], start: datetime, end: datetime
-) -> dict[tuple[str, str], Decimal]:
-    """(meter, dimension) -> quantity over [start, end) (whole UTC hours) for ``meters``."""
+) -> dict[tuple[str, str, str], Decimal]:
+    """(meter, dimension, provider) -> quantity over [start, end) (whole UTC hours) for ``meters``."""
     day_from, day_to = split_days(start, end)
     rows = rollup_store.dimension_rows(conn, account_id, meters, start, end, day_from, day_to)
-    return {(meter, dimension): Decimal(quantity) for meter, dimension, quantity in rows}
+    return {(meter, dimension, provider): Decimal(quantity) for meter, dimension, provider, quantity in rows}
 
 
 def aggregate_buckets(

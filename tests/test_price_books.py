@@ -79,7 +79,7 @@ def test_the_example_books_load_and_survive_their_canonical_form():
         assert parse_book(book_document(book)) == book
     book = load_file(BOOK)
     assert book.label == "docpipe@2026-01" and book.currency == "EUR"
-    assert book.model("gpt-4o").price.input == D("5.00")
+    assert book.model("gpt-4o", "openai").price.input == D("5.00")
 
 
 @pytest.mark.parametrize(
@@ -163,9 +163,9 @@ def test_a_plan_file_names_its_mistakes():
 
 def test_a_model_matches_by_exact_name_then_pattern_then_default_and_otherwise_is_unpriced():
     book = load_file(BOOK)
-    assert str(book.model("gpt-4o-mini").match) == "gpt-4o-mini"
-    assert str(book.model("gpt-4o-mini-2024-07-18").match) == "pattern gpt-4o-mini-20*"
-    assert book.model("claude-sonnet-4") is None  # no default in this book: unpriced
+    assert str(book.model("gpt-4o-mini", "openai").match) == "gpt-4o-mini"
+    assert str(book.model("gpt-4o-mini-2024-07-18", "openai").match) == "pattern gpt-4o-mini-20*"
+    assert book.model("claude-sonnet-4", "anthropic") is None  # no default in this book: unpriced
     with_default = parse_book(_book(tokens={"per": 1000000, "models": [
         {"pattern": "gpt-*", "price": {"input": "1", "output": "1"}},
         {"default": True, "price": {"input": "9", "output": "9"}},
@@ -221,14 +221,14 @@ def test_the_models_dev_importer_marks_up_cost_exactly_and_says_what_it_skipped(
         providers=["openai", "azure"],
     )  # fmt: skip
     book = result.book
-    mini = book.model("gpt-4o-mini")
-    assert mini.provider == "openai"  # the first provider named wins; azure's listing is skipped, said so
+    mini = book.model("gpt-4o-mini", "openai")
     assert mini.cost.input == D("0.15") and mini.price.input == D("0.1875")  # 0.15 × 1.25, no float on the way
-    assert "azure/gpt-4o-mini: gpt-4o-mini is already priced by openai" in result.skipped
+    assert book.model("gpt-4o-mini", "azure").cost.input == D("0.165")  # each provider at its own cost
+    assert book.model("gpt-4o-mini", "google") is None
     assert "openai/text-embedding-3-small: no input and output cost" in result.skipped
     assert result.ignored_cost_keys == ("input_audio", "output_audio")
     assert book.currency == "USD" and book.token_per == 1_000_000
-    assert book.model("claude-sonnet-4-20250514") is None  # anthropic not chosen
+    assert book.model("claude-sonnet-4-20250514", "anthropic") is None  # anthropic not chosen
 
 
 # -- against a real ledger -------------------------------------------------------------------------------------
@@ -236,8 +236,15 @@ def test_the_models_dev_importer_marks_up_cost_exactly_and_says_what_it_skipped(
 _key = iter(range(1, 10**9))
 
 
-def _row(account, meter, quantity, when, *, model=None, gpu=None, plan="growth"):
-    metadata = json.dumps({**({"gen_ai.model": model} if model else {}), **({"gpu.model": gpu} if gpu else {})})
+def _row(account, meter, quantity, when, *, model=None, gpu=None, plan="growth", provider="openai"):
+    """A ledger row as the meters write it: a model call's rows name the model and its provider."""
+    metadata = json.dumps(
+        {
+            **({"gen_ai.model": model} if model else {}),
+            **({"gen_ai.provider.name": provider} if model and provider else {}),
+            **({"gpu.model": gpu} if gpu else {}),
+        }
+    )
     micros = int(when.timestamp()) * 1_000_000
     unit = {"worker_seconds": "s", "gpu_seconds": "s", "api_requests": "{request}"}.get(meter, "{token}")
     key = f"{next(_key):032x}"
@@ -299,10 +306,10 @@ def test_tokens_and_gpu_time_are_priced_per_model_at_the_book_in_force(db):
     usage = {line.description.split(": ")[0]: line for line in inv.lines if line.kind == "usage"}
     # growth includes 5M tokens, applied to the dearest first: gpt-4o input (5.00/M) takes 2M, then
     # gpt-4o-mini output (1.20/M) 1M, then gpt-4o-mini input (0.30/M) 2M of its 4M
-    assert usage["LLM tokens, gpt-4o input (docpipe@2026-01)"].amount == D("0.00")
-    assert usage["LLM tokens, gpt-4o-mini output (docpipe@2026-01)"].amount == D("0.00")
-    assert usage["LLM tokens, gpt-4o-mini input (docpipe@2026-01)"].quantity == 2_000_000
-    assert usage["LLM tokens, gpt-4o-mini input (docpipe@2026-01)"].amount == D("0.60")  # 2M × 0.30/M
+    assert usage["LLM tokens, gpt-4o via openai input (docpipe@2026-01)"].amount == D("0.00")
+    assert usage["LLM tokens, gpt-4o-mini via openai output (docpipe@2026-01)"].amount == D("0.00")
+    assert usage["LLM tokens, gpt-4o-mini via openai input (docpipe@2026-01)"].quantity == 2_000_000
+    assert usage["LLM tokens, gpt-4o-mini via openai input (docpipe@2026-01)"].amount == D("0.60")  # 2M × 0.30/M
     assert usage["GPU-seconds, l4 (docpipe@2026-01)"].amount == D("0.25")  # 1000 × 0.00025
     assert usage["GPU-seconds, h100 (docpipe@2026-01)"].amount == D("1.20")  # the dearer GPU costs more
     assert inv.price_books == ("docpipe@2026-01",)
@@ -326,9 +333,9 @@ def test_tokens_and_gpu_time_are_priced_per_model_at_the_book_in_force(db):
     assert inv.price_books == ("docpipe@2026-12",)  # in force from the 1st: the whole month at its prices
     # the newly priced snapshot (20.00/M output) is now the dearest group: the allowance covers it first,
     # and 500,000 more tokens of gpt-4o-mini input are billed than before
-    assert usage["LLM tokens, gpt-4o-2024-08-06 output (docpipe@2026-12)"].amount == D("0.00")
-    assert usage["LLM tokens, gpt-4o-mini input (docpipe@2026-12)"].quantity == 2_500_000
-    assert usage["LLM tokens, gpt-4o-mini input (docpipe@2026-12)"].amount == D("0.75")
+    assert usage["LLM tokens, gpt-4o-2024-08-06 via openai output (docpipe@2026-12)"].amount == D("0.00")
+    assert usage["LLM tokens, gpt-4o-mini via openai input (docpipe@2026-12)"].quantity == 2_500_000
+    assert usage["LLM tokens, gpt-4o-mini via openai input (docpipe@2026-12)"].amount == D("0.75")
     with psycopg.connect(db) as conn:
         done, created = invoices.finalize_invoice(conn, "acme", DEC, now=DEC.end + timedelta(days=3), finalized_by="t")
         conn.commit()
@@ -348,8 +355,8 @@ def test_a_mid_month_price_change_prices_each_side_at_its_version_and_the_allowa
     lines = {
         line.description.split(": ")[0]: line for line in _invoice(db, "acme").lines if line.meter_code == "tokens"
     }
-    before = lines["LLM tokens, gpt-4o-mini input (docpipe@2026-01)"]
-    after = lines["LLM tokens, gpt-4o-mini input (docpipe@2026-12-15)"]
+    before = lines["LLM tokens, gpt-4o-mini via openai input (docpipe@2026-01)"]
+    after = lines["LLM tokens, gpt-4o-mini via openai input (docpipe@2026-12-15)"]
     assert after.quantity == 750_000 and after.amount == D("0.45")  # the allowance went to the dearer side
     assert before.quantity == 1_000_000 and before.amount == D("0.30")
 
@@ -417,6 +424,11 @@ _examples = iter(range(10**6))
 def _books_for(n: int, change_hour: int) -> tuple:
     """Example ``n``'s own book (two versions, the second dearer from ``change_hour``) and pricing version."""
     base = {**book_document(load_file(BOOK)), "book": f"dp{n}"}
+    for entry in base["tokens"]["models"]:  # any provider's rows, but azure sells gpt-4o-mini at its own price
+        entry.pop("provider", None)
+    base["tokens"]["models"].append(
+        {"model": "gpt-4o-mini", "provider": "azure", "price": {"input": "0.33", "output": "1.32"}}
+    )
     dearer = json.loads(json.dumps(base))
     for entry in dearer["tokens"]["models"]:
         entry["price"] = {kind: format(D(value) * 2, "f") for kind, value in entry["price"].items()}
@@ -438,6 +450,7 @@ def ledger(module_db):
         st.tuples(
             st.sampled_from(["input_tokens", "output_tokens", "gpu_seconds"]),
             st.sampled_from(["gpt-4o-mini", "gpt-4o", "gpt-4o-mini-2024-07-18"]),
+            st.sampled_from(["openai", "azure", ""]),
             st.sampled_from(["l4", "h100"]),
             st.integers(1, 3_000_000),
             st.integers(0, MONTH_HOURS - 1),
@@ -464,47 +477,46 @@ def test_invoices_from_rollups_equal_the_raw_rows_priced_by_hand_to_the_cent(
     account = f"acct{n}"
     _subscribe(ledger, account, plan=plan, pricing=version.code)
     usage = []
-    for meter, model, gpu, quantity, hour in rows:
+    for meter, model, provider, gpu, quantity, hour in rows:
         when = DEC.start + timedelta(hours=hour, minutes=7)
         if meter == "gpu_seconds":
             usage.append(_row(account, meter, quantity, when, gpu=gpu))
         else:
-            usage.append(_row(account, meter, quantity, when, model=model))
+            usage.append(_row(account, meter, quantity, when, model=model, provider=provider))
     _write(ledger, usage)
     inv = _invoice(ledger, account)
     # the oracle: every raw row priced at the version in force at its own time, grouped, the allowance to the
     # dearest first, each group rounded once; independent of rollups, windows and the rating code
-    groups: dict[tuple[str, str, str], list[Decimal]] = {}
+    groups: dict[tuple[str, str, str, str], list[Decimal]] = {}
     with psycopg.connect(ledger) as conn:
         raw = conn.execute(
-            "SELECT meter_code, coalesce(metadata->>'gen_ai.model', metadata->>'gpu.model'), quantity, occurred_at"
+            "SELECT meter_code, coalesce(metadata->>'gen_ai.model', metadata->>'gpu.model'),"
+            " coalesce(metadata->>'gen_ai.provider.name', ''), quantity, occurred_at"
             " FROM usage_events WHERE account_id = %s",
             (account,),
         ).fetchall()
-    for meter, dim, quantity, occurred in raw:
+    for meter, dim, provider, quantity, occurred in raw:
         book = book_b if occurred >= book_b.effective_from else book_a
         if meter == "gpu_seconds":
-            key, unit_price = (dim, "gpu", book.label), book.gpu(dim).price / book.gpu_per
+            key, unit_price = (dim, "", "gpu", book.label), book.gpu(dim).price / book.gpu_per
         else:
             kind = meter.split("_")[0]
-            key, unit_price = (dim, kind, book.label), book.model(dim).price.of(kind) / book.token_per
+            entry = book.model(dim, provider)  # azure's own price for gpt-4o-mini, else the any-provider entry
+            key, unit_price = (dim, provider, kind, book.label), entry.price.of(kind) / book.token_per
         groups.setdefault(key, [D(0), unit_price])[0] += quantity
     included = {r.metric: r.included for r in version.plans[plan].rates}
-    expected: dict[tuple[str, str, str], Decimal] = {}
+    expected: dict[tuple[str, str, str, str], Decimal] = {}
     for metric, kinds in (("tokens", ("input", "output")), ("gpu_seconds", ("gpu",))):
         left = included[metric]
-        for key in sorted((k for k in groups if k[1] in kinds), key=lambda k: (-groups[k][1], k[0], k[1])):
+        for key in sorted((k for k in groups if k[2] in kinds), key=lambda k: (-groups[k][1], k[0], k[1], k[2])):
             free = min(left, groups[key][0])
             left -= free
             expected[key] = _money((groups[key][0] - free) * groups[key][1])
-    got = {}
-    for line in inv.lines:
-        if line.meter_code not in ("tokens", "gpu_seconds") or "no usage" in line.description:
-            continue
-        head, label = line.description.split(": ")[0].rsplit(" (", 1)
-        what = head.split(", ", 1)[1]
-        dim, kind = what.rsplit(" ", 1) if line.meter_code == "tokens" else (what, "gpu")
-        got[(dim, kind, label.rstrip(")"))] = line.amount
+    got = {
+        (line.dimension, line.provider or "", line.usage_kind, line.price_book): line.amount
+        for line in inv.lines
+        if line.dimension is not None
+    }
     assert got == expected
     assert not inv.unpriced_models
     assert inv.total == sum((line.amount for line in inv.lines), D(0))
@@ -581,7 +593,7 @@ def test_invoice_explain_traces_every_line_to_its_rows_jobs_traces_corrections_a
     assert out.returncode == 0, out.stderr
     explained = json.loads(out.stdout)
     by_description = {e["line"]["description"].split(": ")[0]: e for e in explained["lines"]}
-    gpt4o = by_description["LLM tokens, gpt-4o input (docpipe@2026-01)"]
+    gpt4o = by_description["LLM tokens, gpt-4o via openai input (docpipe@2026-01)"]
     assert gpt4o["meters"] == ["input_tokens"] and gpt4o["dimension"] == "gpt-4o"
     assert gpt4o["totals"] == [{"meter_code": "input_tokens", "rows": "2", "quantity": "500000",
                                 "first": "2026-12-05T00:00:00Z", "last": "2026-12-05T01:00:00Z"}]  # fmt: skip
@@ -654,3 +666,59 @@ def test_cached_input_is_priced_once_at_the_cache_price_on_a_real_invoice(db):
     assert lines["cache_read"].quantity == 800_000 and lines["cache_read"].amount == D("2.00")  # 800k × 2.50/M
     # the trap: input price on the whole input count plus the cache price would be 5.00 + 2.00
     assert sum(line.amount for line in lines.values()) == D("3.00")
+
+
+def test_an_entry_for_a_provider_prices_only_its_rows_and_wins_over_the_any_provider_entry():
+    book = parse_book(_book(tokens={"per": 1000000, "models": [
+        {"model": "gpt-4o-mini", "price": {"input": "0.30", "output": "1.20"}},
+        {"model": "gpt-4o-mini", "provider": "azure", "price": {"input": "0.33", "output": "1.32"}},
+        {"pattern": "claude-*", "provider": "anthropic", "price": {"input": "3", "output": "15"}},
+    ]}))  # fmt: skip
+    assert book.model("gpt-4o-mini", "azure").price.input == D("0.33")
+    assert book.model("gpt-4o-mini", "openai").price.input == D("0.30")
+    assert book.model("gpt-4o-mini").price.input == D("0.30")  # a span that named no provider
+    assert book.model("claude-sonnet-4", "anthropic").price.output == 15
+    assert book.model("claude-sonnet-4", "bedrock") is None  # an entry for another provider never matches
+    with pytest.raises(PriceBookError, match="for provider azure is priced twice"):
+        parse_book(_book(tokens={"per": 1000000, "models": [
+            {"model": "m", "provider": "azure", "price": {"input": "1", "output": "1"}},
+            {"model": "m", "provider": "azure", "price": {"input": "2", "output": "2"}},
+        ]}))  # fmt: skip
+
+
+def test_migration_0014_recomputes_existing_rollups_with_their_provider_and_goes_back(fresh_db):
+    from alembic import command
+
+    from spanmeter.billing.ledger import rollup_store
+    from spanmeter.billing.ledger.migrate import _config
+
+    database = resolve_database(fresh_db, data_dir=None)
+    migrate.upgrade(database, "0013_month_to_date_cost")
+    day = DEC.start + timedelta(days=1)
+    _write(fresh_db, [
+        _row("acme", "input_tokens", 100, day, model="gpt-4o-mini", provider="openai"),
+        _row("acme", "input_tokens", 40, day, model="gpt-4o-mini", provider="azure"),
+        _row("acme", "input_tokens", 5, day + timedelta(hours=1), model="gpt-4o-mini", provider="azure"),
+    ])  # fmt: skip
+    with psycopg.connect(fresh_db) as conn:  # some folded, one still a pending delta
+        conn.execute("SELECT * FROM spanmeter_fold_rollups(1)")
+        conn.commit()
+    migrate.upgrade(database)
+    with psycopg.connect(fresh_db) as conn:
+        assert rollup_store.check(conn) == []
+        rows = conn.execute(
+            "SELECT provider, sum(quantity) FROM usage_rollups_daily_live WHERE account_id = 'acme' GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        assert rows == [("azure", D(45)), ("openai", D(100))]
+    _write(fresh_db, [_row("acme", "input_tokens", 1, day, model="gpt-4o-mini", provider="azure")])  # the new trigger
+    with psycopg.connect(fresh_db) as conn:
+        assert rollup_store.fold(conn).deltas == 1 and rollup_store.check(conn) == []
+    engine = database.engine()
+    with engine.begin() as connection:
+        command.downgrade(_config(connection), "0013_month_to_date_cost")
+    engine.dispose()
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT sum(quantity) FROM usage_rollups_daily WHERE account_id = 'acme'").fetchone() == (
+            D(146),
+        )
+        assert conn.execute("SELECT count(*) FROM usage_rollups_daily").fetchone() == (1,)  # providers summed

@@ -87,6 +87,7 @@ def from_document(document: Mapping[str, Any]) -> Invoice:
             dimension=d.get("dimension"),
             usage_kind=d.get("usage_kind"),
             price_book=d.get("price_book"),
+            provider=d.get("provider"),
         )
         for d in document["lines"]
     ]

@@ -77,10 +77,11 @@ def book_groups(
                 "metric": rate.metric,
                 "meter_code": meter,
                 "model": dimension or "(none)",
+                **({"provider": provider} if provider else {}),
                 "quantity": plain(q),
                 "price_book": version.price_book or "",
             }
-            for dimension, meter, q in missing
+            for dimension, provider, meter, q in missing
         ]
     return groups, unpriced, used
 

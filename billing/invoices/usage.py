@@ -47,12 +47,13 @@ BOOK_METERS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_writ
 
 @dataclass(frozen=True)
 class DimensionWindow:
-    """Usage per (meter, model or GPU model) in [start, end), a stretch inside which no price book changes.
-    Corrections have no model: they count under the dimension ``""`` (priced by a book's default entry)."""
+    """Usage per (meter, model or GPU model, provider) in [start, end), a stretch inside which no price book
+    changes. Corrections have no model and no provider: they count under ``("", "")`` (priced by a book's
+    default entry)."""
 
     start: datetime
     end: datetime
-    usage: Mapping[tuple[str, str], Decimal]
+    usage: Mapping[tuple[str, str, str], Decimal]
 
 
 @dataclass(frozen=True)
@@ -94,16 +95,16 @@ def cut(start: datetime, end: datetime, dates: Sequence[datetime]) -> list[tuple
 
 
 def with_corrections(
-    usage: Mapping[tuple[str, str], Decimal],
+    usage: Mapping[tuple[str, str, str], Decimal],
     corrections: Iterable[adjustments.Adjustment],
     start: datetime,
     end: datetime,
-) -> dict[tuple[str, str], Decimal]:
-    """``usage`` plus the corrections of book-priced meters dated in [start, end), under dimension ``""`` (pure)."""
+) -> dict[tuple[str, str, str], Decimal]:
+    """``usage`` plus the corrections of book-priced meters dated in [start, end), under no model (pure)."""
     total = dict(usage)
     for correction in corrections:
         if correction.meter_code in BOOK_METERS and start <= correction.occurred_at < end:
-            key = (correction.meter_code, "")
+            key = (correction.meter_code, "", "")
             total[key] = total.get(key, Decimal(0)) + correction.quantity
     return total
 

@@ -1,57 +1,91 @@
-"""The raw rows behind an invoice line: the queries behind ``spanmeter invoice explain``.
+"""The raw rows behind an invoice's lines: the query behind ``spanmeter invoice explain``.
 
-Every query is bounded by ``account_id`` and ``occurred_at`` (the ``usage_events_account_time_idx`` index and
-partition pruning: only the months of the window are read), filtered to the line's meters and, for a line
-priced per model, to its model or GPU model (the row's ``gen_ai.model`` or ``gpu.model``; ``""`` for none).
+One statement reads the account's rows of the period once (bounded by ``account_id`` and ``occurred_at``: the
+``usage_events_account_time_idx`` index and partition pruning), keeps those of the invoice's meters, and
+groups them two ways at once (``GROUPING SETS``):
+
+- per (meter, model or GPU model, provider, price window): what a line priced from a book is made of; the
+  price windows are the effective dates passed in (``width_bucket``);
+- per meter (totals) and per billable metric (top jobs): what a flat-rate line is made of.
+
+The largest rows (with their trace ids) are ranked per (meter, model, provider, window); the largest of a
+metric are among them. ``dimension`` is the row's ``gen_ai.model`` or ``gpu.model``, ``provider`` its
+``gen_ai.provider.name`` (``''`` for none).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 
 import psycopg
 
-__all__ = ["RowSummary", "summary"]
+__all__ = ["SummaryRow", "summary"]
 
-_WHERE = """
-  FROM usage_events
- WHERE account_id = %(account)s AND occurred_at >= %(start)s AND occurred_at < %(end)s
-   AND meter_code = ANY(%(meters)s)
-   AND (%(dimension)s::text IS NULL OR coalesce(metadata->>'gen_ai.model', metadata->>'gpu.model', '') = %(dimension)s)
-"""
-# One scan of the window's rows: totals, the top jobs and the largest rows (with their trace ids) together.
-_SUMMARY = f"""
-WITH rows AS MATERIALIZED (
-    SELECT meter_code, quantity, occurred_at, job_id, trace_id, span_id, producer,
-           coalesce(metadata->>'gen_ai.model', metadata->>'gpu.model', '') AS dimension {_WHERE}
+
+def _query(metric_of: Mapping[str, str]) -> str:
+    case = " ".join(f"WHEN '{meter}' THEN '{metric}'" for meter, metric in sorted(metric_of.items()))
+    return f"""
+WITH r AS MATERIALIZED (
+    SELECT meter_code, CASE meter_code {case} ELSE meter_code END AS metric,
+           coalesce(metadata->>'gen_ai.model', metadata->>'gpu.model', '') AS dimension,
+           coalesce(metadata->>'gen_ai.provider.name', '') AS provider,
+           width_bucket(occurred_at, %(cuts)s::timestamptz[]) AS w,
+           quantity, occurred_at, coalesce(job_id, '(no job)') AS job, trace_id, span_id
+      FROM usage_events
+     WHERE account_id = %(account)s AND occurred_at >= %(start)s AND occurred_at < %(end)s
+       AND meter_code = ANY(%(meters)s)
 )
-SELECT 'total', meter_code, NULL, count(*), sum(quantity), min(occurred_at), max(occurred_at), NULL
-  FROM rows GROUP BY meter_code
+SELECT 'total', meter_code, NULL::text, dimension, provider, w, NULL::text, NULL::text, count(*), sum(quantity),
+       min(occurred_at), max(occurred_at)
+  FROM r GROUP BY GROUPING SETS ((meter_code, dimension, provider, w), (meter_code))
 UNION ALL
-(SELECT 'job', NULL, coalesce(job_id, '(no job)'), count(*), sum(quantity), min(occurred_at), max(occurred_at), NULL
-   FROM rows GROUP BY job_id ORDER BY sum(quantity) DESC, 3 LIMIT %(top)s)
+SELECT 'job', meter_code, metric, dimension, provider, w, job, NULL, n, q, a, b FROM (
+    SELECT meter_code, metric, dimension, provider, w, job, count(*) AS n, sum(quantity) AS q,
+           min(occurred_at) AS a, max(occurred_at) AS b,
+           row_number() OVER (PARTITION BY meter_code, metric, dimension, provider, w, GROUPING(metric)
+                              ORDER BY sum(quantity) DESC, job) AS rn
+      FROM r GROUP BY GROUPING SETS ((meter_code, dimension, provider, w, job), (metric, job))
+) AS jobs WHERE rn <= %(top)s
 UNION ALL
-(SELECT 'row', meter_code, trace_id, 1, quantity, occurred_at, occurred_at, span_id
-   FROM rows ORDER BY quantity DESC, occurred_at, trace_id LIMIT %(top)s)
+SELECT 'row', meter_code, metric, dimension, provider, w, trace_id, span_id, 1, quantity, occurred_at, occurred_at
+  FROM (
+    SELECT *, row_number() OVER (PARTITION BY meter_code, dimension, provider, w
+                                 ORDER BY quantity DESC, occurred_at, trace_id) AS rn
+      FROM r
+) AS largest WHERE rn <= %(top)s
 """
 
-# (what, meter, job or trace id, rows, quantity, first, last, span id)
-RowSummary = tuple[str, str | None, str | None, int, Decimal, datetime, datetime, str | None]
+
+# (what, meter, metric, dimension, provider, window, job or trace id, span id, rows, quantity, first, last)
+SummaryRow = tuple[
+    str,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    int | None,
+    str | None,
+    str | None,
+    int,
+    Decimal,
+    datetime,
+    datetime,
+]
 
 
 def summary(
     conn: psycopg.Connection,
     account_id: str,
-    meters: Sequence[str],
+    metric_of: Mapping[str, str],
     start: datetime,
     end: datetime,
-    dimension: str | None,
+    cuts: Sequence[datetime],
     top: int = 5,
-) -> list[RowSummary]:
-    """('total', meter, …) per meter, ('job', None, job, …) for the top jobs by quantity, ('row', meter, trace,
-    1, quantity, at, at, span) for the largest rows, over the rows of ``meters`` in [start, end)."""
-    params = {"account": account_id, "start": start, "end": end, "meters": list(meters), "dimension": dimension,
+) -> list[SummaryRow]:
+    """The account's rows of the meters in ``metric_of`` (meter -> billable metric) in [start, end), grouped as
+    the module says; window ``w`` is 0 before the first of ``cuts``, 1 from it to the second, and so on."""
+    params = {"account": account_id, "start": start, "end": end, "meters": sorted(metric_of), "cuts": list(cuts),
               "top": top}  # fmt: skip
-    return conn.execute(_SUMMARY, params).fetchall()
+    return conn.execute(_query(metric_of), params).fetchall()

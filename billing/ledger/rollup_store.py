@@ -93,28 +93,28 @@ ORDER BY meter_code, plan_code
 """
 
 
-# The same three ranges plus pending deltas, per (meter, dimension) of the given meters: usage per LLM model or
-# GPU model, for metrics priced from a price book.
+# The same three ranges plus pending deltas, per (meter, dimension, provider) of the given meters: usage per LLM
+# model (and its provider) or GPU model, for metrics priced from a price book.
 _DIMENSIONS = """
-SELECT meter_code, dimension, sum(quantity) FROM (
-    SELECT meter_code, dimension, quantity FROM usage_rollups_daily
+SELECT meter_code, dimension, provider, sum(quantity) FROM (
+    SELECT meter_code, dimension, provider, quantity FROM usage_rollups_daily
      WHERE account_id = %(account)s AND meter_code = ANY(%(meters)s)
        AND bucket_start >= %(day_from)s AND bucket_start < %(day_to)s
     UNION ALL
-    SELECT meter_code, dimension, quantity FROM usage_rollups_hourly
+    SELECT meter_code, dimension, provider, quantity FROM usage_rollups_hourly
      WHERE account_id = %(account)s AND meter_code = ANY(%(meters)s)
        AND bucket_start >= %(start)s AND bucket_start < %(day_from)s
     UNION ALL
-    SELECT meter_code, dimension, quantity FROM usage_rollups_hourly
+    SELECT meter_code, dimension, provider, quantity FROM usage_rollups_hourly
      WHERE account_id = %(account)s AND meter_code = ANY(%(meters)s)
        AND bucket_start >= %(day_to)s AND bucket_start < %(end)s
     UNION ALL
-    SELECT meter_code, dimension, quantity FROM usage_rollup_deltas
+    SELECT meter_code, dimension, provider, quantity FROM usage_rollup_deltas
      WHERE account_id = %(account)s AND meter_code = ANY(%(meters)s)
        AND bucket_start >= %(start)s AND bucket_start < %(end)s
 ) AS buckets
-GROUP BY meter_code, dimension
-ORDER BY meter_code, dimension
+GROUP BY meter_code, dimension, provider
+ORDER BY meter_code, dimension, provider
 """
 
 _BUCKETS = """
@@ -181,9 +181,9 @@ def dimension_rows(
     end: datetime,
     day_from: datetime,
     day_to: datetime,
-) -> list[tuple[str, str, Decimal]]:
-    """(meter, dimension, quantity) of ``account_id`` over [start, end) for ``meters``: the dimension is the
-    row's ``gen_ai.model`` or ``gpu.model`` ('' when it had none)."""
+) -> list[tuple[str, str, str, Decimal]]:
+    """(meter, dimension, provider, quantity) of ``account_id`` over [start, end) for ``meters``: the dimension
+    is the row's ``gen_ai.model`` or ``gpu.model``, the provider its ``gen_ai.provider.name`` ('' for none)."""
     params = {"account": account_id, "meters": list(meters), "start": start, "end": end, "day_from": day_from,
               "day_to": day_to}  # fmt: skip
     return conn.execute(_DIMENSIONS, params).fetchall()
@@ -217,11 +217,12 @@ def _recompute_select(unit: str) -> str:
     SELECT account_id, date_trunc('{unit}', occurred_at, 'UTC') AS bucket_start, meter_code, meter_version,
            coalesce(plan_code, '') AS plan_code,
            coalesce(metadata->>'gen_ai.model', metadata->>'gpu.model', '') AS dimension,
+           coalesce(metadata->>'gen_ai.provider.name', '') AS provider,
            sum(quantity) AS quantity, count(*) AS events, max(quantity) AS max_quantity,
            max(occurred_at) AS latest_at,
            (array_agg(quantity ORDER BY occurred_at DESC, quantity DESC))[1] AS latest_quantity
       FROM usage_events {{where}}
-     GROUP BY 1, 2, 3, 4, 5, 6
+     GROUP BY 1, 2, 3, 4, 5, 6, 7
     """
 
 
@@ -229,7 +230,10 @@ _JOBS_SELECT = """
 SELECT DISTINCT account_id, date_trunc('month', occurred_at, 'UTC') AS month_start, meter_code, job_id
   FROM usage_events WHERE job_id IS NOT NULL AND meter_code = 'worker_seconds' {and_where}
 """
-_COLUMNS = "account_id, bucket_start, meter_code, meter_version, plan_code, dimension, quantity, events, max_quantity, latest_at, latest_quantity"
+_COLUMNS = (
+    "account_id, bucket_start, meter_code, meter_version, plan_code, dimension, provider, quantity, events,"
+    " max_quantity, latest_at, latest_quantity"
+)
 
 
 def _attached_from(conn: psycopg.Connection) -> datetime | None:
@@ -309,14 +313,14 @@ def check(
          maintained AS (SELECT * FROM usage_rollups_daily_live WHERE true {bucket})
     SELECT coalesce(m.account_id, r.account_id), coalesce(m.bucket_start, r.bucket_start)::text,
            coalesce(m.meter_code, r.meter_code), coalesce(m.meter_version, r.meter_version)::text,
-           coalesce(m.plan_code, r.plan_code), coalesce(m.dimension, r.dimension),
+           coalesce(m.plan_code, r.plan_code), coalesce(m.dimension, r.dimension), coalesce(m.provider, r.provider),
            m.quantity || '/' || m.events, r.quantity || '/' || r.events
       FROM maintained m
-      FULL JOIN recomputed r USING (account_id, bucket_start, meter_code, meter_version, plan_code, dimension)
+      FULL JOIN recomputed r USING (account_id, bucket_start, meter_code, meter_version, plan_code, dimension, provider)
      WHERE m.quantity IS DISTINCT FROM r.quantity OR m.events IS DISTINCT FROM r.events
         OR m.max_quantity IS DISTINCT FROM r.max_quantity OR m.latest_at IS DISTINCT FROM r.latest_at
         OR m.latest_quantity IS DISTINCT FROM r.latest_quantity
-     ORDER BY 1, 2, 3, 4, 5, 6
+     ORDER BY 1, 2, 3, 4, 5, 6, 7
     """
     for *key, maintained, recomputed in conn.execute(query, params):
         differences.append(RollupDifference("usage_rollups_daily", tuple(key), maintained, recomputed))

@@ -67,7 +67,7 @@ class ModelEntry:
     match: Match
     price: TokenPrices
     cost: TokenPrices | None = None  # what the provider charges you, in the book's currency
-    provider: str | None = None  # informational (reports); matching is by model name
+    provider: str | None = None  # only rows of this provider (gen_ai.provider.name) match; None: any provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +80,18 @@ class GpuEntry:
 _E = TypeVar("_E", ModelEntry, GpuEntry)
 
 
-def _find(entries: tuple[_E, ...], name: str) -> _E | None:
+def _find(entries: tuple[_E, ...], name: str, provider: str = "") -> _E | None:
     for kind in ("exact", "pattern", "default"):
-        for entry in entries:
-            if entry.match.kind == kind and entry.match.matches(name):
-                return entry
+        # within each kind, an entry for the row's provider before one for any provider
+        for specific in (True, False):
+            for entry in entries:
+                entry_provider = getattr(entry, "provider", None)
+                if specific != (entry_provider is not None):
+                    continue
+                if entry_provider is not None and entry_provider != provider:
+                    continue
+                if entry.match.kind == kind and entry.match.matches(name):
+                    return entry
     return None
 
 
@@ -108,10 +115,12 @@ class PriceBook:
         """``docpipe@2026-12``: how invoices and reports name this version."""
         return f"{self.code}@{self.version}"
 
-    def model(self, name: str) -> ModelEntry | None:
-        """The entry pricing LLM model ``name``: exact name first, then the first matching pattern, then the
-        default; None when the book prices it nowhere (unpriced usage: listed on the invoice, never free)."""
-        return _find(self.tokens, name)
+    def model(self, name: str, provider: str = "") -> ModelEntry | None:
+        """The entry pricing LLM model ``name`` sold by ``provider`` ('' when the span named none): exact name
+        first, then the first matching pattern, then the default; at each step an entry for that provider before
+        one for any provider (an entry naming another provider never matches). None when the book prices it
+        nowhere (unpriced usage: listed on the invoice, never free)."""
+        return _find(self.tokens, name, provider)
 
     def gpu(self, name: str) -> GpuEntry | None:
         """The entry pricing GPU model ``name``, in the same order as :meth:`model`."""

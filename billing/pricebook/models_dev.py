@@ -56,21 +56,22 @@ def book_from_models_dev(
     providers: Iterable[str] = (),
     description: str = "",
 ) -> ModelsDevImport:
-    """A price book (USD, per million tokens) from models.dev data: one exact entry per model of the chosen
-    providers (all when none are named, in name order). A model two providers list is priced by the first
-    (in the order given) and listed as skipped for the other. ``markup`` 0.25 prices every kind at cost × 1.25."""
+    """A price book (USD, per million tokens) from models.dev data: one exact entry per model and provider of the
+    chosen providers (all when none are named): an entry names its provider, so it prices only rows whose
+    ``gen_ai.provider.name`` is that provider (models.dev's provider id: name your spans' providers alike).
+    ``markup`` 0.25 prices every token kind at cost × 1.25."""
     if not isinstance(data, dict):
         raise PriceBookError("models.dev data is a JSON object of providers")
     if markup < 0:
         raise PriceBookError(f"--markup must be ≥ 0 (0.25 is 25 % over cost), got {markup}")
-    wanted = list(dict.fromkeys(providers))  # the order given: the first provider listing a model prices it
+    wanted = list(dict.fromkeys(providers))
     missing = sorted(set(wanted) - set(data))
     if missing:
         raise PriceBookError(
             f"provider(s) not in the file: {', '.join(missing)}; it has {', '.join(sorted(data)[:20])}"
         )
     factor = 1 + markup
-    entries: dict[str, ModelEntry] = {}
+    entries: dict[tuple[str, str], ModelEntry] = {}
     skipped: list[str] = []
     ignored: set[str] = set()
     for provider_id in wanted or sorted(data):
@@ -82,11 +83,8 @@ def book_from_models_dev(
                 skipped.append(f"{name}: no input and output cost")
                 continue
             ignored.update(set(cost) - set(TOKEN_KINDS))
-            if model_id in entries:
-                skipped.append(f"{name}: {model_id} is already priced by {entries[model_id].provider}")
-                continue
             known = {kind: cost[kind] for kind in TOKEN_KINDS if kind in cost}
-            entries[model_id] = ModelEntry(
+            entries[(model_id, provider_id)] = ModelEntry(
                 Match("exact", model_id), _prices(known, factor), _prices(known, Decimal(1)), provider_id
             )
     draft = PriceBook(code, version, effective_from, "USD", description or f"models.dev import, markup {markup}",

@@ -89,7 +89,7 @@ def _entries(section: Any, where: str, make: Any) -> tuple[Any, ...]:
     if not isinstance(section, Mapping) or not isinstance(section.get("models"), list):
         raise PriceBookError(f"{where}: a mapping with per: and models: [ … ]")
     entries = []
-    seen: set[Match] = set()
+    seen: set[tuple[Match, object]] = set()
     for i, raw in enumerate(section["models"]):
         at = f"{where}.models[{i}]"
         if not isinstance(raw, Mapping):
@@ -98,9 +98,10 @@ def _entries(section: Any, where: str, make: Any) -> tuple[Any, ...]:
         if unknown:
             raise PriceBookError(f"{at}: unknown key(s) {', '.join(unknown)}")
         match = _match(raw, at)
-        if match in seen:
-            raise PriceBookError(f"{at}: {match} is priced twice in {where}")
-        seen.add(match)
+        if (match, raw.get("provider")) in seen:
+            who = f" for provider {raw['provider']}" if raw.get("provider") else ""
+            raise PriceBookError(f"{at}: {match}{who} is priced twice in {where}")
+        seen.add((match, raw.get("provider")))
         if "price" not in raw:
             raise PriceBookError(f"{at}.price: required")
         entries.append(make(raw, at, match))

@@ -101,39 +101,39 @@ def _per_unit_or_none(price: Decimal | None, per: int) -> Decimal | None:
 
 
 def group_usage(
-    book_kind: str, windows: Sequence[tuple[BookWindow, Mapping[tuple[str, str], Decimal]]]
-) -> tuple[list[Group], list[tuple[str, str, Decimal]]]:
-    """Groups (priced) and unpriced (dimension, meter, quantity) from each window's usage by (meter, dimension).
+    book_kind: str, windows: Sequence[tuple[BookWindow, Mapping[tuple[str, str, str], Decimal]]]
+) -> tuple[list[Group], list[tuple[str, str, str, Decimal]]]:
+    """Groups (priced) and unpriced (dimension, provider, meter, quantity) from each window's usage by (meter,
+    dimension, provider).
 
-    ``book_kind`` is ``tokens`` (meters of :data:`TOKEN_METERS`, dimension = model) or ``gpus`` (meter
-    ``gpu_seconds``, dimension = GPU model)."""
-    totals: dict[tuple[str, str, str], Group] = {}
-    unpriced: dict[tuple[str, str], Decimal] = {}
+    ``book_kind`` is ``tokens`` (meters of :data:`TOKEN_METERS`, dimension = model, provider = the row's
+    ``gen_ai.provider.name``) or ``gpus`` (meter ``gpu_seconds``, dimension = GPU model)."""
+    totals: dict[tuple[str, str, str, str], Group] = {}
+    unpriced: dict[tuple[str, str, str], Decimal] = {}
     for window, usage in windows:
-        by_dimension: dict[str, dict[str, Decimal]] = {}
-        for (meter, dimension), quantity in usage.items():
+        by_dimension: dict[tuple[str, str], dict[str, Decimal]] = {}
+        for (meter, dimension, provider), quantity in usage.items():
             if quantity:
-                by_dimension.setdefault(dimension, {})[meter] = quantity
-        for dimension, by_meter in sorted(by_dimension.items()):
-            book = window.book
+                by_dimension.setdefault((dimension, provider), {})[meter] = quantity
+        book = window.book
+        for (dimension, provider), by_meter in sorted(by_dimension.items()):
+            prices: dict[str, tuple[Decimal, Decimal | None]]
             if book_kind == "gpus":
                 entry = book.gpu(dimension) if book else None
-                if entry is None:
+                if book is None or entry is None:
                     for meter, q in by_meter.items():
-                        unpriced[(dimension, meter)] = unpriced.get((dimension, meter), Decimal(0)) + q
+                        key = (dimension, provider, meter)
+                        unpriced[key] = unpriced.get(key, Decimal(0)) + q
                     continue
-                assert book is not None
                 kinds = {"gpu": by_meter.get("gpu_seconds", Decimal(0))}
-                prices = {
-                    "gpu": (entry.price / book.gpu_per, None if entry.cost is None else entry.cost / book.gpu_per)
-                }
+                prices = {"gpu": (_per_unit(entry.price, book.gpu_per), _per_unit_or_none(entry.cost, book.gpu_per))}
             else:
-                model = book.model(dimension) if book else None
-                if model is None:
+                model = book.model(dimension, provider) if book else None
+                if book is None or model is None:
                     for meter, q in by_meter.items():
-                        unpriced[(dimension, meter)] = unpriced.get((dimension, meter), Decimal(0)) + q
+                        key = (dimension, provider, meter)
+                        unpriced[key] = unpriced.get(key, Decimal(0)) + q
                     continue
-                assert book is not None
                 kinds = split_tokens(by_meter)
                 prices = {
                     kind: (
@@ -145,9 +145,10 @@ def group_usage(
             for kind, quantity in kinds.items():
                 if not quantity:
                     continue
-                key = (dimension, kind, book.label)
-                held = totals.get(key)
+                key4 = (dimension, provider, kind, book.label)
+                held = totals.get(key4)
                 price, cost = prices[kind]
-                totals[key] = Group(dimension, kind, book.label, price, cost, quantity + (held.quantity if held else 0))
-    groups = sorted(totals.values(), key=lambda g: (g.dimension, g.kind, g.book))
-    return groups, [(d, m, q) for (d, m), q in sorted(unpriced.items())]
+                total = quantity + (held.quantity if held else Decimal(0))
+                totals[key4] = Group(dimension, kind, book.label, price, cost, total, provider)
+    groups = sorted(totals.values(), key=lambda g: (g.dimension, g.provider, g.kind, g.book))
+    return groups, [(d, p, m, q) for (d, p, m), q in sorted(unpriced.items())]

@@ -26,6 +26,7 @@ class Group:
     unit_price: Decimal  # price / per: exact (per is a power of ten)
     unit_cost: Decimal | None
     quantity: Decimal
+    provider: str = ""  # the rows' gen_ai.provider.name ('' for none)
 
 
 def book_lines(
@@ -38,20 +39,25 @@ def book_lines(
                      Decimal(0), included, Decimal(0), Decimal(0), Decimal(0), currency)]  # fmt: skip
     left = included
     free: dict[int, Decimal] = {}
-    for i in sorted(range(len(groups)), key=lambda i: (-groups[i].unit_price, groups[i].dimension, groups[i].kind)):
+    dearest_first = sorted(
+        range(len(groups)),
+        key=lambda i: (-groups[i].unit_price, groups[i].dimension, groups[i].provider, groups[i].kind),
+    )
+    for i in dearest_first:
         free[i] = min(left, groups[i].quantity)
         left -= free[i]
     lines = []
     for i, group in enumerate(groups):
         billed = group.quantity - free[i]
         kind = "" if group.kind == "gpu" else f" {group.kind.replace('_', ' ')}"
+        via = f" via {group.provider}" if group.provider else ""
         note = f", {format_quantity(free[i])} of the allowance" if free[i] else ""
         lines.append(
             Line(
                 kind="usage",
                 meter_code=metric,
                 description=(
-                    f"{description}, {group.dimension}{kind} ({group.book}): "
+                    f"{description}, {group.dimension}{via}{kind} ({group.book}): "
                     f"{format_quantity(group.quantity)} {unit}{note}"
                 ),
                 quantity=billed,
@@ -63,6 +69,7 @@ def book_lines(
                 dimension=group.dimension,
                 usage_kind=group.kind,
                 price_book=group.book,
+                provider=group.provider or None,
             )
         )
     return lines

@@ -46,6 +46,7 @@ class Line:
     dimension: str | None = None
     usage_kind: str | None = None
     price_book: str | None = None
+    provider: str | None = None  # the model's provider, when the usage named one
 
     def __post_init__(self) -> None:
         if self.kind not in LINE_KINDS:
@@ -80,6 +81,7 @@ class Line:
             **({"dimension": self.dimension} if self.dimension is not None else {}),
             **({"usage_kind": self.usage_kind} if self.usage_kind is not None else {}),
             **({"price_book": self.price_book} if self.price_book is not None else {}),
+            **({"provider": self.provider} if self.provider is not None else {}),
         }
 
 
