@@ -80,8 +80,27 @@ def document_sha256(document: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+_PARSED: dict[tuple[tuple[str, ...], tuple[str, ...]], Catalog] = {}
+
+
 def load_catalog(conn: psycopg.Connection) -> Catalog:
-    """The built-in versions plus every imported pricing version and book version."""
+    """The built-in versions plus every imported pricing version and book version.
+
+    One small query per call (the imported documents' hashes); the documents are read and parsed only when
+    those changed since this process last parsed them (the tables are append-only, so equal hashes are equal
+    catalogs): rating thousands of invoices does not parse the books thousands of times."""
+    key = price_store.fingerprint(conn)
+    if key == ((), ()):
+        return BUILTIN
+    cached = _PARSED.get(key)
+    if cached is None:
+        cached = _PARSED[key] = _read_catalog(conn)
+        while len(_PARSED) > 8:  # a long-lived process sees a handful of imports at most
+            del _PARSED[next(iter(_PARSED))]
+    return cached
+
+
+def _read_catalog(conn: psycopg.Connection) -> Catalog:
     books: dict[str, list[PriceBook]] = {}
     for document in price_store.book_documents(conn):
         book = parse_book(document)

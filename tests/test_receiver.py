@@ -143,6 +143,8 @@ def test_every_meter_and_rounding_rule(collector, module_db):
         "input_tokens": "1082",
         "output_tokens": "258",
         "worker_seconds": "2.0",
+        "cache_read_tokens": "400",  # listed apart: subsets of input_tokens and output_tokens
+        "reasoning_tokens": "50",
     }
 
 

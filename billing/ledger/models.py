@@ -261,6 +261,7 @@ class _Rollup:
     meter_version: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     plan_code: Mapped[str] = mapped_column(Text, primary_key=True)
     dimension: Mapped[str] = mapped_column(Text, primary_key=True)
+    provider: Mapped[str] = mapped_column(Text, primary_key=True, server_default="")  # 0014: gen_ai.provider.name
     quantity: Mapped[Decimal] = mapped_column(Numeric)
     events: Mapped[int] = mapped_column(BigInteger)
     max_quantity: Mapped[Decimal] = mapped_column(Numeric)
@@ -289,6 +290,7 @@ class UsageRollupDelta(Base):
     meter_version: Mapped[int] = mapped_column(SmallInteger)
     plan_code: Mapped[str] = mapped_column(Text)
     dimension: Mapped[str] = mapped_column(Text)
+    provider: Mapped[str] = mapped_column(Text, server_default="")  # 0014
     quantity: Mapped[Decimal] = mapped_column(Numeric)
     events: Mapped[int] = mapped_column(BigInteger)
     max_quantity: Mapped[Decimal] = mapped_column(Numeric)
@@ -358,6 +360,48 @@ class UsageAdjustment(Base):
     reference: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("usage_adjustments_account_time_idx", "account_id", "occurred_at"),)
+
+
+class PriceBookVersion(Base):
+    """A price book version as imported (append-only, migration 0012): see :mod:`spanmeter.billing.pricebook`."""
+
+    __tablename__ = "price_books"
+
+    book_code: Mapped[str] = mapped_column(Text, primary_key=True)
+    version: Mapped[str] = mapped_column(Text, primary_key=True)
+    effective_from: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    currency: Mapped[str] = mapped_column(Text)
+    document: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    sha256: Mapped[str] = mapped_column(Text)
+    imported_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    imported_by: Mapped[str] = mapped_column(Text)
+    import_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), unique=True)
+
+    __table_args__ = (
+        CheckConstraint("effective_from = date_trunc('hour', effective_from, 'UTC')", name="price_books_whole_hour"),
+        {
+            "comment": "Price book versions (spanmeter prices import): append-only; a price change is a new "
+            "version from a later effective_from"
+        },
+    )
+
+
+class PricingVersionRecord(Base):
+    """A pricing version imported as data (append-only, migration 0012): see
+    :mod:`spanmeter.billing.rating.plan_data`."""
+
+    __tablename__ = "pricing_versions"
+
+    code: Mapped[str] = mapped_column(Text, primary_key=True)
+    price_book: Mapped[str | None] = mapped_column(Text)
+    document: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    sha256: Mapped[str] = mapped_column(Text)
+    imported_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    imported_by: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        {"comment": "Pricing versions as data (plans over a price book): append-only, frozen once imported"},
+    )
 
 
 class Invoice(Base):

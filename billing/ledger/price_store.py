@@ -17,6 +17,7 @@ __all__ = [
     "book_documents",
     "book_rows",
     "finalized_periods_by_version",
+    "fingerprint",
     "insert_book",
     "insert_pricing_version",
     "pricing_documents",
@@ -26,6 +27,17 @@ __all__ = [
 
 # (book_code, version, effective_from, currency, sha256, imported_at, imported_by)
 BookRow = tuple[str, str, datetime, str, str, datetime, str]
+
+
+def fingerprint(conn: psycopg.Connection) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(book versions' SHA-256 in import order, pricing versions' SHA-256 in code order): one small row that
+    changes whenever anything is imported, so a parsed catalog can be reused until then."""
+    row = conn.execute(
+        "SELECT (SELECT coalesce(array_agg(sha256 ORDER BY import_id), '{}') FROM price_books),"
+        " (SELECT coalesce(array_agg(sha256 ORDER BY code), '{}') FROM pricing_versions)"
+    ).fetchone()
+    assert row is not None
+    return tuple(row[0]), tuple(row[1])
 
 
 def insert_book(
