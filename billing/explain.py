@@ -5,8 +5,8 @@ draft), this shows what it was computed from, as finance or a customer asks mont
 
 - **usage lines**: the meters summed into the line's metric, and for a line priced per model the model or GPU
   model, the token kind and the price book version (``docpipe@2026-12``) with its effective window; the raw
-  ledger rows behind it (count, quantity, first and last), the top jobs by quantity, the largest rows with their
-  trace ids (a link each when ``SPANMETER_TRACE_URL_TEMPLATE`` is set, e.g.
+  ledger rows behind it (count, quantity, first and last), the top jobs by quantity, each with one of its trace
+  ids (a link each when ``SPANMETER_TRACE_URL_TEMPLATE`` is set, e.g.
   ``http://tempo:3200/trace/{trace_id}`` or ``http://jaeger:16686/trace/{trace_id}``), and the corrections
   (``ledger adjust``) dated in the window with their reasons;
 - **adjustment lines**: the earlier period and invoice whose late usage they carry;
@@ -48,8 +48,7 @@ class LineExplanation:
     meters: tuple[str, ...] = ()
     dimension: str | None = None
     totals: list[dict[str, str]] = field(default_factory=list)  # per meter: rows, quantity, first, last
-    top_jobs: list[dict[str, str]] = field(default_factory=list)
-    largest_rows: list[dict[str, str]] = field(default_factory=list)  # trace ids (and links)
+    top_jobs: list[dict[str, str]] = field(default_factory=list)  # by quantity, each with a trace id (and link)
     corrections: list[dict[str, str]] = field(default_factory=list)
     note: str | None = None
 
@@ -102,7 +101,6 @@ class _Rows:
     cuts: list[datetime]
     totals: list[explain_store.SummaryRow]
     jobs: list[explain_store.SummaryRow]
-    largest: list[explain_store.SummaryRow]
 
     def buckets(self, start: datetime, end: datetime) -> range:
         return range(bisect.bisect_right(self.cuts, start), bisect.bisect_left(self.cuts, end) + 1)
@@ -144,7 +142,7 @@ def _explain(
     def ours(row: explain_store.SummaryRow) -> bool:
         if by_book:
             return row[1] in meters and row[3] == line.dimension and row[4] == provider and row[5] in buckets
-        return row[1] in meters and row[3] is None
+        return row[1] in meters  # a flat-rate line: every model, provider and window of its meters
 
     totals: dict[str, list[Any]] = {}
     for _, meter, _, _, _, _, _, _, n, q, first, last in filter(ours, rows.totals):
@@ -157,19 +155,18 @@ def _explain(
     job_rows = (
         filter(ours, rows.jobs) if by_book else (r for r in rows.jobs if r[1] is None and r[2] == line.meter_code)
     )
-    for *_, job, _, n, q, _, _ in job_rows:
-        held = jobs.setdefault(job or "", [0, Decimal(0)])
+    for *_, job, trace, n, q, first, last in job_rows:
+        held = jobs.setdefault(job or "", [0, Decimal(0), trace or "", first, last])
         held[0] += n
         held[1] += q
-    largest = []
-    for _, meter, _, _, _, _, trace, span, _, q, at, _ in (
-        r for r in rows.largest if (ours(r) if by_book else r[1] in meters)
-    ):
-        item = {"trace_id": trace or "", "span_id": span or "", "meter_code": meter or "", "quantity": format(q, "f"),
-                "occurred_at": _iso(at)}  # fmt: skip
-        if url := trace_url(template, trace or "", span):
+        held[3], held[4] = min(held[3], first), max(held[4], last)
+    top_jobs = []
+    for job, (n, q, trace, first, last) in jobs.items():
+        item = {"job_id": job, "rows": str(n), "quantity": format(q, "f"), "trace_id": trace, "first": _iso(first),
+                "last": _iso(last)}  # fmt: skip
+        if url := trace_url(template, trace):
             item["url"] = url
-        largest.append(item)
+        top_jobs.append(item)
     corrections = [
         {
             "key": c.idempotency_key,
@@ -205,8 +202,7 @@ def _explain(
         line.dimension,
         [{"meter_code": m, "rows": str(n), "quantity": format(q, "f"), "first": _iso(a), "last": _iso(b)}
          for m, (n, q, a, b) in sorted(totals.items())],
-        _top([{"job_id": j, "rows": str(n), "quantity": format(q, "f")} for j, (n, q) in jobs.items()], "job_id", top),
-        _top(largest, "trace_id", top),
+        _top(top_jobs, "job_id", top),
         corrections,
         note,
     )  # fmt: skip
@@ -239,7 +235,6 @@ def explain_invoice(
         cuts,
         [r for r in summary if r[0] == "total"],
         [r for r in summary if r[0] == "job"],
-        [r for r in summary if r[0] == "row"],
     )
     corrections = adjustments.for_account(conn, account_id, period.start, period.end)
     return invoice, [

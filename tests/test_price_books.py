@@ -597,8 +597,9 @@ def test_invoice_explain_traces_every_line_to_its_rows_jobs_traces_corrections_a
     assert gpt4o["meters"] == ["input_tokens"] and gpt4o["dimension"] == "gpt-4o"
     assert gpt4o["totals"] == [{"meter_code": "input_tokens", "rows": "2", "quantity": "500000",
                                 "first": "2026-12-05T00:00:00Z", "last": "2026-12-05T01:00:00Z"}]  # fmt: skip
-    assert gpt4o["largest_rows"][0]["quantity"] == "300000"
-    assert gpt4o["largest_rows"][0]["url"] == "http://tempo:3200/trace/" + "ab" * 16
+    [job] = gpt4o["top_jobs"]  # the rows carry no job id
+    assert (job["job_id"], job["rows"], job["quantity"]) == ("(no job)", "2", "500000")
+    assert job["url"] == "http://tempo:3200/trace/" + "ab" * 16
     assert "priced by docpipe@2026-01 (input)" in gpt4o["basis"]
     worker = next(e for e in explained["lines"] if e["line"]["meter_code"] == "worker_seconds")
     assert worker["totals"][0]["quantity"] == "5000"

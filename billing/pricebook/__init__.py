@@ -26,7 +26,8 @@ prices model and GPU usage with the version in force when the usage occurred. An
         - {model: T4, price: "0.0002", cost: "0.0001"}
 
 **Matching** (:meth:`.book.PriceBook.model`): the exact name, then the first matching pattern, then the
-default. A model none of them matches is *unpriced*: listed on the invoice and by ``spanmeter prices
+default; at each step an entry naming the row's provider (``gen_ai.provider.name``) before one for any provider,
+and an entry naming another provider never matches. A model none of them matches is *unpriced*: listed on the invoice and by ``spanmeter prices
 unpriced``, never billed at zero, and its invoice cannot be finalized until a book version prices it.
 
 **Token kinds and the GenAI semantic-convention trap.** ``gen_ai.usage.input_tokens`` already *includes*

@@ -442,11 +442,9 @@ def _explain(args: argparse.Namespace, billing: Any, period: Any, databases: Any
         print(f"  from {e.basis}")
         for t in e.totals:
             print(f"  {t['meter_code']}: {t['rows']} rows, {t['quantity']} in total, {t['first']} … {t['last']}")
-        if e.top_jobs:
-            print("  top jobs: " + ", ".join(f"{j['job_id']} ({j['quantity']}, {j['rows']} rows)" for j in e.top_jobs))
-        for r in e.largest_rows:
-            print(f"  trace {r['trace_id']} span {r['span_id']}: {r['meter_code']} {r['quantity']} at {r['occurred_at']}"
-                  + (f"  {r['url']}" if "url" in r else ""))  # fmt: skip
+        for j in e.top_jobs:
+            print(f"  job {j['job_id']}: {j['quantity']} in {j['rows']} rows, {j['first']} … {j['last']}, trace "
+                  f"{j['trace_id']}" + (f"  {j['url']}" if "url" in j else ""))  # fmt: skip
         for c in e.corrections:
             print(
                 f"  correction {c['key']}: {c['meter_code']} {c['quantity']} at {c['occurred_at']} by {c['by']}: {c['reason']}"
