@@ -26,7 +26,7 @@ from . import invoices, subscriptions
 from .periods import Period
 from .prices import Catalog, load_catalog
 from .rating import Line
-from .rating.money import exact_mul, round_money
+from .rating.money import currency_decimals, exact_mul, round_money
 
 __all__ = ["MarginRow", "account_margin", "cost_of", "group_rows", "margin_rows"]
 
@@ -105,15 +105,20 @@ def group_rows(rows: Iterable[MarginRow], by: str) -> list[dict[str, str]]:
     for (key, currency), (revenue, cost, unknown) in sorted(totals.items()):
         assert revenue is not None and cost is not None and unknown is not None
         known_revenue = revenue - unknown
+        places = Decimal(1).scaleb(-currency_decimals(currency))
+
+        def money(value: Decimal, places: Decimal = places) -> str:
+            return format(value.quantize(places), "f")
+
         out.append(
             {
                 by: key,
                 "currency": currency,
-                "revenue": format(revenue, "f"),
-                "cost": format(cost, "f"),
-                "margin": format(known_revenue - cost, "f"),
+                "revenue": money(revenue),
+                "cost": money(cost),
+                "margin": money(known_revenue - cost),
                 "margin_pct": f"{(known_revenue - cost) / known_revenue * 100:.1f}" if known_revenue else "",
-                "revenue_without_known_cost": format(unknown, "f"),
+                "revenue_without_known_cost": money(unknown),
             }
         )
     return out
