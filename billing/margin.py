@@ -28,7 +28,7 @@ from .prices import Catalog, load_catalog
 from .rating import Line
 from .rating.money import currency_decimals, exact_mul, round_money
 
-__all__ = ["MarginRow", "account_margin", "cost_of", "group_rows", "margin_rows"]
+__all__ = ["MarginRow", "account_margin", "cost_of", "group_rows", "margin_rows", "segment_margin_rows"]
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,18 @@ def account_margin(
 ) -> list[MarginRow]:
     """The margin rows of the account's draft for ``period`` (its usage rated now, as the draft is)."""
     catalog = catalog if catalog is not None else load_catalog(conn)
-    parts = invoices.period_usage(conn, account_id, period, catalog)
-    if not parts:
-        return []
-    rated = invoices.rate_segments(parts, period, None, catalog)
-    return margin_rows(account_id, rated.lines, rated)
+    return segment_margin_rows(account_id, invoices.period_usage(conn, account_id, period, catalog), period, catalog)
+
+
+def segment_margin_rows(
+    account_id: str, parts: Sequence[invoices.SegmentUsage], period: Period, catalog: Catalog
+) -> list[MarginRow]:
+    """Margin rows segment by segment (pure): two segments under one book keep their own groups and costs."""
+    rows = []
+    for part in parts:
+        rated = invoices.rate_segments([part], period, None, catalog)
+        rows += margin_rows(account_id, rated.lines, rated)
+    return rows
 
 
 def group_rows(rows: Iterable[MarginRow], by: str) -> list[dict[str, str]]:

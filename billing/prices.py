@@ -143,6 +143,8 @@ def _currency_clash(version: PricingVersion, book: PriceBook) -> str | None:
 def import_book(conn: psycopg.Connection, book: PriceBook, *, imported_by: str, drift_window: timedelta) -> bool:
     """Store a book version (the caller commits); False when the same document is already stored."""
     document = book_document(book)
+    if parse_book(document) != book:  # what is stored must read back as what was checked
+        raise PricesError(f"{book.label} does not survive its canonical form: report this as a bug")
     sha = document_sha256(document)
     stored = price_store.stored_book(conn, book.code, book.version)
     if stored is not None:

@@ -22,7 +22,7 @@ import psycopg
 
 from . import invoices, subscriptions
 from .ledger import month_to_date_store
-from .margin import cost_of, margin_rows
+from .margin import cost_of, segment_margin_rows
 from .periods import Period
 from .prices import BUILTIN, Catalog, load_catalog
 from .rating import QuotaStatus, invoice_total, quota_status
@@ -100,7 +100,6 @@ def month_to_date(
         (period.end - period.start).total_seconds()
     )
     current_lines = invoices.rate_segments([current], period, None, catalog).lines
-    rated = invoices.rate_segments(parts, period, None, catalog)
     spend = sum((line.amount for line in current_lines if line.kind == "usage"), Decimal(0))
     return MonthToDate(
         period=period,
@@ -113,7 +112,7 @@ def month_to_date(
         invoice_so_far=draft.total,
         projected_total=projected_total(parts, period, now, catalog),
         in_force=in_force is not None,
-        cost_so_far=cost_of(margin_rows(account_id, rated.lines, rated)),
+        cost_so_far=cost_of(segment_margin_rows(account_id, parts, period, catalog)),
         unpriced_items=len(draft.unpriced_models),
     )
 

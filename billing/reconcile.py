@@ -237,7 +237,7 @@ def _pending_on_next_open(
     segments = subscriptions.segments(conn, account, next_open.start, next_open.end)
     if not segments:
         return {}  # no subscription to bill it on: it shows as a difference
-    _, details = invoices.late_usage_lines(conn, account, next_open, segments[0].subscription.currency)
+    details = invoices.late_usage_lines(conn, account, next_open, segments[0].subscription.currency).details
     pending: dict[str, Decimal] = {}
     for item in details:
         if item["reference_period"] == str(period):

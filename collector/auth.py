@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .processors.meters import METER_CODES
+from .processors.meters import METER_CODES, SUBSET_OF
 
 __all__ = ["AuthConfigError", "Authenticator", "Producer", "ProducerRegistry", "hash_token", "load_producers"]
 
@@ -109,6 +109,14 @@ def _names(
     return frozenset(values)
 
 
+def _with_subsets(meters: frozenset[str] | None) -> frozenset[str] | None:
+    """A producer allowed ``input_tokens`` may bill ``cache_read_tokens`` (a subset of that count), and so on:
+    producers files written before the subset meters existed keep billing what they billed."""
+    if meters is None:
+        return None
+    return meters | {subset for subset, parent in SUBSET_OF.items() if parent in meters}
+
+
 def load_producers(path: Path) -> ProducerRegistry:
     try:
         document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -133,7 +141,7 @@ def load_producers(path: Path) -> ProducerRegistry:
         producer = Producer(
             name=name,
             services=_names(entry, "services", where, problems),
-            meters=_names(entry, "meters", where, problems, known=METER_CODES),
+            meters=_with_subsets(_names(entry, "meters", where, problems, known=METER_CODES)),
             accounts=_names(entry, "accounts", where, problems) if "accounts" in entry else None,
         )
         if "accounts" not in entry:

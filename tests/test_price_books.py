@@ -209,8 +209,8 @@ def test_diff_names_each_changed_price_with_its_percentage():
     models[1]["price"]["input"] = "0.004"  # gpt-4o input: 5.00 -> 4.00 per million
     new = parse_book(_book(version="2026-12", tokens={"per": 1000, "models": models[:2]}))
     changes = diff_books(old, new)
-    assert any(c.startswith("tokens gpt-4o price.input: 0.005 -> 0.004 per 1000 (-20.0 %)") for c in changes), changes
-    assert "tokens pattern gpt-4o-mini-20*: removed" in changes
+    assert any(c.startswith("tokens gpt-4o via openai price.input: 0.005 -> 0.004 per 1000 (-20.0 %)") for c in changes), changes
+    assert "tokens pattern gpt-4o-mini-20* via openai: removed" in changes
     assert not any("gpt-4o-mini price" in c for c in changes)  # the same price per token: no change shown
 
 
@@ -723,3 +723,91 @@ def test_migration_0014_recomputes_existing_rollups_with_their_provider_and_goes
             D(146),
         )
         assert conn.execute("SELECT count(*) FROM usage_rollups_daily").fetchone() == (1,)  # providers summed
+
+
+# -- found by review ----------------------------------------------------------------------------------------
+
+
+def test_an_empty_provider_is_refused_rather_than_stored_as_any_provider():
+    with pytest.raises(PriceBookError, match="provider: a non-empty string"):
+        parse_book(_book(tokens={"per": 1000000, "models": [
+            {"model": "x", "provider": "", "price": {"input": "1", "output": "1"}}]}))  # fmt: skip
+
+
+def test_a_producer_allowed_a_token_meter_may_bill_its_subsets(tmp_path):
+    from spanmeter.collector.auth import load_producers
+
+    path = tmp_path / "producers.toml"
+    path.write_text(
+        '[[producer]]\nname = "llm-gw"\nservices = ["*"]\nmeters = ["input_tokens", "output_tokens"]\n'
+        'accounts = ["*"]\ntoken_sha256 = ["' + "0" * 64 + '"]\n'
+    )
+    producer = load_producers(path).by_name("llm-gw")
+    assert producer.allows("svc", ["input_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"])
+    assert not producer.allows("svc", ["worker_seconds"])
+
+
+def test_diff_tells_the_providers_of_one_model_apart():
+    entries = [
+        {"model": "gpt-4o", "provider": "openai", "price": {"input": "1", "output": "1"}},
+        {"model": "gpt-4o", "provider": "azure", "price": {"input": "2", "output": "2"}},
+    ]
+    old = parse_book(_book(tokens={"per": 1000000, "models": entries}))
+    changed = json.loads(json.dumps(entries))
+    changed[0]["price"]["input"] = "9"
+    new = parse_book(_book(version="2026-12", tokens={"per": 1000000, "models": changed}))
+    changes = diff_books(old, new)
+    assert changes[0] == "tokens gpt-4o via openai price.input: 1 -> 9 per 1000000 (+800.0 %)"
+    assert all("via openai" in c for c in changes)  # cache prices follow input (no price of their own): 3 lines
+
+
+def test_a_negative_correction_of_book_priced_tokens_is_credited_and_takes_no_allowance(db):
+    from spanmeter.billing import adjustments
+
+    models = book_document(load_file(BOOK))["tokens"]["models"]
+    models.append({"default": True, "price": {"input": "5.00", "output": "20.00"}})  # prices usage without a model
+    _import(db, _book(version="2026-01b", tokens={"per": 1000000, "models": models}), _v3())
+    _subscribe(db, "acme", plan="starter", pricing="v3_allow")  # 250,000 tokens included
+    day = DEC.start + timedelta(days=2)
+    _write(db, [_row("acme", "input_tokens", 2_000_000, day, model="gpt-4o")])
+    with psycopg.connect(db) as conn:
+        adjustments.record(conn, idempotency_key="OPS-7", account_id="acme", meter_code="input_tokens",
+                           quantity=D(-1_000_000), occurred_at=day, reason="double-reported batch", created_by="f")  # fmt: skip
+        conn.commit()
+    lines = {
+        (line.dimension, line.usage_kind): line for line in _invoice(db, "acme").lines if line.dimension is not None
+    }
+    credit = lines[("", "input")]  # the correction names no model: the default entry prices it
+    assert credit.quantity == -1_000_000 and credit.amount == D("-5.00")
+    gpt4o = lines[("gpt-4o", "input")]
+    assert gpt4o.quantity == 1_750_000 and gpt4o.amount == D("8.75")  # the whole allowance, once, here
+
+
+def test_late_usage_of_an_unpriced_model_blocks_the_invoice_that_would_carry_it(db):
+    _import(db, BOOK, V3)
+    nov = Period(2026, 11)
+    _subscribe(db, "acme", plan="starter", start=nov.start)
+    _write(db, [_row("acme", "input_tokens", 1000, nov.start + timedelta(days=3), model="gpt-4o")])
+    with psycopg.connect(db) as conn:
+        invoices.finalize_invoice(conn, "acme", nov, now=DEC.start + timedelta(days=3), finalized_by="t")
+        conn.commit()
+    _write(db, [_row("acme", "input_tokens", 500, nov.start + timedelta(days=4), model="mystery")])  # late, unpriced
+    draft = _invoice(db, "acme")
+    assert [(u["model"], u["reference_period"]) for u in draft.unpriced_models] == [("mystery", "2026-11")]
+    with psycopg.connect(db) as conn, pytest.raises(invoices.InvoiceError, match="mystery"):
+        invoices.finalize_invoice(conn, "acme", DEC, now=DEC.end + timedelta(days=3), finalized_by="t")
+
+
+def test_margin_keeps_each_segments_cost_when_the_plan_changes_mid_month(db):
+    from spanmeter.billing.margin import account_margin
+
+    _import(db, BOOK, V3)
+    _subscribe(db, "acme", plan="starter")
+    _subscribe(db, "acme", plan="growth", start=DEC.start + timedelta(days=15))
+    _write(db, [
+        _row("acme", "input_tokens", 1_000_000, DEC.start + timedelta(days=2), model="gpt-4o"),
+        _row("acme", "input_tokens", 3_000_000, DEC.start + timedelta(days=20), model="gpt-4o"),
+    ])  # fmt: skip
+    with psycopg.connect(db) as conn:
+        rows = [r for r in account_margin(conn, "acme", DEC) if r.model == "gpt-4o"]
+    assert sorted((r.quantity, r.cost) for r in rows) == [(1_000_000, D("2.30")), (3_000_000, D("6.90"))]

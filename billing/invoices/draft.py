@@ -16,7 +16,7 @@ from ..periods import Period
 from ..prices import Catalog, load_catalog
 from ..rating import Line, invoice_total
 from .document import Invoice, InvoiceError, from_document, plain
-from .late import finalized_invoice, late_usage_lines
+from .late import LateUsage, finalized_invoice, late_usage_lines
 from .pricing import Rated, rate_segments
 from .usage import SegmentUsage, period_usage, uncovered_windows, window_usage
 
@@ -48,6 +48,7 @@ def assemble(
     *,
     rated: Rated,
     late: tuple[list[Line], list[dict[str, str]]] = ([], []),
+    late_unpriced: Sequence[Mapping[str, str]] = (),
     unrated: Mapping[str, Decimal] | None = None,
     stored: Mapping[str, Any] | None = None,
 ) -> Invoice:
@@ -84,7 +85,7 @@ def assemble(
         plan_mismatches=plan_mismatches(parts),
         unrated_usage=dict(unrated or {}),
         late_usage=late[1],
-        unpriced_models=rated.unpriced,
+        unpriced_models=(*rated.unpriced, *late_unpriced),
         price_books=rated.books,
     )
 
@@ -114,11 +115,24 @@ def build_invoice(
             f"spanmeter subscription set --account {account_id} --plan PLAN --pricing VERSION --from {period.start:%Y-%m-%d}"
         )
     rated = rate_segments(parts, period, pricing_override, catalog)
-    late = ([], []) if stored is not None else late_usage_lines(conn, account_id, period, rated.currency, catalog)
+    late = (
+        LateUsage([], [], [])
+        if stored is not None
+        else late_usage_lines(conn, account_id, period, rated.currency, catalog)
+    )
     unrated: dict[str, Decimal] = {}
     for gap_start, gap_end in uncovered_windows([p.segment for p in parts], period):
         gap_usage, _, _ = window_usage(conn, account_id, gap_start, gap_end)
         for metric, q in gap_usage.items():
             if q:
                 unrated[metric] = unrated.get(metric, Decimal(0)) + q
-    return assemble(account_id, period, parts, rated=rated, late=late, unrated=unrated, stored=stored)
+    return assemble(
+        account_id,
+        period,
+        parts,
+        rated=rated,
+        late=(late.lines, late.details),
+        late_unpriced=late.unpriced,
+        unrated=unrated,
+        stored=stored,
+    )

@@ -69,8 +69,10 @@ def finalize_invoice(
     if draft.unpriced_models:
         models = ", ".join(sorted({f"{u['model']} ({u['meter_code']})" for u in draft.unpriced_models}))
         raise InvoiceError(
-            f"{account_id} {period} has usage no price book version prices: {models}; import a book version that "
-            f"prices them (or a default entry), effective from {period.start:%Y-%m-%dT%H:%MZ} or earlier, then finalize"
+            f"{account_id} {period} has usage no price book version prices: {models}. Import a book version that "
+            f"prices them (or has a default entry) with the effective_from of the version in force (a later import "
+            f"on the same hour supersedes it) or an hour inside {period}, then finalize; `spanmeter prices unpriced "
+            f"--period {period}` lists them"
         )
     number = f"INV-{period}-{invoice_store.count_in_period(conn, period.start) + 1:04d}"
     document = {**draft.to_dict(), "invoice_number": number, "status": "finalized", "finalized_at": now.isoformat()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -25,10 +25,12 @@ from .pricing import metric_amounts, rate_segments
 from .usage import SegmentUsage, period_usage
 
 __all__ = [
+    "LateUsage",
     "billed_per_metric",
     "finalized_invoice",
     "finalized_periods",
     "late_adjustments",
+    "late_unpriced",
     "late_usage_lines",
     "periods_late_onto",
 ]
@@ -136,18 +138,36 @@ def late_adjustments(
     return lines, details
 
 
+def late_unpriced(
+    earlier: Period, document: Mapping[str, Any], parts: Sequence[SegmentUsage], catalog: Catalog = BUILTIN
+) -> list[dict[str, str]]:
+    """Usage of ``earlier`` that no price book version prices, as the re-rating finds it (pure): it must block
+    the invoice that would carry it at zero, like unpriced usage of the period itself."""
+    version = document["pricing_version"]
+    unpriced = rate_segments(parts, earlier, version if "+" not in version else None, catalog).unpriced
+    return [{**item, "reference_period": str(earlier)} for item in unpriced]
+
+
+class LateUsage(NamedTuple):
+    lines: list[Line]
+    details: list[dict[str, str]]
+    unpriced: list[dict[str, str]]  # late usage no book version prices (tagged with its period)
+
+
 def late_usage_lines(
     conn: psycopg.Connection, account_id: str, period: Period, currency: str, catalog: Catalog | None = None
-) -> tuple[list[Line], list[dict[str, str]]]:
+) -> LateUsage:
     """Adjustment lines on ``period`` for usage that reached already-finalized earlier periods."""
     catalog = catalog if catalog is not None else load_catalog(conn)
     finalized = finalized_periods(conn, account_id)
     lines: list[Line] = []
     details: list[dict[str, str]] = []
+    unpriced: list[dict[str, str]] = []
     for earlier, document in periods_late_onto(finalized, period):
         version = document["pricing_version"]
         parts = period_usage(conn, account_id, earlier, catalog, version if "+" not in version else None)
         more_lines, more_details = late_adjustments(earlier, document, finalized, parts, currency, catalog)
         lines += more_lines
         details += more_details
-    return lines, details
+        unpriced += late_unpriced(earlier, document, parts, catalog)
+    return LateUsage(lines, details, unpriced)

@@ -71,9 +71,10 @@ def billable_usage(totals: Mapping[str, RollupTotal], corrections: Iterable[adju
     meters: dict[str, Decimal] = {code: t.quantity for code, t in totals.items()}
     for correction in corrections:
         meters[correction.meter_code] = meters.get(correction.meter_code, Decimal(0)) + correction.quantity
-    versions = {code: set(t.meter_versions) for code, t in totals.items()}
+    # only the meters billable metrics sum (subset meters such as cache_read_tokens are inside them already)
+    versions = {code: set(t.meter_versions) for code, t in totals.items() if code in _METRIC_OF_METER}
     plans: dict[str, Decimal] = {}
-    for t in totals.values():
+    for t in (t for code, t in totals.items() if code in _METRIC_OF_METER):
         for plan_code, quantity in t.by_plan_code.items():
             plans[plan_code] = plans.get(plan_code, Decimal(0)) + quantity
     known = {code: q for code, q in meters.items() if code in _METRIC_OF_METER}

@@ -19,6 +19,10 @@ def _gpu_values(entry: GpuEntry) -> dict[str, Decimal | None]:
     return {"price": entry.price, "cost": entry.cost}
 
 
+def _key(entry: ModelEntry | GpuEntry) -> tuple[Match, str]:
+    return entry.match, getattr(entry, "provider", None) or ""
+
+
 def _pct(old: Decimal | None, new: Decimal | None) -> str:
     if old is None or new is None or old == 0:
         return ""
@@ -36,22 +40,23 @@ def diff_books(old: PriceBook, new: PriceBook) -> list[str]:
         ("tokens", old.tokens, new.tokens, _token_values, old.token_per, new.token_per),
         ("gpus", old.gpus, new.gpus, _gpu_values, old.gpu_per, new.gpu_per),
     ):
-        before: dict[Match, ModelEntry | GpuEntry] = {e.match: e for e in old_entries}
-        after: dict[Match, ModelEntry | GpuEntry] = {e.match: e for e in new_entries}
-        for match in sorted(before.keys() | after.keys(), key=lambda m: (m.kind, m.value)):
-            if match not in after:
+        before: dict[tuple[Match, str], ModelEntry | GpuEntry] = {_key(e): e for e in old_entries}
+        after: dict[tuple[Match, str], ModelEntry | GpuEntry] = {_key(e): e for e in new_entries}
+        for key in sorted(before.keys() | after.keys(), key=lambda k: (k[0].kind, k[0].value, k[1])):
+            match = f"{key[0]}" + (f" via {key[1]}" if key[1] else "")
+            if key not in after:
                 lines.append(f"{section} {match}: removed")
                 continue
-            if match not in before:
+            if key not in before:
                 lines.append(f"{section} {match}: added")
                 continue
-            old_values, new_values = values(before[match]), values(after[match])  # type: ignore[arg-type]
-            for key in old_values:
-                a, b = old_values[key], new_values[key]
+            old_values, new_values = values(before[key]), values(after[key])  # type: ignore[arg-type]
+            for field in old_values:
+                a, b = old_values[field], new_values[field]
                 a = None if a is None else a / old_per
                 b = None if b is None else b / new_per
                 if a != b:
                     shown_a = "-" if a is None else format((a * new_per).normalize(), "f")
                     shown_b = "-" if b is None else format((b * new_per).normalize(), "f")
-                    lines.append(f"{section} {match} {key}: {shown_a} -> {shown_b} per {new_per}{_pct(a, b)}")
+                    lines.append(f"{section} {match} {field}: {shown_a} -> {shown_b} per {new_per}{_pct(a, b)}")
     return lines

@@ -110,8 +110,8 @@ def _entries(section: Any, where: str, make: Any) -> tuple[Any, ...]:
 
 def _model(raw: Mapping[str, Any], at: str, match: Match) -> ModelEntry:
     provider = raw.get("provider")
-    if provider is not None and not isinstance(provider, str):
-        raise PriceBookError(f"{at}.provider: a string")
+    if provider is not None and (not isinstance(provider, str) or not provider.strip()):
+        raise PriceBookError(f"{at}.provider: a non-empty string (leave it out for any provider)")
     cost = _token_prices(raw["cost"], f"{at}.cost") if "cost" in raw else None
     return ModelEntry(match, _token_prices(raw["price"], f"{at}.price"), cost, provider)
 

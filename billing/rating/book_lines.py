@@ -44,7 +44,8 @@ def book_lines(
         key=lambda i: (-groups[i].unit_price, groups[i].dimension, groups[i].provider, groups[i].kind),
     )
     for i in dearest_first:
-        free[i] = min(left, groups[i].quantity)
+        # a negative group (a correction that removes usage) takes no allowance and is credited in full
+        free[i] = min(max(left, Decimal(0)), max(groups[i].quantity, Decimal(0)))
         left -= free[i]
     lines = []
     for i, group in enumerate(groups):

@@ -59,6 +59,7 @@ __all__ = [
     "OUTPUT_TOKENS",
     "REASONING_TOKENS",
     "ROW_LABEL_KEY",
+    "SUBSET_OF",
     "WORKER_SECONDS",
     "AbsentOrIn",
     "AllOf",
@@ -444,6 +445,12 @@ API_REQUESTS = MeterDefinition(
 )
 
 # Every definition that ever billed, keyed by (code, version). Never remove or edit an entry.
+# A subset meter's rows are part of its parent's count: a producer allowed the parent may bill them too.
+SUBSET_OF: dict[str, str] = {
+    CACHE_READ_TOKENS.code: INPUT_TOKENS.code,
+    CACHE_WRITE_TOKENS.code: INPUT_TOKENS.code,
+    REASONING_TOKENS.code: OUTPUT_TOKENS.code,
+}
 _METERS = (
     WORKER_SECONDS,
     GPU_SECONDS,
