@@ -209,7 +209,9 @@ def test_diff_names_each_changed_price_with_its_percentage():
     models[1]["price"]["input"] = "0.004"  # gpt-4o input: 5.00 -> 4.00 per million
     new = parse_book(_book(version="2026-12", tokens={"per": 1000, "models": models[:2]}))
     changes = diff_books(old, new)
-    assert any(c.startswith("tokens gpt-4o via openai price.input: 0.005 -> 0.004 per 1000 (-20.0 %)") for c in changes), changes
+    assert any(
+        c.startswith("tokens gpt-4o via openai price.input: 0.005 -> 0.004 per 1000 (-20.0 %)") for c in changes
+    ), changes
     assert "tokens pattern gpt-4o-mini-20* via openai: removed" in changes
     assert not any("gpt-4o-mini price" in c for c in changes)  # the same price per token: no change shown
 
