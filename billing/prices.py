@@ -32,7 +32,7 @@ from typing import Any
 
 import psycopg
 
-from .ledger import price_store
+from .ledger import locks, price_store
 from .periods import Period
 from .pricebook import PriceBook, book_document, parse_book
 from .rating import PRICING_VERSIONS, PricingVersion
@@ -142,6 +142,7 @@ def _currency_clash(version: PricingVersion, book: PriceBook) -> str | None:
 
 def import_book(conn: psycopg.Connection, book: PriceBook, *, imported_by: str, drift_window: timedelta) -> bool:
     """Store a book version (the caller commits); False when the same document is already stored."""
+    locks.hold_prices(conn, exclusive=True)  # no invoice is finalized while this import checks and inserts
     document = book_document(book)
     if parse_book(document) != book:  # what is stored must read back as what was checked
         raise PricesError(f"{book.label} does not survive its canonical form: report this as a bug")

@@ -813,3 +813,19 @@ def test_margin_keeps_each_segments_cost_when_the_plan_changes_mid_month(db):
     with psycopg.connect(db) as conn:
         rows = [r for r in account_margin(conn, "acme", DEC) if r.model == "gpt-4o"]
     assert sorted((r.quantity, r.cost) for r in rows) == [(1_000_000, D("2.30")), (3_000_000, D("6.90"))]
+
+
+def test_a_book_import_waits_while_an_invoice_is_being_finalized(db):
+    from spanmeter.billing.ledger import locks
+
+    _import(db, BOOK, V3)
+    newer = parse_book(_book(version="2026-12", effective_from="2026-12-01T00:00:00Z"))
+    with psycopg.connect(db) as finalizing, psycopg.connect(db) as importing:
+        locks.hold_prices(finalizing, exclusive=False)  # what finalize_invoice takes first, until it commits
+        importing.execute("SET lock_timeout = '300ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            prices.import_book(importing, newer, imported_by="t", drift_window=timedelta(days=2))
+        importing.rollback()
+        finalizing.commit()  # the invoice is stored (or not): now the import checks against it
+        importing.execute("SET lock_timeout = '3s'")
+        assert prices.import_book(importing, newer, imported_by="t", drift_window=timedelta(days=2))

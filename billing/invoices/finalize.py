@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 import psycopg
 
-from ..ledger import invoice_store
+from ..ledger import invoice_store, locks
 from ..periods import Period
 from .document import Invoice, InvoiceError, from_document
 from .draft import build_invoice
@@ -62,6 +62,7 @@ def finalize_invoice(
             f"{period} stays open for late usage until {until.isoformat()} "
             f"(drift window {drift_window}); finalize after that"
         )
+    locks.hold_prices(conn, exclusive=False)  # no price book version is imported meanwhile
     invoice_store.lock_period(conn, str(period))
     if finalized_invoice(conn, account_id, period) is not None:
         return build_invoice(conn, account_id, period), False
