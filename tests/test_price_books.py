@@ -829,3 +829,42 @@ def test_a_book_import_waits_while_an_invoice_is_being_finalized(db):
         finalizing.commit()  # the invoice is stored (or not): now the import checks against it
         importing.execute("SET lock_timeout = '3s'")
         assert prices.import_book(importing, newer, imported_by="t", drift_window=timedelta(days=2))
+
+
+@pytest.mark.parametrize(
+    ("document", "names"),
+    [
+        (
+            lambda: _book(
+                tokens={
+                    "per": 1000000,
+                    "models": [{"model": "x", "provider": ["openai"], "price": {"input": "1", "output": "1"}}],
+                }
+            ),
+            "tokens.models[0].provider",
+        ),
+        (lambda: {**_book(), 7: "seven"}, "keys are names (strings), got 7"),
+        (lambda: _book(tokens={"per": 1000000, "models": [{"model": "x", "price": {1: "1"}}]}), "got 1"),
+    ],
+)
+def test_odd_yaml_gives_a_message_naming_the_field_never_a_type_error(document, names):  # fmt: skip
+    with pytest.raises(PriceBookError, match=re.escape(names)):
+        parse_book(document())
+    with pytest.raises(PricingDataError, match="keys are names"):
+        parse_pricing_version({**yaml.safe_load(V3.read_text()), 3: "x"})
+
+
+def test_the_models_dev_importer_skips_odd_costs_and_refuses_an_odd_markup():
+    data = {
+        "p": {
+            "models": {
+                "a": {"cost": {"input": None, "output": D(1)}},
+                "b": {"cost": {"input": D("0.5"), "output": D(1)}},
+            }
+        }
+    }
+    result = book_from_models_dev(data, code="x", version="1", effective_from=DEC.start, markup=D(0))
+    assert [e.match.value for e in result.book.tokens] == ["b"]
+    assert result.skipped == ("p/a: cost input is not a number ≥ 0",)
+    with pytest.raises(PriceBookError, match="--markup must be a number"):
+        book_from_models_dev(data, code="x", version="1", effective_from=DEC.start, markup=D("NaN"))

@@ -42,6 +42,12 @@ def read_models_dev(path: Path) -> Any:
         raise PriceBookError(f"{path}: not valid JSON ({exc})") from None
 
 
+def _is_cost(value: Any) -> bool:
+    return (
+        isinstance(value, int | Decimal) and not isinstance(value, bool) and Decimal(value).is_finite() and value >= 0
+    )
+
+
 def _prices(cost: dict[str, Decimal], factor: Decimal) -> TokenPrices:
     return TokenPrices(**{kind: (Decimal(cost[kind]) * factor).normalize() for kind in TOKEN_KINDS if kind in cost})
 
@@ -62,8 +68,8 @@ def book_from_models_dev(
     ``markup`` 0.25 prices every token kind at cost × 1.25."""
     if not isinstance(data, dict):
         raise PriceBookError("models.dev data is a JSON object of providers")
-    if markup < 0:
-        raise PriceBookError(f"--markup must be ≥ 0 (0.25 is 25 % over cost), got {markup}")
+    if not markup.is_finite() or markup < 0:
+        raise PriceBookError(f"--markup must be a number ≥ 0 (0.25 is 25 % over cost), got {markup}")
     wanted = list(dict.fromkeys(providers))
     missing = sorted(set(wanted) - set(data))
     if missing:
@@ -81,6 +87,10 @@ def book_from_models_dev(
             cost = model.get("cost") if isinstance(model, dict) else None
             if not isinstance(cost, dict) or "input" not in cost or "output" not in cost:
                 skipped.append(f"{name}: no input and output cost")
+                continue
+            bad = [kind for kind in TOKEN_KINDS if kind in cost and not _is_cost(cost[kind])]
+            if bad:
+                skipped.append(f"{name}: cost {', '.join(bad)} is not a number ≥ 0")
                 continue
             ignored.update(set(cost) - set(TOKEN_KINDS))
             known = {kind: cost[kind] for kind in TOKEN_KINDS if kind in cost}

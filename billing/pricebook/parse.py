@@ -31,6 +31,14 @@ class PriceBookError(ValueError):
     pass
 
 
+def _unknown(mapping: Mapping[Any, Any], known: set[str] | frozenset[str] | tuple[str, ...], where: str) -> list[str]:
+    """The keys of ``mapping`` not in ``known``, sorted; a key that is not a string is refused, named."""
+    odd = [key for key in mapping if not isinstance(key, str)]
+    if odd:
+        raise PriceBookError(f"{where}: keys are names (strings), got {odd[0]!r}")
+    return sorted(set(mapping) - set(known))
+
+
 def _decimal(value: Any, where: str) -> Decimal:
     if isinstance(value, (bool, float)):
         raise PriceBookError(
@@ -75,7 +83,7 @@ def _match(entry: Mapping[str, Any], where: str) -> Match:
 def _token_prices(value: Any, where: str) -> TokenPrices:
     if not isinstance(value, Mapping):
         raise PriceBookError(f"{where}: a mapping of {', '.join(TOKEN_KINDS)} (input and output required)")
-    unknown = sorted(set(value) - set(TOKEN_KINDS))
+    unknown = _unknown(value, TOKEN_KINDS, where)
     if unknown:
         raise PriceBookError(f"{where}: unknown token kind(s) {', '.join(unknown)}; kinds: {', '.join(TOKEN_KINDS)}")
     for required in ("input", "output"):
@@ -94,14 +102,17 @@ def _entries(section: Any, where: str, make: Any) -> tuple[Any, ...]:
         at = f"{where}.models[{i}]"
         if not isinstance(raw, Mapping):
             raise PriceBookError(f"{at}: a mapping")
-        unknown = sorted(set(raw) - {"model", "pattern", "default", "price", "cost", "provider"})
+        unknown = _unknown(raw, {"model", "pattern", "default", "price", "cost", "provider"}, at)
         if unknown:
             raise PriceBookError(f"{at}: unknown key(s) {', '.join(unknown)}")
         match = _match(raw, at)
-        if (match, raw.get("provider")) in seen:
+        provider = raw.get("provider")
+        if provider is not None and (not isinstance(provider, str) or not provider.strip()):
+            raise PriceBookError(f"{at}.provider: a non-empty string (leave it out for any provider)")
+        if (match, provider) in seen:
             who = f" for provider {raw['provider']}" if raw.get("provider") else ""
             raise PriceBookError(f"{at}: {match}{who} is priced twice in {where}")
-        seen.add((match, raw.get("provider")))
+        seen.add((match, provider))
         if "price" not in raw:
             raise PriceBookError(f"{at}.price: required")
         entries.append(make(raw, at, match))
@@ -149,7 +160,7 @@ def parse_book(data: Any) -> PriceBook:
         raise PriceBookError(
             "a price book is a mapping with book:, version:, effective_from:, currency:, tokens:, gpus:"
         )
-    unknown = sorted(set(data) - _TOP)
+    unknown = _unknown(data, _TOP, "the book")
     if unknown:
         raise PriceBookError(f"unknown top-level key(s) {', '.join(unknown)}; known: {', '.join(sorted(_TOP))}")
     code, version = data.get("book"), data.get("version")

@@ -49,6 +49,14 @@ class PricingDataError(ValueError):
     pass
 
 
+def _unknown(mapping: Mapping[Any, Any], known: set[str], where: str) -> list[str]:
+    """The keys of ``mapping`` not in ``known``, sorted; a key that is not a string is refused, named."""
+    odd = [key for key in mapping if not isinstance(key, str)]
+    if odd:
+        raise PricingDataError(f"{where}: keys are names (strings), got {odd[0]!r}")
+    return sorted(set(mapping) - known)
+
+
 def _decimal(value: Any, where: str) -> Decimal:
     if isinstance(value, bool | float) or not isinstance(value, int | str):
         raise PricingDataError(f'{where}: write the amount as a string ("0.0016"); got {value!r}')
@@ -105,7 +113,7 @@ def _price(raw: Mapping[str, Any], where: str) -> PriceModel | BookPrice:
 def _rate(raw: Any, where: str) -> MetricRate:
     if not isinstance(raw, Mapping):
         raise PricingDataError(f"{where}: a mapping with metric, description, included and one price")
-    unknown = sorted(set(raw) - {"metric", "description", "included", *_PRICES})
+    unknown = _unknown(raw, {"metric", "description", "included", *_PRICES}, where)
     if unknown:
         raise PricingDataError(f"{where}: unknown key(s) {', '.join(unknown)}")
     metric = raw.get("metric")
@@ -122,7 +130,7 @@ def _rate(raw: Any, where: str) -> MetricRate:
 def _plan(raw: Any, where: str) -> Plan:
     if not isinstance(raw, Mapping):
         raise PricingDataError(f"{where}: a mapping with code, name, currency, base_fee and rates")
-    unknown = sorted(set(raw) - {"code", "name", "currency", "base_fee", "rates", "commitment", "minimum_spend"})
+    unknown = _unknown(raw, {"code", "name", "currency", "base_fee", "rates", "commitment", "minimum_spend"}, where)
     if unknown:
         raise PricingDataError(f"{where}: unknown key(s) {', '.join(unknown)}")
     code = raw.get("code")
@@ -150,7 +158,7 @@ def parse_pricing_version(data: Any) -> PricingVersion:
     """A :class:`PricingVersion` from a loaded file; :class:`PricingDataError` naming the field otherwise."""
     if not isinstance(data, Mapping):
         raise PricingDataError("a pricing version is a mapping with pricing_version, description and plans")
-    unknown = sorted(set(data) - {"pricing_version", "description", "price_book", "plans"})
+    unknown = _unknown(data, {"pricing_version", "description", "price_book", "plans"}, "the pricing version")
     if unknown:
         raise PricingDataError(f"unknown top-level key(s) {', '.join(unknown)}")
     code = data.get("pricing_version")
