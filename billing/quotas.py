@@ -22,7 +22,7 @@ import psycopg
 
 from . import invoices, subscriptions
 from .ledger import month_to_date_store
-from .margin import cost_of, segment_margin_rows
+from .margin import cost_of, margin_rows
 from .periods import Period
 from .prices import BUILTIN, Catalog, load_catalog
 from .rating import QuotaStatus, invoice_total, quota_status
@@ -99,7 +99,9 @@ def month_to_date(
     fraction = Decimal((current.segment.end - current.segment.start).total_seconds()) / Decimal(
         (period.end - period.start).total_seconds()
     )
-    current_lines = invoices.rate_segments([current], period, None, catalog).lines
+    # each segment rated once: the current one's usage charges draw the commitment, all of them give the cost
+    rated = [invoices.rate_segments([part], period, None, catalog) for part in parts]
+    current_lines = rated[parts.index(current)].lines
     spend = sum((line.amount for line in current_lines if line.kind == "usage"), Decimal(0))
     return MonthToDate(
         period=period,
@@ -112,7 +114,7 @@ def month_to_date(
         invoice_so_far=draft.total,
         projected_total=projected_total(parts, period, now, catalog),
         in_force=in_force is not None,
-        cost_so_far=cost_of(segment_margin_rows(account_id, parts, period, catalog)),
+        cost_so_far=cost_of(row for r in rated for row in margin_rows(account_id, r.lines, r)),
         unpriced_items=len(draft.unpriced_models),
     )
 

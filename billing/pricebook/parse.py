@@ -11,13 +11,13 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..rating.money import CURRENCY_DECIMALS
+from ..rating.money import CURRENCY_DECIMALS, exact_decimal
 from .book import TOKEN_KINDS, GpuEntry, Match, ModelEntry, PriceBook, TokenPrices
 
 __all__ = ["PriceBookError", "book_document", "load_file", "parse_book", "read_document"]
@@ -40,18 +40,12 @@ def _unknown(mapping: Mapping[Any, Any], known: set[str] | frozenset[str] | tupl
 
 
 def _decimal(value: Any, where: str) -> Decimal:
-    if isinstance(value, (bool, float)):
-        raise PriceBookError(
-            f'{where}: write the price as a string ({where}: "{value}"); a bare number is read as a float, which is not exact'
-        )
-    if not isinstance(value, int | str):
-        raise PriceBookError(f"{where}: a price is a decimal string, got {type(value).__name__}")
     try:
-        number = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise PriceBookError(f"{where}: {value!r} is not a decimal number") from None
-    if not number.is_finite() or number < 0:
-        raise PriceBookError(f"{where}: a price must be a finite number ≥ 0, got {value!r}")
+        number = exact_decimal(value)
+    except ValueError as exc:
+        raise PriceBookError(f"{where}: {exc}") from None
+    if number < 0:
+        raise PriceBookError(f"{where}: a price must be ≥ 0, got {value!r}")
     return number
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "CURRENCY_DECIMALS",
     "CURRENCY_SYMBOLS",
     "currency_decimals",
+    "exact_decimal",
     "exact_mul",
     "exact_sum",
     "format_money",
@@ -90,3 +91,19 @@ def format_money(amount: Decimal, currency: str) -> str:
     symbol = CURRENCY_SYMBOLS.get(currency, currency + " ")
     text = f"{symbol}{abs(rounded):,f}"
     return f"−{text}" if rounded < 0 else text
+
+
+def exact_decimal(value: object) -> Decimal:
+    """A decimal written in a file (YAML, JSON): a string or a whole number, finite. A float is refused: YAML
+    and JSON read ``0.0016`` as a binary float, which is not the number written. ``ValueError`` says why."""
+    if isinstance(value, bool | float):
+        raise ValueError(f'write it as a string ("{value}"): a bare number with a fraction is read as a float')
+    if not isinstance(value, int | str):
+        raise ValueError(f"a decimal string, got {type(value).__name__}")
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a decimal number") from None
+    if not number.is_finite():
+        raise ValueError(f"{value!r} is not a finite number")
+    return number

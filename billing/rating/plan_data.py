@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from .metrics import BILLABLE_METRICS
+from .money import exact_decimal
 from .plans import BookPrice, MetricRate, Plan, PricingVersion
 from .prices import Graduated, Package, PerUnit, PriceModel, Tier, Volume
 
@@ -58,15 +59,10 @@ def _unknown(mapping: Mapping[Any, Any], known: set[str], where: str) -> list[st
 
 
 def _decimal(value: Any, where: str) -> Decimal:
-    if isinstance(value, bool | float) or not isinstance(value, int | str):
-        raise PricingDataError(f'{where}: write the amount as a string ("0.0016"); got {value!r}')
     try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        raise PricingDataError(f"{where}: {value!r} is not a decimal number") from None
-    if not number.is_finite():
-        raise PricingDataError(f"{where}: {value!r} is not a finite number")
-    return number
+        return exact_decimal(value)
+    except ValueError as exc:
+        raise PricingDataError(f"{where}: {exc}") from None
 
 
 def _tiers(value: Any, where: str) -> tuple[Tier, ...]:
