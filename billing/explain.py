@@ -67,7 +67,7 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def _meters_of(line: Line) -> tuple[str, ...]:
+def meters_of(line: Line) -> tuple[str, ...]:
     if line.usage_kind == "gpu":
         return ("gpu_seconds",)
     if line.usage_kind:
@@ -133,7 +133,7 @@ def _explain(
             f"{s['plan_code']} ({s['pricing_version']}) {s['from']}–{s['to']}" for s in invoice.subscriptions
         )
         return LineExplanation(line_no, document, f"{line.kind} of the subscription(s): {plans}")
-    meters = _meters_of(line)
+    meters = meters_of(line)
     start, end = _window(line, period, catalog)
     by_book = line.dimension is not None
     buckets = rows.buckets(start, end)
@@ -225,7 +225,7 @@ def explain_invoice(
         raise InvoiceError(f"--line {line_no}: the invoice has lines 1 to {len(invoice.lines)}")
     chosen = [(i, line) for i, line in enumerate(invoice.lines, start=1) if line_no in (None, i)]
     metric_of = {
-        meter: line.meter_code or "" for _, line in chosen if line.kind == "usage" for meter in _meters_of(line)
+        meter: line.meter_code or "" for _, line in chosen if line.kind == "usage" for meter in meters_of(line)
     }
     books = {line.price_book.partition("@")[0] for _, line in chosen if line.price_book}
     cuts = sorted({b.effective_from for code in books for b in catalog.book_versions(code)

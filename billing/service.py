@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import psycopg
 from sqlalchemy import Engine
 
-from . import adjustments, explain, exports, invoices, margin, prices, quotas, subscriptions
+from . import adjustments, drivers, entitlements, explain, exports, invoices, margin, prices, quotas, subscriptions
 from . import reconcile as reconciliation
 from . import usage as usage_views
 from .ledger import month_to_date_store, partitions, rollup_store, usage_store
@@ -85,6 +85,21 @@ class BillingService:
                 return quotas.month_to_date(conn, account_id, now)
 
         return self.databases.read(read)
+
+    def entitlements(
+        self, account_id: str, now: datetime
+    ) -> tuple[quotas.MonthToDate, list[entitlements.Entitlement]] | None:
+        """The account's entitlements now: per metric used, limit, soft or hard, allowed (None without a
+        subscription this month)."""
+        return self.databases.read(
+            lambda database: _with_connection(database, lambda conn: entitlements.for_account(conn, account_id, now))
+        )
+
+    def drivers(self, account_id: str, period: Period, by: str, top: int = 10) -> drivers.DriverReport:
+        """The top cost drivers of the account's bill for ``period`` (see :mod:`spanmeter.billing.drivers`)."""
+        return self.databases.read(
+            lambda database: _with_connection(database, lambda conn: drivers.drivers(conn, account_id, period, by, top))
+        )
 
     def invoice(self, account_id: str, period: Period, *, pricing_override: str | None = None) -> invoices.Invoice:
         """The stored invoice when finalized (unless ``pricing_override`` previews another version), else a

@@ -7,6 +7,7 @@
     spanmeter dead-letter list | show ID | replay --reason R | resolve ID --decision D --why TEXT
     spanmeter subscription | rollups | ledger adjust | invoice | reconcile | export   (see spanmeter.commands.billing)
     spanmeter prices import | check | show | diff | unpriced                      (see spanmeter.commands.prices)
+    spanmeter api [--listen HOST:PORT] | api token new|revoke|list | entitlements set|show|list  (spanmeter.commands.api)
 
 Every command reads the same ``SPANMETER_*`` variables (see :mod:`spanmeter.collector.config`); flags win.
 Bad configuration exits with status 2 and one message naming every bad setting. ``usage``, invoice drafts
@@ -23,11 +24,11 @@ from __future__ import annotations
 import argparse
 
 from spanmeter import __version__
-from spanmeter.commands import _shared, billing, db, ops, prices, serve, usage
+from spanmeter.commands import _shared, api, billing, db, ops, prices, serve, usage
 
 __all__ = ["main"]
 
-_GROUPS = (serve, db, usage, billing, prices, ops)
+_GROUPS = (serve, db, usage, billing, prices, api, ops)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -81,8 +81,9 @@ def register(sub: Any) -> None:
     invoice.add_argument(
         "action",
         nargs="?",
-        choices=("shadow-report", "explain"),
-        help="shadow-report: every account against --shadow; explain: the ledger rows behind each line",
+        choices=("shadow-report", "explain", "drivers"),
+        help="shadow-report: every account against --shadow; explain: the ledger rows behind each line; "
+        "drivers: the top cost drivers of the bill (--group)",
     )
     invoice.add_argument("--account", help="the account to invoice")
     invoice.add_argument("--period", required=True, help="YYYY-MM (UTC calendar month)")
@@ -99,6 +100,13 @@ def register(sub: Any) -> None:
     )
     invoice.add_argument("--by", help="who finalizes (default: $USER)")
     invoice.add_argument("--line", type=int, help="with explain: only line N (as numbered by explain, from 1)")
+    invoice.add_argument(
+        "--group",
+        choices=("job", "model", "service", "task"),
+        default="job",
+        help="with drivers: what a driver is (default job); the API's ?by=",
+    )
+    invoice.add_argument("--top", type=int, default=10, help="with drivers: how many (default 10)")
     invoice.add_argument(
         "--trace-url",
         help="with explain: a trace viewer link per trace id, e.g. http://tempo:3200/trace/{trace_id} "
@@ -384,6 +392,8 @@ def _invoice(args: argparse.Namespace) -> int:
         raise CommandError("invoice needs --account (or use `invoice shadow-report`)")
     if args.action == "explain":
         return _explain(args, billing, period, databases, config)
+    if args.action == "drivers":
+        return _drivers(args, billing, period, databases, config)
     if args.finalize:
         if args.pricing:
             raise CommandError("--finalize rates by the subscription; drop --pricing")
@@ -451,6 +461,43 @@ def _explain(args: argparse.Namespace, billing: Any, period: Any, databases: Any
             )
         if e.note:
             print(f"  note: {e.note}")
+    return 0
+
+
+def _drivers(args: argparse.Namespace, billing: Any, period: Any, databases: Any, config: Any) -> int:
+    if not 1 <= args.top <= 100:
+        raise CommandError("--top: give 1 to 100")
+    report = billing.drivers(args.account, period, args.group, args.top)
+    note_staleness(databases, config)
+    invoice = report.invoice
+    if args.format == "json":
+        _print_json(
+            {
+                "account_id": invoice.account_id,
+                "period": invoice.period,
+                "by": report.by,
+                "invoice_number": invoice.invoice_number,
+                "status": invoice.status,
+                "total": {"amount": format(invoice.total, "f"), "currency": invoice.currency},
+                "unattributed": {"amount": format(report.unattributed, "f"), "currency": invoice.currency},
+                "drivers": [
+                    {
+                        "key": d.key,
+                        "amount": {"amount": format(d.amount, "f"), "currency": invoice.currency},
+                        "share": format(d.share, "f"),
+                        "quantities": {m: format(q, "f") for m, q in d.quantities.items()},
+                    }
+                    for d in report.drivers
+                ],
+            }
+        )
+        return 0
+    print(f"{invoice.invoice_number} ({invoice.status}) {invoice.account_id} {invoice.period}: "
+          f"{_money(invoice.total)} {invoice.currency}; top {len(report.drivers)} {report.by}s")  # fmt: skip
+    for d in report.drivers:
+        used = ", ".join(f"{q:,f} {m}" for m, q in d.quantities.items())
+        print(f"  {d.key or '(none)':<40} {_money(d.amount):>14} {invoice.currency} {d.share * 100:6.2f}%  {used}")
+    print(f"  {'fees, commitments, adjustments':<40} {_money(report.unattributed):>14} {invoice.currency}")
     return 0
 
 

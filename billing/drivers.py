@@ -1,0 +1,133 @@
+"""Top cost drivers: which jobs, services, Celery tasks or models an account's bill comes from.
+
+``GET /v1/accounts/{id}/drivers?period=YYYY-MM&by=job|model|service|task`` and
+``spanmeter invoice drivers --account ID --period P --by job`` give the same figures.
+
+How a bill is split among drivers, written down so finance can redo it by hand:
+
+1. The invoice of the period is taken as ``spanmeter invoice`` shows it (the stored one when finalized, else
+   the draft).
+2. Each usage line is matched to the usage it prices: its meters, and for a line priced per model its model and
+   provider. Lines with the same match (one per subscription segment or price-book window) are pooled.
+3. A pool's amount is shared among drivers in proportion to the quantity each contributed to that usage over the
+   period: ``amount × driver quantity ÷ pool quantity``. The included allowance therefore lowers every driver's
+   share alike; nobody's usage is "the free part".
+4. A driver's amount is the sum over pools, rounded half-even to the currency's cents at the end only; its
+   ``share`` is that amount over the invoice total (4 decimals). Fees, commitments, minimums and late-usage
+   adjustments belong to no driver: they are reported as ``unattributed``.
+
+Where the usage is read from: ``by=model`` reads the rollups (any size, milliseconds);
+``by=job|service|task`` reads the account's raw rows of the period, bounded by account and time (the cost grows
+with the account's month: about a second per million rows on the reference machine, see bench/README.md).
+Rows without the attribute count under ``""`` (shown as "(none)").
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+
+import psycopg
+
+from .explain import meters_of
+from .invoices import Invoice, build_invoice
+from .ledger import drivers_store
+from .periods import Period
+from .rollups import dimension_usage
+
+__all__ = ["BY", "Driver", "DriverReport", "attribute", "drivers"]
+
+BY = ("job", "model", "service", "task")
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class Driver:
+    key: str
+    amount: Decimal
+    share: Decimal  # of the invoice total, 4 decimals (0 when the total is 0)
+    quantities: dict[str, Decimal]  # per billable metric
+
+
+@dataclass(frozen=True)
+class DriverReport:
+    invoice: Invoice
+    by: str
+    drivers: list[Driver]  # dearest first
+    unattributed: Decimal  # fees, commitments, minimums, late-usage adjustments
+
+
+# (meters, dimension or None, provider): what a usage line prices
+Pool = tuple[tuple[str, ...], str | None, str]
+
+
+def _pool(line) -> Pool:
+    return meters_of(line), line.dimension, line.provider or ""
+
+
+def attribute(
+    invoice: Invoice, usage: dict[tuple[str, str, str, str], Decimal], metric_of: dict[str, str]
+) -> tuple[list[Driver], Decimal]:
+    """Split the invoice's usage lines among drivers (pure); ``usage`` maps (driver, meter, dimension, provider)
+    to quantity. Returns the drivers, dearest first, and the unattributed amount."""
+    pools: dict[Pool, Decimal] = defaultdict(Decimal)
+    unattributed = Decimal(0)
+    for line in invoice.lines:
+        if line.kind == "usage":
+            pools[_pool(line)] += line.amount
+        else:
+            unattributed += line.amount
+    amounts: dict[str, Decimal] = defaultdict(Decimal)
+    quantities: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for (driver, meter, _dimension, _provider), q in usage.items():
+        quantities[driver][metric_of.get(meter, meter)] += q
+    for (meters, dimension, provider), amount in pools.items():
+        mine = {
+            key: q
+            for key, q in usage.items()
+            if key[1] in meters and (dimension is None or (key[2] == dimension and key[3] == provider))
+        }
+        total = sum(mine.values(), Decimal(0))
+        if total == 0:
+            unattributed += amount
+            continue
+        for (driver, *_), q in mine.items():
+            amounts[driver] += amount * q / total
+    invoice_total = invoice.total
+    out = [
+        Driver(
+            key=driver,
+            amount=amount.quantize(CENT, rounding=ROUND_HALF_EVEN),
+            share=(amount / invoice_total).quantize(Decimal("0.0001"), rounding=ROUND_HALF_EVEN)
+            if invoice_total
+            else Decimal(0),
+            quantities={m: q for m, q in sorted(quantities[driver].items())},
+        )
+        for driver, amount in amounts.items()
+    ]
+    out.sort(key=lambda d: (-d.amount, d.key))
+    return out, unattributed
+
+
+def drivers(conn: psycopg.Connection, account_id: str, period: Period, by: str, top: int = 10) -> DriverReport:
+    """The account's top ``top`` drivers of the period's bill, by ``by`` (one of :data:`BY`)."""
+    if by not in BY:
+        raise ValueError(f"by={by!r}: use one of {', '.join(BY)}")
+    invoice = build_invoice(conn, account_id, period)  # the stored one when finalized
+    metric_of = {meter: line.meter_code or "" for line in invoice.lines if line.kind == "usage"
+                 for meter in meters_of(line)}  # fmt: skip
+    meters = sorted(metric_of)
+    usage: dict[tuple[str, str, str, str], Decimal] = {}
+    if meters and by == "model":
+        for (meter, dimension, provider), q in dimension_usage(
+            conn, account_id, meters, period.start, period.end
+        ).items():
+            usage[(dimension, meter, dimension, provider)] = q
+    elif meters:
+        for driver, meter, dimension, provider, q in drivers_store.raw_driver_rows(
+            conn, by, account_id, meters, period.start, period.end
+        ):
+            usage[(driver, meter, dimension, provider)] = Decimal(q)
+    found, unattributed = attribute(invoice, usage, metric_of)
+    return DriverReport(invoice, by, found[:top], unattributed)
