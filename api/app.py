@@ -92,8 +92,14 @@ def _period(value: str) -> Period:
         raise HTTPException(400, f"period={value!r}: give a month as YYYY-MM") from None
 
 
-def create_app(reads: Reads, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> FastAPI:
-    """The API over ``reads``; ``clock`` gives "now" (tests pin it)."""
+def create_app(
+    reads: Reads,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    trace_url_template: str | None = None,
+) -> FastAPI:
+    """The API over ``reads``; ``clock`` gives "now" (the bench pins it); ``trace_url_template`` (as
+    ``SPANMETER_TRACE_URL_TEMPLATE``) links each trace id of an invoice's explanation to a trace viewer."""
     app = FastAPI(
         title="spanmeter API",
         version=__version__,
@@ -230,7 +236,7 @@ def create_app(reads: Reads, *, clock: Callable[[], datetime] = lambda: datetime
 
         def read(conn: Any) -> schemas.Invoice:
             period = _period_of(conn, account_id, number)
-            found, explained = explain_invoice(conn, account_id, period)
+            found, explained = explain_invoice(conn, account_id, period, trace_url_template=trace_url_template)
             if found.invoice_number != number:
                 raise HTTPException(404, NOT_FOUND)
             return schemas.Invoice(

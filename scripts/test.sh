@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 ./scripts/ensure-prometheus.sh   # promtool + Prometheus for the alert tests (Debian package; installs as root)
+./scripts/ensure-chromium.sh     # Chromium for the billing page test (Debian package; installs as root)
 .venv/bin/ruff check .
 .venv/bin/ruff format --check --quiet .
 echo "mypy (strict on spanmeter.billing.rating and spanmeter.collector.processors)"

@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
     new.add_argument("--by", help="who (default: $USER)")
     new.set_defaults(handler=_token_new)
     revoke = tsub.add_parser("revoke", help="revoke a token by its id (tok_…)", parents=[DATABASE])
-    revoke.add_argument("token_id")
+    revoke.add_argument("token_id", help="the id (tok_…) that `spanmeter api token list` shows")
     revoke.add_argument("--by", help="who (default: $USER)")
     revoke.set_defaults(handler=_token_revoke)
     listing = tsub.add_parser("list", help="tokens (ids, scopes, revoked or not; never the tokens)", parents=[DATABASE])
@@ -73,7 +73,7 @@ def register(sub: Any) -> None:
     put.add_argument("--by", help="who (default: $USER)")
     put.set_defaults(handler=_entitlements_set)
     show = esub.add_parser("show", help="an account's entitlements now", parents=[DATABASE, READ_REPLICA])
-    show.add_argument("--account", required=True)
+    show.add_argument("--account", required=True, help="the account")
     show.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
     show.set_defaults(handler=_entitlements_show)
     hist = esub.add_parser("list", help="every recorded plan limit", parents=[DATABASE])
@@ -117,7 +117,9 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"spanmeter api: listening on {scheme}://{listen} (OpenAPI at /openapi.json, billing page at "
           f"/accounts/ID; reads {'the replica' if databases.replica else 'the primary'})", file=sys.stderr)  # fmt: skip
     try:
-        server.run(create_app(reads), settings)
+        server.run(
+            create_app(reads, trace_url_template=os.environ.get("SPANMETER_TRACE_URL_TEMPLATE") or None), settings
+        )
     finally:
         reads.close()
     return 0
