@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 
 from spanmeter import __version__
-from spanmeter.commands import _shared, billing, db, ops, prices, serve, usage
+from spanmeter.commands import _shared, billing, db, ops, prices, serve, usage, webhooks
 
 __all__ = ["main"]
 
-_GROUPS = (serve, db, usage, billing, prices, ops)
+_GROUPS = (serve, db, usage, billing, prices, ops, webhooks)
 
 
 def _parser() -> argparse.ArgumentParser:
