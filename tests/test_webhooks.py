@@ -606,3 +606,18 @@ def test_add_list_deliveries_and_remove(db, capsys, receiver):
     assert "no webhook endpoints" in out
     code, out, _ = run_cli(capsys, "webhooks", "list", "--database-url", db, "--all")
     assert "removed" in out
+
+
+def test_the_migration_downgrades_and_upgrades_again(db):
+    from alembic import command
+
+    from spanmeter.billing.ledger.migrate import _config
+
+    database = resolve_database(db, data_dir=None)
+    engine = database.engine()
+    with engine.begin() as connection:
+        command.downgrade(_config(connection), "0015_api")
+    engine.dispose()
+    assert ledger(db, "SELECT to_regclass('webhook_events'), to_regproc('spanmeter_enqueue_webhook')") == [(None, None)]
+    migrate.upgrade(database)
+    assert ledger(db, "SELECT to_regclass('webhook_events') IS NOT NULL") == [(True,)]
