@@ -8,7 +8,9 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
 import re
+import subprocess
 import threading
 import time
 import uuid
@@ -35,7 +37,7 @@ from spanmeter.billing.rating import QuotaStatus
 from spanmeter.billing.webhook_service import WebhookService
 from spanmeter.collector.config import ConfigError
 from spanmeter.collector.webhooks import WebhookConfig, WebhookDispatcher, WebhookMetrics
-from support import ledger
+from support import SPANMETER, ledger, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 D = Decimal
@@ -621,3 +623,34 @@ def test_the_migration_downgrades_and_upgrades_again(db):
     assert ledger(db, "SELECT to_regclass('webhook_events'), to_regproc('spanmeter_enqueue_webhook')") == [(None, None)]
     migrate.upgrade(database)
     assert ledger(db, "SELECT to_regclass('webhook_events') IS NOT NULL") == [(True,)]
+
+
+def test_serve_delivers_in_the_background_and_exports_the_webhook_metrics(db, receiver, make_collector):
+    hook = receiver()
+    WebhookService(resolve_database(db, data_dir=None)).add(hook.url, ["invoice.finalized"], account_id=None, by="t")
+    collector = make_collector(db, SPANMETER_WEBHOOK_POLL_INTERVAL_SECONDS="0.2")  # serve as spanmeter_writer
+    subscribe(db, "acme")
+    finalize(db, "acme", OCT, now=datetime(2026, 11, 5, tzinfo=UTC))
+    wait_until(lambda: len(hook.accepted()) == 1, timeout=30, what="serve's dispatcher to deliver")
+    wait_until(
+        lambda: collector.metrics().get('spanmeter_webhook_deliveries_total{outcome="delivered"}') == 1,
+        timeout=30,
+        what="the delivered counter",
+    )
+    metrics = collector.metrics()
+    assert metrics["spanmeter_webhook_pending_deliveries"] == 0
+    assert metrics['spanmeter_webhook_deliveries_total{outcome="failed"}'] == 0
+
+
+@pytest.mark.integration  # a subprocess
+def test_serve_refuses_a_bad_webhook_setting_before_starting(tmp_path):
+    ran = subprocess.run(
+        [SPANMETER, "serve", "--data-dir", str(tmp_path / "data"), "--otlp-endpoint", "127.0.0.1:0"],
+        env={**os.environ, "SPANMETER_WEBHOOK_TIMEOUT_SECONDS": "soon"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 2, ran.stderr
+    assert "SPANMETER_WEBHOOK_TIMEOUT_SECONDS='soon'" in ran.stderr and "Traceback" not in ran.stderr
+    assert not (tmp_path / "data").exists()
