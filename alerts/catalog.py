@@ -25,6 +25,8 @@ derived from the name (``alerts/runbooks/<AlertName>.md``) and a ``dashboard_url
 | ``SpanmeterAccountQuotaHigh`` | warning | an account used 75 % of an included quota (or commitment) this month |
 | ``SpanmeterAccountQuotaExhausted`` | critical | an account used all of it |
 | ``SpanmeterReadReplicaLagging`` | warning | the read replica (``SPANMETER_READ_DATABASE_URL``) is over 5 min behind, or its lag unmeasured that long, for 10 min |
+| ``SpanmeterWebhookDeliveryFailed`` | warning | a webhook delivery was given up after its last attempt in the last hour (the receiver never took the event) |
+| ``SpanmeterWebhookDeliveriesStuck`` | warning | a webhook delivery has been pending for over an hour, for 15 min (a receiver down or refusing; retries go on) |
 
 The SLO burn-rate family ``SpanmeterErrorBudgetBurn`` is generated from ``alerts/slos.yaml`` (see :mod:`.slo`).
 """
@@ -316,6 +318,28 @@ max by (job) (time() - spanmeter_read_replica_last_measured_timestamp_seconds{{{
             "measured for that long (replica or primary unreachable from serve). Usage, invoice drafts, exports "
             "and the Grafana ledger datasource read it and miss the newest usage; finalized invoices read the "
             "primary and are not affected.",
+            BILLING,
+        ),
+        Alert(
+            "SpanmeterWebhookDeliveryFailed",
+            f'sum by (job) (increase(spanmeter_webhook_deliveries_total{{{job},outcome="failed"}}[1h])) > 0',
+            "1m",
+            "warning",
+            "A webhook delivery was given up after its last attempt.",
+            "{{ $value | humanize }} webhook deliveries were given up in the last hour after their last attempt "
+            "(every retry failed for up to 3 days): the receivers never took those events. `spanmeter webhooks "
+            "deliveries --status failed` lists them with every attempt.",
+            BILLING,
+        ),
+        Alert(
+            "SpanmeterWebhookDeliveriesStuck",
+            f"max by (job) (spanmeter_webhook_oldest_pending_age_seconds{{{job}}}) > 3600",
+            "15m",
+            "warning",
+            "A webhook delivery has been pending for over an hour.",
+            "The oldest pending webhook delivery was enqueued {{ $value | humanizeDuration }} ago: a receiver is "
+            "down or refusing (retries go on, hourly, for up to 3 days), or no dispatcher runs. `spanmeter webhooks "
+            "deliveries --status pending` shows the last status or error of each.",
             BILLING,
         ),
     ]

@@ -4,7 +4,10 @@
 quota burn of the accounts above half a quota as ``spanmeter_account_quota_used_ratio{account_id,meter}``
 (at most 200 series, the highest ratios first), the one metric allowed an account label, so that
 ``SpanmeterAccountQuotaHigh`` (75%) and ``SpanmeterAccountQuotaExhausted`` (100%) can fire; and it
-rewrites ``account_month_to_date`` (invoice so far, projection) for the Grafana billing dashboard.
+rewrites ``account_month_to_date`` (invoice so far, projection) for the Grafana billing dashboard; and it
+enqueues a ``quota.threshold`` webhook event the first time an account reaches 50 %, 75 % and 100 % of a quota
+in a month (:mod:`spanmeter.billing.webhooks`; the outbox's dedupe key makes later passes, and other replicas,
+enqueue nothing more).
 
 The projection is linear: each subscription segment's usage so far, scaled to the segment's full length
 (usage / elapsed × length), rated like the invoice. It is an estimate, labelled as one.
@@ -20,8 +23,8 @@ from decimal import Decimal
 
 import psycopg
 
-from . import invoices, subscriptions
-from .ledger import month_to_date_store
+from . import invoices, subscriptions, webhooks
+from .ledger import month_to_date_store, webhook_store
 from .margin import cost_of, margin_rows
 from .periods import Period
 from .prices import BUILTIN, Catalog, load_catalog
@@ -126,7 +129,8 @@ def _exported(found: list[tuple[str, str, Decimal | None]]) -> list[tuple[str, s
 
 
 def refresh_month_to_date(conn: psycopg.Connection, now: datetime) -> list[tuple[str, str, Decimal]]:
-    """Rewrite ``account_month_to_date`` for every subscribed account; return the exported quota ratios.
+    """Rewrite ``account_month_to_date`` for every subscribed account, enqueue the quota webhooks it calls for;
+    return the exported quota ratios.
 
     One pass over the accounts serves both the Grafana billing dashboard (the table, read through the
     SELECT-only ``spanmeter_grafana`` role) and ``spanmeter_account_quota_used_ratio``. Committed as one
@@ -143,6 +147,16 @@ def refresh_month_to_date(conn: psycopg.Connection, now: datetime) -> list[tuple
                 continue
             if mtd.in_force:  # an ended subscription's frozen ratios must not keep quota alerts firing
                 found.extend((account, q.metric, q.ratio) for q in mtd.quotas)
+                for event in webhooks.quota_events(
+                    account,
+                    str(period),
+                    mtd.quotas,
+                    plan_code=mtd.plan_code,
+                    pricing_version=mtd.pricing_version,
+                    currency=mtd.currency,
+                    created_at=now,
+                ):
+                    webhook_store.enqueue(conn, event)  # once per dedupe key: a known crossing adds nothing
             month_to_date_store.put(
                 conn,
                 account_id=account,

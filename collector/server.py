@@ -3,7 +3,7 @@
 ``CollectorServer(config).start()`` resolves the database (embedded by default), applies migrations under
 the advisory lock, starts the ledger writers, the receiver with its two doors (OTLP/gRPC, and OTLP/HTTP
 unless ``SPANMETER_OTLP_HTTP_ENDPOINT=none``, see :mod:`.http_receiver`), the rollup compactor (:mod:`.compactor`),
-the billing metrics refresh and the HTTP server on the metrics port (``serve --processes N`` runs N of these
+the billing metrics refresh, the webhook dispatcher (:mod:`.webhooks`) and the HTTP server on the metrics port (``serve --processes N`` runs N of these
 as receivers only, under :mod:`.supervisor`):
 
 - ``/metrics``: every ``spanmeter_*`` metric (see :mod:`.metrics`), exposed by prometheus_client itself
@@ -18,6 +18,7 @@ wait for their commit), drains the ledger writers, then stops the HTTP server.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent import futures
@@ -41,6 +42,7 @@ from .metrics import CollectorMetrics, RollupMetrics
 from .receiver import TraceReceiver
 from .replica_lag import ReplicaLagMonitor, start_lag_monitor
 from .schema import LedgerAccess, LedgerSchema, PrivilegedCredential, ledger_access
+from .webhooks import WebhookConfig, WebhookDispatcher
 
 __all__ = ["CollectorServer", "ListenAddresses"]
 
@@ -83,6 +85,7 @@ class CollectorServer:
         self._readiness: Readiness | None = None
         self._billing_metrics: BillingMetrics | None = None
         self._compactor: RollupCompactor | None = None
+        self._webhooks: WebhookDispatcher | None = None
         self._replica_lag: ReplicaLagMonitor | None = None
         self._schema: LedgerSchema | None = None
         self.registry = CollectorRegistry(auto_describe=True)
@@ -90,6 +93,7 @@ class CollectorServer:
     def start(self) -> ListenAddresses:
         config = self.config
         receiver_only = self._role == "receiver"
+        webhook_config = None if receiver_only else WebhookConfig.from_environ(os.environ)  # fail before starting
         if receiver_only:  # the supervisor resolved the credentials and migrates: wait for the head schema
             assert self._database is not None
             # each receiver checks the credential itself too: the supervisor's first check may not have run
@@ -199,6 +203,9 @@ class CollectorServer:
             partition_months_ahead=partitions.months_ahead_for(config.max_clock_skew_seconds),
         )
         self._compactor.start()
+        assert webhook_config is not None
+        self._webhooks = WebhookDispatcher.from_config(database, self.registry, webhook_config)
+        self._webhooks.start()
         # only the lag of the read replica: serve itself reads the primary (duplicate checks, readiness, folds)
         self._replica_lag = start_lag_monitor(config, database, self.registry)
 
@@ -252,6 +259,9 @@ class CollectorServer:
         if self._compactor is not None:
             self._compactor.shutdown()
             self._compactor = None
+        if self._webhooks is not None:
+            self._webhooks.shutdown()
+            self._webhooks = None
         if self._replica_lag is not None:
             self._replica_lag.shutdown()
             self._replica_lag = None

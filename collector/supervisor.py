@@ -11,7 +11,8 @@ several clients or connections, as a fleet of SDKs or a Collector with several `
 - holds the OTLP port: a socket bound with ``SO_REUSEPORT`` but not listening (no traffic goes to it)
   plus a lock file per endpoint in the temp directory, so a second, unrelated ``serve`` on the same port
   fails at start instead of silently taking half the traffic;
-- folds rollup deltas (:mod:`.compactor`) and refreshes the billing metrics, once for the host;
+- folds rollup deltas (:mod:`.compactor`), refreshes the billing metrics and delivers webhooks
+  (:mod:`.webhooks`), once for the host;
 - serves ``/metrics``, ``/healthz`` and ``/readyz`` (ready when the database is and every receiver runs);
 - restarts a receiver that dies (its unacknowledged requests are retried by their clients; nothing
   acknowledged can be lost: acknowledgement follows commit);
@@ -64,6 +65,7 @@ from .metrics import RollupMetrics
 from .replica_lag import ReplicaLagMonitor, start_lag_monitor
 from .schema import LedgerSchema, PrivilegedCredential, ledger_access
 from .server import ListenAddresses, Readiness, _describe_security
+from .webhooks import WebhookConfig, WebhookDispatcher
 
 __all__ = ["Supervisor"]
 
@@ -139,6 +141,7 @@ class Supervisor:
         self._readiness: _Readiness | None = None
         self._compactor: RollupCompactor | None = None
         self._billing_metrics: BillingMetrics | None = None
+        self._webhooks: WebhookDispatcher | None = None
         self._replica_lag: ReplicaLagMonitor | None = None
         self._monitor: threading.Thread | None = None
         self._schema: LedgerSchema | None = None
@@ -146,6 +149,7 @@ class Supervisor:
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> ListenAddresses:
         config = self.config
+        webhook_config = WebhookConfig.from_environ(os.environ)  # a bad setting fails before anything starts
         access = ledger_access(resolve_database(config.database_url, config.data_dir), config.allow_owner)
         database = access.writer
         # migrate before the receivers start; with the database down, they start anyway and answer
@@ -190,6 +194,8 @@ class Supervisor:
         self._compactor.start()
         self._billing_metrics = BillingMetrics(database, registry, config.billing_metrics_interval_seconds)
         self._billing_metrics.start()
+        self._webhooks = WebhookDispatcher.from_config(database, registry, webhook_config)
+        self._webhooks.start()
         self._replica_lag = start_lag_monitor(config, database, registry)
         metrics_address = None
         if config.metrics_port or config.metrics_port == 0:
@@ -232,10 +238,10 @@ class Supervisor:
                 proc.join(5)
         if self._monitor is not None:
             self._monitor.join(5)
-        for part in (self._compactor, self._billing_metrics, self._replica_lag):
+        for part in (self._compactor, self._billing_metrics, self._webhooks, self._replica_lag):
             if part is not None:
                 part.shutdown()
-        self._compactor = self._billing_metrics = self._replica_lag = None
+        self._compactor = self._billing_metrics = self._webhooks = self._replica_lag = None
         if self._http is not None:
             self._http.shutdown(1.0)
             self._http = None

@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 
 from spanmeter import __version__
-from spanmeter.commands import _shared, api, billing, db, ops, prices, serve, usage
+from spanmeter.commands import _shared, api, billing, db, ops, prices, serve, usage, webhooks
 
 __all__ = ["main"]
 
-_GROUPS = (serve, db, usage, billing, prices, api, ops)
+_GROUPS = (serve, db, usage, billing, prices, api, ops, webhooks)
 
 
 def _parser() -> argparse.ArgumentParser:

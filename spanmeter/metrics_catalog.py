@@ -45,7 +45,7 @@ class Metric:
     unit: str = ""  # the base unit the name ends with ("seconds", "bytes", "ratio"); "" for a count
     buckets: tuple[float, ...] | None = None  # histograms only
     merge: str = "sum"  # one of MERGES
-    component: str = "collector"  # collector, rollup, replica, billing, instrumentation
+    component: str = "collector"  # collector, rollup, replica, billing, webhooks, instrumentation
 
     def __post_init__(self) -> None:
         problems = []
@@ -351,6 +351,38 @@ BILLING_METRICS_REFRESH_ERRORS = Metric(
     "Failed refreshes of the billing metrics.",
     merge="supervisor",
     component="billing",
+)
+
+# --- webhook delivery (collector/webhooks.py: WebhookDispatcher, in the process that runs serve's components) ---
+WEBHOOK_DELIVERIES = Metric(
+    "spanmeter_webhook_deliveries_total",
+    "counter",
+    "Webhook delivery attempts by outcome: delivered (2xx), retried (to be tried again), failed (gave up).",
+    ("outcome",),
+    merge="supervisor",
+    component="webhooks",
+)
+WEBHOOK_PENDING = Metric(
+    "spanmeter_webhook_pending_deliveries",
+    "gauge",
+    "Webhook deliveries not delivered yet and still to be tried.",
+    merge="supervisor",
+    component="webhooks",
+)
+WEBHOOK_OLDEST_PENDING_AGE = Metric(
+    "spanmeter_webhook_oldest_pending_age_seconds",
+    "gauge",
+    "Age of the oldest pending webhook delivery since its event was enqueued (0 when none).",
+    unit="seconds",
+    merge="supervisor",
+    component="webhooks",
+)
+WEBHOOK_DISPATCH_ERRORS = Metric(
+    "spanmeter_webhook_dispatch_errors_total",
+    "counter",
+    "Failed webhook dispatch passes (database errors; the deliveries stay pending).",
+    merge="supervisor",
+    component="webhooks",
 )
 
 # --- the instrumentation, in the application's default registry (instrumentation/metrics.py) ---

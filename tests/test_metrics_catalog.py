@@ -26,6 +26,7 @@ from spanmeter.billing.ledger.database import resolve_database
 from spanmeter.billing.periods import Period
 from spanmeter.collector.billing_metrics import BillingMetrics
 from spanmeter.collector.metrics import CollectorMetrics, ReadReplicaMetrics, RollupMetrics, gauge_family, metric
+from spanmeter.collector.webhooks import WebhookMetrics
 from spanmeter.metrics_catalog import CATALOG, Metric, by_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +67,7 @@ def test_every_series_serve_exposes_is_in_the_catalog_with_its_type_and_labels(f
     collector.observe_service_request("checkout", "GET /cart", "ok", 0.2)
     RollupMetrics(registry)
     ReadReplicaMetrics(registry)
+    WebhookMetrics(registry)
     BillingMetrics(database, registry).refresh()  # what serve's billing thread does
 
     families = exposed_families(generate_latest(registry).decode())
@@ -268,4 +270,4 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith("spanmeter."))))
 def test_every_metric_is_declared_once_with_a_unique_constant():
     constants = [v for v in vars(metrics_catalog).values() if isinstance(v, Metric)]
     assert len(constants) == len(CATALOG) == len({m.name for m in CATALOG})
-    assert len(CATALOG) == 47
+    assert len(CATALOG) == 51

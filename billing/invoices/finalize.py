@@ -3,7 +3,8 @@
 Periods stay open for a **drift window** after they end (``SPANMETER_INVOICE_DRIFT_WINDOW_SECONDS``, default
 172,800 s = 2 days) so that late spans land on their own invoice; finalizing is refused until the window has
 passed. The document and its lines are stored append-only; from then on the invoice is read back, never
-recomputed. Finalizing within one period is serialised (numbers are per period).
+recomputed. Finalizing within one period is serialised (numbers are per period). The ``invoice.finalized``
+webhook event is enqueued in the same transaction (a transactional outbox, see :mod:`spanmeter.billing.webhooks`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from datetime import datetime, timedelta
 
 import psycopg
 
-from ..ledger import invoice_store, locks
+from .. import webhooks
+from ..ledger import invoice_store, locks, webhook_store
 from ..periods import Period
 from .document import Invoice, InvoiceError, from_document
 from .draft import build_invoice
@@ -54,8 +56,8 @@ def finalize_invoice(
     finalized_by: str,
     drift_window: timedelta = DEFAULT_DRIFT_WINDOW,
 ) -> tuple[Invoice, bool]:
-    """Finalize (store, immutably) the invoice; returns it and whether it was finalized now (False: it
-    already was). The caller commits. Refused while the period is inside its drift window."""
+    """Finalize (store, immutably) the invoice and enqueue its ``invoice.finalized`` webhook event; returns it and
+    whether it was finalized now (False: it already was). The caller commits. Refused while the period is inside its drift window."""
     until = open_until(period, drift_window)
     if now < until:
         raise InvoiceError(
@@ -90,4 +92,5 @@ def finalize_invoice(
         finalized_by=finalized_by,
         lines=line_rows(draft),
     )
+    webhook_store.enqueue(conn, webhooks.invoice_finalized_event(document, created_at=now))
     return from_document(document), True
