@@ -280,6 +280,46 @@ ORDER BY occurred_at DESC, idempotency_key
     )
 
 
+TRACE_VIEWER_DEFAULT = "http://localhost:16686/trace/"
+
+
+def _jobs_row() -> tuple:
+    return b.row(
+        "Jobs and their traces",
+        b.table(
+            "Top jobs per account and meter (links to their traces)",
+            "The jobs that used the most of each meter in the time range, per selected account (All: every "
+            "account), each with its rows, quantity, first and last time and one trace id, a link to the trace "
+            "viewer of `$trace_viewer` (the trace id is appended; Jaeger: `http://jaeger:16686/trace/`). "
+            "`spanmeter invoice explain` shows the same per invoice line. Read through `spanmeter_top_jobs` "
+            "(migration 0017): raw rows, bounded by account and time, at most 93 days (narrow the range if "
+            "refused), job and trace ids only.",
+            [
+                b.sql(
+                    """
+SELECT account_id AS "Account", meter_code AS "Meter", job_id AS "Job", rows AS "Rows", quantity AS "Quantity",
+       first_at AS "First", last_at AS "Last", trace_id AS "Trace"
+FROM spanmeter_top_jobs(ARRAY[$account]::text[], $__timeFrom(), $__timeTo(), 10)
+ORDER BY account_id, meter_code, quantity DESC, job_id
+""",
+                    table=True,
+                )
+            ],
+            height=10,
+            overrides=[
+                *_table_overrides(),
+                b.override("byName", "First", unit="dateTimeAsIso"),
+                b.override("byName", "Last", unit="dateTimeAsIso"),
+                b.override(
+                    "byName",
+                    "Trace",
+                    links=[{"title": "Open the trace", "url": "${trace_viewer}${__value.raw}", "targetBlank": True}],
+                ),
+            ],
+        ),
+    )
+
+
 def _reconciliation_row() -> tuple:
     return b.row(
         "Reconciliation",
@@ -339,6 +379,13 @@ def billing(uid: str, tags: list[str]) -> dict:
                 include_all=True,
                 all_value=ACCOUNT_ALL,
             ),
+            b.textbox_variable(
+                "trace_viewer",
+                "Trace viewer URL",
+                TRACE_VIEWER_DEFAULT,
+                "A trace id is appended to it for the links of the top jobs table (Jaeger: "
+                "http://jaeger:16686/trace/; set it as SPANMETER_TRACE_URL_TEMPLATE without {trace_id})",
+            ),
         ],
-        rows=[_usage_row(), _month_to_date_row(), _invoices_row(), _reconciliation_row()],
+        rows=[_usage_row(), _month_to_date_row(), _invoices_row(), _jobs_row(), _reconciliation_row()],
     )

@@ -432,6 +432,20 @@ def query_variable(
     return variable
 
 
+def textbox_variable(name: str, label: str, default: str, description: str) -> dashboard_b.TextBoxVariable:
+    """A free-text variable (``$name``) with a default, e.g. a trace viewer's URL for data links."""
+    option = model.VariableOption(selected=True, text=default, value=default)
+    return (
+        dashboard_b.TextBoxVariable(name)
+        .label(label)
+        .description(description)
+        .current(option)
+        .options([option])
+        .default_value(default)
+        .hide(model.VariableHide.DONT_HIDE)
+    )
+
+
 def tag_links(tag: str) -> list[dashboard_b.DashboardLink]:
     """A drop-down of every dashboard tagged ``tag``, keeping the time range (monitoring-mixin style)."""
     return [

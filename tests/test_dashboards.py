@@ -548,3 +548,27 @@ def test_the_dashboard_provider_loads_the_generated_json_into_the_spanmeter_fold
     assert provider["type"] == "file" and provider["folder"] == "spanmeter"
     assert provider["options"]["path"].startswith("/")
     assert provider["allowUiUpdates"] is False  # the JSON is generated: UI edits would be lost
+
+
+def test_the_top_jobs_panel_links_each_job_to_its_trace_without_reading_raw_rows(ledger):
+    sql = dict(BILLING_SQL)["Top jobs per account and meter (links to their traces)"]
+    columns, rows = ledger.run(sql, "acme")
+    shown = [dict(zip(columns, row, strict=True)) for row in rows]
+    with psycopg.connect(ledger.owner) as conn:
+        want = conn.execute(
+            "SELECT meter_code, coalesce(job_id, ''), count(*), sum(quantity), min(trace_id) FROM usage_events"
+            " WHERE account_id = 'acme' GROUP BY 1, 2"
+        ).fetchall()
+    assert {(r["Meter"], r["Job"], r["Rows"], r["Quantity"], r["Trace"]) for r in shown} == set(want)
+    model = MODELS["spanmeter-billing.json"]
+    [panel] = [p for p in panels(model) if p["title"].startswith("Top jobs")]
+    [link] = next(o for o in panel["fieldConfig"]["overrides"] if o["matcher"]["options"] == "Trace")["properties"]
+    assert link["value"][0]["url"] == "${trace_viewer}${__value.raw}"
+    [viewer] = [v for v in model["templating"]["list"] if v["name"] == "trace_viewer"]
+    assert viewer["type"] == "textbox" and viewer["query"].startswith("http")
+    # the function is the only door: the role still cannot read the raw ledger, and a range over 93 days is refused
+    with psycopg.connect(ledger.grafana, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT 1 FROM usage_events LIMIT 1")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="narrow the time range"):
+            conn.execute("SELECT * FROM spanmeter_top_jobs(ARRAY['acme'], now() - interval '200 days', now(), 10)")

@@ -27,6 +27,7 @@ from sqlalchemy import (
     ARRAY,
     BigInteger,
     CheckConstraint,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -402,6 +403,147 @@ class PricingVersionRecord(Base):
     __table_args__ = (
         {"comment": "Pricing versions as data (plans over a price book): append-only, frozen once imported"},
     )
+
+
+class ApiToken(Base):
+    """An API token (migration 0015): its SHA-256 only; see :mod:`spanmeter.billing.tokens`."""
+
+    __tablename__ = "api_tokens"
+
+    token_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    account_id: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str] = mapped_column(Text, server_default="")
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    created_by: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("octet_length(sha256) = 32", name="api_tokens_sha256_length"),
+        {"comment": "spanmeter api tokens: SHA-256 only (the token is printed once)"},
+    )
+
+
+class ApiTokenRevocation(Base):
+    """A revoked API token (migration 0015): one row each, append-only."""
+
+    __tablename__ = "api_token_revocations"
+
+    token_id: Mapped[str] = mapped_column(Text, ForeignKey("api_tokens.token_id"), primary_key=True)
+    revoked_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    revoked_by: Mapped[str] = mapped_column(Text)
+
+
+class PlanLimit(Base):
+    """A plan's limit for a billable metric (migration 0015): see :mod:`spanmeter.billing.entitlements`."""
+
+    __tablename__ = "plan_limits"
+
+    limit_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    plan_code: Mapped[str] = mapped_column(Text)
+    metric: Mapped[str] = mapped_column(Text)
+    hard_limit: Mapped[Decimal | None] = mapped_column(Numeric)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer)
+    fail_policy: Mapped[str] = mapped_column(Text)
+    effective_from: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    recorded_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    recorded_by: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("fail_policy IN ('open', 'closed')", name="plan_limits_fail_policy"),
+        CheckConstraint("hard_limit IS NULL OR hard_limit >= 0", name="plan_limits_hard_limit"),
+        CheckConstraint("max_concurrency IS NULL OR max_concurrency >= 1", name="plan_limits_concurrency"),
+        Index("plan_limits_lookup_idx", "plan_code", "metric", "effective_from"),
+        {"comment": "Entitlements per plan and metric: effective-dated, append-only"},
+    )
+
+
+class WebhookEndpoint(Base):
+    """A webhook endpoint (migration 0016): see :mod:`spanmeter.billing.webhooks`."""
+
+    __tablename__ = "webhook_endpoints"
+
+    endpoint_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    account_id: Mapped[str | None] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(Text)
+    note: Mapped[str] = mapped_column(Text, server_default="")
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    created_by: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(
+            "cardinality(events) > 0 AND events <@ ARRAY['quota.threshold', 'invoice.finalized']",
+            name="webhook_endpoints_events_known",
+        ),
+        CheckConstraint("url ~ '^https?://'", name="webhook_endpoints_url_http"),
+        {"comment": "Webhook endpoints: the secret signs deliveries (printed once)"},
+    )
+
+
+class WebhookEndpointRemoval(Base):
+    __tablename__ = "webhook_endpoint_removals"
+
+    endpoint_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("webhook_endpoints.endpoint_id"), primary_key=True)
+    removed_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    removed_by: Mapped[str] = mapped_column(Text)
+
+
+class WebhookEvent(Base):
+    """The webhook outbox (migration 0016): one row per event, once per dedupe key."""
+
+    __tablename__ = "webhook_events"
+
+    event_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    event_type: Mapped[str] = mapped_column(Text)
+    account_id: Mapped[str] = mapped_column(Text)
+    dedupe_key: Mapped[str] = mapped_column(Text, unique=True)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    recorded_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+
+    __table_args__ = ({"comment": "Webhook outbox (spanmeter webhooks): append-only, once per dedupe_key"},)
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint (migration 0016): the one mutable webhook table."""
+
+    __tablename__ = "webhook_deliveries"
+
+    delivery_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    event_id: Mapped[str] = mapped_column(Text, ForeignKey("webhook_events.event_id"))
+    endpoint_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("webhook_endpoints.endpoint_id"))
+    state: Mapped[str] = mapped_column(Text, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("event_id", "endpoint_id", name="webhook_deliveries_once"),
+        CheckConstraint(
+            "state IN ('pending', 'delivered', 'failed', 'cancelled')", name="webhook_deliveries_state_known"
+        ),
+        Index("webhook_deliveries_due_idx", "next_attempt_at", postgresql_where=text("state = 'pending'")),
+    )
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery (migration 0016): append-only."""
+
+    __tablename__ = "webhook_attempts"
+
+    attempt_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("webhook_deliveries.delivery_id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    attempted_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_seconds: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("delivery_id", "attempt", name="webhook_attempts_once"),)
 
 
 class Invoice(Base):
