@@ -37,9 +37,10 @@ COPY instrumentation/ instrumentation/
 COPY demo/ demo/
 COPY alerts/ alerts/
 COPY dashboards/ dashboards/
+COPY api/ api/
 COPY --from=native /wheels/ /wheels/
-RUN pip install . /wheels/*.whl && spanmeter --version \
- && python -c "import spanmeter_native"
+RUN pip install ".[api]" /wheels/*.whl && spanmeter --version \
+ && python -c "import spanmeter_native, spanmeter.api.app"
 
 # ---- runtime stage ----
 FROM python:3.11-slim

@@ -2,7 +2,8 @@
 
 Per-account figures never go into Prometheus labels, so every panel here is SQL on the PostgreSQL
 datasource ``$ledger``, which logs in as the SELECT-only role ``spanmeter_grafana`` (migration
-``0004_operations``). It reads the rollups, never ``usage_events``: the role cannot read the raw ledger.
+``0004_operations``). It reads the rollups, never ``usage_events``: the role cannot read the raw ledger
+(the top jobs table goes through one narrow function, below).
 
 Panels (``$account`` filters all but the reconciliation runs):
 
@@ -13,7 +14,10 @@ Panels (``$account`` filters all but the reconciliation runs):
   account's draft invoice so far and its linear projection for the current UTC month, totals per
   currency, and how old the figures are;
 - subscriptions in force now; finalized invoices (finalized in the range) and their lines per meter;
-  usage corrections that occurred in the range; ``spanmeter reconcile`` runs that ran in the range.
+  usage corrections that occurred in the range; ``spanmeter reconcile`` runs that ran in the range;
+- the top jobs per account and meter in the range, each trace id a link to ``$trace_viewer`` (a text variable:
+  the trace viewer's URL, the trace id appended), read through ``spanmeter_top_jobs`` (migration 0017: the
+  one SECURITY DEFINER door to raw rows, job and trace ids only, at most 93 days).
 
 Quantities are ``numeric`` in the ledger and money always sits next to its ``Currency`` column (amounts
 in different currencies are never added up). ``$account`` is multi-select: ``SELECT DISTINCT account_id
