@@ -24,6 +24,7 @@ Rows without the attribute count under ``""`` (shown as "(none)").
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -67,10 +68,14 @@ def _pool(line) -> Pool:
 
 
 def attribute(
-    invoice: Invoice, usage: dict[tuple[str, str, str, str], Decimal], metric_of: dict[str, str]
+    invoice: Invoice,
+    usage: dict[tuple[str, str, str, str], Decimal],
+    metric_of: dict[str, str],
+    top: int | None = None,
 ) -> tuple[list[Driver], Decimal]:
     """Split the invoice's usage lines among drivers (pure); ``usage`` maps (driver, meter, dimension, provider)
-    to quantity. Returns the drivers, dearest first, and the unattributed amount."""
+    to quantity. Returns the ``top`` drivers (all when None), dearest first (by the exact amount, then key),
+    and the unattributed amount."""
     pools: dict[Pool, Decimal] = defaultdict(Decimal)
     unattributed = Decimal(0)
     for line in invoice.lines:
@@ -79,21 +84,33 @@ def attribute(
         else:
             unattributed += line.amount
     amounts: dict[str, Decimal] = defaultdict(Decimal)
-    quantities: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    for (driver, meter, _dimension, _provider), q in usage.items():
-        quantities[driver][metric_of.get(meter, meter)] += q
+    by_usage: dict[tuple[str, str, str], list[tuple[str, Decimal]]] = defaultdict(list)
+    for (driver, meter, dimension, provider), q in usage.items():
+        by_usage[(meter, dimension, provider)].append((driver, q))
     for (meters, dimension, provider), amount in pools.items():
-        mine = {
-            key: q
-            for key, q in usage.items()
-            if key[1] in meters and (dimension is None or (key[2] == dimension and key[3] == provider))
-        }
-        total = sum(mine.values(), Decimal(0))
+        mine = [
+            parts
+            for (meter, dim, prov), parts in by_usage.items()
+            if meter in meters and (dimension is None or (dim == dimension and prov == provider))
+        ]
+        total = sum((q for parts in mine for _, q in parts), Decimal(0))
         if total == 0:
             unattributed += amount
             continue
-        for (driver, *_), q in mine.items():
-            amounts[driver] += amount * q / total
+        for parts in mine:
+            for driver, q in parts:
+                amounts[driver] += amount * q / total
+
+    def dearest(item: tuple[str, Decimal]) -> tuple[Decimal, str]:
+        return -item[1], item[0]
+
+    chosen = (
+        heapq.nsmallest(top, amounts.items(), key=dearest) if top is not None else sorted(amounts.items(), key=dearest)
+    )
+    quantities: dict[str, dict[str, Decimal]] = {driver: defaultdict(Decimal) for driver, _ in chosen}
+    for (driver, meter, _dimension, _provider), q in usage.items():
+        if driver in quantities:
+            quantities[driver][metric_of.get(meter, meter)] += q
     invoice_total = invoice.total
     out = [
         Driver(
@@ -104,9 +121,8 @@ def attribute(
             else Decimal(0),
             quantities={m: q for m, q in sorted(quantities[driver].items())},
         )
-        for driver, amount in amounts.items()
+        for driver, amount in chosen
     ]
-    out.sort(key=lambda d: (-d.amount, d.key))
     return out, unattributed
 
 
@@ -129,5 +145,5 @@ def drivers(conn: psycopg.Connection, account_id: str, period: Period, by: str, 
             conn, by, account_id, meters, period.start, period.end
         ):
             usage[(driver, meter, dimension, provider)] = Decimal(q)
-    found, unattributed = attribute(invoice, usage, metric_of)
-    return DriverReport(invoice, by, found[:top], unattributed)
+    found, unattributed = attribute(invoice, usage, metric_of, top)
+    return DriverReport(invoice, by, found, unattributed)
