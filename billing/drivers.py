@@ -85,13 +85,13 @@ def attribute(
             unattributed += line.amount
     amounts: dict[str, Decimal] = defaultdict(Decimal)
     by_usage: dict[tuple[str, str, str], list[tuple[str, Decimal]]] = defaultdict(list)
-    for (driver, meter, dimension, provider), q in usage.items():
-        by_usage[(meter, dimension, provider)].append((driver, q))
-    for (meters, dimension, provider), amount in pools.items():
+    for (driver, meter, used_dimension, used_provider), q in usage.items():
+        by_usage[(meter, used_dimension, used_provider)].append((driver, q))
+    for (meters, line_dimension, line_provider), amount in pools.items():
         mine = [
             parts
             for (meter, dim, prov), parts in by_usage.items()
-            if meter in meters and (dimension is None or (dim == dimension and prov == provider))
+            if meter in meters and (line_dimension is None or (dim == line_dimension and prov == line_provider))
         ]
         total = sum((q for parts in mine for _, q in parts), Decimal(0))
         if total == 0:
