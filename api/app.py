@@ -8,7 +8,7 @@ endpoint                                               the same figures from the
                                                        the current month is ``invoice_so_far``)
 ``GET /v1/accounts/{id}/usage?from=&to=&granularity=`` ``spanmeter usage --account ID --from --to --format json``
                                                        (the series add up to its ``quantity`` per meter)
-``GET /v1/accounts/{id}/drivers?period=&by=``          ``spanmeter invoice drivers --account ID --period P --by B``
+``GET /v1/accounts/{id}/drivers?period=&by=``          ``spanmeter invoice drivers --account ID --period P --group B``
 ``GET /v1/accounts/{id}/invoices``                     ``spanmeter invoice --account ID --period P --format json``
                                                        for each period, newest first
 ``GET /v1/accounts/{id}/invoices/{number}``            ``invoice --format json`` and ``invoice explain --format json``
@@ -21,21 +21,27 @@ account token asking about another account gets 404, the same answer as for an a
 
 import base64
 import binascii
+import logging
 import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
+import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg_pool import PoolTimeout
 
 from spanmeter import __version__
 from spanmeter.billing import drivers as billing_drivers
 from spanmeter.billing import entitlements as billing_entitlements
-from spanmeter.billing import quotas, subscriptions
+from spanmeter.billing import quotas, subscriptions, tokens
 from spanmeter.billing.explain import explain_invoice
 from spanmeter.billing.invoices import InvoiceError, build_invoice
 from spanmeter.billing.invoices.late import finalized_periods
@@ -49,7 +55,10 @@ from .reads import Reads
 
 __all__ = ["ACCOUNT_ID", "create_app", "iso"]
 
+log = logging.getLogger(__name__)
+
 ACCOUNT_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+MAX_LOGIN_BYTES = 8_192
 NOT_FOUND = "no such account, or not one this token may read"
 MAX_SERIES_POINTS = 2_000
 
@@ -78,18 +87,21 @@ def _unit(code: str) -> str:
 def _parse_time(value: str, name: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if moment.tzinfo is None:
+            raise HTTPException(400, f"{name}={value!r}: give a time zone (Z for UTC)")
+        moment = moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise HTTPException(400, f"{name}={value!r}: give an RFC 3339 time, e.g. 2026-12-01T00:00:00Z") from None
-    if moment.tzinfo is None:
-        raise HTTPException(400, f"{name}={value!r}: give a time zone (Z for UTC)")
-    return moment.astimezone(UTC)
+    if not 1970 <= moment.year <= 2999:
+        raise HTTPException(400, f"{name}={value!r}: give a time from 1970 to 2999")
+    return moment
 
 
 def _period(value: str) -> Period:
     try:
         return Period.parse(value)
     except ValueError:
-        raise HTTPException(400, f"period={value!r}: give a month as YYYY-MM") from None
+        raise HTTPException(400, f"period={value!r}: give a month as YYYY-MM (1970 to 2999)") from None
 
 
 def create_app(
@@ -97,9 +109,11 @@ def create_app(
     *,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     trace_url_template: str | None = None,
+    secure_cookies: bool = False,
 ) -> FastAPI:
     """The API over ``reads``; ``clock`` gives "now" (the bench pins it); ``trace_url_template`` (as
-    ``SPANMETER_TRACE_URL_TEMPLATE``) links each trace id of an invoice's explanation to a trace viewer."""
+    ``SPANMETER_TRACE_URL_TEMPLATE``) links each trace id of an invoice's explanation to a trace viewer;
+    ``secure_cookies``: the page's session cookie is ``Secure`` even over plain HTTP (a TLS proxy in front)."""
     app = FastAPI(
         title="spanmeter API",
         version=__version__,
@@ -131,9 +145,29 @@ def create_app(
 
     Who = Annotated[Principal, Depends(principal)]
 
+    # every route checks the token's account before reading: an error below is about an account it may read
     @app.exception_handler(InvoiceError)
-    async def _invoice_error(_request: Request, exc: InvoiceError) -> JSONResponse:  # no subscription, etc.
-        return JSONResponse({"detail": NOT_FOUND}, status_code=404)
+    async def _invoice_error(_request: Request, exc: InvoiceError) -> JSONResponse:
+        if "has no subscription" in str(exc):
+            return JSONResponse({"detail": NOT_FOUND}, status_code=404)
+        return JSONResponse({"detail": str(exc)}, status_code=409)  # e.g. an invoice that cannot be rated
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_message(exc)}, status_code=400)
+
+    @app.exception_handler(PoolTimeout)
+    @app.exception_handler(psycopg.OperationalError)
+    async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        # no connection free, the database away, a statement timeout, a standby's recovery conflict: try again
+        log.warning("api read failed, answered 503: %s", (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        return JSONResponse({"detail": "the ledger is busy or unreachable: retry shortly"}, status_code=503,
+                            headers={"Retry-After": "1"})  # fmt: skip
+
+    @app.exception_handler(Exception)
+    async def _internal(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("api request failed", exc_info=exc)
+        return JSONResponse({"detail": "internal error (the API's log has it)"}, status_code=500)
 
     @app.get("/v1/accounts/{account_id}/month-to-date", response_model=schemas.MonthToDate, responses=errors,
              summary="Month to date: usage against allowances, invoice so far, projection")  # fmt: skip
@@ -255,11 +289,14 @@ def create_app(
             raise HTTPException(404, NOT_FOUND)
         return entitlements_document(account_id, now, *found)
 
-    _billing_page(app, reads, clock, month_to_date, usage, drivers, invoices)
+    _billing_page(app, reads, clock, secure_cookies, month_to_date, usage, drivers, invoices)
+    _without_422(app)
     return app
 
 
-def _billing_page(app: FastAPI, reads: Reads, clock: Callable[[], datetime], *routes: Callable[..., Any]) -> None:
+def _billing_page(
+    app: FastAPI, reads: Reads, clock: Callable[[], datetime], secure_cookies: bool, *routes: Callable[..., Any]
+) -> None:
     """The billing page and its sign-in (not in the OpenAPI document): see :mod:`spanmeter.api.page`."""
     month_to_date, usage, drivers, invoices = routes
 
@@ -281,11 +318,13 @@ def _billing_page(app: FastAPI, reads: Reads, clock: Callable[[], datetime], *ro
     @app.get("/accounts/{account_id}", include_in_schema=False)
     def billing_page(account_id: str, request: Request) -> Response:
         header = request.headers.get("authorization", "")
-        token = header[7:] if header.lower().startswith("bearer ") else request.cookies.get(page.COOKIE, "")
-        who = reads.principal(token) if token else None
+        if header.lower().startswith("bearer "):
+            who = reads.principal(header[7:].strip())
+        else:
+            who = reads.session(request.cookies.get(page.COOKIE, ""))
         if who is None:
             return RedirectResponse("/login?" + urlencode({"next": f"/accounts/{account_id}"}), status_code=303)
-        if not re.match(ACCOUNT_ID, account_id) or not who.may_read(account_id):
+        if not re.fullmatch(ACCOUNT_ID, account_id) or not who.may_read(account_id):
             return secure(HTMLResponse(page.render_message("Not found", NOT_FOUND), status_code=404))
         now = clock()
         month = Period.containing(now)
@@ -307,27 +346,51 @@ def _billing_page(app: FastAPI, reads: Reads, clock: Callable[[], datetime], *ro
     def login_form(next: str = "") -> Response:
         return secure(HTMLResponse(page.render_login(next_path=next)))
 
+    def same_origin(request: Request) -> bool:
+        """A form posted by this site's own page (login CSRF: another site must not post a token here)."""
+        site = request.headers.get("sec-fetch-site")
+        if site is not None:
+            return site in ("same-origin", "none")
+        origin = request.headers.get("origin")
+        return origin is None or origin.split("://", 1)[-1] == request.headers.get("host", "")
+
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
-        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=8)
+        if not same_origin(request):
+            return secure(
+                HTMLResponse(page.render_message("Refused", "sign in from this site's page"), status_code=403)
+            )
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_LOGIN_BYTES:
+                return secure(HTMLResponse(page.render_login("That form is too large."), status_code=413))
+        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
         token = (form.get("token") or [""])[0].strip()
         wanted = (form.get("account") or [""])[0].strip()
         next_path = (form.get("next") or [""])[0]
-        who = reads.principal(token) if token else None
-        if who is None:
+        signing = await run_in_threadpool(reads.token_digest, token)  # the database: never on the event loop
+        who = await run_in_threadpool(reads.principal, token) if signing is not None else None
+        if who is None or signing is None:
             return secure(HTMLResponse(page.render_login("That token is not valid (or was revoked).", next_path),
                                        status_code=401))  # fmt: skip
         account = who.account_id or wanted or next_path.removeprefix("/accounts/")
-        if not account or not re.match(ACCOUNT_ID, account):
+        if not account or not re.fullmatch(ACCOUNT_ID, account):
             return secure(HTMLResponse(page.render_login("An operator token needs an account.", next_path),
                                        status_code=400))  # fmt: skip
+        expires = int(time.time()) + page.SESSION_SECONDS
         response = RedirectResponse(f"/accounts/{account}", status_code=303)
-        response.set_cookie(page.COOKIE, token, max_age=page.SESSION_SECONDS, httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https", path="/")  # fmt: skip
+        response.set_cookie(page.COOKIE, tokens.session(signing[0], signing[1], expires), max_age=page.SESSION_SECONDS,
+                            httponly=True, samesite="strict", secure=secure_cookies or request.url.scheme == "https",
+                            path="/")  # fmt: skip
         return response
 
     @app.post("/logout", include_in_schema=False)
-    def logout() -> Response:
+    def logout(request: Request) -> Response:
+        if not same_origin(request):
+            return secure(
+                HTMLResponse(page.render_message("Refused", "sign out from this site's page"), status_code=403)
+            )
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(page.COOKIE, path="/")
         return response
@@ -340,11 +403,13 @@ def month_to_date_document(account_id: str, mtd: quotas.MonthToDate) -> schemas.
     for metric in BILLABLE_METRICS:
         if metric not in mtd.usage and metric not in included:
             continue
-        quantity = used.get(metric, mtd.usage.get(metric, Decimal(0)))
+        quantity = mtd.usage.get(metric, Decimal(0))  # the whole month, as the invoice bills it
         allowance = included.get(metric, Decimal(0))
+        # the allowance is the current subscription segment's: so is the usage that draws on it
+        quantity_in_segment = used.get(metric, quantity)
         meters.append(schemas.MeterToDate(meter=metric, unit=_unit(metric), quantity=_plain(quantity),
-                                          included=_plain(allowance), remaining=_plain(max(allowance - quantity, Decimal(0))),
-                                          overage=_plain(max(quantity - allowance, Decimal(0)))))  # fmt: skip
+                                          included=_plain(allowance), remaining=_plain(max(allowance - quantity_in_segment, Decimal(0))),
+                                          overage=_plain(max(quantity_in_segment - allowance, Decimal(0)))))  # fmt: skip
     return schemas.MonthToDate(
         account_id=account_id,
         period=str(mtd.period),
@@ -426,12 +491,43 @@ def _cursor(value: str) -> Period:
         raise HTTPException(400, "cursor: pass next_cursor from the previous page unchanged") from None
 
 
+def validation_message(exc: RequestValidationError) -> str:
+    """One line naming each bad parameter and what it takes (FastAPI's own list is for programs)."""
+    parts = []
+    for error in exc.errors()[:3]:
+        where = [str(p) for p in error.get("loc", ()) if p not in ("query", "path", "body")]
+        value = error.get("input")
+        shown = repr(value) if isinstance(value, str | int) and len(str(value)) <= 40 else "the value given"
+        parts.append(f"{'.'.join(where) or 'request'}={shown}: {error.get('msg', 'not valid')}")
+    return "; ".join(parts)
+
+
+def _without_422(app: FastAPI) -> None:
+    """The OpenAPI document as the app answers: bad parameters are 400 (documented), never FastAPI's 422."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            for item in document.get("paths", {}).values():
+                for operation in item.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                document.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _period_of(conn: Any, account_id: str, number: str) -> Period:
     """The period an invoice number names: INV-YYYY-MM-NNNN or DRAFT-YYYY-MM-<account>."""
     parts = number.split("-")
     if len(parts) >= 4 and parts[0] in ("INV", "DRAFT"):
         try:
-            return Period.parse(f"{parts[1]}-{parts[2]}")
+            period = Period.parse(f"{parts[1]}-{parts[2]}")
+            if number in (f"DRAFT-{period}-{account_id}",) or parts[0] == "INV":
+                return period
         except ValueError:
             pass
     raise HTTPException(404, NOT_FOUND)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -26,6 +27,8 @@ __all__ = ["CACHE_SECONDS", "Reads"]
 
 T = TypeVar("T")
 CACHE_SECONDS = 5.0
+CACHE_ENTRIES = 10_000  # least recently used first out
+STATEMENT_TIMEOUT_MS = 30_000  # a read the API makes never runs longer (answered 503)
 
 
 def _configure(conn: psycopg.Connection) -> None:
@@ -38,7 +41,8 @@ class Reads:
     """Connection pools on the read and primary databases (the same one without a replica)."""
 
     def __init__(self, read_conninfo: str, primary_conninfo: str, *, max_size: int = 8) -> None:
-        kwargs = {"connect_timeout": 5, "application_name": "spanmeter-api"}
+        kwargs = {"connect_timeout": 5, "application_name": "spanmeter-api",
+                  "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"}  # fmt: skip
         self._read = ConnectionPool(
             read_conninfo,
             min_size=1,
@@ -61,7 +65,7 @@ class Reads:
                 name="api-primary",
             )
         )
-        self._tokens: dict[str, tuple[float, tokens.Principal | None]] = {}
+        self._cache: OrderedDict[bytes | str, tuple[float, tokens.Principal | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def open(self) -> None:
@@ -86,17 +90,39 @@ class Reads:
         with self._snapshot(self._read) as conn:
             return work(conn)
 
-    def principal(self, token: str) -> tokens.Principal | None:
-        """The token's principal (cached for :data:`CACHE_SECONDS`, misses too); None when not valid."""
+    def _cached(
+        self, key: bytes | str, verify: Callable[[psycopg.Connection], tokens.Principal | None]
+    ) -> tokens.Principal | None:
         now = time.monotonic()
         with self._lock:
-            hit = self._tokens.get(token)
-        if hit is not None and now - hit[0] < CACHE_SECONDS:
-            return hit[1]
+            hit = self._cache.get(key)
+            if hit is not None and now - hit[0] < CACHE_SECONDS:
+                self._cache.move_to_end(key)
+                return hit[1]
         with self._snapshot(self._primary) as conn:
-            found = tokens.verify(conn, token)
+            found = verify(conn)
         with self._lock:
-            if len(self._tokens) > 10_000:
-                self._tokens.clear()
-            self._tokens[token] = (now, found)
+            self._cache[key] = (now, found)
+            self._cache.move_to_end(key)
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
         return found
+
+    def principal(self, token: str) -> tokens.Principal | None:
+        """The token's principal (cached by its SHA-256 for :data:`CACHE_SECONDS`, misses too); None when not
+        valid. A string that is not a token never reaches the cache or the database."""
+        if not tokens.well_formed(token):
+            return None
+        return self._cached(tokens.digest(token), lambda conn: tokens.verify(conn, token))
+
+    def session(self, value: str) -> tokens.Principal | None:
+        """The principal of a billing-page session cookie (:func:`spanmeter.billing.tokens.session`), cached
+        likewise; None when malformed, expired, forged or its token revoked."""
+        if len(value) > 120:
+            return None
+        return self._cached(value, lambda conn: tokens.verify_session(conn, value, time.time()))
+
+    def token_digest(self, token: str) -> tuple[str, bytes] | None:
+        """(token id, SHA-256) of a valid token, to sign a session with."""
+        found = self.principal(token)
+        return None if found is None else (found.token_id, tokens.digest(token))

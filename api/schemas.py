@@ -42,10 +42,10 @@ class Money(BaseModel):
 class MeterToDate(BaseModel):
     meter: str = Field(description="billable metric: worker_seconds, gpu_seconds, tokens or api_requests")
     unit: str
-    quantity: str = Field(pattern=DECIMAL)
-    included: str = Field(pattern=DECIMAL, description="the plan's allowance this month (prorated)")
-    remaining: str = Field(pattern=DECIMAL, description="allowance left, never below 0")
-    overage: str = Field(pattern=DECIMAL, description="usage past the allowance (billed)")
+    quantity: str = Field(pattern=DECIMAL, description="the month's usage so far (what the invoice bills)")
+    included: str = Field(pattern=DECIMAL, description="the current plan's allowance this month (prorated)")
+    remaining: str = Field(pattern=DECIMAL, description="allowance left, never below 0 (the current plan's usage)")
+    overage: str = Field(pattern=DECIMAL, description="the current plan's usage past its allowance (billed)")
 
 
 class MonthToDate(BaseModel):

@@ -1,7 +1,7 @@
 """Top cost drivers: which jobs, services, Celery tasks or models an account's bill comes from.
 
 ``GET /v1/accounts/{id}/drivers?period=YYYY-MM&by=job|model|service|task`` and
-``spanmeter invoice drivers --account ID --period P --by job`` give the same figures.
+``spanmeter invoice drivers --account ID --period P --group job`` give the same figures.
 
 How a bill is split among drivers, written down so finance can redo it by hand:
 
@@ -16,6 +16,12 @@ How a bill is split among drivers, written down so finance can redo it by hand:
    ``share`` is that amount over the invoice total (4 decimals). Fees, commitments, minimums and late-usage
    adjustments belong to no driver: they are reported as ``unattributed``.
 
+The usage read is what the invoice rates: the rows inside its subscription segments (usage outside any
+segment is unrated and drives nothing), and for a finalized invoice only the rows received by the time it was
+finalized (later rows are the next invoice's late usage). Corrections (``ledger adjust``) change a line's
+amount but name no job, so they are shared like the rest of the line. An archived month has no raw rows:
+``by=job|service|task`` then attributes nothing (``by=model`` still works from the rollups).
+
 Where the usage is read from: ``by=model`` reads the rollups (any size, milliseconds);
 ``by=job|service|task`` reads the account's raw rows of the period, bounded by account and time (the cost grows
 with the account's month: about a second per million rows on the reference machine, see bench/README.md).
@@ -27,6 +33,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import psycopg
@@ -126,6 +133,22 @@ def attribute(
     return out, unattributed
 
 
+def _windows(invoice: Invoice, period: Period) -> list[tuple[datetime, datetime]]:
+    """The subscription segments the invoice rates, merged where they touch (the whole period without any)."""
+    segments = sorted(
+        (datetime.fromisoformat(s["from"]), datetime.fromisoformat(s["to"]))
+        for s in invoice.subscriptions
+        if s.get("from") and s.get("to")
+    )
+    merged: list[tuple[datetime, datetime]] = []
+    for start, end in segments:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged or [(period.start, period.end)]
+
+
 def drivers(conn: psycopg.Connection, account_id: str, period: Period, by: str, top: int = 10) -> DriverReport:
     """The account's top ``top`` drivers of the period's bill, by ``by`` (one of :data:`BY`)."""
     if by not in BY:
@@ -134,16 +157,17 @@ def drivers(conn: psycopg.Connection, account_id: str, period: Period, by: str, 
     metric_of = {meter: line.meter_code or "" for line in invoice.lines if line.kind == "usage"
                  for meter in meters_of(line)}  # fmt: skip
     meters = sorted(metric_of)
-    usage: dict[tuple[str, str, str, str], Decimal] = {}
-    if meters and by == "model":
-        for (meter, dimension, provider), q in dimension_usage(
-            conn, account_id, meters, period.start, period.end
-        ).items():
-            usage[(dimension, meter, dimension, provider)] = q
-    elif meters:
-        for driver, meter, dimension, provider, q in drivers_store.raw_driver_rows(
-            conn, by, account_id, meters, period.start, period.end
-        ):
-            usage[(driver, meter, dimension, provider)] = Decimal(q)
+    usage: dict[tuple[str, str, str, str], Decimal] = defaultdict(Decimal)
+    finalized = invoice.to_dict().get("finalized_at") if invoice.status == "finalized" else None
+    received_before = datetime.fromisoformat(finalized) if finalized else None
+    for start, end in _windows(invoice, period):  # only what the invoice rates: its subscription segments
+        if meters and by == "model":
+            for (meter, dimension, provider), q in dimension_usage(conn, account_id, meters, start, end).items():
+                usage[(dimension, meter, dimension, provider)] += q
+        elif meters:
+            for driver, meter, dimension, provider, q in drivers_store.raw_driver_rows(
+                conn, by, account_id, meters, start, end, received_before
+            ):
+                usage[(driver, meter, dimension, provider)] += Decimal(q)
     found, unattributed = attribute(invoice, usage, metric_of, top)
     return DriverReport(invoice, by, found, unattributed)

@@ -12,9 +12,10 @@ append-only): per plan and billable metric (``worker_seconds``, ``gpu_seconds``,
 - ``fail_policy``: ``open`` (allow) or ``closed`` (refuse) when the application cannot reach the API.
 
 Limits are defined per plan and enforced per account: an account's plan is its subscription's at the moment
-asked. ``used`` is the month-to-date usage of the current subscription segment, the same figure as the
-quota of ``spanmeter usage --account ID`` (:mod:`spanmeter.billing.quotas`). The hard limit is a whole-month
-figure (not prorated); the allowance is the plan's, prorated like the invoice when the plan changed mid-month.
+asked. ``used`` is the month's usage so far (what the invoice bills; the hard limit bounds it: a whole-month
+figure, not prorated). The allowance is the current plan's, prorated like the invoice when the plan changed
+mid-month, and what draws on it is that subscription segment's usage, the quota of ``spanmeter usage --account
+ID`` (:mod:`spanmeter.billing.quotas`): a soft limit's ``remaining`` is allowance minus that.
 
 :func:`entitlements` is pure: (usage, allowances, limits) in, one :class:`Entitlement` per metric out.
 """
@@ -71,10 +72,16 @@ class Entitlement:
 
 
 def entitlements(
-    used: Mapping[str, Decimal], included: Mapping[str, Decimal], limits: Sequence[PlanLimit]
+    used: Mapping[str, Decimal],
+    included: Mapping[str, Decimal],
+    limits: Sequence[PlanLimit],
+    used_in_segment: Mapping[str, Decimal] | None = None,
 ) -> list[Entitlement]:
-    """One entitlement per billable metric, in catalogue order (pure)."""
+    """One entitlement per billable metric, in catalogue order (pure). ``used``: the month's usage (what a hard
+    limit bounds); ``used_in_segment``: the current subscription segment's, which draws on its allowance
+    (``included``); the same as ``used`` when not given (one plan all month)."""
     by_metric = {limit.metric: limit for limit in limits}
+    segment = used if used_in_segment is None else used_in_segment
     out = []
     for code, metric in BILLABLE_METRICS.items():
         use = used.get(code, Decimal(0))
@@ -82,11 +89,11 @@ def entitlements(
         limit = by_metric.get(code)
         hard = limit.hard_limit if limit else None
         if hard is not None:
-            kind, applies = "hard", hard
+            kind, applies, drawn = "hard", hard, use
         elif allowance > 0:
-            kind, applies = "soft", allowance
+            kind, applies, drawn = "soft", allowance, segment.get(code, use)
         else:
-            kind, applies = "none", None
+            kind, applies, drawn = "none", None, use
         out.append(
             Entitlement(
                 metric=code,
@@ -95,7 +102,7 @@ def entitlements(
                 included=allowance,
                 limit=applies,
                 kind=kind,
-                remaining=None if applies is None else max(applies - use, Decimal(0)),
+                remaining=None if applies is None else max(applies - drawn, Decimal(0)),
                 allowed=hard is None or use < hard,
                 max_concurrency=limit.max_concurrency if limit else None,
                 fail_policy=limit.fail_policy if limit else "open",
@@ -115,10 +122,9 @@ def for_account(
     mtd = mtd if mtd is not None else month_to_date(conn, account_id, now)
     if mtd is None:
         return None
-    used = {q.metric: q.used for q in mtd.quotas}
-    used.update({m: q for m, q in mtd.usage.items() if m not in used})
+    in_segment = {q.metric: q.used for q in mtd.quotas}
     included = {q.metric: q.included for q in mtd.quotas}
-    return mtd, entitlements(used, included, limits_in_force(conn, mtd.plan_code, now))
+    return mtd, entitlements(mtd.usage, included, limits_in_force(conn, mtd.plan_code, now), in_segment)
 
 
 def set_limit(

@@ -23,8 +23,8 @@ class Period:
     @classmethod
     def parse(cls, text: str) -> Period:
         match = _PERIOD.match(text.strip())
-        if not match:
-            raise ValueError(f"a billing period is YYYY-MM (a UTC calendar month), not {text!r}")
+        if not match or not 1970 <= int(match.group(1)) <= 2999:
+            raise ValueError(f"a billing period is YYYY-MM (a UTC calendar month, 1970 to 2999), not {text!r}")
         return cls(int(match.group(1)), int(match.group(2)))
 
     @classmethod

@@ -292,8 +292,8 @@ def _jobs_row() -> tuple:
         "Jobs and their traces",
         b.table(
             "Top jobs per account and meter (links to their traces)",
-            "The jobs that used the most of each meter in the time range, per selected account (All: every "
-            "account), each with its rows, quantity, first and last time and one trace id, a link to the trace "
+            "The jobs that used the most of each meter in the time range, per selected account (All: the 5 "
+            "accounts with the most rows), each with its rows, quantity, first and last time and one trace id, a link to the trace "
             "viewer of `$trace_viewer` (the trace id is appended; Jaeger: `http://jaeger:16686/trace/`). "
             "`spanmeter invoice explain` shows the same per invoice line. Read through `spanmeter_top_jobs` "
             "(migration 0017): raw rows, bounded by account and time, at most 93 days (narrow the range if "

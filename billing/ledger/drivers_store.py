@@ -32,15 +32,24 @@ SELECT {key} AS driver, meter_code, coalesce(metadata->>'gen_ai.model', metadata
   FROM usage_events
  WHERE account_id = %(account)s AND occurred_at >= %(start)s AND occurred_at < %(end)s
    AND meter_code = ANY(%(meters)s)
+   AND (%(received_before)s::timestamptz IS NULL OR received_at <= %(received_before)s)
  GROUP BY 1, 2, 3, 4
 """
 
 
 def raw_driver_rows(
-    conn: psycopg.Connection, by: str, account_id: str, meters: Sequence[str], start: datetime, end: datetime
+    conn: psycopg.Connection,
+    by: str,
+    account_id: str,
+    meters: Sequence[str],
+    start: datetime,
+    end: datetime,
+    received_before: datetime | None = None,
 ) -> list[tuple[str, str, str, str, Decimal]]:
-    """(driver, meter, dimension, provider, quantity) of the account's rows in [start, end)."""
-    params = {"account": account_id, "meters": list(meters), "start": start, "end": end}
+    """(driver, meter, dimension, provider, quantity) of the account's rows in [start, end) (received by
+    ``received_before`` when given: what a finalized invoice was computed from)."""
+    params = {"account": account_id, "meters": list(meters), "start": start, "end": end,
+              "received_before": received_before}  # fmt: skip
     return conn.execute(_RAW.format(key=DRIVER_KEYS[by]), params).fetchall()
 
 

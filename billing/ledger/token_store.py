@@ -10,7 +10,7 @@ from datetime import datetime
 
 import psycopg
 
-__all__ = ["TokenRow", "insert_token", "lookup", "revoke", "tokens"]
+__all__ = ["TokenRow", "by_id", "insert_token", "lookup", "revoke", "tokens"]
 
 # (token_id, account_id or None for an operator token, note, created_at, created_by, revoked_at or None)
 TokenRow = tuple[str, str | None, str, datetime, str, datetime | None]
@@ -45,6 +45,16 @@ def lookup(conn: psycopg.Connection, sha256: bytes) -> TokenRow | None:
     """The token with this SHA-256 (revoked or not), or None."""
     row = conn.execute(_SELECT + " WHERE t.sha256 = %s", (sha256,)).fetchone()
     return None if row is None else (row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+def by_id(conn: psycopg.Connection, token_id: str) -> tuple[str | None, bytes, datetime | None] | None:
+    """(account_id, SHA-256, revoked_at) of the token with this id, or None."""
+    row = conn.execute(
+        "SELECT t.account_id, t.sha256, r.revoked_at FROM api_tokens AS t"
+        " LEFT JOIN api_token_revocations AS r USING (token_id) WHERE t.token_id = %s",
+        (token_id,),
+    ).fetchone()
+    return None if row is None else (row[0], bytes(row[1]), row[2])
 
 
 def tokens(conn: psycopg.Connection, account_id: str | None = None) -> list[TokenRow]:

@@ -137,7 +137,10 @@ def _token_new(args: argparse.Namespace) -> int:
 
     database = _primary(args)
     with database.connect() as conn:
-        token_id, token = tokens.issue(conn, account_id=args.account, note=args.note, created_by=who(args.by))
+        try:
+            token_id, token = tokens.issue(conn, account_id=args.account, note=args.note, created_by=who(args.by))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         conn.commit()
     scope = f"account {args.account}" if args.account else "every account (operator)"
     print(f"{token_id}: a token for {scope}. It is shown once; store it now:", file=sys.stderr)
