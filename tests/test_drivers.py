@@ -60,3 +60,33 @@ def test_a_line_whose_usage_is_missing_is_unattributed_and_top_keeps_the_dearest
     assert unattributed == D("5.00")
     everyone, _ = attribute(invoice, usage, METRIC_OF)
     assert sum(d.amount for d in everyone) == D("12.00")
+
+
+def test_entitlements_bound_the_month_by_a_hard_limit_and_the_segment_by_its_allowance():
+    from datetime import UTC, datetime
+
+    from spanmeter.billing.entitlements import PlanLimit, entitlements
+
+    since = datetime(2026, 12, 1, tzinfo=UTC)
+    limits = [PlanLimit("growth", "worker_seconds", D(1000), 2, "closed", since)]
+    # a plan change mid-month: 700 s before it, 400 s since; the new plan includes 500 s (prorated)
+    month = {"worker_seconds": D(1100), "tokens": D(300)}
+    segment = {"worker_seconds": D(400), "tokens": D(100)}
+    found = {e.metric: e for e in entitlements(month, {"worker_seconds": D(500), "tokens": D(250)}, limits, segment)}
+    worker, tokens = found["worker_seconds"], found["tokens"]
+    assert (worker.kind, worker.used, worker.limit, worker.remaining, worker.allowed) == (
+        "hard",
+        D(1100),
+        D(1000),
+        D(0),
+        False,
+    )
+    assert (worker.max_concurrency, worker.fail_policy) == (2, "closed")
+    assert (tokens.kind, tokens.used, tokens.limit, tokens.remaining, tokens.allowed) == (
+        "soft",
+        D(300),
+        D(250),
+        D(150),
+        True,
+    )
+    assert found["api_requests"].kind == "none" and found["api_requests"].allowed
