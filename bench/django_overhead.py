@@ -562,6 +562,40 @@ def run_parent(args: argparse.Namespace) -> None:
     log(f"finished in {(datetime.now(UTC) - started).total_seconds():.0f} s")
 
 
+def run_entitlements(calls: int) -> None:
+    """``--entitlements``: the cost of a cached ``spanmeter.instrumentation.entitlements.check()``, each call timed
+    on its own (``perf_counter_ns`` around it; an empty timed call is measured and printed beside it). The cache
+    is filled from a local stub of the entitlements document (the cached path never touches the network)."""
+    import statistics
+
+    from spanmeter.instrumentation import entitlements as E
+
+    client = E.Entitlements("http://127.0.0.1:9", None, ttl_seconds=3600)
+    decision = E.Decision(True, "acme", "worker_seconds", "cache", "soft limit 3600 s, used 2", "soft")
+    now = time.monotonic()
+    client._cache["acme"] = E._Entry(now + 3600, now + 7200, {"worker_seconds": decision}, {"worker_seconds": "open"})
+    check, clock = client.check, time.perf_counter_ns
+    for _ in range(10_000):
+        check("acme", "worker_seconds")
+    spent, empty = [], []
+    for _ in range(calls):
+        t0 = clock()
+        check("acme", "worker_seconds")
+        t1 = clock()
+        t2 = clock()
+        empty.append(t2 - t1)
+        spent.append(t1 - t0)
+
+    def p(values: list[int], q: float) -> float:
+        return sorted(values)[int(q * (len(values) - 1))] / 1000
+
+    print(f"cached entitlements.check(), {calls:,} calls each timed: median {statistics.median(spent) / 1000:.3f} us, "
+          f"p99 {p(spent, 0.99):.3f} us, max {max(spent) / 1000:.1f} us (an empty timed call: median "
+          f"{statistics.median(empty) / 1000:.3f} us, p99 {p(empty, 0.99):.3f} us)")  # fmt: skip
+    verdict = "PASS" if statistics.median(spent) <= 2000 and p(spent, 0.99) <= 5 else "MISS"
+    print(f"target: median <= 2 us, p99 <= 5 us: {verdict}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the three configurations")
@@ -575,6 +609,10 @@ def main(argv: list[str] | None = None) -> None:
         metavar="N",
         help="interleave finer: in each round the three processes take turns, N requests at a time (0: one go)",
     )
+    parser.add_argument(
+        "--entitlements", type=int, default=0, metavar="CALLS",
+        help="instead: time CALLS cached entitlements.check() calls one by one (issue 7/7's budget)",
+    )  # fmt: skip
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument(
         "--profile",
@@ -586,7 +624,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.requests = 2, 5_000
-    if args.child:
+    if args.entitlements:
+        run_entitlements(args.entitlements)
+    elif args.child:
         run_child(args.child, args.requests, args.warmup, args.profile, args.burst)
     else:
         run_parent(args)

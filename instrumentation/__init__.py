@@ -22,6 +22,10 @@ The guide
    or the username). Or name your own resolver (``SPANMETER_ATTRIBUTION_RESOLVER = "myapp.billing:resolve"``
    in settings): see :mod:`.django`.
 
+5. Optionally, admission control: ``spanmeter.instrumentation.entitlements`` asks ``spanmeter api`` whether an
+   account may start more work (``check(account_id, meter)``, cached, never raises) and caps a plan's
+   concurrent Celery tasks across the fleet (``@entitled(meter)``); see that module.
+
 That is all. Every HTTP request becomes an attributed ``api_requests`` unit; every Celery task the request
 enqueues, on every hop through the broker, runs with the request's ``account_id``, ``job_id`` and
 ``plan_code`` and bills its run time as ``worker_seconds``. For what auto-instrumentation cannot see::
