@@ -45,7 +45,7 @@ from spanmeter.billing import quotas, subscriptions, tokens
 from spanmeter.billing.explain import explain_invoice
 from spanmeter.billing.invoices import InvoiceError, build_invoice
 from spanmeter.billing.invoices.late import finalized_periods
-from spanmeter.billing.ledger import drivers_store
+from spanmeter.billing.ledger import drivers_store, partitions
 from spanmeter.billing.periods import Period
 from spanmeter.billing.rating import BILLABLE_METRICS
 from spanmeter.billing.tokens import Principal
@@ -270,7 +270,8 @@ def create_app(
 
         def read(conn: Any) -> schemas.Invoice:
             period = _period_of(conn, account_id, number)
-            found, explained = explain_invoice(conn, account_id, period, trace_url_template=trace_url_template)
+            found, explained = explain_invoice(conn, account_id, period, trace_url_template=trace_url_template,
+                                               archived_to=partitions.coverage(conn).archived_to)  # fmt: skip
             if found.invoice_number != number:
                 raise HTTPException(404, NOT_FOUND)
             return schemas.Invoice(

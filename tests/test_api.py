@@ -251,6 +251,22 @@ def test_invoice_pages_follow_the_cursor_to_the_end(api):
     assert len(seen) == 5 and seen == sorted(seen, reverse=True) and len(set(seen)) == 5
     status, doc = api.get("/v1/accounts/initech/invoices?cursor=not-a-cursor", api.tokens["initech"])
     assert status == 400 and "cursor" in doc["detail"]
+    # a past month finalized: listed as INV-…, and read back as stored, with its explanation, like the CLI's
+    past = seen[2]
+    _cli(api.database, "invoice", "--account", "initech", "--period", past, "--finalize", "--by", "test")
+    _, page = api.get("/v1/accounts/initech/invoices?limit=6", api.tokens["initech"])
+    [item] = [i for i in page["invoices"] if i["period"] == past]
+    assert item["status"] == "finalized" and item["invoice_number"].startswith(f"INV-{past}-")
+    status, detail = api.get(f"/v1/accounts/initech/invoices/{item['invoice_number']}", api.tokens["initech"])
+    assert status == 200, detail
+    cli = _cli_json(api.database, "invoice", "--account", "initech", "--period", past, "--format", "json")
+    assert detail["invoice"] == cli and cli["status"] == "finalized"
+    explained = _cli_json(
+        api.database, "invoice", "explain", "--account", "initech", "--period", past, "--format", "json"
+    )
+    assert detail["explanation"] == explained["lines"]
+    status, drivers = api.get(f"/v1/accounts/initech/drivers?period={past}&by=job", api.tokens["initech"])
+    assert status == 200 and drivers["status"] == "finalized" and drivers["invoice_number"] == item["invoice_number"]
 
 
 def test_entitlements_equal_the_cli_and_a_hard_limit_refuses(api):
