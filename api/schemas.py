@@ -133,7 +133,10 @@ class Entitlement(BaseModel):
     remaining: str | None
     allowed: bool = Field(description="false only past a hard limit")
     max_concurrency: int | None
-    fail_policy: str = Field(description="open or closed: what check() answers when the API cannot be reached")
+    fail_policy: str | None = Field(
+        description="open or closed: what check() answers when the API cannot be reached (null: the plan sets "
+        "none; the application's SPANMETER_ENTITLEMENTS_FAIL applies)"
+    )
 
 
 class Entitlements(BaseModel):

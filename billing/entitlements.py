@@ -68,7 +68,7 @@ class Entitlement:
     remaining: Decimal | None  # limit - used, never below 0
     allowed: bool  # False only past a hard limit
     max_concurrency: int | None
-    fail_policy: str
+    fail_policy: str | None  # None: the plan sets none (the application's own default applies)
 
 
 def entitlements(
@@ -105,7 +105,7 @@ def entitlements(
                 remaining=None if applies is None else max(applies - drawn, Decimal(0)),
                 allowed=hard is None or use < hard,
                 max_concurrency=limit.max_concurrency if limit else None,
-                fail_policy=limit.fail_policy if limit else "open",
+                fail_policy=limit.fail_policy if limit else None,
             )
         )
     return out

@@ -346,8 +346,13 @@ def gives_up(attempts: int, event_age_seconds: float, *, max_attempts: int = MAX
 
 
 def validate_url(url: str) -> str:
-    """An endpoint URL: http or https, with a host. Raises ValueError saying what is wrong."""
+    """An endpoint URL: http or https, with a host, no space or control character. Raises ValueError saying what
+    is wrong. Endpoints are added by the ledger's operator (``spanmeter webhooks add`` needs its credential), so a
+    private or loopback address is allowed (a receiver on the same network); the delivery log shows each
+    answer's status and error to that operator only."""
     text = url.strip()
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise ValueError(f"{url!r}: a URL has no spaces or control characters (percent-encode them: %20)")
     try:
         parts = urlsplit(text)
         port = parts.port  # raises ValueError on a bad port

@@ -39,9 +39,11 @@ variable                                   default   meaning
 
 **The fail policy.** When the API cannot answer (down, timeout, bad URL, refused token), :func:`check`
 answers from the last good answer while it is at most ``MAX_STALE`` old (source ``stale``); otherwise by the
-meter's policy: the ``fail_policy`` the API last gave for that meter (set per plan and metric with
-``spanmeter entitlements set --fail open|closed``), else ``SPANMETER_ENTITLEMENTS_FAIL_<METER>``, else
-``SPANMETER_ENTITLEMENTS_FAIL``. ``open`` allows (source ``fail-open``): billing still meters everything, so
+meter's policy: the ``fail_policy`` the API last gave for that account and meter (set per plan and metric with
+``spanmeter entitlements set --fail open|closed``; null when the plan sets none), else
+``SPANMETER_ENTITLEMENTS_FAIL_<METER>``, else ``SPANMETER_ENTITLEMENTS_FAIL``. After a failed request an account
+waits 5 s (or the TTL, if shorter) before the next one: a down or hanging API costs one timeout per account,
+not one per check. Redirects are refused (the token would follow them); use an ``https://`` URL off the host. ``open`` allows (source ``fail-open``): billing still meters everything, so
 the risk is overage, not loss. ``closed`` refuses (source ``fail-closed``): for meters where overage is worse
 than an outage (GPU time, say). An account the API answers 404 for (no subscription this month, or not one
 the token may read) is decided by the same policy, with that reason.
@@ -49,11 +51,15 @@ the token may read) is decided by the same policy, with that reason.
 **Caps across a fleet.** :class:`ConcurrencyLimiter` keeps, per (account, meter), a Redis sorted set of
 leases whose scores are their expiry times (Redis's clock, inside one Lua script: expired leases are removed,
 then a lease is added only while fewer than the cap remain). A finished task removes its lease; a killed one
-leaves a lease that expires. Never INCR/DECR: a counter leaks on SIGKILL.
+leaves a lease that expires. Never INCR/DECR: a counter leaks on SIGKILL. Redis calls time out after 2 s; when
+the store fails, the task runs without a lease (logged): a cap is a fairness control, not a billing one.
 
-**Deferral, not failure.** A task over its cap is published again with a countdown and the current run ends
-with Celery's ``Ignore`` (Celery's ``retry()`` would spend ``max_retries`` and turn waiting into failure); the
-deferral count travels in a message header. A task over a hard limit raises :class:`EntitlementDenied`, a
+**Deferral, not failure.** A task over its cap is published again, as ``retry()`` publishes it (the same task
+id, queue, links, chain and chord), with a countdown that doubles per deferral up to 16× ``defer_seconds``,
+and the current run ends with Celery's ``Ignore``: the caller's result simply arrives later. Celery's
+``retry()`` would spend ``max_retries`` and turn waiting into failure. The deferral count travels in a message
+header. If the task cannot be published again (the broker away), it runs now, over its cap, rather than be
+lost. A task with no account (no baggage, no ``account=``) runs unchecked, logged once per task. A task over a hard limit raises :class:`EntitlementDenied`, a
 clear error naming the account, meter, usage and limit (that task fails; the application decides what a
 refused task means for its users).
 
@@ -101,6 +107,18 @@ METRIC_OF_METER = {
     "reasoning_tokens": "tokens",
 }
 DEFERRALS_HEADER = "spanmeter_deferrals"
+FAILURE_BACKOFF_SECONDS = 5.0  # after a failed request, an account's next request waits this long (or the TTL)
+CACHE_ACCOUNTS = 100_000  # accounts cached per process (oldest out)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: urllib would send the Authorization header to wherever it points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 @dataclass(frozen=True)
@@ -120,11 +138,16 @@ class Decision:
 
 
 class EntitlementDenied(Exception):
-    """Raised by :func:`entitled` for a task over a hard limit (or refused by a closed fail policy)."""
+    """Raised by :func:`entitled` for a task over a hard limit (or refused by a closed fail policy). Its one
+    argument is the message, so it pickles and Celery rebuilds it for the caller (``.decision`` stays local)."""
 
-    def __init__(self, decision: Decision) -> None:
+    def __init__(self, message: str, decision: Decision | None = None) -> None:
+        super().__init__(message)
         self.decision = decision
-        super().__init__(f"spanmeter: {decision.account_id} may not use more {decision.meter}: {decision.reason}")
+
+    @classmethod
+    def of(cls, decision: Decision) -> EntitlementDenied:
+        return cls(f"spanmeter: {decision.account_id} may not use more {decision.meter}: {decision.reason}", decision)
 
 
 def _decimal(value: Any) -> Decimal | None:
@@ -166,10 +189,15 @@ class Entitlements:
         self.fail_per_meter = {k: v for k, v in (fail_per_meter or {}).items() if v in ("open", "closed")}
         self._clock = clock
         self._cache: dict[str, _Entry] = {}
+        self._failed: dict[str, tuple[float, str]] = {}  # account -> (no new request before, why)
         self._refreshing: set[str] = set()
         self._lock = threading.Lock()
-        self._policies: dict[str, str] = {}  # the API's last fail_policy per metric, any account
         self._warned = False
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:  # a lock or a refresh in flight in the parent is not the child's
+        self._lock = threading.Lock()
+        self._refreshing = set()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Entitlements:
@@ -196,7 +224,7 @@ class Entitlements:
     # -- the hot path -------------------------------------------------------------------------------
     def check(self, account_id: str, meter: str) -> Decision:
         """May ``account_id`` use more of ``meter`` (a billable metric, or a meter that bills one)? Never raises."""
-        entry = self._cache.get(account_id)
+        entry = self._cache.get(account_id) if type(account_id) is str else None
         if entry is not None and self._clock() < entry.fresh_until:
             found = entry.decisions.get(METRIC_OF_METER.get(meter, meter))
             if found is not None:
@@ -209,10 +237,11 @@ class Entitlements:
 
     # -- everything else ----------------------------------------------------------------------------
     def _slow(self, account_id: str, meter: str, entry: _Entry | None) -> Decision:
-        metric = METRIC_OF_METER.get(meter, meter)
-        now = self._clock()
+        account_id, metric, now = str(account_id), METRIC_OF_METER.get(meter, meter), self._clock()
+        failed = self._failed.get(account_id)
         if entry is not None and now < entry.usable_until:  # stale: serve it, refresh once in the background
-            self._refresh_in_background(account_id)
+            if failed is None or now >= failed[0]:
+                self._refresh_in_background(account_id)
             found = entry.decisions.get(metric)
             if found is not None:
                 return Decision(**{**found.__dict__, "source": "stale"})
@@ -221,6 +250,8 @@ class Entitlements:
                 self._warned = True
                 log.warning("spanmeter: SPANMETER_API_URL is not set: entitlement checks answer by the fail policy")
             return self._by_policy(account_id, meter, "SPANMETER_API_URL is not set", entry, source="unconfigured")
+        if failed is not None and now < failed[0]:  # the API failed a moment ago: do not wait on it again yet
+            return self._by_policy(account_id, meter, failed[1], entry)
         fetched, why = self._fetch(account_id)
         if fetched is None:
             return self._by_policy(account_id, meter, why, entry)
@@ -233,11 +264,8 @@ class Entitlements:
         self, account_id: str, meter: str, why: str, entry: _Entry | None, source: str | None = None
     ) -> Decision:
         metric = METRIC_OF_METER.get(meter, meter)
-        if entry is not None and metric in entry.policies:
-            policy = entry.policies[metric]
-        else:
-            known = self._policies.get(metric) or self.fail_per_meter.get(metric) or self.fail_per_meter.get(meter)
-            policy = known or self.fail
+        known = entry.policies.get(metric) if entry is not None else None  # the account's plan's, as last given
+        policy = known or self.fail_per_meter.get(metric) or self.fail_per_meter.get(meter) or self.fail
         allowed = policy == "open"
         return Decision(allowed, account_id, meter, source or f"fail-{policy}", f"{why}; fail policy {policy}")
 
@@ -259,6 +287,17 @@ class Entitlements:
         threading.Thread(target=run, name="spanmeter-entitlements", daemon=True).start()
 
     def _fetch(self, account_id: str) -> tuple[_Entry | None, str]:
+        entry, why = self._request(account_id)
+        with self._lock:
+            if entry is None:  # back off: the same account asks again after a while, not on every check
+                self._failed[account_id] = (self._clock() + min(self.ttl_seconds, FAILURE_BACKOFF_SECONDS), why)
+                if len(self._failed) > CACHE_ACCOUNTS:
+                    self._failed.clear()
+            else:
+                self._failed.pop(account_id, None)
+        return entry, why
+
+    def _request(self, account_id: str) -> tuple[_Entry | None, str]:
         assert self.api_url is not None
         url = f"{self.api_url}/v1/accounts/{urllib.parse.quote(account_id, safe='')}/entitlements"
         request = urllib.request.Request(url, headers={"Accept": "application/json"})
@@ -266,19 +305,24 @@ class Entitlements:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
             # stdlib HTTP on purpose: no dependency of ours in the customer's process
-            with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
+            with _OPENER.open(request, timeout=self.timeout_seconds) as response:
                 document = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None, "the API knows no subscription of this account this month (or the token may not read it)"
+            if exc.code in (401, 403) and not self._warned:
+                self._warned = True
+                log.warning(
+                    "spanmeter: the API refused SPANMETER_API_TOKEN (%s): checks answer by the fail policy", exc.code
+                )
             return None, f"the API answered {exc.code}"
         except (OSError, ValueError) as exc:
             return None, f"the API is unreachable ({type(exc).__name__})"
         decisions, policies = {}, {}
         for item in document.get("entitlements", []):
             metric = str(item.get("meter"))
-            policy = item.get("fail_policy") if item.get("fail_policy") in ("open", "closed") else self.fail
-            policies[metric] = policy
+            if item.get("fail_policy") in ("open", "closed"):  # set for the plan; else the application's default
+                policies[metric] = item["fail_policy"]
             used, limit, remaining = (
                 _decimal(item.get("used")),
                 _decimal(item.get("limit")),
@@ -299,7 +343,8 @@ class Entitlements:
         entry = _Entry(now + self.ttl_seconds, now + self.max_stale_seconds, decisions, policies)
         with self._lock:
             self._cache[account_id] = entry
-            self._policies.update(policies)
+            if len(self._cache) > CACHE_ACCOUNTS:
+                self._cache.pop(next(iter(self._cache)))
         return entry, "ok"
 
 
@@ -343,7 +388,9 @@ return 0
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-return redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[2])
+local changed = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[2])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1])) + 60)
+return changed
 """
 
 
@@ -361,7 +408,7 @@ class ConcurrencyLimiter:
     def from_url(cls, url: str, lease_seconds: float = 300.0) -> ConcurrencyLimiter:
         import redis  # the application's own redis-py (Celery's Redis broker brings it); imported only here
 
-        return cls(redis.Redis.from_url(url), lease_seconds)
+        return cls(redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2), lease_seconds)
 
     def key(self, account_id: str, meter: str) -> str:
         return f"{self.prefix}:{account_id}:{meter}"
@@ -427,12 +474,17 @@ class _Renewer:
     def _run(self, limiter: ConcurrencyLimiter, account_id: str, meter: str, lease: str) -> None:
         while not self._stop.wait(limiter.lease_seconds / 3):
             try:
-                limiter.renew(account_id, meter, lease)
+                if not limiter.renew(account_id, meter, lease):
+                    log.warning("spanmeter: the lease of a %s task of %s had expired before it was renewed", meter,
+                                account_id)  # fmt: skip
             except Exception:
                 log.debug("spanmeter: renewing a lease failed", exc_info=True)
 
     def stop(self) -> None:
         self._stop.set()
+
+
+_UNATTRIBUTED: set[str] = set()
 
 
 def entitled(
@@ -455,10 +507,13 @@ def entitled(
         def run(task: Any, *args: Any, **kwargs: Any) -> Any:
             account_id = account(*args, **kwargs) if account is not None else _current_account()
             if not account_id:
+                if fn.__name__ not in _UNATTRIBUTED:
+                    _UNATTRIBUTED.add(fn.__name__)
+                    log.warning("spanmeter: %s ran without an account_id: not checked against any limit", fn.__name__)
                 return fn(task, *args, **kwargs)
             decision = (client or _default or configure()).check(account_id, meter)
             if not decision.allowed:
-                raise EntitlementDenied(decision)
+                raise EntitlementDenied.of(decision)
             lease = None
             store = limiter if limiter is not None else (_default_limiter() if decision.max_concurrency else None)
             if decision.max_concurrency and store is not None:
@@ -467,8 +522,8 @@ def entitled(
                 except Exception:
                     log.warning("spanmeter: the concurrency store failed: running without a lease", exc_info=True)
                     lease = ""
-                if lease is None:
-                    _defer(task, args, kwargs, defer_seconds)
+                if lease is None and not _defer(task, args, kwargs, defer_seconds):
+                    lease = ""
             renewer = _Renewer(store, account_id, meter, lease) if lease and store is not None else None
             try:
                 return fn(task, *args, **kwargs)
@@ -486,11 +541,28 @@ def entitled(
     return decorate
 
 
-def _defer(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], defer_seconds: float) -> None:
+def _deferrals(request: Any) -> int:
+    value = getattr(request, DEFERRALS_HEADER, None) or (getattr(request, "headers", None) or {}).get(DEFERRALS_HEADER)
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _defer(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], defer_seconds: float) -> bool:
+    """Publish the task again, as Celery's ``retry()`` does (the same id, queue, links, chain and chord) but
+    without spending ``max_retries``, after ``defer_seconds`` doubling per deferral up to 16×, with jitter; then
+    end this run with ``Ignore`` (the result stays pending until the deferred run finishes). False when it
+    could not be published: the caller runs the task now rather than lose it."""
     from celery.exceptions import Ignore
 
-    headers = dict(getattr(task.request, "headers", None) or {})
-    deferrals = int(headers.get(DEFERRALS_HEADER, 0) or 0) + 1
-    countdown = defer_seconds * (1 + random.random() / 2)
-    task.apply_async(args=args, kwargs=kwargs, countdown=countdown, headers={DEFERRALS_HEADER: deferrals})
+    deferrals = _deferrals(task.request) + 1
+    countdown = defer_seconds * min(2 ** (deferrals - 1), 16) * (1 + random.random() / 2)
+    try:
+        signature = task.signature_from_request(task.request, args, kwargs, countdown=countdown,
+                                                headers={DEFERRALS_HEADER: deferrals})  # fmt: skip
+        signature.apply_async()
+    except Exception:
+        log.warning("spanmeter: could not defer %s: running it over its cap", task.name, exc_info=True)
+        return False
     raise Ignore()

@@ -90,3 +90,14 @@ def test_entitlements_bound_the_month_by_a_hard_limit_and_the_segment_by_its_all
         True,
     )
     assert found["api_requests"].kind == "none" and found["api_requests"].allowed
+
+
+def test_a_webhook_url_with_a_space_or_a_line_break_is_refused_naming_the_fix():
+    import pytest
+
+    from spanmeter.billing.webhooks import validate_url
+
+    for bad in ("https://example.com/a b", "https://example.com/a\r\nX-Injected: 1", "https://exa\tmple.com/"):
+        with pytest.raises(ValueError, match="no spaces or control characters"):
+            validate_url(bad)
+    assert validate_url(" https://hooks.example.com/spanmeter ") == "https://hooks.example.com/spanmeter"

@@ -215,7 +215,7 @@ def _entitlements_show(args: argparse.Namespace) -> int:
     print(f"  {'meter':<16} {'kind':<5} {'used':>16} {'limit':>16} {'remaining':>16} {'allowed':<8} {'conc.':>5} fail")
     for e in document.entitlements:
         print(f"  {e.meter:<16} {e.kind:<5} {e.used:>16} {e.limit or '-':>16} {e.remaining or '-':>16} "
-              f"{'yes' if e.allowed else 'NO':<8} {e.max_concurrency or '-':>5} {e.fail_policy}")  # fmt: skip
+              f"{'yes' if e.allowed else 'NO':<8} {e.max_concurrency or '-':>5} {e.fail_policy or '-'}")  # fmt: skip
     return 0
 
 
