@@ -11,14 +11,16 @@ once while there are more, and POSTs each one:
   until ``SPANMETER_WEBHOOK_MAX_ATTEMPTS`` attempts (default 80) or 3 days after the event, then it is
   ``failed``.
 
-Every attempt is logged in ``webhook_attempts`` in the transaction that moves the delivery on.
+Every answered attempt is logged in ``webhook_attempts`` in the transaction that moves the delivery on.
 
 **Several serve processes or replicas on one ledger.** Each dispatcher claims one delivery at a time with
-``SELECT … FOR UPDATE OF d SKIP LOCKED`` and keeps the row locked while its request is in flight, until the
-attempt is recorded and committed: another dispatcher skips that row, so a delivery is never sent by two at
-once, and the work spreads over every replica. A dispatcher that dies mid-request releases the lock with its
-connection; the delivery is tried again (delivery is at least once: receivers deduplicate by
-``Spanmeter-Event-Id``).
+``SELECT … FOR UPDATE OF d SKIP LOCKED``, counts the attempt and leases the row (it is due again only after
+four request timeouts plus 30 s), commits, and only then sends: no lock or transaction is held while a
+receiver answers, so a slow endpoint delays nobody else's deliveries, and another dispatcher skips the row
+until the lease ends. The result is recorded only while the delivery is still at that attempt. A dispatcher
+that dies mid-request leaves the attempt counted (it draws on the give-up limits like any other) and the row
+due when the lease ends; a request that overruns its lease may be sent twice (delivery is at least once:
+receivers deduplicate by ``Spanmeter-Event-Id``).
 
 Metrics (:mod:`spanmeter.metrics_catalog`): ``spanmeter_webhook_deliveries_total{outcome}`` (``delivered``,
 ``retried``, ``failed``), ``spanmeter_webhook_pending_deliveries``,
@@ -165,6 +167,8 @@ class WebhookDispatcher:
         self._metrics = metrics if metrics is not None else WebhookMetrics(None)
         self._interval = poll_interval_seconds
         self._timeout = timeout_seconds
+        # a request's socket operations each wait up to the timeout: connect, send, answer (and TLS)
+        self._lease_seconds = 4 * timeout_seconds + 30
         self._max_attempts = max_attempts
         self._max_age = max_age_seconds
         self._backoff = backoff
@@ -211,6 +215,8 @@ class WebhookDispatcher:
             outcome = self._deliver_one(conn)
             if outcome is None:
                 break
+            if outcome == "skipped":  # another dispatcher counted this attempt first
+                continue
             counts[outcome] += 1
             self._metrics.deliveries.labels(outcome).inc()
         backlog = webhook_store.pending(conn)
@@ -227,6 +233,12 @@ class WebhookDispatcher:
                 return None
             delivery = claimed[0]
             attempt = delivery.attempts + 1
+            # count the attempt and lease the row, then send outside any transaction: a slow receiver holds no
+            # lock, and a dispatcher that dies mid-request leaves an attempt counted and the row due again later
+            if not webhook_store.lease(conn, delivery.delivery_id, attempt=attempt, seconds=self._lease_seconds):
+                conn.commit()
+                return "skipped"
+            conn.commit()
             attempted_at = datetime.now(UTC)
             headers = webhooks.request_headers(
                 delivery.secret, delivery.event_id, delivery.event_type, delivery.body, int(time.time())

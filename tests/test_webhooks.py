@@ -36,7 +36,7 @@ from spanmeter.billing.periods import Period
 from spanmeter.billing.rating import QuotaStatus
 from spanmeter.billing.webhook_service import WebhookService
 from spanmeter.collector.config import ConfigError
-from spanmeter.collector.webhooks import WebhookConfig, WebhookDispatcher, WebhookMetrics
+from spanmeter.collector.webhooks import WebhookConfig, WebhookDispatcher, WebhookMetrics, post
 from support import SPANMETER, ledger, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -654,3 +654,47 @@ def test_serve_refuses_a_bad_webhook_setting_before_starting(tmp_path):
     assert ran.returncode == 2, ran.stderr
     assert "SPANMETER_WEBHOOK_TIMEOUT_SECONDS='soon'" in ran.stderr and "Traceback" not in ran.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_a_slow_receiver_holds_no_lock_and_delays_no_other_delivery(db, receiver):
+    hook = receiver()
+    service = WebhookService(resolve_database(db, data_dir=None))
+    slow, _ = service.add(hook.url + "/slow", ["invoice.finalized"], account_id="acct-slow", by="t")
+    service.add(hook.url, ["invoice.finalized"], account_id="acct-fast", by="t")
+    for account in ("acct-slow", "acct-fast"):
+        subscribe(db, account)
+        finalize(db, account, OCT, now=datetime(2026, 11, 5, tzinfo=UTC))
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_sender(url, body, headers, timeout):
+        if url.endswith("/slow"):
+            entered.set()
+            release.wait(30)
+            return 200, None
+        return post(url, body, headers, timeout)
+
+    database = resolve_database(db, data_dir=None)
+    stuck = WebhookDispatcher(database, sender=slow_sender, backoff=lambda attempt: 0.05)
+    other = WebhookDispatcher(database, backoff=lambda attempt: 0.05)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(stuck.run_once()))
+    try:
+        thread.start()
+        assert entered.wait(30)
+        # while one request hangs: another dispatcher delivers the other event, and the slow row is not locked
+        assert other.run_once().delivered == 1
+        with psycopg.connect(db) as conn:
+            conn.execute("SET lock_timeout = '1s'")
+            conn.execute("SELECT 1 FROM webhook_deliveries WHERE endpoint_id = %s FOR UPDATE NOWAIT", (slow,))
+            conn.rollback()
+        # its attempt is already counted and leased: nobody sends it twice meanwhile
+        assert other.run_once().attempts == 0
+    finally:
+        release.set()
+        thread.join(30)
+        stuck.shutdown()
+        other.shutdown()
+    assert results[0].delivered == 1
+    assert ledger(db, "SELECT state, attempts FROM webhook_deliveries WHERE endpoint_id = %s", (slow,)) == [
+        ("delivered", 1)
+    ]

@@ -203,6 +203,19 @@ def claim_due(conn: psycopg.Connection, limit: int = 1) -> list[Delivery]:
     return [Delivery(r[0], r[1], r[2], r[3].encode(), r[4], r[5], r[6], r[7]) for r in rows]
 
 
+def lease(conn: psycopg.Connection, delivery_id: int, *, attempt: int, seconds: float) -> bool:
+    """Take a claimed delivery for one attempt: count the attempt and make it due again only after ``seconds``
+    (a lease), so the caller may commit and send outside any transaction; another dispatcher takes it again only
+    if this one dies or overruns the lease. False when another dispatcher counted this attempt first."""
+    row = conn.execute(
+        "UPDATE webhook_deliveries SET attempts = %(attempt)s,"
+        " next_attempt_at = clock_timestamp() + make_interval(secs => %(seconds)s::float8)"
+        " WHERE delivery_id = %(delivery)s AND attempts = %(attempt)s - 1 AND state = 'pending' RETURNING 1",
+        {"attempt": attempt, "seconds": seconds, "delivery": delivery_id},
+    ).fetchone()
+    return row is not None
+
+
 def record_attempt(
     conn: psycopg.Connection,
     delivery_id: int,
@@ -221,16 +234,17 @@ def record_attempt(
         raise ValueError(f"unknown delivery state {state!r}")
     conn.execute(
         "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, error, duration_seconds)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
         (delivery_id, attempt, attempted_at, status_code, error, duration_seconds),
     )
+    # only while the delivery is still at this attempt (a dispatcher that overran its lease changes nothing)
     conn.execute(
         "UPDATE webhook_deliveries SET state = %(state)s, attempts = %(attempt)s, last_status = %(status)s,"
         " last_error = %(error)s,"
         " next_attempt_at = CASE WHEN %(retry)s::float8 IS NULL THEN next_attempt_at"
         "                        ELSE clock_timestamp() + make_interval(secs => %(retry)s::float8) END,"
         " delivered_at = CASE WHEN %(state)s = 'delivered' THEN %(at)s ELSE delivered_at END"
-        " WHERE delivery_id = %(delivery)s",
+        " WHERE delivery_id = %(delivery)s AND attempts = %(attempt)s AND state = 'pending'",
         {"state": state, "attempt": attempt, "status": status_code, "error": error, "retry": retry_after_seconds,
          "at": attempted_at, "delivery": delivery_id},
     )  # fmt: skip
