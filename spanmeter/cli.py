@@ -8,6 +8,7 @@
     spanmeter subscription | rollups | ledger adjust | invoice | reconcile | export   (see spanmeter.commands.billing)
     spanmeter prices import | check | show | diff | unpriced                      (see spanmeter.commands.prices)
     spanmeter api [--listen HOST:PORT] | api token new|revoke|list | entitlements set|show|list  (spanmeter.commands.api)
+    spanmeter webhooks add|list|remove|deliveries|deliver                       (see spanmeter.commands.webhooks)
 
 Every command reads the same ``SPANMETER_*`` variables (see :mod:`spanmeter.collector.config`); flags win.
 Bad configuration exits with status 2 and one message naming every bad setting. ``usage``, invoice drafts
