@@ -39,6 +39,7 @@ from spanmeter.billing.ledger import partitions, rollup_store
 from spanmeter.billing.ledger.database import Database
 
 from .metrics import RollupMetrics
+from .own_connection import OwnConnection
 
 __all__ = ["RollupCompactor"]
 
@@ -61,7 +62,7 @@ class RollupCompactor:
         self._max_deltas = max_deltas_per_fold
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._conn: psycopg.Connection | None = None
+        self._db = OwnConnection(database, statement_timeout_ms=120_000)
         self._failing = False
         self._partition_interval = partition_interval_seconds
         self._months_ahead = partition_months_ahead
@@ -163,14 +164,7 @@ class RollupCompactor:
             self._stop.wait(self._interval)
 
     def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._database.connect(connect_timeout=5)
-            self._conn.execute("SET statement_timeout = 120000")
-            self._conn.commit()
-        return self._conn
+        return self._db.get()
 
     def _close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None
+        self._db.close()

@@ -56,6 +56,7 @@ from spanmeter.billing.ledger.database import Database
 
 from .config import ConfigError
 from .metrics import metric
+from .own_connection import OwnConnection
 
 __all__ = ["DispatchResult", "WebhookConfig", "WebhookDispatcher", "WebhookMetrics", "post"]
 
@@ -176,7 +177,7 @@ class WebhookDispatcher:
         self._max_per_pass = max_per_pass
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._conn: psycopg.Connection | None = None
+        self._db = OwnConnection(database, statement_timeout_ms=30_000)
         self._failing = False
 
     @classmethod
@@ -298,14 +299,7 @@ class WebhookDispatcher:
             self._stop.wait(self._interval)
 
     def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._database.connect(connect_timeout=5)
-            self._conn.execute("SET statement_timeout = 30000")
-            self._conn.commit()
-        return self._conn
+        return self._db.get()
 
     def _close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None
+        self._db.close()

@@ -250,3 +250,32 @@ def require_tool(name: str) -> str:
             pytrace=False,
         )
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_api(database: str, port: int) -> subprocess.Popen:
+    """``spanmeter api`` on 127.0.0.1:``port`` over ``database``, once it answers ``/openapi.json``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spanmeter", "api", "--listen", f"127.0.0.1:{port}", "--database-url", database],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def up() -> bool:
+        assert proc.poll() is None, "spanmeter api exited"
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(up, 30, what="spanmeter api to listen")
+    return proc

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -20,7 +19,7 @@ import psycopg
 import pytest
 from conftest import create_database
 
-from support import wait_until
+from support import free_port, start_api
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNTS = ("acme", "globex", "initech")
@@ -36,12 +35,6 @@ def _cli(database: str, *args: str, check: bool = True) -> subprocess.CompletedP
 
 def _cli_json(database: str, *args: str):
     return json.loads(_cli(database, *args).stdout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -81,20 +74,9 @@ def _token(database: str, *scope: str) -> str:
 def api(demo_db) -> Api:
     tokens = {account: _token(demo_db, "--account", account) for account in ACCOUNTS}
     tokens["operator"] = _token(demo_db, "--operator")
-    port = _free_port()
-    proc = subprocess.Popen([*CLI, "api", "--listen", f"127.0.0.1:{port}", "--database-url", demo_db],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    port = free_port()
+    proc = start_api(demo_db, port)
     url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        try:
-            urllib.request.urlopen(url + "/openapi.json", timeout=2).close()
-            return True
-        except OSError:
-            return False
-
-    wait_until(up, 30, what="spanmeter api to listen")
     yield Api(url, demo_db, tokens, proc)
     proc.terminate()
     proc.wait(10)

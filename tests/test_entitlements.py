@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from conftest import create_database
 
 from spanmeter.instrumentation import entitlements as E
-from support import wait_until
+from support import free_port, start_api, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "spanmeter"]
@@ -41,30 +40,6 @@ def _cli(database: str, *args: str) -> str:
     return proc.stdout
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_api(database: str, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([*CLI, "api", "--listen", f"127.0.0.1:{port}", "--database-url", database],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-
-    def up() -> bool:
-        assert proc.poll() is None, "spanmeter api exited"
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=2).close()
-            return True
-        except OSError:
-            return False
-
-    wait_until(up, 30, what="spanmeter api")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def ledger(postgres_admin) -> dict:
     """acme on starter (worker_seconds: 2 at once; gpu_seconds: hard limit 0), globex on growth (no limits)."""
@@ -79,8 +54,8 @@ def ledger(postgres_admin) -> dict:
     _cli(database, "entitlements", "set", "--plan", "starter", "--metric", "gpu_seconds", "--hard-limit", "0",
          "--fail", "closed", "--from", month)  # fmt: skip
     token = _cli(database, "api", "token", "new", "--operator").strip()
-    port = _free_port()
-    proc = _start_api(database, port)
+    port = free_port()
+    proc = start_api(database, port)
     yield {"database": database, "url": f"http://127.0.0.1:{port}", "token": token, "port": port, "proc": proc}
     proc.terminate()
     proc.wait(10)
@@ -142,7 +117,7 @@ def test_the_fail_policy_holds_when_the_api_is_down_or_misconfigured(ledger, mon
         assert E.check("acme", "api_requests").allowed
     finally:
         E.configure(E.Entitlements(None, None))
-        ledger["proc"] = _start_api(ledger["database"], ledger["port"])
+        ledger["proc"] = start_api(ledger["database"], ledger["port"])
 
 
 @pytest.mark.integration  # a local socket
