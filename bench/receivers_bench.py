@@ -269,6 +269,23 @@ class Ledger:
                 "SELECT count(*) FROM usage_events WHERE trace_id LIKE %s", (trace_prefix_hex + "%",)
             ).fetchone()[0]
 
+    def counts(self) -> dict[str, int]:
+        """Cumulative work counters of the bench database (PostgreSQL's statistics, flushed within ~1 s):
+        commits, and rows written per ledger table, so a window's difference says what each span cost."""
+        with _connect(self.owner.conninfo) as conn:
+            out = {
+                "commits": conn.execute(
+                    "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+                ).fetchone()[0]
+            }
+            for name, ins, upd in conn.execute(
+                "SELECT relname, n_tup_ins, n_tup_upd FROM pg_stat_user_tables WHERE relname IN"
+                " ('usage_rollup_deltas', 'usage_job_set_members', 'usage_rollups_hourly', 'usage_rollups_daily')"
+            ):
+                out[f"{name} ins"] = ins
+                out[f"{name} upd"] = upd
+        return out
+
     def stop(self) -> None:
         if self.started_here:
             self.server.stop()
@@ -322,9 +339,11 @@ def run_phase(args: argparse.Namespace, db: Ledger, receivers: int, phase: int, 
             components = {f"receiver {r.number + 1}": [r.proc.pid] for r in started} | {"load generator": pids}
             _sleep_until(t0)
             s0 = _monitor.cpu_snapshot(components, db.postmaster_pid, _monitor.pg_labels(db.admin))
+            c0 = db.counts()
             w0 = time.time()
             _sleep_until(t1)
             s1 = _monitor.cpu_snapshot(components, db.postmaster_pid, _monitor.pg_labels(db.admin))
+            c1 = db.counts()
             cpu = _monitor.cpu_delta(s0, s1, time.time() - w0)
             results = []
             for pipe in pipes:
@@ -364,6 +383,8 @@ def run_phase(args: argparse.Namespace, db: Ledger, receivers: int, phase: int, 
         "ledger_rows": in_ledger,
         "exact": in_ledger == acked,
         "cpu": cpu,
+        "db_work": {k: c1[k] - c0.get(k, 0) for k in c1},
+        "seconds": args.seconds,
     }
 
 
@@ -414,6 +435,11 @@ def report_phase(res: dict) -> None:
     log("      cpu: " + "; ".join(f"{k} {v:.2f}c" for k, v in pg.items()))
     total = sum(cpu["cores"].values())
     log(f"      all bench processes {total:.2f}c = {total * 1e6 / rate:.1f} µs of CPU per committed span")
+    spans = max(res["value"] * res["seconds"], 1)
+    log(
+        "      database work per committed span: "
+        + "; ".join(f"{k} {v / spans:.3f}" for k, v in res["db_work"].items() if v)
+    )
     res["bound_by"] = bound_by(res)
     log(f"    bound by: {res['bound_by']}")
 

@@ -230,7 +230,13 @@ def explain_invoice(
     books = {line.price_book.partition("@")[0] for _, line in chosen if line.price_book}
     cuts = sorted({b.effective_from for code in books for b in catalog.book_versions(code)
                    if period.start < b.effective_from < period.end})  # fmt: skip
-    summary = explain_store.summary(conn, account_id, metric_of, period.start, period.end, cuts) if metric_of else []
+    book_meters = {meter for _, line in chosen if line.kind == "usage" and line.dimension is not None
+                   for meter in meters_of(line)}  # fmt: skip
+    summary = (
+        explain_store.summary(conn, account_id, metric_of, period.start, period.end, cuts, book_meters)
+        if metric_of
+        else []
+    )
     rows = _Rows(
         cuts,
         [r for r in summary if r[0] == "total"],

@@ -617,6 +617,41 @@ def test_invoice_explain_traces_every_line_to_its_rows_jobs_traces_corrections_a
     assert one.returncode == 2 and "--line 99: the invoice has lines 1 to" in one.stderr
 
 
+def test_invoice_explain_ranks_jobs_over_every_meter_of_a_flat_rate_line_and_leaves_the_session_as_it_was(db):
+    from spanmeter.billing.explain import explain_invoice
+
+    _subscribe(db, "acme", pricing="v2_compute")  # one token rate: input and output are one line, "tokens"
+    day = DEC.start + timedelta(days=2)
+
+    def run(meter, quantity, job, model):  # a row of a Celery job's model call
+        row = _row("acme", meter, quantity, day, model=model)
+        return (*row[:3], job, *row[4:])
+
+    _write(db, [
+        run("input_tokens", 700, "job-a", "gpt-4o"),
+        run("output_tokens", 600, "job-a", "gpt-4o-mini"),  # job-a: 1,300 over both meters and two models
+        run("input_tokens", 1000, "job-b", "gpt-4o"),
+        *(run("output_tokens", 10 + i, f"job-{i:02d}", "gpt-4o") for i in range(8)),  # 10 ... 17
+        _row("acme", "worker_seconds", 50, day),  # a row without a job
+    ])  # fmt: skip
+    with psycopg.connect(db) as conn:
+        settings = "SELECT current_setting('enable_sort'), current_setting('work_mem')"
+        before = conn.execute(settings).fetchone()
+        _, explained = explain_invoice(conn, "acme", DEC)
+        assert conn.execute(settings).fetchone() == before  # the explain's plan settings stay its own
+    tokens = next(e for e in explained if e.line.get("meter_code") == "tokens")
+    assert [(j["job_id"], j["rows"], j["quantity"]) for j in tokens.top_jobs] == [
+        ("job-a", "2", "1300"), ("job-b", "1", "1000"), ("job-07", "1", "17"), ("job-06", "1", "16"),
+        ("job-05", "1", "15"),
+    ]  # fmt: skip
+    assert [(t["meter_code"], t["rows"], t["quantity"]) for t in tokens.totals] == [
+        ("input_tokens", "2", "1700"),
+        ("output_tokens", "9", "708"),
+    ]
+    worker = next(e for e in explained if e.line.get("meter_code") == "worker_seconds")
+    assert [(j["job_id"], j["quantity"]) for j in worker.top_jobs] == [("(no job)", "50")]
+
+
 def test_margin_sets_the_books_cost_against_revenue_and_month_to_date_carries_cost_and_unpriced(db):
     from spanmeter.billing import quotas
     from spanmeter.billing.component import BillingComponent

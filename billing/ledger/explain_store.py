@@ -5,17 +5,20 @@ One statement reads the account's rows of the period once (bounded by ``account_
 groups them per job, two ways:
 
 - per (meter, model or GPU model, provider, price window, job): what a line priced from a book is made of,
-  its totals the sums over its jobs; the price windows are the effective dates passed in (``width_bucket``);
-- per (billable metric, job): the top jobs of a flat-rate line (a job can bill several meters of a metric).
+  its totals the sums over its jobs; the price windows are the effective dates passed in (``width_bucket``).
+  The model, provider and window are read (from ``metadata``) only for the meters of such lines;
+- per (billable metric, job): the top jobs of a flat-rate line (a job can bill several meters of a metric;
+  a metric of one meter takes that meter's job groups as they are).
 
 Every job comes with one of its trace ids. The top jobs of each part are a bounded top-N (``LIMIT``), never a
-sort of every job; the cost is the one read and the per-job aggregation of the account's month (the rating
-bench measures it on the largest account).
+sort of every job; the cost is the one read and the per-job aggregation of the account's month, done by hashing
+(the statement runs with ``enable_sort`` off and a larger ``work_mem``, set for it alone and put back after).
+The rating bench measures it on the largest account.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 
@@ -24,30 +27,47 @@ import psycopg
 __all__ = ["SummaryRow", "summary"]
 
 
-def _query(metric_of: Mapping[str, str]) -> str:
-    case = " ".join(f"WHEN '{meter}' THEN '{metric}'" for meter, metric in sorted(metric_of.items()))
+def _literals(values: Iterable[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values))
+
+
+def _query(metric_of: Mapping[str, str], book_meters: Collection[str]) -> str:
+    metric = "CASE meter_code " + " ".join(f"WHEN '{m}' THEN '{x}'" for m, x in sorted(metric_of.items())) + " END"
+    if book_meters:  # the model, provider and price window only where a line is priced from a book
+        book = f"meter_code IN ({_literals(book_meters)})"
+        dimension = f"CASE WHEN {book} THEN coalesce(metadata->>'gen_ai.model', metadata->>'gpu.model', '') ELSE '' END"
+        provider = f"CASE WHEN {book} THEN coalesce(metadata->>'gen_ai.provider.name', '') ELSE '' END"
+        window = f"CASE WHEN {book} THEN width_bucket(occurred_at, %(cuts)s::timestamptz[]) ELSE 0 END"
+    else:
+        dimension, provider, window = "''", "''", "0"
+    # flat-rate lines rank jobs per billable metric: regrouped where a metric has several meters (a job can
+    # bill both token meters) or its meter's rows are split by model, taken as they are where it has one
+    flat = {m: x for m, x in metric_of.items() if m not in book_meters}
+    meters_of = {x: sorted(m for m in metric_of if metric_of[m] == x) for x in set(flat.values())}
+    whole = [m for x, ms in meters_of.items() if len(ms) == 1 and ms[0] in flat for m in ms]
+    regroup = [m for m in flat if m not in whole]
+    metrics = ", ".join(f"('{x}')" for x in sorted(meters_of)) or "(NULL)"
     return f"""
-WITH jobs AS MATERIALIZED (
-    SELECT meter_code, metric, dimension, provider, w, job, count(*) AS n, sum(quantity) AS q,
-           min(occurred_at) AS a, max(occurred_at) AS b, min(trace_id) AS trace
+WITH jobs AS MATERIALIZED (  -- the one read: every row of the account's window, hashed per job
+    SELECT meter_code, {metric} AS metric, dimension, provider, w, coalesce(job_id, '(no job)') AS job,
+           count(*) AS n, sum(quantity) AS q, min(occurred_at) AS a, max(occurred_at) AS b, min(trace_id) AS trace
       FROM (
-        SELECT meter_code, CASE meter_code {case} ELSE meter_code END AS metric,
-               coalesce(metadata->>'gen_ai.model', metadata->>'gpu.model', '') AS dimension,
-               coalesce(metadata->>'gen_ai.provider.name', '') AS provider,
-               width_bucket(occurred_at, %(cuts)s::timestamptz[]) AS w,
-               quantity, occurred_at, coalesce(job_id, '(no job)') AS job, trace_id
+        SELECT meter_code, {dimension} AS dimension, {provider} AS provider, {window} AS w, job_id, quantity,
+               occurred_at, trace_id
           FROM usage_events
          WHERE account_id = %(account)s AND occurred_at >= %(start)s AND occurred_at < %(end)s
            AND meter_code = ANY(%(meters)s)
       ) AS r
-     GROUP BY meter_code, metric, dimension, provider, w, job
+     GROUP BY meter_code, dimension, provider, w, job_id
 ),
-parts AS (SELECT DISTINCT meter_code, dimension, provider, w FROM jobs),
+parts AS (SELECT DISTINCT meter_code, dimension, provider, w FROM jobs
+           WHERE meter_code IN ({_literals(book_meters) or "NULL"})),
 metric_jobs AS MATERIALIZED (
-    SELECT metric, job, sum(n) AS n, sum(q) AS q, min(a) AS a, max(b) AS b, min(trace) AS trace
-      FROM jobs GROUP BY metric, job
-),
-metrics AS (SELECT DISTINCT metric FROM metric_jobs)
+    SELECT metric, job, n, q, a, b, trace FROM jobs WHERE meter_code IN ({_literals(whole) or "NULL"})
+    UNION ALL
+    SELECT metric, job, sum(n), sum(q), min(a), max(b), min(trace) FROM jobs
+     WHERE meter_code IN ({_literals(regroup) or "NULL"}) GROUP BY metric, job
+)
 SELECT 'total', meter_code, NULL::text, dimension, provider, w, NULL::text, NULL::text, sum(n), sum(q), min(a), max(b)
   FROM jobs GROUP BY meter_code, dimension, provider, w
 UNION ALL  -- the top jobs of each part: a bounded top-N per part, no sort of all the job groups
@@ -58,7 +78,7 @@ SELECT 'job', p.meter_code, NULL, p.dimension, p.provider, p.w, t.job, t.trace, 
      ORDER BY j.q DESC, j.job LIMIT %(top)s) AS t
 UNION ALL
 SELECT 'job', NULL, m.metric, NULL, NULL, NULL, t.job, t.trace, t.n, t.q, t.a, t.b
-  FROM metrics AS m, LATERAL (
+  FROM (VALUES {metrics}) AS m (metric), LATERAL (
     SELECT * FROM metric_jobs AS j WHERE j.metric = m.metric ORDER BY j.q DESC, j.job LIMIT %(top)s) AS t
 """
 
@@ -80,6 +100,12 @@ SummaryRow = tuple[
 ]
 
 
+# The plan: one hash aggregation of the rows per job. The planner cannot know that an account's rows fall
+# into a few hundred thousand jobs, not one each, so left alone it sorts them all by six keys (11 s for the
+# rating bench's largest account, against 3 s hashed); a hash table that outgrows work_mem spills to disk.
+_PLAN = {"enable_sort": "off", "work_mem": "64MB"}
+
+
 def summary(
     conn: psycopg.Connection,
     account_id: str,
@@ -87,10 +113,21 @@ def summary(
     start: datetime,
     end: datetime,
     cuts: Sequence[datetime],
+    book_meters: Collection[str] = (),
     top: int = 5,
 ) -> list[SummaryRow]:
     """The account's rows of the meters in ``metric_of`` (meter -> billable metric) in [start, end), grouped as
-    the module says; window ``w`` is 0 before the first of ``cuts``, 1 from it to the second, and so on."""
+    the module says; window ``w`` is 0 before the first of ``cuts``, 1 from it to the second, and so on. Model,
+    provider and window are read only for ``book_meters`` (the meters of lines priced from a book); the other
+    meters' rows have dimension '', provider '' and window 0, and their top jobs are per billable metric."""
     params = {"account": account_id, "start": start, "end": end, "meters": sorted(metric_of), "cuts": list(cuts),
               "top": top}  # fmt: skip
-    return conn.execute(_query(metric_of), params).fetchall()
+    names = sorted(_PLAN)
+    with conn.transaction():  # the settings are the transaction's (a savepoint's when one is open) ...
+        current = ", ".join(f"current_setting('{n}')" for n in names)
+        before = conn.execute(f"SELECT {current}").fetchone() or ()
+        setting = ", ".join(f"set_config('{n}', %s, true)" for n in names)
+        conn.execute(f"SELECT {setting}", [_PLAN[n] for n in names])
+        rows = conn.execute(_query(metric_of, book_meters), params).fetchall()
+        conn.execute(f"SELECT {setting}", list(before))  # ... and are put back for the caller's next statements
+    return rows
