@@ -32,7 +32,11 @@ def _literals(values: Iterable[str]) -> str:
 
 
 def _query(metric_of: Mapping[str, str], book_meters: Collection[str]) -> str:
-    metric = "CASE meter_code " + " ".join(f"WHEN '{m}' THEN '{x}'" for m, x in sorted(metric_of.items())) + " END"
+    metric = (
+        "CASE meter_code "
+        + " ".join(f"WHEN {_literals([m])} THEN {_literals([x])}" for m, x in sorted(metric_of.items()))
+        + " END"
+    )
     if book_meters:  # the model, provider and price window only where a line is priced from a book
         book = f"meter_code IN ({_literals(book_meters)})"
         dimension = f"CASE WHEN {book} THEN coalesce(metadata->>'gen_ai.model', metadata->>'gpu.model', '') ELSE '' END"
@@ -43,10 +47,10 @@ def _query(metric_of: Mapping[str, str], book_meters: Collection[str]) -> str:
     # flat-rate lines rank jobs per billable metric: regrouped where a metric has several meters (a job can
     # bill both token meters) or its meter's rows are split by model, taken as they are where it has one
     flat = {m: x for m, x in metric_of.items() if m not in book_meters}
-    meters_of = {x: sorted(m for m in metric_of if metric_of[m] == x) for x in set(flat.values())}
-    whole = [m for x, ms in meters_of.items() if len(ms) == 1 and ms[0] in flat for m in ms]
+    flat_metrics = sorted(set(flat.values()))
+    whole = [m for m, x in flat.items() if list(metric_of.values()).count(x) == 1]
     regroup = [m for m in flat if m not in whole]
-    metrics = ", ".join(f"('{x}')" for x in sorted(meters_of)) or "(NULL)"
+    metrics = ", ".join(f"({_literals([x])})" for x in flat_metrics) or "(NULL)"
     return f"""
 WITH jobs AS MATERIALIZED (  -- the one read: every row of the account's window, hashed per job
     SELECT meter_code, {metric} AS metric, dimension, provider, w, coalesce(job_id, '(no job)') AS job,
