@@ -14,6 +14,6 @@ names = ("opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-grpc", "opentel
          "protobuf", "grpcio", "Django", "celery", "psycopg", "SQLAlchemy", "prometheus-client")
 print("lowest admitted versions: " + ", ".join(f"{n} {m.version(n)}" for n in names))
 PY
-SPANMETER_NATIVE=0 PATH="$PWD/.venv-lowest/bin:$PATH" .venv-lowest/bin/python -m pytest -q -p no:cacheprovider \
+SPANMETER_NATIVE=0 PATH="$PWD/.venv-lowest/bin:$PATH" .venv-lowest/bin/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile \
   tests/test_instrumentation.py tests/test_autoinstrument.py tests/test_receiver.py tests/test_auth.py \
   tests/test_limits.py tests/test_hostile.py tests/test_otlp_http.py tests/test_entitlements.py "$@"

@@ -17,7 +17,7 @@ if [ "$#" -eq 0 ]; then
   echo "unit tier: no PostgreSQL, no subprocess, no server (pytest -m unit)"
   .venv/bin/pytest -q -m unit
   echo "integration tier: real PostgreSQL, servers, subprocesses (pytest -m integration)"
-  .venv/bin/pytest -m integration
+  .venv/bin/pytest -m integration -n 3 --dist loadfile   # a file per worker: its module fixtures stay shared
 else
   .venv/bin/pytest "$@"
 fi
@@ -25,6 +25,6 @@ fi
 ./scripts/test-lowest.sh
 # The pure-Python metering path (the reference, and what a machine without Rust runs), end to end once more.
 echo "again with SPANMETER_NATIVE=0 (pure-Python metering): the receiver's end-to-end tests"
-SPANMETER_NATIVE=0 exec .venv/bin/pytest -q -p no:cacheprovider tests/test_receiver.py tests/test_fuzz.py \
+SPANMETER_NATIVE=0 exec .venv/bin/pytest -q -p no:cacheprovider -n 3 --dist loadfile tests/test_receiver.py tests/test_fuzz.py \
   tests/test_hostile.py tests/test_limits.py tests/test_write_errors.py tests/test_metering_mode.py \
   tests/test_overload.py tests/test_auth.py tests/test_conflicts.py
