@@ -14,7 +14,7 @@ unit:
 	./scripts/bootstrap.sh && .venv/bin/pytest -q -m unit
 
 integration:
-	./scripts/bootstrap.sh && .venv/bin/pytest -m integration
+	./scripts/bootstrap.sh && .venv/bin/pytest -m integration -n 3 --dist loadfile
 
 fmt:
 	./scripts/bootstrap.sh && .venv/bin/ruff format . && .venv/bin/ruff check --fix .
