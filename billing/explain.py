@@ -5,8 +5,8 @@ draft), this shows what it was computed from, as finance or a customer asks mont
 
 - **usage lines**: the meters summed into the line's metric, and for a line priced per model the model or GPU
   model, the token kind and the price book version (``docpipe@2026-12``) with its effective window; the raw
-  ledger rows behind it (count, quantity, first and last), the top jobs by quantity, each with one of its trace
-  ids (a link each when ``SPANMETER_TRACE_URL_TEMPLATE`` is set, e.g.
+  ledger rows behind it (count, quantity, first and last), the top jobs by quantity, each with the trace id of
+  its first row (a link each when ``SPANMETER_TRACE_URL_TEMPLATE`` is set, e.g.
   ``http://tempo:3200/trace/{trace_id}`` or ``http://jaeger:16686/trace/{trace_id}``), and the corrections
   (``ledger adjust``) dated in the window with their reasons;
 - **adjustment lines**: the earlier period and invoice whose late usage they carry;

@@ -623,19 +623,23 @@ def test_invoice_explain_ranks_jobs_over_every_meter_of_a_flat_rate_line_and_lea
     _subscribe(db, "acme", pricing="v2_compute")  # one token rate: input and output are one line, "tokens"
     day = DEC.start + timedelta(days=2)
 
-    def run(meter, quantity, job, model):  # a row of a Celery job's model call
-        row = _row("acme", meter, quantity, day, model=model)
-        return (*row[:3], job, *row[4:])
+    def run(meter, quantity, job, model, *, later=timedelta(0), trace="ab" * 16):  # a row of a Celery job's model call
+        row = _row("acme", meter, quantity, day + later, model=model)
+        return (*row[:3], job, *row[4:9], trace, *row[10:])
 
     _write(db, [
-        run("input_tokens", 700, "job-a", "gpt-4o"),
-        run("output_tokens", 600, "job-a", "gpt-4o-mini"),  # job-a: 1,300 over both meters and two models
+        run("input_tokens", 700, "job-a", "gpt-4o", trace="f1" * 16),
+        run("output_tokens", 600, "job-a", "gpt-4o-mini", later=timedelta(hours=1), trace="01" * 16),  # job-a: 1,300
+        # over both meters and two models, in two traces; its first row's trace is the one shown
         run("input_tokens", 1000, "job-b", "gpt-4o"),
         *(run("output_tokens", 10 + i, f"job-{i:02d}", "gpt-4o") for i in range(8)),  # 10 ... 17
         _row("acme", "worker_seconds", 50, day),  # a row without a job
     ])  # fmt: skip
     with psycopg.connect(db) as conn:
-        settings = "SELECT current_setting('enable_sort'), current_setting('work_mem')"
+        settings = (
+            "SELECT current_setting('enable_sort'), current_setting('work_mem'), "
+            "current_setting('parallel_tuple_cost'), current_setting('max_parallel_workers_per_gather')"
+        )
         before = conn.execute(settings).fetchone()
         _, explained = explain_invoice(conn, "acme", DEC)
         assert conn.execute(settings).fetchone() == before  # the explain's plan settings stay its own
@@ -644,6 +648,7 @@ def test_invoice_explain_ranks_jobs_over_every_meter_of_a_flat_rate_line_and_lea
         ("job-a", "2", "1300"), ("job-b", "1", "1000"), ("job-07", "1", "17"), ("job-06", "1", "16"),
         ("job-05", "1", "15"),
     ]  # fmt: skip
+    assert [j["trace_id"] for j in tokens.top_jobs[:2]] == ["f1" * 16, "ab" * 16]
     assert [(t["meter_code"], t["rows"], t["quantity"]) for t in tokens.totals] == [
         ("input_tokens", "2", "1700"),
         ("output_tokens", "9", "708"),

@@ -10,10 +10,12 @@ groups them per job, two ways:
 - per (billable metric, job): the top jobs of a flat-rate line (a job can bill several meters of a metric;
   a metric of one meter takes that meter's job groups as they are).
 
-Every job comes with one of its trace ids. The top jobs of each part are a bounded top-N (``LIMIT``), never a
-sort of every job; the cost is the one read and the per-job aggregation of the account's month, done by hashing
-(the statement runs with ``enable_sort`` off and a larger ``work_mem``, set for it alone and put back after).
-The rating bench measures it on the largest account.
+Every top job comes with one trace id: the smallest of its rows at its first instant, looked up by the
+instant (an index probe) for those few jobs alone (no trace id is carried through the hash of every
+job). The top jobs of each part are a bounded top-N (``LIMIT``), never a sort of every job; the cost is the one
+read and the per-job aggregation of the account's month, one hash in the leader while one parallel worker reads
+(the statement runs with ``enable_sort`` off, a larger ``work_mem`` and free tuple transfer from the worker, set for
+it alone and put back after). The rating bench measures it on the largest account.
 """
 
 from __future__ import annotations
@@ -45,19 +47,27 @@ def _query(metric_of: Mapping[str, str], book_meters: Collection[str]) -> str:
     else:
         dimension, provider, window = "''", "''", "0"
     # flat-rate lines rank jobs per billable metric: regrouped where a metric has several meters (a job can
-    # bill both token meters) or its meter's rows are split by model, taken as they are where it has one
+    # bill both token meters), taken as they are where it has one
     flat = {m: x for m, x in metric_of.items() if m not in book_meters}
-    flat_metrics = sorted(set(flat.values()))
-    whole = [m for m, x in flat.items() if list(metric_of.values()).count(x) == 1]
-    regroup = [m for m in flat if m not in whole]
-    metrics = ", ".join(f"({_literals([x])})" for x in flat_metrics) or "(NULL)"
+    whole = sorted(m for m, x in flat.items() if list(metric_of.values()).count(x) == 1)
+    regroup = sorted(m for m in flat if m not in whole)
+    regrouped = sorted({flat[m] for m in regroup})
+
+    def rows(values: list[str]) -> str:
+        return f"VALUES {', '.join(values)}" if values else "SELECT NULL::text, NULL::text, NULL::text[] WHERE false"
+
+    whole_rows = rows([f"({_literals([m])}, {_literals([flat[m]])}, ARRAY[{_literals([m])}])" for m in whole])
+    regroup_rows = rows(
+        [f"(NULL, {_literals([x])}, ARRAY[{_literals(m for m in regroup if flat[m] == x)}])" for x in regrouped]
+    )
     return f"""
 WITH jobs AS MATERIALIZED (  -- the one read: every row of the account's window, hashed per job
     SELECT meter_code, {metric} AS metric, dimension, provider, w, coalesce(job_id, '(no job)') AS job,
-           count(*) AS n, sum(quantity) AS q, min(occurred_at) AS a, max(occurred_at) AS b, min(trace_id) AS trace
+           count(*) AS n, sum(quantity) AS q, min(occurred_at) AS a, max(occurred_at) AS b,
+           jsonb_agg(NULL::jsonb) FILTER (WHERE false) AS unsplit  -- no combine function: one hash, never partial
       FROM (
         SELECT meter_code, {dimension} AS dimension, {provider} AS provider, {window} AS w, job_id, quantity,
-               occurred_at, trace_id
+               occurred_at
           FROM usage_events
          WHERE account_id = %(account)s AND occurred_at >= %(start)s AND occurred_at < %(end)s
            AND meter_code = ANY(%(meters)s)
@@ -67,23 +77,34 @@ WITH jobs AS MATERIALIZED (  -- the one read: every row of the account's window,
 parts AS (SELECT DISTINCT meter_code, dimension, provider, w FROM jobs
            WHERE meter_code IN ({_literals(book_meters) or "NULL"})),
 metric_jobs AS MATERIALIZED (
-    SELECT metric, job, n, q, a, b, trace FROM jobs WHERE meter_code IN ({_literals(whole) or "NULL"})
-    UNION ALL
-    SELECT metric, job, sum(n), sum(q), min(a), max(b), min(trace) FROM jobs
+    SELECT metric, job, sum(n) AS n, sum(q) AS q, min(a) AS a, max(b) AS b FROM jobs
      WHERE meter_code IN ({_literals(regroup) or "NULL"}) GROUP BY metric, job
+),
+top AS MATERIALIZED (  -- the top jobs of each part and metric: a bounded top-N each, no sort of all the jobs
+    SELECT p.meter_code, NULL::text AS metric, p.dimension, p.provider, p.w, ARRAY[p.meter_code] AS meters,
+           t.job, t.n, t.q, t.a, t.b
+      FROM parts AS p, LATERAL (
+        SELECT * FROM jobs AS j
+         WHERE j.meter_code = p.meter_code AND j.dimension = p.dimension AND j.provider = p.provider AND j.w = p.w
+         ORDER BY j.q DESC, j.job LIMIT %(top)s) AS t
+    UNION ALL
+    SELECT NULL, m.metric, NULL, NULL, NULL, m.meters, t.job, t.n, t.q, t.a, t.b
+      FROM ({whole_rows}) AS m (meter, metric, meters), LATERAL (
+        SELECT * FROM jobs AS j WHERE j.meter_code = m.meter ORDER BY j.q DESC, j.job LIMIT %(top)s) AS t
+    UNION ALL
+    SELECT NULL, m.metric, NULL, NULL, NULL, m.meters, t.job, t.n, t.q, t.a, t.b
+      FROM ({regroup_rows}) AS m (meter, metric, meters), LATERAL (
+        SELECT * FROM metric_jobs AS j WHERE j.metric = m.metric ORDER BY j.q DESC, j.job LIMIT %(top)s) AS t
 )
 SELECT 'total', meter_code, NULL::text, dimension, provider, w, NULL::text, NULL::text, sum(n), sum(q), min(a), max(b)
   FROM jobs GROUP BY meter_code, dimension, provider, w
-UNION ALL  -- the top jobs of each part: a bounded top-N per part, no sort of all the job groups
-SELECT 'job', p.meter_code, NULL, p.dimension, p.provider, p.w, t.job, t.trace, t.n, t.q, t.a, t.b
-  FROM parts AS p, LATERAL (
-    SELECT * FROM jobs AS j
-     WHERE j.meter_code = p.meter_code AND j.dimension = p.dimension AND j.provider = p.provider AND j.w = p.w
-     ORDER BY j.q DESC, j.job LIMIT %(top)s) AS t
-UNION ALL
-SELECT 'job', NULL, m.metric, NULL, NULL, NULL, t.job, t.trace, t.n, t.q, t.a, t.b
-  FROM (VALUES {metrics}) AS m (metric), LATERAL (
-    SELECT * FROM metric_jobs AS j WHERE j.metric = m.metric ORDER BY j.q DESC, j.job LIMIT %(top)s) AS t
+UNION ALL  -- each top job's trace: that of its first row, found through the (account_id, occurred_at) index
+SELECT 'job', t.meter_code, t.metric, t.dimension, t.provider, t.w, t.job, f.trace, t.n, t.q, t.a, t.b
+  FROM top AS t, LATERAL (
+    SELECT min(trace_id) AS trace FROM usage_events
+     WHERE account_id = %(account)s AND occurred_at = t.a AND coalesce(job_id, '(no job)') = t.job
+       AND meter_code = ANY(t.meters)
+       AND (t.dimension IS NULL OR ({dimension} = t.dimension AND {provider} = t.provider))) AS f
 """
 
 
@@ -107,7 +128,15 @@ SummaryRow = tuple[
 # The plan: one hash aggregation of the rows per job. The planner cannot know that an account's rows fall
 # into a few hundred thousand jobs, not one each, so left alone it sorts them all by six keys (11 s for the
 # rating bench's largest account, against 3 s hashed); a hash table that outgrows work_mem spills to disk.
-_PLAN = {"enable_sort": "off", "work_mem": "64MB"}
+# The hashing is the leader's alone, while one worker reads the heap beside it: that is the pipeline. Split
+# into partial aggregates (one per process, then a final one) it is dearer, as each process holds most of the
+# jobs and the numeric sums are serialized between them, so the statement carries an aggregate without a
+# combine function (``unsplit``, always NULL), which keeps the planner from splitting it. Measured on a 2-core
+# host, the largest account of the rating bench: per-model lines 1.69 s with one worker, 1.98 s with two,
+# 2.27 s with none; v2 lines 1.39 s whole against 1.97 s split. A zero tuple cost is what makes the planner
+# hand the read to a worker; the setup cost stays, so a small account's explain stays serial. A server with
+# parallel query off (max_parallel_workers_per_gather = 0) keeps it off.
+_PLAN = {"enable_sort": "off", "work_mem": "64MB", "parallel_tuple_cost": "0", "max_parallel_workers_per_gather": "1"}
 
 
 def summary(
@@ -130,8 +159,10 @@ def summary(
     with conn.transaction():  # the settings are the transaction's (a savepoint's when one is open) ...
         current = ", ".join(f"current_setting('{n}')" for n in names)
         before = conn.execute(f"SELECT {current}").fetchone() or ()
+        plan = {n: "0" if n == "max_parallel_workers_per_gather" and was == "0" else _PLAN[n]
+                for n, was in zip(names, before, strict=True)}  # fmt: skip
         setting = ", ".join(f"set_config('{n}', %s, true)" for n in names)
-        conn.execute(f"SELECT {setting}", [_PLAN[n] for n in names])
+        conn.execute(f"SELECT {setting}", [plan[n] for n in names])
         rows = conn.execute(_query(metric_of, book_meters), params).fetchall()
         conn.execute(f"SELECT {setting}", list(before))  # ... and are put back for the caller's next statements
     return rows
