@@ -159,6 +159,8 @@ def _explain(
         held = jobs.setdefault(job or "", [0, Decimal(0), trace or "", first, last])
         held[0] += n
         held[1] += q
+        if (first, trace or "") < (held[3], held[2]):  # a job over several parts: the trace of its first row
+            held[2] = trace or ""
         held[3], held[4] = min(held[3], first), max(held[4], last)
     top_jobs = []
     for job, (n, q, trace, first, last) in jobs.items():
