@@ -56,9 +56,10 @@ def ledger(postgres_admin) -> dict:
     token = _cli(database, "api", "token", "new", "--operator").strip()
     port = free_port()
     proc = start_api(database, port)
-    yield {"database": database, "url": f"http://127.0.0.1:{port}", "token": token, "port": port, "proc": proc}
-    proc.terminate()
-    proc.wait(10)
+    ledger = {"database": database, "url": f"http://127.0.0.1:{port}", "token": token, "port": port, "proc": proc}
+    yield ledger
+    ledger["proc"].terminate()  # the one running now: a test may have stopped the first and started another
+    ledger["proc"].wait(10)
 
 
 def test_check_answers_from_the_api_then_from_its_cache(ledger):
