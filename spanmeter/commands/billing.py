@@ -189,6 +189,10 @@ def _drift_window() -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def _rows(count: str) -> str:
+    return f"{count} row" if count == "1" else f"{count} rows"
+
+
 def _print_json(document: Any) -> None:
     print(json.dumps(document, indent=2, sort_keys=False))
 
@@ -451,9 +455,9 @@ def _explain(args: argparse.Namespace, billing: Any, period: Any, databases: Any
               f"{line['amount']} {line['currency']}")  # fmt: skip
         print(f"  from {e.basis}")
         for t in e.totals:
-            print(f"  {t['meter_code']}: {t['rows']} rows, {t['quantity']} in total, {t['first']} … {t['last']}")
+            print(f"  {t['meter_code']}: {_rows(t['rows'])}, {t['quantity']} in total, {t['first']} … {t['last']}")
         for j in e.top_jobs:
-            print(f"  job {j['job_id']}: {j['quantity']} in {j['rows']} rows, {j['first']} … {j['last']}, trace "
+            print(f"  job {j['job_id']}: {j['quantity']} in {_rows(j['rows'])}, {j['first']} … {j['last']}, trace "
                   f"{j['trace_id']}" + (f"  {j['url']}" if "url" in j else ""))  # fmt: skip
         for c in e.corrections:
             print(
