@@ -20,6 +20,7 @@ allowance). Archived months (``spanmeter db archive``) have no raw rows left; th
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -29,6 +30,7 @@ import psycopg
 
 from . import adjustments
 from .invoices import Invoice, InvoiceError, build_invoice
+from .invoices.pricing import window_label
 from .invoices.usage import BOOK_METERS
 from .ledger import explain_store
 from .periods import Period
@@ -76,9 +78,30 @@ def meters_of(line: Line) -> tuple[str, ...]:
     return metric.meters if metric else ()
 
 
-def _window(line: Line, period: Period, catalog: Catalog) -> tuple[datetime, datetime]:
-    """The stretch of the period a book-priced line covers: its book version's effective window."""
+def _segments(invoice: Invoice, period: Period, catalog: Catalog) -> list[tuple[str, datetime, datetime]]:
+    """Each subscription segment of the invoice with the label its lines' descriptions start with."""
+    out = []
+    for s in invoice.subscriptions:
+        start, end = datetime.fromisoformat(s["from"]), datetime.fromisoformat(s["to"])
+        version = catalog.version(s["pricing_version"])
+        plan = version.plans.get(s["plan_code"]) if version is not None else None
+        out.append((window_label(start, end, period, plan.name if plan else s["plan_code"]), start, end))
+    return out
+
+
+def _window(
+    line: Line,
+    period: Period,
+    catalog: Catalog,
+    segments: Sequence[tuple[str, datetime, datetime]] = (),
+) -> tuple[datetime, datetime]:
+    """The stretch of the period a usage line covers: its subscription segment (found by the label its
+    description starts with; the whole period when it has none), and for a book-priced line its book version's
+    effective window within that."""
     start, end = period.start, period.end
+    mine = [(a, b) for label, a, b in segments if label and line.description.startswith(label)]
+    if mine:  # (labels name days: two segments of one plan within one day share one, and their union is taken)
+        start, end = max(start, min(a for a, _ in mine)), min(end, max(b for _, b in mine))
     if line.price_book:
         code, _, version = line.price_book.partition("@")
         versions = sorted(catalog.book_versions(code), key=lambda b: b.effective_from)
@@ -101,9 +124,15 @@ class _Rows:
     cuts: list[datetime]
     totals: list[explain_store.SummaryRow]
     jobs: list[explain_store.SummaryRow]
+    flat_cuts: list[datetime] = field(default_factory=list)
+    book_meters: frozenset[str] = frozenset()
+    segments: list[tuple[str, datetime, datetime]] = field(default_factory=list)
 
-    def buckets(self, start: datetime, end: datetime) -> range:
-        return range(bisect.bisect_right(self.cuts, start), bisect.bisect_left(self.cuts, end) + 1)
+    def buckets(self, start: datetime, end: datetime, meter: str | None = None) -> range:
+        """The windows ``w`` of [start, end): of a book meter's rows, or (``meter`` not a book meter, None for
+        the per-metric job rows, which only flat meters have) of a flat meter's."""
+        cuts = self.cuts if meter in self.book_meters else self.flat_cuts
+        return range(bisect.bisect_right(cuts, start), bisect.bisect_left(cuts, end) + 1)
 
 
 def _explain(
@@ -134,15 +163,16 @@ def _explain(
         )
         return LineExplanation(line_no, document, f"{line.kind} of the subscription(s): {plans}")
     meters = meters_of(line)
-    start, end = _window(line, period, catalog)
+    start, end = _window(line, period, catalog, rows.segments)
     by_book = line.dimension is not None
-    buckets = rows.buckets(start, end)
+    buckets = rows.buckets(start, end, meters[0] if by_book else None)
     provider = line.provider or ""
 
     def ours(row: explain_store.SummaryRow) -> bool:
         if by_book:
             return row[1] in meters and row[3] == line.dimension and row[4] == provider and row[5] in buckets
-        return row[1] in meters  # a flat-rate line: every model, provider and window of its meters
+        # a flat-rate line: every model and provider of its meters in its segment
+        return row[1] in meters and row[5] in rows.buckets(start, end, row[1])
 
     totals: dict[str, list[Any]] = {}
     for _, meter, _, _, _, _, _, _, n, q, first, last in filter(ours, rows.totals):
@@ -153,7 +183,9 @@ def _explain(
         held[2], held[3] = min(held[2], first), max(held[3], last)
     jobs: dict[str, list[Any]] = {}
     job_rows = (
-        filter(ours, rows.jobs) if by_book else (r for r in rows.jobs if r[1] is None and r[2] == line.meter_code)
+        filter(ours, rows.jobs)
+        if by_book
+        else (r for r in rows.jobs if r[1] is None and r[2] == line.meter_code and r[5] in rows.buckets(start, end))
     )
     for *_, job, trace, n, q, first, last in job_rows:
         held = jobs.setdefault(job or "", [0, Decimal(0), trace or "", first, last])
@@ -230,12 +262,18 @@ def explain_invoice(
         meter: line.meter_code or "" for _, line in chosen if line.kind == "usage" for meter in meters_of(line)
     }
     books = {line.price_book.partition("@")[0] for _, line in chosen if line.price_book}
+    segments = _segments(invoice, period, catalog)
+    # a line's window is its segment (and its book version's window within it): both kinds of bound cut the
+    # book meters' rows, the segments' alone the flat meters' rows, so every line is a whole number of windows
+    flat_cuts = sorted({t for _, a, b in segments for t in (a, b) if period.start < t < period.end})
     cuts = sorted({b.effective_from for code in books for b in catalog.book_versions(code)
-                   if period.start < b.effective_from < period.end})  # fmt: skip
+                   if period.start < b.effective_from < period.end} | set(flat_cuts))  # fmt: skip
     book_meters = {meter for _, line in chosen if line.kind == "usage" and line.dimension is not None
                    for meter in meters_of(line)}  # fmt: skip
     summary = (
-        explain_store.summary(conn, account_id, metric_of, period.start, period.end, cuts, book_meters)
+        explain_store.summary(
+            conn, account_id, metric_of, period.start, period.end, cuts, book_meters, flat_cuts=flat_cuts
+        )
         if metric_of
         else []
     )
@@ -243,6 +281,9 @@ def explain_invoice(
         cuts,
         [r for r in summary if r[0] == "total"],
         [r for r in summary if r[0] == "job"],
+        flat_cuts,
+        frozenset(book_meters),
+        segments,
     )
     corrections = adjustments.for_account(conn, account_id, period.start, period.end)
     return invoice, [

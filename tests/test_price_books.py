@@ -674,27 +674,38 @@ def _two_books_two_segments(db):
         row = _row("acme", "input_tokens", quantity, DEC.start + timedelta(days=day), model="gpt-4o")
         return (*row[:3], job, *row[4:9], trace, *row[10:])
 
-    _write(db, [run(300, "job-x", 8, "01" * 16), run(100, "job-x", 2, "f1" * 16), run(50, "job-y", 12, "cc" * 16)])
+    def work(seconds, job, day):
+        row = _row("acme", "worker_seconds", seconds, DEC.start + timedelta(days=day))
+        return (*row[:3], job, *row[4:])
+
+    _write(db, [run(300, "job-x", 8, "01" * 16), run(100, "job-x", 2, "f1" * 16), run(50, "job-y", 12, "cc" * 16),
+                work(10, "job-w1", 2), work(20, "job-w2", 12)])  # fmt: skip
     with psycopg.connect(db) as conn:
         _, explained = explain_invoice(conn, "acme", DEC)
     [line] = [e for e in explained if (e.line.get("price_book") or "").startswith("docpipe@")
               and e.line.get("dimension") == "gpt-4o" and e.line.get("usage_kind") == "input"]  # fmt: skip
-    return line
+    return line, explained
 
 
 def test_a_job_split_by_another_books_price_window_shows_its_earliest_rows_trace(db):
-    line = _two_books_two_segments(db)
+    line, _ = _two_books_two_segments(db)
     [job] = [j for j in line.top_jobs if j["job_id"] == "job-x"]
     assert (job["rows"], job["quantity"], job["trace_id"]) == ("2", "400", "f1" * 16)
     assert job["first"].startswith("2026-12-03") and job["last"].startswith("2026-12-09")
 
 
-@pytest.mark.xfail(strict=True, reason="known defect (issue 6/7): explain bounds a line by its book version's "
-                   "window, not by its subscription segment; a line carries no segment window yet")  # fmt: skip
 def test_a_line_of_a_mid_month_subscription_segment_explains_only_that_segments_rows(db):
-    line = _two_books_two_segments(db)
+    line, explained = _two_books_two_segments(db)
+    assert line.window == ("2026-12-01T00:00:00Z", "2026-12-11T00:00:00Z")
     assert [(t["rows"], t["quantity"]) for t in line.totals] == [("2", "400")]
     assert [j["job_id"] for j in line.top_jobs] == ["job-x"]
+    # a flat-rate line (worker-seconds) of each segment: that segment's rows and jobs alone
+    worker = [e for e in explained if e.line.get("meter_code") == "worker_seconds"]
+    assert [(e.window, [(t["rows"], t["quantity"]) for t in e.totals], [j["job_id"] for j in e.top_jobs])
+            for e in worker] == [
+        (("2026-12-01T00:00:00Z", "2026-12-11T00:00:00Z"), [("1", "10")], ["job-w1"]),
+        (("2026-12-11T00:00:00Z", "2027-01-01T00:00:00Z"), [("1", "20")], ["job-w2"]),
+    ]  # fmt: skip
 
 
 def test_margin_sets_the_books_cost_against_revenue_and_month_to_date_carries_cost_and_unpriced(db):

@@ -8,7 +8,7 @@ Subscriptions of one period must share one currency (an invoice never converts).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import NamedTuple
 
@@ -23,15 +23,21 @@ from ..rating.plans import BookPrice
 from .document import InvoiceError, plain
 from .usage import SegmentUsage
 
-__all__ = ["Rated", "book_groups", "metric_amounts", "rate_segments", "segment_label"]
+__all__ = ["Rated", "book_groups", "metric_amounts", "rate_segments", "segment_label", "window_label"]
 
 
 def segment_label(segment: subscriptions.Segment, period: Period, plan_name: str) -> str:
     """The prefix of a segment's lines: empty when it covers the whole period."""
-    if segment.start == period.start and segment.end == period.end:
+    return window_label(segment.start, segment.end, period, plan_name)
+
+
+def window_label(start: datetime, end: datetime, period: Period, plan_name: str) -> str:
+    """:func:`segment_label` of a segment from ``start`` to ``end`` (``invoice explain`` finds a line's segment
+    by it, in a stored invoice as in a draft)."""
+    if start == period.start and end == period.end:
         return ""
-    last = segment.end - timedelta(seconds=1)
-    return f"{plan_name}, {segment.start:%b %d}–{last:%b %d}: "
+    last = end - timedelta(seconds=1)
+    return f"{plan_name}, {start:%b %d}–{last:%b %d}: "
 
 
 class Rated(NamedTuple):

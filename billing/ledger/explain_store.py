@@ -7,8 +7,8 @@ groups them per job, two ways:
 - per (meter, model or GPU model, provider, price window, job): what a line priced from a book is made of,
   its totals the sums over its jobs; the price windows are the effective dates passed in (``width_bucket``).
   The model, provider and window are read (from ``metadata``) only for the meters of such lines;
-- per (billable metric, job): the top jobs of a flat-rate line (a job can bill several meters of a metric;
-  a metric of one meter takes that meter's job groups as they are).
+- per (billable metric, subscription segment, job): the top jobs of a flat-rate line (a job can bill several
+  meters of a metric; a metric of one meter takes that meter's job groups as they are).
 
 Every top job comes with one trace id: the smallest of its rows at its first instant, looked up by the
 instant (an index probe) for those few jobs alone (no trace id is carried through the hash of every
@@ -33,19 +33,21 @@ def _literals(values: Iterable[str]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values))
 
 
-def _query(metric_of: Mapping[str, str], book_meters: Collection[str]) -> str:
+def _query(metric_of: Mapping[str, str], book_meters: Collection[str], segmented: bool = False) -> str:
     metric = (
         "CASE meter_code "
         + " ".join(f"WHEN {_literals([m])} THEN {_literals([x])}" for m, x in sorted(metric_of.items()))
         + " END"
     )
+    # a flat-rate line's window is its subscription segment: the segments' bounds cut its meters' rows
+    flat_window = "width_bucket(occurred_at, %(flat_cuts)s::timestamptz[])" if segmented else "0"
     if book_meters:  # the model, provider and price window only where a line is priced from a book
         book = f"meter_code IN ({_literals(book_meters)})"
         dimension = f"CASE WHEN {book} THEN coalesce(metadata->>'gen_ai.model', metadata->>'gpu.model', '') ELSE '' END"
         provider = f"CASE WHEN {book} THEN coalesce(metadata->>'gen_ai.provider.name', '') ELSE '' END"
-        window = f"CASE WHEN {book} THEN width_bucket(occurred_at, %(cuts)s::timestamptz[]) ELSE 0 END"
+        window = f"CASE WHEN {book} THEN width_bucket(occurred_at, %(cuts)s::timestamptz[]) ELSE {flat_window} END"
     else:
-        dimension, provider, window = "''", "''", "0"
+        dimension, provider, window = "''", "''", flat_window
     # flat-rate lines rank jobs per billable metric: regrouped where a metric has several meters (a job can
     # bill both token meters), taken as they are where it has one
     flat = {m: x for m, x in metric_of.items() if m not in book_meters}
@@ -77,8 +79,8 @@ WITH jobs AS MATERIALIZED (  -- the one read: every row of the account's window,
 parts AS (SELECT DISTINCT meter_code, dimension, provider, w FROM jobs
            WHERE meter_code IN ({_literals(book_meters) or "NULL"})),
 metric_jobs AS MATERIALIZED (
-    SELECT metric, job, sum(n) AS n, sum(q) AS q, min(a) AS a, max(b) AS b FROM jobs
-     WHERE meter_code IN ({_literals(regroup) or "NULL"}) GROUP BY metric, job
+    SELECT metric, w, job, sum(n) AS n, sum(q) AS q, min(a) AS a, max(b) AS b FROM jobs
+     WHERE meter_code IN ({_literals(regroup) or "NULL"}) GROUP BY metric, w, job
 ),
 top AS MATERIALIZED (  -- the top jobs of each part and metric: a bounded top-N each, no sort of all the jobs
     SELECT p.meter_code, NULL::text AS metric, p.dimension, p.provider, p.w, ARRAY[p.meter_code] AS meters,
@@ -88,13 +90,16 @@ top AS MATERIALIZED (  -- the top jobs of each part and metric: a bounded top-N 
          WHERE j.meter_code = p.meter_code AND j.dimension = p.dimension AND j.provider = p.provider AND j.w = p.w
          ORDER BY j.q DESC, j.job LIMIT %(top)s) AS t
     UNION ALL
-    SELECT NULL, m.metric, NULL, NULL, NULL, m.meters, t.job, t.n, t.q, t.a, t.b
-      FROM ({whole_rows}) AS m (meter, metric, meters), LATERAL (
-        SELECT * FROM jobs AS j WHERE j.meter_code = m.meter ORDER BY j.q DESC, j.job LIMIT %(top)s) AS t
+    SELECT NULL, m.metric, NULL, NULL, s.w, m.meters, t.job, t.n, t.q, t.a, t.b
+      FROM ({whole_rows}) AS m (meter, metric, meters)
+      JOIN (SELECT DISTINCT meter_code, w FROM jobs) AS s ON s.meter_code = m.meter, LATERAL (
+        SELECT * FROM jobs AS j WHERE j.meter_code = m.meter AND j.w = s.w ORDER BY j.q DESC, j.job LIMIT %(top)s) AS t
     UNION ALL
-    SELECT NULL, m.metric, NULL, NULL, NULL, m.meters, t.job, t.n, t.q, t.a, t.b
-      FROM ({regroup_rows}) AS m (meter, metric, meters), LATERAL (
-        SELECT * FROM metric_jobs AS j WHERE j.metric = m.metric ORDER BY j.q DESC, j.job LIMIT %(top)s) AS t
+    SELECT NULL, m.metric, NULL, NULL, s.w, m.meters, t.job, t.n, t.q, t.a, t.b
+      FROM ({regroup_rows}) AS m (meter, metric, meters)
+      JOIN (SELECT DISTINCT metric, w FROM metric_jobs) AS s ON s.metric = m.metric, LATERAL (
+        SELECT * FROM metric_jobs AS j WHERE j.metric = m.metric AND j.w = s.w
+         ORDER BY j.q DESC, j.job LIMIT %(top)s) AS t
 )
 SELECT 'total', meter_code, NULL::text, dimension, provider, w, NULL::text, NULL::text, sum(n), sum(q), min(a), max(b)
   FROM jobs GROUP BY meter_code, dimension, provider, w
@@ -153,13 +158,16 @@ def summary(
     cuts: Sequence[datetime],
     book_meters: Collection[str] = (),
     top: int = 5,
+    flat_cuts: Sequence[datetime] = (),
 ) -> list[SummaryRow]:
     """The account's rows of the meters in ``metric_of`` (meter -> billable metric) in [start, end), grouped as
-    the module says; window ``w`` is 0 before the first of ``cuts``, 1 from it to the second, and so on. Model,
-    provider and window are read only for ``book_meters`` (the meters of lines priced from a book); the other
-    meters' rows have dimension '', provider '' and window 0, and their top jobs are per billable metric."""
+    the module says. Window ``w`` is 0 before the first cut, 1 from it to the second, and so on: ``cuts`` (price
+    book versions and subscription segments) for ``book_meters``, ``flat_cuts`` (the segments alone) for the
+    other meters. Model and provider are read only for ``book_meters`` (the meters of lines priced from a
+    book); the other meters' rows have dimension '' and provider '', and their top jobs are per billable metric
+    and window."""
     params = {"account": account_id, "start": start, "end": end, "meters": sorted(metric_of), "cuts": list(cuts),
-              "top": top}  # fmt: skip
+              "flat_cuts": list(flat_cuts), "top": top}  # fmt: skip
     names = sorted(_PLAN)
     with conn.transaction():  # the settings are the transaction's (a savepoint's when one is open) ...
         current = ", ".join(f"current_setting('{n}')" for n in names)
@@ -168,6 +176,6 @@ def summary(
                 for n, was in zip(names, before, strict=True)}  # fmt: skip
         setting = ", ".join(f"set_config('{n}', %s, true)" for n in names)
         conn.execute(f"SELECT {setting}", [plan[n] for n in names])
-        rows = conn.execute(_query(metric_of, book_meters), params).fetchall()
+        rows = conn.execute(_query(metric_of, book_meters, bool(flat_cuts)), params).fetchall()
         conn.execute(f"SELECT {setting}", list(before))  # ... and are put back for the caller's next statements
     return rows
