@@ -5,7 +5,8 @@ One statement reads the account's rows of the period once (bounded by ``account_
 groups them per job, two ways:
 
 - per (meter, model or GPU model, provider, price window, job): what a line priced from a book is made of,
-  its totals the sums over its jobs; the price windows are the effective dates passed in (``width_bucket``).
+  its totals the sums over its jobs; the windows are cut at the book versions' effective dates and the
+  subscription segments' bounds passed in (``width_bucket``).
   The model, provider and window are read (from ``metadata``) only for the meters of such lines;
 - per (billable metric, subscription segment, job): the top jobs of a flat-rate line (a job can bill several
   meters of a metric; a metric of one meter takes that meter's job groups as they are).
