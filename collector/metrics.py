@@ -15,7 +15,9 @@ fix an instrumentation that puts ids in span names.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from bisect import bisect_left
+from collections import Counter as _Tally
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -43,6 +45,7 @@ __all__ = [
     "SeriesCap",
     "gauge_family",
     "metric",
+    "observe_many",
 ]
 
 GRPC_CODES = (
@@ -57,6 +60,32 @@ GRPC_CODES = (
 OTHER = "other"
 OVERFLOW = "_overflow"
 _CLASSES = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
+
+
+def observe_many(histogram: Any, amounts: Sequence[float]) -> None:
+    """``histogram.observe(a)`` for every ``a`` of ``amounts`` (finite numbers), in one pass per bucket.
+
+    ``Histogram.observe`` walks the bucket bounds in Python for each observation; the receiver observes
+    every committed row's lag and every entry span's duration, so that walk was a tenth of its per-span
+    CPU. This counts the amounts per bucket with ``bisect`` (C) and increments each bucket and the sum once:
+    the same exposition (the tests compare both ways). It reads the histogram child's ``_upper_bounds``,
+    ``_buckets`` and ``_sum``, laid out so in every prometheus_client this project admits; a histogram
+    laid out otherwise is observed one amount at a time."""
+    if not amounts:
+        return
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets) or not bounds:
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    histogram._raise_if_not_observable()
+    total.inc(sum(amounts))
+    # an amount belongs to the first bucket whose bound is >= it (observe's ``amount <= bound``); the last
+    # bound is +Inf, so every finite amount has one
+    for index, count in _Tally([bisect_left(bounds, amount) for amount in amounts]).items():
+        buckets[index].inc(count)
 
 
 def metric(entry: M.Metric, registry: CollectorRegistry | None) -> Any:
@@ -201,13 +230,19 @@ class CollectorMetrics:
 
     def observe_service_request(self, service: str, operation: str, outcome: str, duration_seconds: float) -> None:
         """Count one entry span in the request SLIs (labels capped)."""
+        self.observe_service_requests(service, operation, outcome, (duration_seconds,))
+
+    def observe_service_requests(
+        self, service: str, operation: str, outcome: str, durations_seconds: Sequence[float]
+    ) -> None:
+        """Count entry spans of one (service, operation, outcome) in the request SLIs (labels capped)."""
         pair = self.sli_cap(service, operation)
         if pair not in self._sli_pairs:  # both outcomes from the first request, so rate() sees the first error
             for each in ("ok", "error"):
                 self.service_requests.labels(*pair, each)
             self._sli_pairs.add(pair)
-        self.service_requests.labels(*pair, outcome).inc()
-        self.service_request_duration.labels(*pair).observe(duration_seconds)
+        self.service_requests.labels(*pair, outcome).inc(len(durations_seconds))
+        observe_many(self.service_request_duration.labels(*pair), durations_seconds)
 
     def _initialise_labels(self) -> None:
         for reason in REJECT_REASONS:

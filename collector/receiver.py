@@ -386,8 +386,12 @@ class TraceReceiver:
             m.unattributed.labels(code).inc(count)
         for code, count in Counter(synthetic_codes).items():
             m.synthetic.labels(code).inc(count)
-        for request in result.service_requests:
-            m.observe_service_request(*request)
+        if result.service_requests:
+            durations: dict[tuple[str, str, str], list[float]] = {}
+            for service, operation, outcome, duration in result.service_requests:
+                durations.setdefault((service, operation, outcome), []).append(duration)
+            for (service, operation, outcome), seconds in durations.items():
+                m.observe_service_requests(service, operation, outcome, seconds)
 
     @staticmethod
     def _response(result: MeteringResult, replaced_strings: int) -> bytes:

@@ -45,12 +45,10 @@ from spanmeter.billing.ledger.errors import WriteErrorClass, classify
 from spanmeter.billing.ledger.writer import KeyConflict, LedgerWriter, UsageEventTuple, UsageWrite, encode_copy
 
 from ..consumer import CompactRow, PendingWrite, RetryableError
-from ..metrics import CollectorMetrics
+from ..metrics import CollectorMetrics, observe_many
 from ..processors.meters import ALL_METERS, MeterDefinition
 from ..processors.usage import Rejection, UsageEvent
 from .rows import compact_row, rejected_span_row, usage_event_tuple
-
-_UNSEEN = object()
 
 
 def _routes(
@@ -470,31 +468,40 @@ class LedgerExporter:
         self, rows: list[CompactRow], written: UsageWrite, committed_at: float, conflicted: set[str] = frozenset()
     ) -> None:
         m = self._metrics
-        billed: Counter[str] = Counter()
         duplicate: Counter[str] = Counter()
-        quantities: dict[tuple, list[str]] = {}  # (labelled counter, label values) -> quantities as text
-        observe_lag = m.pipeline_lag.observe
-        # the same span twice in one batch is inserted once: count each new key once
-        unclaimed = set(written.inserted_keys) if written.inserted_keys is not None else None
-        targets: dict[tuple[str, int, str | None, str | None], Any] = {}
-        for code, version, key, plan_code, label, quantity, end_ns in rows:
-            if unclaimed is not None:
-                if key not in unclaimed:
-                    if key not in conflicted:  # a conflict (or no partition) is a rejection, not a duplicate
-                        duplicate[code] += 1
-                    continue
-                unclaimed.discard(key)
-            billed[code] += 1
-            observe_lag(max(0.0, committed_at - end_ns / 1e9))
-            target = targets.get((code, version, plan_code, label), _UNSEEN)
-            if target is _UNSEEN:  # the first row of its kind in this batch: resolve its counter and labels
-                target = targets[(code, version, plan_code, label)] = self._target(code, version, plan_code, label)
+        if written.inserted_keys is None:  # the usual case: every row was new
+            new_rows = rows
+        else:  # the same span twice in one batch is inserted once: count each new key once
+            unclaimed = set(written.inserted_keys)
+            new_rows = []
+            for row in rows:
+                key = row[2]
+                if key in unclaimed:
+                    unclaimed.discard(key)
+                    new_rows.append(row)
+                elif key not in conflicted:  # a conflict (or no partition) is a rejection, not a duplicate
+                    duplicate[row[0]] += 1
+        # one pass per metric, not one metric call per row (see metrics.observe_many)
+        lags = [committed_at - end_ns / 1e9 for _c, _v, _k, _p, _l, _q, end_ns in new_rows]
+        observe_many(m.pipeline_lag, [lag if lag > 0.0 else 0.0 for lag in lags])
+        quantities: dict[tuple[str, int, str | None, str | None], list[str]] = {}
+        for code, version, _key, plan_code, label, quantity, _end in new_rows:
+            group = (code, version, plan_code, label)
+            amounts = quantities.get(group)
+            if amounts is None:
+                amounts = quantities[group] = []
+            amounts.append(quantity)
+        billed: Counter[str] = Counter()
+        summed: dict[tuple[Any, tuple[str, ...]], Decimal] = {}
+        for (code, version, plan_code, label), amounts in quantities.items():
+            billed[code] += len(amounts)
+            target = self._target(code, version, plan_code, label)
             if target is None:  # a meter without routing: counted in spans_billed only
                 continue
-            quantities.setdefault(target, []).append(quantity)
+            summed[target] = summed.get(target, Decimal(0)) + sum(map(Decimal, amounts))
         for code, count in billed.items():
             m.spans_billed.labels(code).inc(count)
         for code, count in duplicate.items():
             m.duplicates.labels(code).inc(count)
-        for (counter, labels), amounts in quantities.items():  # summed exactly, then handed over as a float
-            counter.labels(*labels).inc(float(sum(map(Decimal, amounts))))
+        for (counter, labels), amount in summed.items():  # summed exactly, then handed over as a float
+            counter.labels(*labels).inc(float(amount))
