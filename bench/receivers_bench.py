@@ -17,7 +17,10 @@ spans/s (a receiver answers OK only after COMMIT, so acknowledged = committed; e
 that the ledger holds exactly the acknowledged spans), batch latency p50/p99, and what bounds it: cores used by
 each receiver, PostgreSQL and the load generator over the window, and the machine's busy cores. Every
 receiver writes one ledger as ``spanmeter_writer`` in a fresh database of an embedded PostgreSQL under
---data-dir. Results: bench/results/receivers-*.json.
+--data-dir. Before each configuration every pending rollup delta is folded (the previous configuration's
+deferred upkeep is not charged to the next), and each window reports the deltas pending at its start and
+end: a backlog that grows means the fold did not keep up and the rate overstates what is sustained (the
+summary warns). Results: bench/results/receivers-*.json.
 """
 
 from __future__ import annotations
@@ -286,6 +289,25 @@ class Ledger:
                 out[f"{name} upd"] = upd
         return out
 
+    def pending_deltas(self) -> int:
+        """Rollup deltas written and not folded yet: growing over a window means the fold is not keeping up,
+        so that window's rate is not sustainable (its rollup upkeep was deferred, not done)."""
+        with _connect(self.owner.conninfo) as conn:
+            return conn.execute("SELECT count(*) FROM usage_rollup_deltas").fetchone()[0]
+
+    def drain(self) -> int:
+        """Fold every pending delta (as the owner, no receiver running), so that no configuration pays for
+        the upkeep the previous one deferred. Returns how many were folded."""
+        folded = 0
+        with _connect(self.owner.conninfo) as conn:
+            while True:
+                (n,) = conn.execute(
+                    "SELECT coalesce(sum(folded_deltas), 0) FROM spanmeter_fold_rollups(200000)"
+                ).fetchone()
+                folded += n
+                if n == 0:
+                    return folded
+
     def stop(self) -> None:
         if self.started_here:
             self.server.stop()
@@ -300,6 +322,9 @@ def _connect(conninfo: str):
 # -- one measurement ----------------------------------------------------------------------------------------
 def run_phase(args: argparse.Namespace, db: Ledger, receivers: int, phase: int, nonce: bytes, work: Path) -> dict:
     env = dict(e.split("=", 1) for e in args.serve_env + (args.replica_env if receivers > 1 else []))
+    drained = db.drain()
+    if drained:
+        log(f"    folded {drained:,} deltas left by the previous configuration before starting")
     started = [Receiver(n, db.writer_url, work, env) for n in range(receivers)]
     try:
         for r in started:
@@ -340,10 +365,12 @@ def run_phase(args: argparse.Namespace, db: Ledger, receivers: int, phase: int, 
             _sleep_until(t0)
             s0 = _monitor.cpu_snapshot(components, db.postmaster_pid, _monitor.pg_labels(db.admin))
             c0 = db.counts()
+            p0 = db.pending_deltas()
             w0 = time.time()
             _sleep_until(t1)
             s1 = _monitor.cpu_snapshot(components, db.postmaster_pid, _monitor.pg_labels(db.admin))
             c1 = db.counts()
+            p1 = db.pending_deltas()
             cpu = _monitor.cpu_delta(s0, s1, time.time() - w0)
             results = []
             for pipe in pipes:
@@ -384,6 +411,7 @@ def run_phase(args: argparse.Namespace, db: Ledger, receivers: int, phase: int, 
         "exact": in_ledger == acked,
         "cpu": cpu,
         "db_work": {k: c1[k] - c0.get(k, 0) for k in c1},
+        "pending_deltas": [p0, p1],
         "seconds": args.seconds,
     }
 
@@ -440,8 +468,21 @@ def report_phase(res: dict) -> None:
         "      database work per committed span: "
         + "; ".join(f"{k} {v / spans:.3f}" for k, v in res["db_work"].items() if v)
     )
+    p0, p1 = res["pending_deltas"]
+    growth = (p1 - p0) / res["seconds"]
+    log(
+        f"      rollup deltas pending: {p0:,} at the window's start, {p1:,} at its end"
+        + (f" (+{growth:,.0f}/s: the fold is not keeping up, this rate is not sustained)" if _fold_behind(res) else "")
+    )
     res["bound_by"] = bound_by(res)
     log(f"    bound by: {res['bound_by']}")
+
+
+def _fold_behind(res: dict) -> bool:
+    """More deltas pending at the window's end than a fold takes at once (and than at its start): the
+    compactor folds every second, so a healthy backlog is at most about a second of deltas."""
+    p0, p1 = res["pending_deltas"]
+    return p1 > max(p0, 50_000)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -586,6 +627,12 @@ def summarize(results: dict, args: argparse.Namespace) -> None:
             f"  warning: processes outside the bench used > 0.25 core in {len(noisy)} windows (rates there are "
             "depressed; CPU per span is not): " + ", ".join(noisy)
         )
+    behind = [f"r{i + 1}:{n}" for i, rep in enumerate(reps) for n in rep if _fold_behind(rep[n])]
+    if behind:
+        log(
+            f"  warning: the fold fell behind in {len(behind)} windows ({', '.join(behind)}): rollup deltas piled up, "
+            "so those rates deferred part of their PostgreSQL work and overstate what is sustained"
+        )
     exact = all(r["exact"] for rep in reps for r in rep.values())
     log(f"  ledger exact after every configuration (rows = acknowledged spans): {'yes' if exact else 'NO'}")
     results["summary"] = {
@@ -597,6 +644,7 @@ def summarize(results: dict, args: argparse.Namespace) -> None:
         "cpu_us_per_span": cost,
         "cpu_ceiling": ceiling,
         "noisy_windows": noisy,
+        "fold_behind_windows": behind,
     }
 
 
