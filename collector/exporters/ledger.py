@@ -482,7 +482,7 @@ class LedgerExporter:
                 elif key not in conflicted:  # a conflict (or no partition) is a rejection, not a duplicate
                     duplicate[row[0]] += 1
         # one pass per metric, not one metric call per row (see metrics.observe_many)
-        lags = [committed_at - end_ns / 1e9 for _c, _v, _k, _p, _l, _q, end_ns in new_rows]
+        lags = [committed_at - row[6] / 1e9 for row in new_rows]  # row[6]: the span's end, ns
         observe_many(m.pipeline_lag, [lag if lag > 0.0 else 0.0 for lag in lags])
         quantities: dict[tuple[str, int, str | None, str | None], list[str]] = {}
         for code, version, _key, plan_code, label, quantity, _end in new_rows:
