@@ -299,15 +299,17 @@ class Ledger:
 
     def drain(self) -> int:
         """Fold every pending delta (as the owner, no receiver running), so that no configuration pays for
-        the upkeep the previous one deferred. Returns how many were folded."""
+        the upkeep the previous one deferred. Returns how many were folded. The fold answers no row while
+        another folder holds its lock (a stopped receiver's backend finishing a fold): then wait and retry."""
         folded = 0
         with _connect(self.owner.conninfo) as conn:
             while True:
-                (n,) = conn.execute(
-                    "SELECT coalesce(sum(folded_deltas), 0) FROM spanmeter_fold_rollups(200000)"
-                ).fetchone()
-                folded += n
-                if n == 0:
+                row = conn.execute("SELECT folded_deltas FROM spanmeter_fold_rollups(200000)").fetchone()
+                if row is None:  # locked out: someone else is folding
+                    time.sleep(0.2)
+                    continue
+                folded += row[0]
+                if row[0] == 0 and self.pending_deltas()[0] == 0:
                     return folded
 
     def stop(self) -> None:
