@@ -13,6 +13,8 @@ Figures, all measured in one run against ledgers that already hold --prefill-row
 2r. (2) with the rollup upkeep the product needs: LedgerWriter with the delta trigger on and the fold
    running beside it once a second, as ``spanmeter serve`` does (fold lag sampled every second);
 3. `spanmeter serve`, all spans billable: committed spans/s, pipeline lag p50/p99;
+3u. (diagnostic, only when asked: ``--phases …,3u``) (3) with the delta trigger disabled: what serve would
+   commit if rollup upkeep cost nothing, the ceiling any rollup design could reach on this machine;
 4. `spanmeter serve`, 90% non-billable spans: spans/s received;
 5. (2) on the textbook schema (bigserial id, text idempotency key + unique index, jsonb metadata), one
    INSERT … ON CONFLICT per row in executemany: rows/s.
@@ -961,17 +963,27 @@ def main(argv: list[str] | None = None) -> int:
                         r = bench.phase_write(method, pg.textbook, _ledger.TEXTBOOK_DB)
                         rr["5"][method] = r
                         report_write(r, "textbook")
-                elif phase in ("3", "4"):
+                elif phase in ("3", "3u", "4"):
                     if "serve" not in rr:
                         _ledger.set_rollup_upkeep(pg.ledger, True)  # the product as it runs
                         _ledger.discard_rollup_deltas(pg.ledger)
                         rr["serve"] = bench.start_serve()
                         log(f"    spanmeter serve: {rr['serve'].listening_line}")
                     server = rr["serve"]
-                    if phase == "3":
-                        log("(3) spanmeter serve, all spans billable")
-                        r = bench.phase_serve(server, billable_every=1)
-                        rr["3"] = r
+                    if phase in ("3", "3u"):
+                        if phase == "3":
+                            log("(3) spanmeter serve, all spans billable")
+                            r = bench.phase_serve(server, billable_every=1)
+                        else:
+                            # diagnostic: what (3) would be if rollup upkeep cost nothing (the ceiling any
+                            # rollup design could reach); rollups are wrong while it runs, so bench ledgers only
+                            log("(3u) spanmeter serve, all spans billable, rollup upkeep off (delta trigger disabled)")
+                            _ledger.set_rollup_upkeep(pg.ledger, False)
+                            try:
+                                r = bench.phase_serve(server, billable_every=1)
+                            finally:
+                                _ledger.set_rollup_upkeep(pg.ledger, True)
+                        rr[phase] = r
                         lm, ll = r["lag_metrics"], r["lag_ledger"]
                         log(
                             f"    committed {fmt_rate(r['value'])} spans/s (acknowledged {fmt_rate(r['spans_ok_per_s'])}); "
@@ -1011,7 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
                     r["analysis"] = analyse_profile(r["profile"], r["spans_ok_per_s"], _writers(args))
                     for line in cpu_lines(r["window"], r["value"], unit) + profile_lines(r["analysis"], unit):
                         log(line)
-                    r["bound_by"] = bound_by("serve_billable" if phase == "3" else "serve_mixed", r)
+                    r["bound_by"] = bound_by("serve_mixed" if phase == "4" else "serve_billable", r)
                     log(f"    bound by: {r['bound_by']}")
             if "serve" in rr:
                 server = rr.pop("serve")
@@ -1141,6 +1153,10 @@ def summarize(results: dict, args: argparse.Namespace, methods: list[str]) -> di
         ratio("    info: (2)/(5) storage ceiling vs textbook executemany", f2, f5, 1.5),
         ratio("    info: (2r)/(2) rollup upkeep's cost on the write path", f2r, f2, 0.0),
     ]
+    f3u = med(["3u", "value"])
+    if not math.isnan(f3u):
+        ratios.append(ratio("    info: (3u)/(2) serve with no rollup upkeep vs (2)", f3u, f2, 0.0))
+        log(f"{'    info: (3)/(3u) rollup upkeep cost on serve':<58} {f3 / f3u:>10.3f}")
     if not math.isnan(f5b):
         log(f"{'    info: (2)/(5b) schema alone; (5b)/(5) method alone':<58} {f2 / f5b:>10.2f}   {f5b / f5:.2f}")
 
@@ -1162,6 +1178,9 @@ def summarize(results: dict, args: argparse.Namespace, methods: list[str]) -> di
     c2 = cpu_per_unit(["2", best]) if best else float("nan")
     c3 = cpu_per_unit(["3"])
     c4, c1 = cpu_per_unit(["4"]), cpu_per_unit(["1"])
+    c3u = cpu_per_unit(["3u"])
+    if not math.isnan(c3u):
+        log(f"{'    info: CPU µs per span: (3u) serve, no rollup upkeep':<58} {c3u:>10.1f}")
     log(
         f"{'    info: CPU µs per row/span, all bench processes: (2) / (3)':<58} {c2:>10.1f}   {c3:.1f}   "
         f"-> (2)/(3) cost ratio {c2 / c3:.2f}"
@@ -1185,7 +1204,7 @@ def summarize(results: dict, args: argparse.Namespace, methods: list[str]) -> di
     for i, rr in enumerate(reps):
         vals = {
             k: rr.get(k, {}).get("value") if isinstance(rr.get(k), dict) and "value" in rr.get(k, {}) else None
-            for k in ("1", "2r", "3", "4")
+            for k in ("1", "2r", "3", "3u", "4")
         }
         vals["2"] = {m: rr.get("2", {}).get(m, {}).get("value") for m in methods}
         vals["5"] = rr.get("5", {}).get("textbook_executemany", {}).get("value")
@@ -1194,7 +1213,7 @@ def summarize(results: dict, args: argparse.Namespace, methods: list[str]) -> di
             log(
                 f"  repeat {i + 1}: (1) {fmt_rate(vals['1'])}  (2) "
                 + " ".join(f"{m}={fmt_rate(v)}" for m, v in vals["2"].items())
-                + f"  (2r) {fmt_rate(vals['2r'])}  (3) {fmt_rate(vals['3'])}  (4) {fmt_rate(vals['4'])}  (5) {fmt_rate(vals['5'])}"
+                + f"  (2r) {fmt_rate(vals['2r'])}  (3) {fmt_rate(vals['3'])}  (3u) {fmt_rate(vals['3u'])}  (4) {fmt_rate(vals['4'])}  (5) {fmt_rate(vals['5'])}"
             )
     return {
         "rows": rows,
@@ -1202,7 +1221,7 @@ def summarize(results: dict, args: argparse.Namespace, methods: list[str]) -> di
         "best_method": best,
         "per_repeat": per_rep,
         "noisy_windows": noisy,
-        "cpu_us_per_unit": {"1": c1, "2": c2, "3": c3, "4": c4},
+        "cpu_us_per_unit": {"1": c1, "2": c2, "3": c3, "3u": c3u, "4": c4},
         "lag_p50": lag50,
         "lag_p99": lag99,
     }

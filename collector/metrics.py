@@ -76,12 +76,20 @@ def observe_many(histogram: Any, amounts: Sequence[float]) -> None:
     bounds = getattr(histogram, "_upper_bounds", None)
     buckets = getattr(histogram, "_buckets", None)
     total = getattr(histogram, "_sum", None)
-    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets) or not bounds:
+    amount_sum = sum(amounts)
+    if (
+        bounds is None
+        or buckets is None
+        or total is None
+        or len(bounds) != len(buckets)
+        or not bounds
+        or amount_sum != amount_sum  # a NaN among them: observe() counts it in no bucket, bisect in the first
+    ):
         for amount in amounts:
             histogram.observe(amount)
         return
     histogram._raise_if_not_observable()
-    total.inc(sum(amounts))
+    total.inc(amount_sum)
     # an amount belongs to the first bucket whose bound is >= it (observe's ``amount <= bound``); the last
     # bound is +Inf, so every finite amount has one
     for index, count in _Tally([bisect_left(bounds, amount) for amount in amounts]).items():

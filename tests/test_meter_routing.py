@@ -25,12 +25,14 @@ from spanmeter.metrics_catalog import CATALOG
 NS = 1_700_000_000 * 10**9
 
 
-def _record(rows, meters):
+def _record(rows, meters, inserted_keys=None, conflicted=frozenset()):
     registry = CollectorRegistry()
     metrics = CollectorMetrics(registry, plan_codes=("growth",), gpu_models=("H100",))
     exporter = LedgerExporter(database=None, metrics=metrics)  # type: ignore[arg-type]  # never started
     exporter._routes = exporter_module._routes(metrics, meters)
-    exporter._record(rows, UsageWrite(staged=len(rows), inserted=len(rows), inserted_keys=None), NS / 1e9)
+    inserted = len(rows) if inserted_keys is None else len(inserted_keys)
+    written = UsageWrite(staged=len(rows), inserted=inserted, inserted_keys=inserted_keys)
+    exporter._record(rows, written, NS / 1e9, set(conflicted))
     return lambda name, labels: registry.get_sample_value(name, labels)
 
 
@@ -66,8 +68,9 @@ def test_a_v2_meter_and_a_new_meter_route_by_their_definitions():
     value = _record(rows, [GPU_SECONDS, gpu_v2, cache_reads, unrouted])
     assert value("spanmeter_billable_gpu_seconds_total", {"plan_code": "growth", "gpu_model": "h100"}) == 3.5
     assert value("spanmeter_billable_tokens_total", {"plan_code": "growth", "direction": "cache_read"}) == 700
-    for code in ("gpu_seconds", "cache_read_tokens", "storage_bytes"):  # every row counted as billed
-        assert value("spanmeter_spans_billed_total", {"meter": code}) >= 1
+    billed = {"gpu_seconds": 2, "cache_read_tokens": 1, "storage_bytes": 1}  # every row counted as billed
+    for code, count in billed.items():
+        assert value("spanmeter_spans_billed_total", {"meter": code}) == count
     # a version nobody defined is not guessed at: billed, but in no billable counter
     value = _record([("gpu_seconds", 3, "k5", "growth", "H100", "9.0", NS)], [GPU_SECONDS])
     assert value("spanmeter_billable_gpu_seconds_total", {"plan_code": "growth", "gpu_model": "h100"}) == 0
@@ -79,3 +82,17 @@ def test_a_definition_that_would_not_bill_failed_spans_is_refused_not_ignored():
             code="worker_seconds", version=9, unit="s", description="(test)",
             on_unattributed=OnUnattributed.REJECT, bill_failed=False, match=Present("x"), quantity=Constant(1),
         )  # fmt: skip
+
+
+def test_a_span_twice_in_one_batch_is_billed_once_and_counted_once_as_a_duplicate():
+    rows = [
+        ("gpu_seconds", 1, "k1", "growth", "H100", "1.5", NS),
+        ("gpu_seconds", 1, "k1", "growth", "H100", "1.5", NS),  # the same span again (a retry inside the batch)
+        ("gpu_seconds", 1, "k2", "growth", "H100", "2.0", NS),  # already in the ledger: not inserted
+        ("gpu_seconds", 1, "k3", "growth", "H100", "4.0", NS),  # same key, other content: a conflict
+    ]
+    value = _record(rows, [GPU_SECONDS], inserted_keys=["k1"], conflicted={"k3"})
+    assert value("spanmeter_spans_billed_total", {"meter": "gpu_seconds"}) == 1
+    assert value("spanmeter_billable_gpu_seconds_total", {"plan_code": "growth", "gpu_model": "h100"}) == 1.5
+    # the second k1 and k2 are duplicates; the conflict is a rejection counted elsewhere, not a duplicate
+    assert value("spanmeter_usage_events_duplicate_total", {"meter": "gpu_seconds"}) == 2

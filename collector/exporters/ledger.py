@@ -481,6 +481,8 @@ class LedgerExporter:
                     new_rows.append(row)
                 elif key not in conflicted:  # a conflict (or no partition) is a rejection, not a duplicate
                     duplicate[row[0]] += 1
+        for code, count in duplicate.items():  # counted first: nothing below can keep them uncounted
+            m.duplicates.labels(code).inc(count)
         # one pass per metric, not one metric call per row (see metrics.observe_many)
         lags = [committed_at - row[6] / 1e9 for row in new_rows]  # row[6]: the span's end, ns
         observe_many(m.pipeline_lag, [lag if lag > 0.0 else 0.0 for lag in lags])
@@ -492,16 +494,15 @@ class LedgerExporter:
                 amounts = quantities[group] = []
             amounts.append(quantity)
         billed: Counter[str] = Counter()
+        for (code, _version, _plan_code, _label), amounts in quantities.items():
+            billed[code] += len(amounts)
+        for code, count in billed.items():
+            m.spans_billed.labels(code).inc(count)
         summed: dict[tuple[Any, tuple[str, ...]], Decimal] = {}
         for (code, version, plan_code, label), amounts in quantities.items():
-            billed[code] += len(amounts)
             target = self._target(code, version, plan_code, label)
             if target is None:  # a meter without routing: counted in spans_billed only
                 continue
             summed[target] = summed.get(target, Decimal(0)) + sum(map(Decimal, amounts))
-        for code, count in billed.items():
-            m.spans_billed.labels(code).inc(count)
-        for code, count in duplicate.items():
-            m.duplicates.labels(code).inc(count)
         for (counter, labels), amount in summed.items():  # summed exactly, then handed over as a float
             counter.labels(*labels).inc(float(amount))

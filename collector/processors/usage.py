@@ -206,7 +206,9 @@ class MeteringResult:
     synthetic_rows: list[UsageEvent] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     unattributed: Counter[str] = field(default_factory=Counter)  # count-only meters, by meter code
-    service_requests: list[ServiceRequest] = field(default_factory=list)  # entry spans, for the request SLIs
+    # entry spans, for the request SLIs: ServiceRequest, or on the receiver's native path the core's plain
+    # (service, operation, outcome, duration_seconds) tuples (same order, no named tuple built per span)
+    service_requests: list[ServiceRequest | tuple[str, str, str, float]] = field(default_factory=list)
 
 
 def idempotency_key(trace_id: bytes, span_id: bytes, meter_code: str) -> str:
