@@ -21,6 +21,11 @@ receiver writes one ledger as ``spanmeter_writer`` in a fresh database of an emb
 deferred upkeep is not charged to the next), and each window samples the pending deltas and the fold lag
 once a second: a lag at issue 1/7's bound (p99 10 s) or a backlog that grows by more than two folds means the
 fold did not keep up and the rate overstates what is sustained (the summary warns). Results: bench/results/receivers-*.json.
+
+Two diagnostics (deploy/README.md, "The split itself"): ``--split-control`` adds a third configuration, one
+receiver fed exactly what each of the N gets (spans/N per request, as many in flight), which separates the
+cost of smaller requests from the cost of more processes; ``--inflight-many K`` gives the N receivers K
+batches in flight per client (a gateway with more queue consumers), so each holds as many spans as one would.
 """
 
 from __future__ import annotations
@@ -192,24 +197,31 @@ class Receiver:
 
     def __init__(self, number: int, database_url: str, work: Path, extra_env: dict[str, str]) -> None:
         self.number = number
-        self.port, self.metrics_port = free_port(), free_port()
         self.log_path = work / f"receiver-{number}.log"
-        self.log_file = open(self.log_path, "w")  # noqa: SIM115 (closed in stop())
-        env = {
+        self.env = {
             **os.environ,
             "SPANMETER_LOG_LEVEL": "WARNING",
             "SPANMETER_OTLP_HTTP_ENDPOINT": "127.0.0.1:0",
             "SPANMETER_DATA_DIR": str(work / f"receiver-{number}-data"),
             **extra_env,
         }
+        self.database_url = database_url
+        self.respawns = 0
+        self._spawn()
+
+    def _spawn(self) -> None:
+        # a port free now may be taken before serve binds it (another receiver's ephemeral port): wait_listening
+        # then starts it again on other ports
+        self.port, self.metrics_port = free_port(), free_port()
+        self.log_file = open(self.log_path, "w")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
             [
-                *(SPANMETER, "serve", "--database-url", database_url),
+                *(SPANMETER, "serve", "--database-url", self.database_url),
                 *("--otlp-endpoint", self.endpoint, "--metrics-port", str(self.metrics_port)),
             ],
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=self.env,
         )
 
     @property
@@ -222,6 +234,11 @@ class Receiver:
             if "listening " in self.log_path.read_text():
                 return
             if self.proc.poll() is not None:
+                if "already in use" in self.log_path.read_text() and self.respawns < 3:
+                    self.respawns += 1
+                    self.log_file.close()
+                    self._spawn()
+                    continue
                 raise RuntimeError(f"receiver {self.number} exited:\n{self.log_path.read_text()[-3000:]}")
             time.sleep(0.1)
         raise RuntimeError(f"receiver {self.number} did not listen within {timeout:g} s")
@@ -324,7 +341,17 @@ def _connect(conninfo: str):
 
 
 # -- one measurement ----------------------------------------------------------------------------------------
-def run_phase(args: argparse.Namespace, db: Ledger, receivers: int, phase: int, nonce: bytes, work: Path) -> dict:
+def run_phase(
+    args: argparse.Namespace,
+    db: Ledger,
+    receivers: int,
+    phase: int,
+    nonce: bytes,
+    work: Path,
+    split: int = 1,
+) -> dict:
+    """One configuration. ``split`` > 1 (``--split-control``, one receiver): batches of spans/split, as many
+    in flight: the requests, and the concurrency, each of ``split`` receivers gets."""
     env = dict(e.split("=", 1) for e in args.serve_env + (args.replica_env if receivers > 1 else []))
     drained = db.drain()
     if drained:
@@ -340,8 +367,8 @@ def run_phase(args: argparse.Namespace, db: Ledger, receivers: int, phase: int, 
                 "phase": phase,
                 "nonce": nonce,
                 "endpoints": endpoints,
-                "spans": args.spans_per_batch,
-                "inflight": args.inflight,
+                "spans": args.spans_per_batch // split,
+                "inflight": args.inflight_many if receivers > 1 and args.inflight_many else args.inflight,
             }
             for c in range(args.clients)
         ]
@@ -407,6 +434,7 @@ def run_phase(args: argparse.Namespace, db: Ledger, receivers: int, phase: int, 
     rate = sum(r["window_spans"] for r in results) / args.seconds
     return {
         "receivers": receivers,
+        "split": split,
         "value": rate,
         "batch_latency_p50": _loadgen.percentile(latencies, 0.5),
         "batch_latency_p99": _loadgen.percentile(latencies, 0.99),
@@ -515,6 +543,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra environment for the N receivers only, e.g. SPANMETER_LEDGER_WRITERS=1 (N x 1 writer connections)",
     )
+    p.add_argument(
+        "--inflight-many",
+        type=int,
+        default=0,
+        help="batches in flight per client process for the N receivers only (default: --inflight): a gateway "
+        "with N x the consumers gives each receiver as many spans in flight as one receiver gets",
+    )
+    p.add_argument(
+        "--split-control",
+        action="store_true",
+        help="also measure 1 receiver fed what each of the N receivers gets (spans/N per request, as many in "
+        "flight): what the smaller requests cost without more processes",
+    )
     p.add_argument("--results", type=Path, default=BENCH_DIR / "results")
     args = p.parse_args(argv)
     if args.receivers < 2:
@@ -557,12 +598,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for rep in range(args.repeat):
             log(f"\n=== repeat {rep + 1}/{args.repeat} ===")
-            order = (1, args.receivers) if rep % 2 == 0 else (args.receivers, 1)  # alternated: drift cancels
-            rr = {}
+            order: list[int | str] = [1, args.receivers] + (["split"] if args.split_control else [])
+            if rep % 2:
+                order.reverse()  # alternated: drift cancels
+            rr: dict[int | str, dict] = {}
             for n in order:
                 phase += 1
-                log(f"({n} receiver{'s' if n > 1 else ''}) {n} x spanmeter serve, one ledger")
-                rr[n] = run_phase(args, db, n, phase, nonce, work)
+                if n == "split":
+                    log(
+                        f"(1 receiver, split requests) 1 x spanmeter serve fed {args.spans_per_batch // args.receivers}"
+                        f"-span requests, {args.inflight} in flight per client: what each of the "
+                        f"{args.receivers} receivers gets"
+                    )
+                    rr[n] = run_phase(args, db, 1, phase, nonce, work, split=args.receivers)
+                else:
+                    log(f"({n} receiver{'s' if n > 1 else ''}) {n} x spanmeter serve, one ledger")
+                    rr[n] = run_phase(args, db, n, phase, nonce, work)
                 report_phase(rr[n])
             results["repeats"].append({str(k): v for k, v in rr.items()})
         summarize(results, args)
@@ -578,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
 def summarize(results: dict, args: argparse.Namespace) -> None:
     reps = results["repeats"]
 
-    def med(n: int, key: str) -> float:
+    def med(n: int | str, key: str) -> float:
         values = [rep[str(n)][key] for rep in reps if not math.isnan(rep[str(n)][key])]
         return statistics.median(values) if values else float("nan")
 
@@ -604,15 +655,26 @@ def summarize(results: dict, args: argparse.Namespace) -> None:
         f"{f'{args.receivers} receivers / 1 receiver':<44} {ratio:>18.3f}  target >= 1.000 (no figure below 1 "
         f"receiver)   {'MET' if met else 'NOT MET'}"
     )
+    split = med("split", "value") if "split" in reps[0] else float("nan")
+    if not math.isnan(split):
+        log(
+            f"{f'1 receiver fed {args.receivers}-way split requests':<44} {fmt_rate(split) + ' spans/s':>18}  "
+            f"{reps[-1]['split']['bound_by']}"
+        )
+        log(
+            f"{f'    {args.receivers} receivers / that control':<44} {many / split:>18.3f}  (near 1: the split's "
+            "smaller requests, not the extra processes, cost the difference)"
+        )
     for i, rep in enumerate(reps):
         log(
             f"  repeat {i + 1}: 1 receiver {fmt_rate(rep['1']['value'])}  {args.receivers} receivers "
             f"{fmt_rate(rep[str(args.receivers)]['value'])}"
+            + (f"  1 receiver, split requests {fmt_rate(rep['split']['value'])}" if "split" in rep else "")
         )
     # CPU per committed span over every process of the bench: robust to other load on the machine, unlike the
     # rates; the machine's cores divided by it is what this host can commit when the bench has it to itself
-    cost = {}
-    for n in (1, args.receivers):
+    cost: dict[int | str, dict[str, float]] = {}
+    for n in (1, args.receivers, *(["split"] if "split" in reps[0] else [])):
         per = [_cpu_per_span(rep[str(n)]) for rep in reps]
         cost[n] = {k: statistics.median(p[k] for p in per) for k in per[0]}
     ncpu = reps[-1]["1"]["cpu"]["ncpu"]
@@ -622,6 +684,11 @@ def summarize(results: dict, args: argparse.Namespace) -> None:
         f"{cost[args.receivers]['total']:.1f} µs (receivers {cost[args.receivers]['receivers']:.1f}, PostgreSQL "
         f"{cost[args.receivers]['postgres']:.1f})"
     )
+    if "split" in cost:
+        log(
+            f"  CPU per committed span, 1 receiver fed split requests: {cost['split']['total']:.1f} µs (receiver "
+            f"{cost['split']['receivers']:.1f}, PostgreSQL {cost['split']['postgres']:.1f})"
+        )
     ceiling = {n: ncpu * 1e6 / c["total"] for n, c in cost.items()}
     log(
         f"  CPU ceiling of this host ({ncpu} cores / CPU per span): 1 receiver {fmt_rate(ceiling[1])} spans/s, "
@@ -650,6 +717,7 @@ def summarize(results: dict, args: argparse.Namespace) -> None:
     results["summary"] = {
         "one": one,
         "many": many,
+        "split_control": split,
         "ratio": ratio,
         "met": met,
         "exact": exact,
