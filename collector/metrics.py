@@ -63,7 +63,8 @@ _CLASSES = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 
 
 def observe_many(histogram: Any, amounts: Sequence[float]) -> None:
-    """``histogram.observe(a)`` for every ``a`` of ``amounts`` (finite numbers), in one pass per bucket.
+    """``histogram.observe(a)`` for every ``a`` of ``amounts``, in one pass per bucket (a batch holding a NaN
+    is observed one amount at a time, so it is counted as ``observe`` counts it).
 
     ``Histogram.observe`` walks the bucket bounds in Python for each observation; the receiver observes
     every committed row's lag and every entry span's duration, so that walk was a tenth of its per-span

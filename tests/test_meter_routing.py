@@ -4,6 +4,8 @@ exporter. Pure: the exporter's accounting of a committed batch, no database."""
 
 from __future__ import annotations
 
+import decimal
+
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -96,3 +98,20 @@ def test_a_span_twice_in_one_batch_is_billed_once_and_counted_once_as_a_duplicat
     assert value("spanmeter_billable_gpu_seconds_total", {"plan_code": "growth", "gpu_model": "h100"}) == 1.5
     # the second k1 and k2 are duplicates; the conflict is a rejection counted elsewhere, not a duplicate
     assert value("spanmeter_usage_events_duplicate_total", {"meter": "gpu_seconds"}) == 2
+
+
+def test_a_quantity_that_cannot_be_summed_leaves_the_row_counts_counted():
+    registry = CollectorRegistry()
+    metrics = CollectorMetrics(registry, plan_codes=("growth",), gpu_models=("H100",))
+    exporter = LedgerExporter(database=None, metrics=metrics)  # type: ignore[arg-type]  # never started
+    exporter._routes = exporter_module._routes(metrics, [GPU_SECONDS])
+    rows = [
+        ("gpu_seconds", 1, "k1", "growth", "H100", "not-a-number", NS),  # a bug upstream: no Decimal for it
+        ("gpu_seconds", 1, "k2", "growth", "H100", "1.0", NS),  # already in the ledger
+    ]
+    written = UsageWrite(staged=2, inserted=1, inserted_keys=["k1"])
+    with pytest.raises(decimal.InvalidOperation):
+        exporter._record(rows, written, NS / 1e9, set())
+    # the rows were committed: what was billed and what was a duplicate is counted before any sum can fail
+    assert registry.get_sample_value("spanmeter_spans_billed_total", {"meter": "gpu_seconds"}) == 1
+    assert registry.get_sample_value("spanmeter_usage_events_duplicate_total", {"meter": "gpu_seconds"}) == 1

@@ -56,8 +56,8 @@ def test_a_nan_among_the_amounts_is_counted_as_observe_counts_it():
         for value in values:
             child.observe(value)
 
-    # observe() puts a NaN in no bucket but +Inf's count and the sum (NaN) still see it; bisect would put it in
-    # the first bucket, so a batch with a NaN is observed one amount at a time
+    # observe() puts a NaN in no bucket (so not in _count or +Inf either, which add the buckets up); only the
+    # sum sees it. bisect would put it in the first bucket, so a batch with a NaN is observed one at a time
     got, expected = _exposition(lambda child: observe_many(child, values)), _exposition(one_by_one)
     assert _without_sum(got) == _without_sum(expected)
     assert "lag_seconds_sum" in got and str(_sum_of(got)) == str(_sum_of(expected)) == "nan"
