@@ -242,7 +242,7 @@ class Receiver:
                     self.log_file.close()
                     self._spawn()
                     continue
-                raise RuntimeError(f"receiver {self.number} exited:\n{self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"receiver {self.number} exited:\n{text[-3000:]}")
             time.sleep(0.1)
         raise RuntimeError(f"receiver {self.number} did not listen within {timeout:g} s")
 
@@ -344,6 +344,14 @@ def _connect(conninfo: str):
 
 
 # -- one measurement ----------------------------------------------------------------------------------------
+def _client_load(args: argparse.Namespace, many: bool, split: int = 1) -> tuple[int, int]:
+    """(spans per batch, batches in flight) per client process: the N receivers' (``many``) or the one's; a
+    split control sends one receiver ceil(batch / split) spans per request, what each of the N gets."""
+    spans = args.spans_per_batch_many if many and args.spans_per_batch_many else args.spans_per_batch
+    inflight = args.inflight_many if many and args.inflight_many else args.inflight
+    return math.ceil(spans / split), inflight
+
+
 def run_phase(
     args: argparse.Namespace,
     db: Ledger,
@@ -357,6 +365,7 @@ def run_phase(
     receivers gets: requests of ceil(batch/split) spans, the N's batches in flight, the N's environment."""
     many = receivers > 1 or split > 1  # the N receivers' load and environment
     env = dict(e.split("=", 1) for e in args.serve_env + (args.replica_env if many else []))
+    spans, inflight = _client_load(args, many, split)
     drained = db.drain()
     if drained:
         log(f"    folded {drained:,} deltas left by the previous configuration before starting")
@@ -371,10 +380,8 @@ def run_phase(
                 "phase": phase,
                 "nonce": nonce,
                 "endpoints": endpoints,
-                "spans": math.ceil(
-                    (args.spans_per_batch_many if many and args.spans_per_batch_many else args.spans_per_batch) / split
-                ),
-                "inflight": args.inflight_many if many and args.inflight_many else args.inflight,
+                "spans": spans,
+                "inflight": inflight,
             }
             for c in range(args.clients)
         ]
@@ -598,10 +605,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.warmup:g} s warm-up; repeat {args.repeat}"
     )
     if args.inflight_many or args.spans_per_batch_many:
-        log(
-            f"  the {args.receivers} receivers: {args.inflight_many or args.inflight} batches in flight x "
-            f"{args.spans_per_batch_many or args.spans_per_batch} spans/batch per client"
-        )
+        spans, inflight = _client_load(args, True)
+        log(f"  the {args.receivers} receivers: {inflight} batches in flight x {spans} spans/batch per client")
     if args.serve_env or args.replica_env:
         log(
             f"  serve environment: {args.serve_env or '-'}; the {args.receivers} receivers also: {args.replica_env or '-'}"
@@ -623,11 +628,10 @@ def main(argv: list[str] | None = None) -> int:
             for n in order:
                 phase += 1
                 if n == "split":
+                    spans, inflight = _client_load(args, True, args.receivers)
                     log(
-                        f"(1 receiver, split requests) 1 x spanmeter serve fed "
-                        f"{math.ceil((args.spans_per_batch_many or args.spans_per_batch) / args.receivers)}-span "
-                        f"requests, {args.inflight_many or args.inflight} in flight per client: what each of the "
-                        f"{args.receivers} receivers gets"
+                        f"(1 receiver, split requests) 1 x spanmeter serve fed {spans}-span requests, {inflight} in "
+                        f"flight per client: what each of the {args.receivers} receivers gets"
                     )
                     rr[n] = run_phase(args, db, 1, phase, nonce, work, split=args.receivers)
                 else:
