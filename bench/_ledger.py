@@ -31,6 +31,8 @@ from psycopg import sql
 
 LEDGER_DB = "spanmeter_bench_ledger"
 TEXTBOOK_DB = "spanmeter_bench_textbook"
+REGISTRY_TRIGGER = "usage_event_keys_append_only"  # migration 0018
+REGISTRY_KEY = "usage_event_keys_pkey"
 ROLLUP_TRIGGER = "usage_events_rollup_deltas"  # migration 0005: appends rollup deltas per INSERT statement
 CHUNK_ROWS = 500_000
 MONTH_US = 30 * 86_400 * 1_000_000
@@ -192,6 +194,7 @@ def prefill(conninfo: str, name: str, rows: int, textbook: bool, log) -> dict:
             log(f"  {name}: {done:,}/{rows:,} rows ({rate:,.0f} rows/s, {time.monotonic() - started:.0f} s)")
         if not textbook:
             conn.execute(f"ALTER TABLE usage_events ENABLE TRIGGER {ROLLUP_TRIGGER}")
+            _register_prefill(conn, name, log)
         if textbook:
             for index in TEXTBOOK_INDEXES:
                 t = time.monotonic()
@@ -211,6 +214,42 @@ def prefill(conninfo: str, name: str, rows: int, textbook: bool, log) -> dict:
         return {"reused": False, "rows": count, "seconds": seconds, "t_end": t_end, "max_id": max_id}
 
 
+def _register_prefill(conn: psycopg.Connection, name: str, log) -> None:
+    """Fill the key registry (migration 0018) from the prefilled rows, as the migration does for an existing
+    ledger: unindexed, then the primary key in one sort. The ledger's history is registered like its rows."""
+    if conn.execute("SELECT to_regclass('usage_event_keys')").fetchone()[0] is None:
+        return
+    rows = conn.execute("SELECT count(*) FROM usage_events").fetchone()[0]
+    if conn.execute("SELECT count(*) FROM usage_event_keys").fetchone()[0] == rows:
+        return
+    t = time.monotonic()
+    conn.execute(f"ALTER TABLE usage_event_keys DISABLE TRIGGER {REGISTRY_TRIGGER}")
+    conn.execute("TRUNCATE usage_event_keys")
+    conn.execute(f"ALTER TABLE usage_event_keys ENABLE TRIGGER {REGISTRY_TRIGGER}")
+    conn.execute(f"ALTER TABLE usage_event_keys DROP CONSTRAINT IF EXISTS {REGISTRY_KEY}")
+    conn.execute("INSERT INTO usage_event_keys SELECT idempotency_key, occurred_at FROM usage_events")
+    conn.execute(f"ALTER TABLE usage_event_keys ADD CONSTRAINT {REGISTRY_KEY} PRIMARY KEY (idempotency_key)")
+    conn.execute("VACUUM (FREEZE, ANALYZE) usage_event_keys")
+    log(f"  {name}: key registry filled ({rows:,} keys) in {time.monotonic() - t:.0f} s")
+
+
+def set_key_registry_index(conninfo: str, enabled: bool, t_end: datetime) -> None:
+    """Bench ledgers only, for the diagnostic phases (2k)/(3k): drop the key registry's primary key (the random
+    B-tree insert per row that is its cost; rows are still registered, unchecked), or put it back after removing
+    the keys registered since the prefill (``t_end``), which the next trim removes from the ledger anyway."""
+    with connect(conninfo, autocommit=True) as conn:
+        if not enabled:
+            conn.execute(f"ALTER TABLE usage_event_keys DROP CONSTRAINT IF EXISTS {REGISTRY_KEY}")
+            return
+        conn.execute("SET session_replication_role = replica")  # skips the append-only trigger
+        conn.execute("DELETE FROM usage_event_keys WHERE occurred_at > %s", (t_end,))
+        conn.execute("RESET session_replication_role")
+        if conn.execute(
+            "SELECT 1 FROM pg_constraint WHERE conname = %s", (REGISTRY_KEY,)
+        ).fetchone() is None:  # fmt: skip
+            conn.execute(f"ALTER TABLE usage_event_keys ADD CONSTRAINT {REGISTRY_KEY} PRIMARY KEY (idempotency_key)")
+
+
 def trim(conninfo: str, name: str, textbook: bool, log) -> int:
     """Delete the rows earlier bench phases added; VACUUM ANALYZE; CHECKPOINT. Returns rows deleted."""
     with connect(conninfo, autocommit=True) as conn:
@@ -224,6 +263,7 @@ def trim(conninfo: str, name: str, textbook: bool, log) -> int:
                 cur = conn.execute("DELETE FROM usage_events WHERE id > %s", (meta[3],))
             else:
                 cur = conn.execute("DELETE FROM usage_events WHERE occurred_at > %s", (meta[2],))
+                conn.execute("DELETE FROM usage_event_keys WHERE occurred_at > %s", (meta[2],))
             deleted = cur.rowcount
             conn.execute("RESET session_replication_role")
         except psycopg.errors.InsufficientPrivilege:
@@ -231,6 +271,8 @@ def trim(conninfo: str, name: str, textbook: bool, log) -> int:
             return 0
         if deleted:
             conn.execute("VACUUM (ANALYZE) usage_events")
+            if not textbook:
+                conn.execute("VACUUM (ANALYZE) usage_event_keys")
         conn.execute("CHECKPOINT")
         if deleted:
             log(
@@ -349,6 +391,36 @@ class LedgerWriterMethod:
         return result.inserted if hasattr(result, "inserted") else len(result)
 
 
+# The writer's statement before the key registry (migration 0018): rows straight into usage_events.
+_INSERT_BEFORE_0018 = """
+INSERT INTO usage_events (occurred_at, idempotency_key, account_id, job_id, plan_code, meter_code,
+                          meter_version, quantity, unit, trace_id, span_id, metadata, producer)
+SELECT timestamptz 'epoch' + occurred_at_us * interval '1 microsecond', idempotency_key, account_id, job_id,
+       plan_code, meter_code, meter_version, quantity, unit, trace_id, span_id, metadata::jsonb, producer
+FROM usage_staging, usage_event_coverage c
+WHERE timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' >= c.from_at
+  AND timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' < c.to_at
+  AND (c.archived_to IS NULL OR timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' >= c.archived_to)
+ON CONFLICT DO NOTHING
+"""
+
+
+class NoRegistryLedgerWriterMethod(LedgerWriterMethod):
+    """Diagnostic (2n): LedgerWriter with its statement from before the key registry (no key registered), so
+    the registry's whole cost shows side by side. Its rows have no registry entry: bench ledgers only."""
+
+    label = "LedgerWriter without the key registry (the statement before 0018)"
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        super().__init__(conn)
+
+        def insert(cur: psycopg.Cursor, staged: int) -> int:
+            cur.execute(_INSERT_BEFORE_0018)
+            return cur.rowcount
+
+        self.writer._insert = insert  # type: ignore[method-assign]
+
+
 class CopyBinaryMethod:
     """Typed staging (timestamptz, uuid, numeric, jsonb) filled by binary COPY, then INSERT … SELECT …
     ON CONFLICT DO NOTHING RETURNING idempotency_key: no casts or text parsing on the server."""
@@ -368,8 +440,13 @@ class CopyBinaryMethod:
         conn.execute(self._STAGING)
         conn.commit()
         self._copy = f"COPY bench_staging ({_COLS}) FROM STDIN (FORMAT BINARY)"
+        # with the key registry (migration 0018), as the product writes: only rows whose key it registered
         self._insert = (
-            f"INSERT INTO usage_events ({_COLS}) SELECT {_COLS} FROM bench_staging "
+            "WITH registered AS (INSERT INTO usage_event_keys (idempotency_key, occurred_at) "
+            "SELECT idempotency_key, occurred_at FROM bench_staging ON CONFLICT DO NOTHING "
+            "RETURNING idempotency_key, occurred_at) "
+            f"INSERT INTO usage_events ({_COLS}) SELECT {', '.join('s.' + c.strip() for c in _COLS.split(','))} "
+            "FROM bench_staging s JOIN registered r USING (idempotency_key, occurred_at) "
             "ON CONFLICT DO NOTHING RETURNING idempotency_key"
         )
 
@@ -424,11 +501,16 @@ class UnnestMethod:
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
+        # with the key registry (migration 0018), as the product writes: only rows whose key it registered
         self._sql = (
-            f"INSERT INTO usage_events ({_COLS}) "
-            "SELECT o, k, a, j, p, mc, mv, q, u, t, s, md::jsonb FROM unnest("
+            "WITH x AS (SELECT * FROM unnest("
             "%b::timestamptz[], %b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int2[], "
-            "%b::numeric[], %b::text[], %b::text[], %b::text[], %b::text[]) AS x(o, k, a, j, p, mc, mv, q, u, t, s, md) "
+            "%b::numeric[], %b::text[], %b::text[], %b::text[], %b::text[]) AS x(o, k, a, j, p, mc, mv, q, u, t, s, md)), "
+            "registered AS (INSERT INTO usage_event_keys (idempotency_key, occurred_at) SELECT k, o FROM x "
+            "ON CONFLICT DO NOTHING RETURNING idempotency_key, occurred_at) "
+            f"INSERT INTO usage_events ({_COLS}) "
+            "SELECT o, k, a, j, p, mc, mv, q, u, t, s, md::jsonb FROM x "
+            "JOIN registered r ON r.idempotency_key = x.k AND r.occurred_at = x.o "
             "ON CONFLICT DO NOTHING RETURNING idempotency_key"
         )
 
@@ -460,9 +542,12 @@ class ExecutemanyMethod:
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
+        # with the key registry (migration 0018): the row goes in only if its key was registered
         self._sql = (
-            f"INSERT INTO usage_events ({_COLS}) VALUES "
-            "(%b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b::jsonb) ON CONFLICT DO NOTHING"
+            "WITH registered AS (INSERT INTO usage_event_keys (idempotency_key, occurred_at) VALUES (%b, %b) "
+            "ON CONFLICT DO NOTHING RETURNING 1) "
+            f"INSERT INTO usage_events ({_COLS}) SELECT "
+            "%b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b::jsonb FROM registered ON CONFLICT DO NOTHING"
         )
 
     def write(self, rows: list[tuple]) -> int:
@@ -470,10 +555,7 @@ class ExecutemanyMethod:
         with self.conn.cursor() as cur:
             cur.executemany(
                 self._sql,
-                [
-                    (_ts(r[0]), UUID(r[1]), r[2], r[3], r[4], r[5], r[6], Dec(r[7]), r[8], r[9], r[10], r[11])
-                    for r in rows
-                ],
+                [(UUID(r[1]), _ts(r[0]), *(_ts(r[0]), UUID(r[1]), *r[2:7], Dec(r[7]), *r[8:12])) for r in rows],
             )
             return cur.rowcount
 
@@ -542,6 +624,7 @@ class TextbookCopyMethod:
 
 METHODS = {
     "ledgerwriter": LedgerWriterMethod,
+    "ledgerwriter_no_registry": NoRegistryLedgerWriterMethod,
     "copy_binary": CopyBinaryMethod,
     "unnest": UnnestMethod,
     "executemany": ExecutemanyMethod,

@@ -15,6 +15,10 @@ Figures, all measured in one run against ledgers that already hold --prefill-row
 3. `spanmeter serve`, all spans billable: committed spans/s, pipeline lag p50/p99;
 3u. (diagnostic, only when asked: ``--phases …,3u``) (3) with the delta trigger disabled: what serve would
    commit if rollup upkeep cost nothing, the ceiling any rollup design could reach on this machine;
+2n, 2k, 3k. (diagnostic, only when asked: ``--phases …,2n,2k,3k``) (2) with LedgerWriter's statement from
+   before the key registry (2n: no key registered); (2) with LedgerWriter and (3), each with the registry's
+   primary key dropped (2k, 3k: keys still registered, unchecked): what the registry (migration 0018) and
+   its random B-tree insert per row cost, side by side;
 4. `spanmeter serve`, 90% non-billable spans: spans/s received;
 5. (2) on the textbook schema (bigserial id, text idempotency key + unique index, jsonb metadata), one
    INSERT … ON CONFLICT per row in executemany: rows/s.
@@ -914,6 +918,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         bench = Bench(args, pg)
+        prefill_end = results["prefill"]["ledger"]["t_end"]  # rows after it are the phases' (trimmed)
         for rep in range(args.repeat):
             log(f"\n=== repeat {rep + 1}/{args.repeat} ===")
             if not args.no_trim:
@@ -945,6 +950,28 @@ def main(argv: list[str] | None = None) -> int:
                             report_write(r, "write")
                     finally:
                         _ledger.set_rollup_upkeep(pg.ledger, True)
+                elif phase == "2n":
+                    # diagnostic: LedgerWriter as before the key registry (its rows go unregistered)
+                    log("(2n) bare ledger write, no rollup upkeep, no key registry: LedgerWriter before 0018")
+                    _ledger.set_rollup_upkeep(pg.ledger, False)
+                    try:
+                        r = bench.phase_write("ledgerwriter_no_registry", pg.ledger, _ledger.LEDGER_DB)
+                    finally:
+                        _ledger.set_rollup_upkeep(pg.ledger, True)
+                    rr["2n"] = r
+                    report_write(r, "write")
+                elif phase == "2k":
+                    # diagnostic: (2) with LedgerWriter and no key-registry index; bench ledgers only
+                    log("(2k) bare ledger write, no rollup upkeep, key registry unindexed: LedgerWriter")
+                    _ledger.set_rollup_upkeep(pg.ledger, False)
+                    _ledger.set_key_registry_index(pg.ledger, False, prefill_end)
+                    try:
+                        r = bench.phase_write("ledgerwriter", pg.ledger, _ledger.LEDGER_DB)
+                    finally:
+                        _ledger.set_key_registry_index(pg.ledger, True, prefill_end)
+                        _ledger.set_rollup_upkeep(pg.ledger, True)
+                    rr["2k"] = r
+                    report_write(r, "write")
                 elif phase == "2r":
                     log("(2r) ledger write with rollup upkeep: LedgerWriter + delta trigger, folded every 1 s")
                     _ledger.discard_rollup_deltas(pg.ledger)
@@ -963,17 +990,26 @@ def main(argv: list[str] | None = None) -> int:
                         r = bench.phase_write(method, pg.textbook, _ledger.TEXTBOOK_DB)
                         rr["5"][method] = r
                         report_write(r, "textbook")
-                elif phase in ("3", "3u", "4"):
+                elif phase in ("3", "3u", "3k", "4"):
                     if "serve" not in rr:
                         _ledger.set_rollup_upkeep(pg.ledger, True)  # the product as it runs
                         _ledger.discard_rollup_deltas(pg.ledger)
                         rr["serve"] = bench.start_serve()
                         log(f"    spanmeter serve: {rr['serve'].listening_line}")
                     server = rr["serve"]
-                    if phase in ("3", "3u"):
+                    if phase in ("3", "3u", "3k"):
                         if phase == "3":
                             log("(3) spanmeter serve, all spans billable")
                             r = bench.phase_serve(server, billable_every=1)
+                        elif phase == "3k":
+                            # diagnostic: (3) without the key registry's random B-tree insert per row
+                            log("(3k) spanmeter serve, all spans billable, key registry unindexed")
+                            _ledger.discard_rollup_deltas(pg.ledger)
+                            _ledger.set_key_registry_index(pg.ledger, False, prefill_end)
+                            try:
+                                r = bench.phase_serve(server, billable_every=1)
+                            finally:
+                                _ledger.set_key_registry_index(pg.ledger, True, prefill_end)
                         else:
                             # diagnostic: what (3) would be if rollup upkeep cost nothing (the ceiling any
                             # rollup design could reach); rollups are wrong while it runs, so bench ledgers only
@@ -1154,6 +1190,21 @@ def summarize(results: dict, args: argparse.Namespace, methods: list[str]) -> di
         ratio("    info: (2)/(5) storage ceiling vs textbook executemany", f2, f5, 1.5),
         ratio("    info: (2r)/(2) rollup upkeep's cost on the write path", f2r, f2, 0.0),
     ]
+    f2n, f2k, f3k = med(["2n", "value"]), med(["2k", "value"]), med(["3k", "value"])
+    f2lw = method_meds.get("ledgerwriter", float("nan"))
+    if not math.isnan(f2n):
+        row("(2n) LedgerWriter, no key registry (diagnostic)", f2n, "rows/s", last(["2n", "bound_by"]))
+        log(
+            f"{'    info: (2)/(2n) LedgerWriter with the registry vs none':<58} {f2lw / f2n if f2n else math.nan:>10.3f}"
+        )
+    if not math.isnan(f2k):
+        row("(2k) LedgerWriter, key registry unindexed (diagnostic)", f2k, "rows/s", last(["2k", "bound_by"]))
+        log(
+            f"{'    info: (2)/(2k) LedgerWriter with the registry vs without':<58} {f2lw / f2k if f2k else math.nan:>10.3f}"
+        )
+    if not math.isnan(f3k):
+        row("(3k) serve, key registry unindexed (diagnostic)", f3k, "spans/s", last(["3k", "bound_by"]))
+        log(f"{'    info: (3)/(3k) serve with the registry vs without':<58} {f3 / f3k if f3k else math.nan:>10.3f}")
     f3u = med(["3u", "value"])
     if not math.isnan(f3u):
         ratios.append(ratio("    info: (3u)/(2) serve with no rollup upkeep vs (2)", f3u, f2, 0.0))
@@ -1205,7 +1256,7 @@ def summarize(results: dict, args: argparse.Namespace, methods: list[str]) -> di
     for i, rr in enumerate(reps):
         vals = {
             k: rr.get(k, {}).get("value") if isinstance(rr.get(k), dict) and "value" in rr.get(k, {}) else None
-            for k in ("1", "2r", "3", "3u", "4")
+            for k in ("1", "2n", "2k", "2r", "3", "3u", "3k", "4")
         }
         vals["2"] = {m: rr.get("2", {}).get(m, {}).get("value") for m in methods}
         vals["5"] = rr.get("5", {}).get("textbook_executemany", {}).get("value")
@@ -1214,7 +1265,8 @@ def summarize(results: dict, args: argparse.Namespace, methods: list[str]) -> di
             log(
                 f"  repeat {i + 1}: (1) {fmt_rate(vals['1'])}  (2) "
                 + " ".join(f"{m}={fmt_rate(v)}" for m, v in vals["2"].items())
-                + f"  (2r) {fmt_rate(vals['2r'])}  (3) {fmt_rate(vals['3'])}  (3u) {fmt_rate(vals['3u'])}  (4) {fmt_rate(vals['4'])}  (5) {fmt_rate(vals['5'])}"
+                + f"  (2n) {fmt_rate(vals['2n'])}  (2k) {fmt_rate(vals['2k'])}  (2r) {fmt_rate(vals['2r'])}  (3) {fmt_rate(vals['3'])}  (3u) {fmt_rate(vals['3u'])}"
+                + f"  (3k) {fmt_rate(vals['3k'])}  (4) {fmt_rate(vals['4'])}  (5) {fmt_rate(vals['5'])}"
             )
     return {
         "rows": rows,

@@ -122,7 +122,7 @@ def resolve(
             for row in result.rows:
                 if row.meter.code not in meter_codes:  # another meter of the span: its own rejection, if any
                     continue
-                held = replay_store.conflicting_row(conn, row.idempotency_key, row.end_time_unix_nano)
+                held = replay_store.conflicting_row(conn, row.idempotency_key)
                 if held is None or (held[0], held[1]) == (row.account_id, row.quantity):
                     continue  # not the conflicting row
                 account, quantity, occurred_at = held

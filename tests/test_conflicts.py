@@ -232,10 +232,110 @@ def test_rows_record_their_producer_and_another_producer_sending_the_same_span_i
         collector.kill()
 
 
-def test_a_key_billed_again_at_another_end_time_is_found_by_reconcile_until_corrected(fresh_db):
-    """The write path cannot see the same key at another end time (the primary key holds the end time), so
-    reconciliation, which runs before invoices are finalized, finds it: both versions named, the doubled
-    quantity in the delta (the alert's gauge) until a correction references the key."""
+def _moved(body: bytes, seconds: int) -> bytes:
+    """``body`` with every span ended (and started) ``seconds`` later: the same ids at another end time."""
+    request = ExportTraceServiceRequest.FromString(body)
+    for span in request.resource_spans[0].scope_spans[0].spans:
+        span.start_time_unix_nano += seconds * SECOND
+        span.end_time_unix_nano += seconds * SECOND
+    return request.SerializeToString()
+
+
+def test_the_same_key_at_another_end_time_is_a_conflict_at_the_door_not_a_second_bill(fresh_db):
+    """The key registry holds each key once, whatever its end time: a span re-sent with its end time moved
+    (a producer bug, or a squatter who cannot know the genuine end time) is answered in partial_success and
+    kept with both end times; the genuine row stays billed once."""
+    collector = Collector(fresh_db).start()
+    try:
+        ids = (os.urandom(16), os.urandom(8))
+        first = _request([(*ids, "acct-e", 2 * SECOND), (os.urandom(16), os.urandom(8), "acct-e", SECOND)], "svc-e")
+        assert raw_export(collector.endpoint, first).code == grpc.StatusCode.OK
+        only = ExportTraceServiceRequest.FromString(first)
+        del only.resource_spans[0].scope_spans[0].spans[1:]
+        later = _moved(only.SerializeToString(), -3600)  # the same span, ended an hour earlier
+        result = raw_export(collector.endpoint, later)
+        assert result.code == grpc.StatusCode.OK
+        partial = result.response.partial_success
+        assert partial.rejected_spans == 1 and "key_conflict x1" in partial.error_message
+        ended = ledger(fresh_db, "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'HH24:MI:SS') FROM usage_events"
+                       " WHERE trace_id = %s", (ids[0].hex(),))[0][0]  # fmt: skip
+        assert f"T{ended}." in partial.error_message or f"T{ended}Z" in partial.error_message  # the held end time
+        assert totals(fresh_db, "acct-e") == {"worker_seconds": Decimal("3.0")}  # billed once
+        assert ledger(fresh_db, "SELECT count(*) FROM usage_events WHERE trace_id = %s", (ids[0].hex(),)) == [(1,)]
+        kept = ledger(fresh_db, "SELECT reason, span_ended_at < (SELECT min(occurred_at) FROM usage_events)"
+                      " FROM rejected_spans")  # fmt: skip
+        assert kept == [("key_conflict", True)]  # the moved version, whole, with its own end time
+        assert collector.metrics()['spanmeter_spans_rejected_total{reason="key_conflict"}'] == 1
+        # the producer retries the moved span: the same conflict, kept once; the genuine retry stays a duplicate
+        assert raw_export(collector.endpoint, later).response.partial_success.rejected_spans == 1
+        assert ledger(fresh_db, "SELECT count(*) FROM rejected_spans") == [(1,)]
+        dup = raw_export(collector.endpoint, first)
+        assert dup.code == grpc.StatusCode.OK and not dup.response.HasField("partial_success")
+        assert totals(fresh_db, "acct-e") == {"worker_seconds": Decimal("3.0")}
+    finally:
+        collector.kill()
+
+
+def _writer_row(key: str, at, quantity: str, account: str = "acme") -> tuple:
+    us = int(at.timestamp()) * 1_000_000
+    return (us, key, account, "j1", "growth", "worker_seconds", 1, quantity, "s", "ab" * 16, "cd" * 8, "{}")
+
+
+def test_the_writer_finds_a_key_moved_within_a_month_across_months_and_within_one_batch(fresh_db):
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg
+
+    from spanmeter.billing.ledger import migrate, partitions
+    from spanmeter.billing.ledger.database import resolve_database
+    from spanmeter.billing.ledger.writer import LedgerWriter
+
+    migrate.upgrade(resolve_database(fresh_db, data_dir=None))
+    now = datetime.now(UTC).replace(microsecond=0)
+    first = now.replace(day=1, hour=1, minute=0, second=0) + timedelta(minutes=7)
+    next_month = (first.replace(day=28) + timedelta(days=5)).replace(day=2)
+    key, twin, fresh = (uuid.uuid4().hex for _ in range(3))
+    with psycopg.connect(fresh_db) as conn:
+        partitions.ensure(conn, now)
+        conn.commit()
+        writer = LedgerWriter(conn)
+        assert writer.write_usage([_writer_row(key, first, "30")], producer="svc-a").inserted == 1
+        conn.commit()
+        for moved in (first + timedelta(hours=3), next_month):
+            written = writer.write_usage([_writer_row(key, moved, "30")], producer="svc-a")
+            conn.commit()
+            assert written.inserted == 0 and written.inserted_keys == frozenset()
+            [held] = written.conflicts
+            assert held.idempotency_key == key and held.account_id == "acme" and held.quantity == "30"
+            assert held.occurred_at_us == int(first.timestamp()) * 1_000_000
+            assert held.differs("acme", "j1", "growth", 1, "30", "svc-a", int(moved.timestamp()) * 1_000_000)
+            assert not held.differs("acme", "j1", "growth", 1, "30", "svc-a", held.occurred_at_us)
+            assert first.isoformat().replace("+00:00", "Z") in held.describe()
+        # one batch holding a new key twice at two end times: the first is billed, the second conflicts with it
+        written = writer.write_usage(
+            [_writer_row(twin, first, "4"), _writer_row(twin, first + timedelta(seconds=1), "4"),
+             _writer_row(fresh, first, "1")]
+        )  # fmt: skip
+        conn.commit()
+        assert written.inserted == 2 and written.inserted_keys == frozenset({twin, fresh})
+        assert [(c.idempotency_key, c.occurred_at_us) for c in written.conflicts] == [
+            (twin, int(first.timestamp()) * 1_000_000)
+        ]
+        # an exact retry is a duplicate, not a conflict
+        again = writer.write_usage([_writer_row(key, first, "30")], producer="svc-a")
+        conn.commit()
+        assert again.inserted == 0 and again.conflicts == ()
+        rows = conn.execute("SELECT idempotency_key::text, count(*) FROM usage_events GROUP BY 1").fetchall()
+        assert sorted(count for _, count in rows) == [1, 1, 1]
+        registered = conn.execute("SELECT count(*) FROM usage_event_keys").fetchone()[0]
+        assert registered == 3
+
+
+def test_keys_billed_twice_before_the_registry_are_registered_once_and_reconcile_lists_them(fresh_db):
+    """A ledger from before migration 0018 may hold a key at two end times (the write path could not see it
+    then). The upgrade registers each key once, at the end time received first; reconcile still lists the
+    second row until a correction references it; a third end time is now a conflict at the door."""
     import uuid
     from datetime import UTC, datetime, timedelta
 
@@ -247,33 +347,42 @@ def test_a_key_billed_again_at_another_end_time_is_found_by_reconcile_until_corr
     from spanmeter.billing.ledger.writer import LedgerWriter
     from spanmeter.billing.periods import Period
 
-    migrate.upgrade(resolve_database(fresh_db, data_dir=None))
+    database = resolve_database(fresh_db, data_dir=None)
+    migrate.upgrade(database, "0017_trace_links")
     nov = Period(2026, 11)
     first = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
     key, other = uuid.uuid4().hex, uuid.uuid4().hex
-
-    def row(k, at, quantity):
-        us = int(at.timestamp()) * 1_000_000
-        return (us, k, "acme", "j1", "growth", "worker_seconds", 1, quantity, "s", "ab" * 16, "cd" * 8, "{}")
-
+    legacy = """
+        INSERT INTO usage_events (occurred_at, idempotency_key, account_id, job_id, plan_code, meter_code,
+                                  meter_version, quantity, unit, trace_id, span_id, producer, received_at)
+        VALUES (%s, %s, 'acme', 'j1', 'growth', 'worker_seconds', 1, %s, 's', 'ab', 'cd', %s, %s)"""
     with psycopg.connect(fresh_db) as conn:
+        conn.execute(legacy, (first, key, 30, "svc-a", first))
+        conn.execute(legacy, (first, other, 5, "svc-a", first))
+        conn.execute(legacy, (first + timedelta(hours=3), key, 30, "svc-b", first + timedelta(hours=4)))
+        conn.commit()
+    migrate.upgrade(database)
+    with psycopg.connect(fresh_db) as conn:
+        registered = conn.execute(
+            "SELECT idempotency_key::text, occurred_at FROM usage_event_keys ORDER BY 1"
+        ).fetchall()
+        assert sorted(registered) == sorted([(str(uuid.UUID(key)), first), (str(uuid.UUID(other)), first)])
         subscriptions.set_subscription(
             conn, account_id="acme", plan_code="growth", pricing_version="v2_compute",
             valid_from=nov.start, valid_to=None, created_by="test",
         )  # fmt: skip
-        writer = LedgerWriter(conn)
-        writer.write_usage([row(key, first, "30"), row(other, first, "5")], producer="svc-a")
-        conn.commit()
-        written = writer.write_usage([row(key, first + timedelta(hours=3), "30")], producer="svc-b")
-        conn.commit()
-        assert written.inserted == 1  # the known gap: a second row, not a conflict, at write time
-
         result = reconcile.reconcile(conn, nov)
         conn.commit()
         assert result.delta == Decimal(30)
         assert [(d["idempotency_key"], d["occurred_at"], d["first_occurred_at"], d["producer"], d["first_producer"])
                 for d in result.billed_twice] == [(key, "2026-11-10T15:00:00Z", "2026-11-10T12:00:00Z", "svc-b", "svc-a")]  # fmt: skip
         assert "keys billed twice:     1 row(s)" in result.summary()
+        # since the registry, a third end time is refused at the door
+        written = LedgerWriter(conn).write_usage([_writer_row(key, first + timedelta(hours=5), "30")])
+        conn.commit()
+        assert written.inserted == 0 and [c.occurred_at_us for c in written.conflicts] == [
+            int(first.timestamp()) * 10**6
+        ]
 
         adjustments.record(
             conn, idempotency_key="double-1", account_id="acme", meter_code="worker_seconds",

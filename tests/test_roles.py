@@ -34,6 +34,11 @@ ROUTES = [
     "ALTER TABLE usage_events RENAME TO usage_events_old",
     "CREATE TRIGGER sneak BEFORE INSERT ON usage_events FOR EACH ROW EXECUTE FUNCTION spanmeter_refuse_change()",
     "DELETE FROM rejected_spans",
+    # the key registry: a key removed or moved could be billed again at another end time
+    "DELETE FROM usage_event_keys",
+    "UPDATE usage_event_keys SET occurred_at = now()",
+    "TRUNCATE usage_event_keys",
+    "ALTER TABLE usage_event_keys DISABLE TRIGGER ALL",
     "UPDATE rejected_requests SET reason = 'x'",
     # derived tables change only through the SECURITY DEFINER functions
     "DELETE FROM usage_rollup_deltas",
@@ -85,11 +90,20 @@ def test_the_writer_has_exactly_what_serve_needs(billed):
                        unnest(ARRAY['SELECT','INSERT','UPDATE','DELETE','TRUNCATE','TRIGGER','REFERENCES']) AS p
                  WHERE has_table_privilege(current_user, t, p) GROUP BY t
                 """,
-                (["usage_events", "rejected_spans", "usage_rollup_deltas", "usage_rollups_hourly"],),
+                (
+                    [
+                        "usage_events",
+                        "usage_event_keys",
+                        "rejected_spans",
+                        "usage_rollup_deltas",
+                        "usage_rollups_hourly",
+                    ],
+                ),
             ).fetchall()
         )
         assert privileges == {
             "usage_events": "INSERT,SELECT",
+            "usage_event_keys": "INSERT,SELECT",
             "rejected_spans": "INSERT,SELECT",
             "usage_rollup_deltas": "SELECT",
             "usage_rollups_hourly": "SELECT",

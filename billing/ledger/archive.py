@@ -20,11 +20,14 @@
    if it cannot have it within 10 s (a long transaction), nothing is archived and the command says retry.
 
 A span of an archived month arriving later is kept as ``archived_period``, never billed: with the month's
-keys gone, the ledger could not tell it from a duplicate.
+rows gone, the ledger could not tell it from a duplicate. Its key stays in the key registry
+(``usage_event_keys``, migration 0018), so the same span re-sent with an end time in a live month is a
+``key_conflict``, not a second bill.
 
 ``restore(conn, manifest)`` checks the file against its manifest and the archive record (SHA-256, rows),
 recreates the partition below the oldest attached one (restore the newest archived month first), loads it
-with ``COPY`` directly into the partition (its rollups never left, so no delta is written) and attaches it.
+with ``COPY`` directly into the partition (its rollups never left, so no delta is written), registers the keys
+the registry does not hold yet (a month archived before 0018) and attaches it.
 """
 
 from __future__ import annotations
@@ -310,6 +313,13 @@ def restore(conn: psycopg.Connection, manifest_path: Path) -> ArchivedPartition:
         loaded = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
         if loaded != rows:
             raise ArchiveError(f"{name}: loaded {loaded} rows, the archive holds {rows}: nothing was restored")
+        # a month archived before the key registry (0018) has keys it does not hold yet; later ones are still there
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO usage_event_keys (idempotency_key, occurred_at) SELECT idempotency_key, occurred_at"
+                " FROM {} ON CONFLICT DO NOTHING"
+            ).format(table)
+        )
         bound = sql.SQL("occurred_at < {}").format(sql.Literal(to_at))
         if from_at is not None:
             bound = sql.SQL("occurred_at >= {} AND {}").format(sql.Literal(from_at), bound)

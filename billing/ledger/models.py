@@ -55,6 +55,7 @@ __all__ = [
     "RejectedSpan",
     "Subscription",
     "UsageAdjustment",
+    "UsageEventKey",
     "UsageEventRecord",
     "UsageJobSet",
     "UsageJobSetMember",
@@ -103,6 +104,19 @@ class UsageEventRecord(Base):
             "usage_event_partitions)",
         },
     )
+
+
+class UsageEventKey(Base):
+    """The key registry (migration 0018): each idempotency key once, with the end time of the ledger row that
+    holds it, so the same key at another end time is a ``key_conflict`` on the write path. Append-only."""
+
+    __tablename__ = "usage_event_keys"
+    __table_args__ = (
+        {"comment": "spanmeter key registry: each idempotency key once, with the end time of the row that holds it"},
+    )
+
+    idempotency_key: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
 
 
 # usage_events_YYYY_MM, and usage_events_before_YYYY_MM (the table before migration 0010): created at run time

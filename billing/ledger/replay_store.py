@@ -88,14 +88,14 @@ def outcome(conn: psycopg.Connection, rejection_key: str) -> str | None:
     return row[0] if row else None
 
 
-def conflicting_row(
-    conn: psycopg.Connection, idempotency_key: str, end_time_unix_nano: int
-) -> tuple[str, Decimal, datetime] | None:
-    """(account, quantity, occurred_at) of the ledger's row under this key and end time, or None."""
+def conflicting_row(conn: psycopg.Connection, idempotency_key: str) -> tuple[str, Decimal, datetime] | None:
+    """(account, quantity, occurred_at) of the ledger's row under this key, whatever its end time (the key
+    registry says which row holds the key), or None."""
     return conn.execute(
-        "SELECT account_id, quantity, occurred_at FROM usage_events WHERE idempotency_key = %s"
-        " AND occurred_at = timestamptz 'epoch' + %s * interval '1 microsecond'",
-        (idempotency_key, end_time_unix_nano // 1000),
+        "SELECT u.account_id, u.quantity, u.occurred_at FROM usage_event_keys k"
+        " JOIN usage_events u ON u.occurred_at = k.occurred_at AND u.idempotency_key = k.idempotency_key"
+        " WHERE k.idempotency_key = %s",
+        (idempotency_key,),
     ).fetchone()
 
 

@@ -4,10 +4,15 @@ This is the hot path, so it speaks psycopg 3 directly (SQLAlchemy has no COPY):
 
 1. ``COPY`` the rows into a per-connection temporary staging table (``ON COMMIT DELETE ROWS``), as COPY
    text built here in one piece (the columns' formats are known, so only text values need escaping);
-2. ``INSERT INTO usage_events SELECT … FROM staging ON CONFLICT DO NOTHING``: a retried or replayed row
-   conflicts with the primary key ``(occurred_at, idempotency_key)`` and is skipped. When the insert
-   count equals the batch (the usual case) every row is new; otherwise the new rows are found as those
-   whose ``xmin`` is this transaction, so retries cost a second query only when they happen.
+2. ``INSERT INTO usage_event_keys SELECT … FROM staging ON CONFLICT DO NOTHING``: each staged row's key into
+   the key registry (migration 0018: every idempotency key once, with its end time). When it registered every
+   staged row (the usual case), every row is new and ``INSERT INTO usage_events SELECT … FROM staging`` takes
+   them all; otherwise that INSERT takes only the rows whose key is registered at their own end time, so a
+   retried or replayed row is skipped by the primary key ``(occurred_at, idempotency_key)`` and a key held at
+   another end time is not inserted at all. Then the new rows are found as those whose ``xmin`` is this
+   transaction, and the rows whose key is held with other content (another end time, account, job, plan,
+   meter version, quantity or producer) come back as :class:`KeyConflict`: retries cost more queries only
+   when they happen.
 
 ``usage_events`` is partitioned by UTC month (migration 0010). The INSERT takes only rows whose month has a
 partition (``usage_event_coverage``, read in the same statement), so a row of a month without one never
@@ -26,6 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import psycopg
@@ -84,15 +90,32 @@ _COPY = (
     "COPY usage_staging (occurred_at_us, idempotency_key, account_id, job_id, plan_code, meter_code,"
     " meter_version, quantity, unit, trace_id, span_id, metadata) FROM STDIN"
 )
-_INSERT = """
+# The staged rows of a covered month: only these are registered and inserted (see _OUTSIDE for the others).
+_COVERED = """
+  FROM usage_staging s CROSS JOIN usage_event_coverage c
+ CROSS JOIN LATERAL (SELECT timestamptz 'epoch' + s.occurred_at_us * interval '1 microsecond' AS at) t
+"""
+_IS_COVERED = "t.at >= c.from_at AND t.at < c.to_at AND (c.archived_to IS NULL OR t.at >= c.archived_to)"
+# First, each covered staged row's key into the registry; its row count says whether every staged row is new.
+_REGISTER = f"""
+INSERT INTO usage_event_keys (idempotency_key, occurred_at)
+SELECT s.idempotency_key, t.at {_COVERED} WHERE {_IS_COVERED}
+ON CONFLICT DO NOTHING
+"""
+_INSERT_COLUMNS = """
 INSERT INTO usage_events (occurred_at, idempotency_key, account_id, job_id, plan_code, meter_code,
                           meter_version, quantity, unit, trace_id, span_id, metadata, producer)
-SELECT timestamptz 'epoch' + occurred_at_us * interval '1 microsecond', idempotency_key, account_id, job_id,
-       plan_code, meter_code, meter_version, quantity, unit, trace_id, span_id, metadata::jsonb, producer
-FROM usage_staging, usage_event_coverage c
-WHERE timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' >= c.from_at
-  AND timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' < c.to_at
-  AND (c.archived_to IS NULL OR timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' >= c.archived_to)
+SELECT t.at, s.idempotency_key, s.account_id, s.job_id, s.plan_code, s.meter_code, s.meter_version, s.quantity,
+       s.unit, s.trace_id, s.span_id, s.metadata::jsonb, s.producer
+"""
+# When the registry took every staged row (the usual case), every row is new: all of them, no lookup.
+_INSERT = f"{_INSERT_COLUMNS} {_COVERED} WHERE {_IS_COVERED} ON CONFLICT DO NOTHING"
+# Otherwise only the rows whose key is registered at their own end time (by this batch, or with a row already in
+# the ledger, which the primary key then skips as a duplicate): a key registered at another end time is not.
+_INSERT_REGISTERED = f"""
+{_INSERT_COLUMNS} {_COVERED}
+JOIN usage_event_keys k ON k.idempotency_key = s.idempotency_key AND k.occurred_at = t.at
+WHERE {_IS_COVERED}
 ON CONFLICT DO NOTHING
 """
 # Also only then: staged rows of a month without a partition (the INSERT left them out). A month that was
@@ -114,20 +137,25 @@ JOIN usage_events u
  AND u.idempotency_key = s.idempotency_key
 WHERE u.xmin = pg_current_xact_id()::xid
 """
-# Also only then: staged rows whose key the ledger already holds with other content (another account, job,
-# plan, meter version or quantity at the same end time). Never silently a duplicate: the exporter keeps each
-# as a ``key_conflict`` rejection. Compared with the row in the ledger, so of two rows with one key in one
-# batch, the one that was inserted matches and the other is the conflict.
+# Also only then: staged rows (of a covered month) whose key the ledger already holds with other content:
+# registered at another end time, or at the same end time with another account, job, plan, meter version or
+# quantity (or another producer, when the held row names one). Never silently a duplicate: the exporter keeps
+# each as a ``key_conflict`` rejection. Compared with what the registry and the ledger hold, so of two rows
+# with one key in one batch, the one that was inserted matches and the other is the conflict. A key whose
+# row is in an archived month comes back with no content (NULLs) and its end time.
 _CONFLICTS = """
 SELECT replace(s.idempotency_key::text, '-', ''), u.account_id, u.job_id, u.plan_code, u.meter_version,
-       u.quantity::text, u.producer
-FROM usage_staging s
-JOIN usage_events u
-  ON u.occurred_at = timestamptz 'epoch' + s.occurred_at_us * interval '1 microsecond'
- AND u.idempotency_key = s.idempotency_key
-WHERE (u.account_id, u.job_id, u.plan_code, u.meter_code, u.meter_version, u.quantity)
-      IS DISTINCT FROM (s.account_id, s.job_id, s.plan_code, s.meter_code, s.meter_version, s.quantity)
-   OR (u.producer IS NOT NULL AND u.producer IS DISTINCT FROM s.producer)
+       u.quantity::text, u.producer, (extract(epoch FROM k.occurred_at) * 1000000)::bigint
+  FROM usage_staging s
+ CROSS JOIN LATERAL (SELECT timestamptz 'epoch' + s.occurred_at_us * interval '1 microsecond' AS at) t
+ CROSS JOIN usage_event_coverage c
+  JOIN usage_event_keys k ON k.idempotency_key = s.idempotency_key
+  LEFT JOIN usage_events u ON u.occurred_at = k.occurred_at AND u.idempotency_key = k.idempotency_key
+ WHERE t.at >= c.from_at AND t.at < c.to_at AND (c.archived_to IS NULL OR t.at >= c.archived_to)
+   AND (k.occurred_at <> t.at
+        OR (u.account_id, u.job_id, u.plan_code, u.meter_code, u.meter_version, u.quantity)
+           IS DISTINCT FROM (s.account_id, s.job_id, s.plan_code, s.meter_code, s.meter_version, s.quantity)
+        OR (u.producer IS NOT NULL AND u.producer IS DISTINCT FROM s.producer))
 """
 _COPY_PIECE_BYTES = 1 << 20
 # "partitns": held shared by every writer transaction, exclusively by whatever changes the months covered
@@ -157,15 +185,17 @@ def encode_copy(rows: Iterable[UsageEventTuple]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class KeyConflict:
-    """A staged row whose key the ledger already holds with other content: what the ledger holds."""
+    """A staged row whose key the ledger already holds with other content: what the ledger holds. ``account_id``
+    None: the holding row is in an archived month (only its end time is known, from the key registry)."""
 
     idempotency_key: str
-    account_id: str
+    account_id: str | None
     job_id: str | None
     plan_code: str | None
-    meter_version: int
-    quantity: str
+    meter_version: int | None
+    quantity: str | None
     producer: str | None = None  # None: the stored row names no producer (then any producer matches)
+    occurred_at_us: int | None = None  # the holding row's end time (µs since the epoch); None: not compared
 
     def differs(
         self,
@@ -175,16 +205,29 @@ class KeyConflict:
         version: int,
         quantity: str,
         producer: str | None = None,
+        occurred_at_us: int | None = None,
     ) -> bool:
-        mine = (self.account_id, self.job_id, self.plan_code, self.meter_version, Decimal(self.quantity))
+        if self.account_id is None:  # held by an archived month's row, so at another end time
+            return True
+        if self.occurred_at_us is not None and occurred_at_us is not None and self.occurred_at_us != occurred_at_us:
+            return True
+        mine = (self.account_id, self.job_id, self.plan_code, self.meter_version, Decimal(self.quantity or "NaN"))
         if mine != (account_id, job_id, plan_code, version, Decimal(quantity)):
             return True
         return self.producer is not None and self.producer != producer
 
     def describe(self) -> str:
+        ended = ""
+        if self.occurred_at_us is not None:
+            moment = datetime.fromtimestamp(self.occurred_at_us // 1_000_000, UTC).replace(
+                microsecond=self.occurred_at_us % 1_000_000
+            )
+            ended = f", ended {moment.isoformat().replace('+00:00', 'Z')}"
+        if self.account_id is None:
+            return f"a row of an archived month{ended}"
         return (
             f"account {self.account_id!r}, job {self.job_id!r}, plan {self.plan_code!r}, "
-            f"meter version {self.meter_version}, quantity {self.quantity}, producer {self.producer!r}"
+            f"meter version {self.meter_version}, quantity {self.quantity}, producer {self.producer!r}{ended}"
         )
 
 
@@ -251,8 +294,7 @@ class LedgerWriter:
                     view = memoryview(copy_text)
                     for start in range(0, len(view), _COPY_PIECE_BYTES):
                         copy.write(view[start : start + _COPY_PIECE_BYTES])
-            cur.execute(_INSERT)
-            inserted = cur.rowcount
+            inserted = self._insert(cur, staged)
             if inserted == staged:
                 return UsageWrite(staged, inserted, None)
             cur.execute(_NEW_KEYS)
@@ -262,6 +304,13 @@ class LedgerWriter:
             cur.execute(_OUTSIDE)
             outside = tuple((key, reason) for key, reason in cur.fetchall())
             return UsageWrite(staged, inserted, new_keys, conflicts, outside)
+
+    @staticmethod
+    def _insert(cur: psycopg.Cursor, staged: int) -> int:
+        """Register the staged rows' keys, then insert the rows that may go in; returns how many went in."""
+        cur.execute(_REGISTER)
+        cur.execute(_INSERT if cur.rowcount == staged else _INSERT_REGISTERED)
+        return cur.rowcount
 
     def discard_staged(self) -> None:
         """Empty the staging table before another ``write_usage`` in the same transaction (staged rows live

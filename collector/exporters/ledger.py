@@ -35,6 +35,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -89,11 +90,19 @@ def _refusal(pending: PendingWrite, row: UsageEvent, message: str) -> Rejection:
     return _kept_row(pending, row, "ledger_refused", f"the ledger refused {row.meter.code}: {message}")
 
 
+def _ended(end_time_unix_nano: int) -> str:
+    """A span's end time as the ledger keeps it (microseconds, UTC), in ISO 8601."""
+    us = end_time_unix_nano // 1000
+    moment = datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 def _conflict(pending: PendingWrite, row: UsageEvent, held: KeyConflict) -> Rejection:
     """A row whose key the ledger already holds with other content: kept, counted, never a silent duplicate."""
     message = (
         f"{row.meter.code} usage with this span's key is already billed with other content ({held.describe()}); "
-        f"this span says account {row.account_id!r}, quantity {row.quantity}, producer {pending.producer!r}: "
+        f"this span says account {row.account_id!r}, quantity {row.quantity}, producer {pending.producer!r}, "
+        f"ended {_ended(row.end_time_unix_nano)}: "
         "kept for review, not billed"
     )
     return _kept_row(pending, row, "key_conflict", message, salt=b"/conflict")
@@ -114,7 +123,13 @@ def _refuse_conflicts(batch: list[PendingWrite], conflicts: tuple[KeyConflict, .
         for row in pending.usage_rows():
             c = held.get(row.idempotency_key)
             if c is not None and c.differs(
-                row.account_id, row.job_id, row.plan_code, row.meter.version, str(row.quantity), pending.producer
+                row.account_id,
+                row.job_id,
+                row.plan_code,
+                row.meter.version,
+                str(row.quantity),
+                pending.producer,
+                row.end_time_unix_nano // 1000,
             ):
                 pending.refused.append(_conflict(pending, row, c))
                 found.add(row.idempotency_key)

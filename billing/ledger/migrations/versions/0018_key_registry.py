@@ -1,0 +1,78 @@
+"""The key registry: one row per idempotency key, whatever its end time (issue 2/7, "a natural key that cannot
+be squatted").
+
+``usage_events``'s primary key is ``(occurred_at, idempotency_key)`` and the table is partitioned by month, so
+it cannot hold a unique key on the idempotency key alone (every unique key of a partitioned table contains the
+partition key). Until this migration the same key re-sent with another end time was a second row, billed
+twice, and only ``spanmeter reconcile`` found it. ``usage_event_keys`` holds each key once, with the end time
+of the row that holds it:
+
+- ``LedgerWriter`` registers every staged row's key in the statement that inserts the rows, and inserts only
+  the rows whose key it registered (``INSERT … ON CONFLICT DO NOTHING RETURNING``, one statement); a row whose
+  key is registered at another end time is a ``key_conflict`` (kept, counted, alerted, answered in
+  ``partial_success``), like a row whose key is held with other content at the same end time.
+- Append-only (``spanmeter_refuse_change``); ``spanmeter_writer`` may INSERT and SELECT.
+  Not partitioned and never archived: a key stays registered after ``spanmeter db archive`` takes its month
+  away, so the span cannot come back at another end time either. ``db restore`` registers the keys of a month
+  archived before this migration.
+- The upgrade fills it from the attached ledger: per key, the end time of the row received first (the one
+  ``reconcile`` keeps; rows already billed twice stay listed by ``reconcile``). Built unindexed, then the
+  primary key in one sort: 10M rows took about a minute on the bench machine. The ledger is locked against
+  writes meanwhile (SHARE), so no row is inserted unregistered; ingest waits and retries.
+
+What it costs (``bench/README.md``, "The key registry on the write path"): one random-page B-tree insert per
+row, measured side by side in the ingest bench.
+
+Revision ID: 0018_key_registry
+Revises: 0017_trace_links
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0018_key_registry"
+down_revision = "0017_trace_links"
+branch_labels = None
+depends_on = None
+
+WRITER_ROLE = "spanmeter_writer"
+
+
+def upgrade() -> None:
+    op.execute("LOCK TABLE usage_events IN SHARE MODE")
+    op.execute("""
+        CREATE TABLE usage_event_keys (
+            idempotency_key uuid NOT NULL,
+            occurred_at timestamptz NOT NULL
+        )
+    """)
+    op.execute("""
+        INSERT INTO usage_event_keys (idempotency_key, occurred_at)
+        SELECT DISTINCT ON (idempotency_key) idempotency_key, occurred_at
+          FROM usage_events
+         ORDER BY idempotency_key, received_at, occurred_at
+    """)
+    op.execute("ALTER TABLE usage_event_keys ADD CONSTRAINT usage_event_keys_pkey PRIMARY KEY (idempotency_key)")
+    op.execute(
+        "CREATE TRIGGER usage_event_keys_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON usage_event_keys "
+        "FOR EACH STATEMENT EXECUTE FUNCTION spanmeter_refuse_change()"
+    )
+    op.execute(
+        "COMMENT ON TABLE usage_event_keys IS "
+        "'spanmeter key registry: each idempotency key once, with the end time of the row that holds it'"
+    )
+    op.execute(f"""
+        DO $$
+        BEGIN
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{WRITER_ROLE}') THEN
+                GRANT SELECT, INSERT ON usage_event_keys TO {WRITER_ROLE};
+            END IF;
+        END
+        $$
+    """)
+
+
+def downgrade() -> None:
+    op.execute("DROP TRIGGER usage_event_keys_append_only ON usage_event_keys")
+    op.execute("DROP TABLE usage_event_keys")
