@@ -15,10 +15,10 @@ Figures, all measured in one run against ledgers that already hold --prefill-row
 3. `spanmeter serve`, all spans billable: committed spans/s, pipeline lag p50/p99;
 3u. (diagnostic, only when asked: ``--phases …,3u``) (3) with the delta trigger disabled: what serve would
    commit if rollup upkeep cost nothing, the ceiling any rollup design could reach on this machine;
-2n, 2k, 3k. (diagnostic, only when asked: ``--phases …,2n,2k,3k``) (2) with LedgerWriter's statement from
-   before the key registry (2n: no key registered); (2) with LedgerWriter and (3), each with the registry's
-   primary key dropped (2k, 3k: keys still registered, unchecked): what the registry (migration 0018) and
-   its random B-tree insert per row cost, side by side;
+2n, 3n, 2k, 3k. (diagnostic, only when asked: ``--phases …,2n,2k,3k,3n``) (2) with LedgerWriter and (3) with
+   the writer's statement from before the key registry (2n, 3n: no key registered; 3n runs its own serve);
+   and each with the registry's primary key dropped (2k, 3k: keys still registered, unchecked): what the
+   registry (migration 0018) and its random B-tree insert per row cost, side by side;
 4. `spanmeter serve`, 90% non-billable spans: spans/s received;
 5. (2) on the textbook schema (bigserial id, text idempotency key + unique index, jsonb metadata), one
    INSERT … ON CONFLICT per row in executemany: rows/s.
@@ -484,7 +484,7 @@ class Bench:
             return ""
         return writer
 
-    def start_serve(self) -> Server:
+    def start_serve(self, preload: tuple[Path, ...] = ()) -> Server:
         args = self.args
         env = dict(os.environ)
         database_url = self._writer_url()
@@ -495,8 +495,8 @@ class Bench:
         for item in args.serve_env:
             key, _, value = item.partition("=")
             env[key] = value
-        if args.serve_preload:
-            env["BENCH_SERVE_PRELOAD"] = ":".join(str(Path(p).resolve()) for p in args.serve_preload)
+        if args.serve_preload or preload:
+            env["BENCH_SERVE_PRELOAD"] = ":".join(str(Path(p).resolve()) for p in (*args.serve_preload, *preload))
         cmd = (
             [PY, str(BENCH_DIR / "_serve_profiled.py")]
             + (["--no-instrument"] if args.no_instrument else [])
@@ -990,17 +990,34 @@ def main(argv: list[str] | None = None) -> int:
                         r = bench.phase_write(method, pg.textbook, _ledger.TEXTBOOK_DB)
                         rr["5"][method] = r
                         report_write(r, "textbook")
-                elif phase in ("3", "3u", "3k", "4"):
-                    if "serve" not in rr:
-                        _ledger.set_rollup_upkeep(pg.ledger, True)  # the product as it runs
+                elif phase in ("3", "3u", "3k", "3n", "4"):
+                    if phase == "3n":  # its own serve, patched; the next phase starts the product's again
+                        if "serve" in rr:
+                            shared = rr.pop("serve")
+                            rr["serve_export_requests_total"] = _monitor.scrape(f"http://{shared.metrics}/metrics")
+                            shared.stop()
                         _ledger.discard_rollup_deltas(pg.ledger)
-                        rr["serve"] = bench.start_serve()
-                        log(f"    spanmeter serve: {rr['serve'].listening_line}")
-                    server = rr["serve"]
-                    if phase in ("3", "3u", "3k"):
+                        server = bench.start_serve(preload=(BENCH_DIR / "_no_key_registry.py",))
+                        log(f"    spanmeter serve without the key registry: {server.listening_line}")
+                    else:
+                        if "serve" not in rr:
+                            _ledger.set_rollup_upkeep(pg.ledger, True)  # the product as it runs
+                            _ledger.discard_rollup_deltas(pg.ledger)
+                            rr["serve"] = bench.start_serve()
+                            log(f"    spanmeter serve: {rr['serve'].listening_line}")
+                        server = rr["serve"]
+                    if phase in ("3", "3u", "3k", "3n"):
                         if phase == "3":
                             log("(3) spanmeter serve, all spans billable")
                             r = bench.phase_serve(server, billable_every=1)
+                        elif phase == "3n":
+                            # diagnostic: (3) with LedgerWriter's statement from before the key registry
+                            log("(3n) spanmeter serve, all spans billable, no key registry (statement before 0018)")
+                            try:
+                                r = bench.phase_serve(server, billable_every=1)
+                            except BaseException:
+                                server.stop()
+                                raise
                         elif phase == "3k":
                             # diagnostic: (3) without the key registry's random B-tree insert per row
                             log("(3k) spanmeter serve, all spans billable, key registry unindexed")
@@ -1062,6 +1079,8 @@ def main(argv: list[str] | None = None) -> int:
                         log(line)
                     r["bound_by"] = bound_by("serve_mixed" if phase == "4" else "serve_billable", r)
                     log(f"    bound by: {r['bound_by']}")
+                    if phase == "3n":
+                        server.stop()
             if "serve" in rr:
                 server = rr.pop("serve")
                 rr["serve_export_requests_total"] = _monitor.scrape(f"http://{server.metrics}/metrics")
@@ -1190,7 +1209,7 @@ def summarize(results: dict, args: argparse.Namespace, methods: list[str]) -> di
         ratio("    info: (2)/(5) storage ceiling vs textbook executemany", f2, f5, 1.5),
         ratio("    info: (2r)/(2) rollup upkeep's cost on the write path", f2r, f2, 0.0),
     ]
-    f2n, f2k, f3k = med(["2n", "value"]), med(["2k", "value"]), med(["3k", "value"])
+    f2n, f2k, f3k, f3n = med(["2n", "value"]), med(["2k", "value"]), med(["3k", "value"]), med(["3n", "value"])
     f2lw = method_meds.get("ledgerwriter", float("nan"))
     if not math.isnan(f2n):
         row("(2n) LedgerWriter, no key registry (diagnostic)", f2n, "rows/s", last(["2n", "bound_by"]))
@@ -1205,6 +1224,9 @@ def summarize(results: dict, args: argparse.Namespace, methods: list[str]) -> di
     if not math.isnan(f3k):
         row("(3k) serve, key registry unindexed (diagnostic)", f3k, "spans/s", last(["3k", "bound_by"]))
         log(f"{'    info: (3)/(3k) serve with the registry vs without':<58} {f3 / f3k if f3k else math.nan:>10.3f}")
+    if not math.isnan(f3n):
+        row("(3n) serve, no key registry (diagnostic)", f3n, "spans/s", last(["3n", "bound_by"]))
+        log(f"{'    info: (3)/(3n) serve with the registry vs none':<58} {f3 / f3n if f3n else math.nan:>10.3f}")
     f3u = med(["3u", "value"])
     if not math.isnan(f3u):
         ratios.append(ratio("    info: (3u)/(2) serve with no rollup upkeep vs (2)", f3u, f2, 0.0))
@@ -1256,7 +1278,7 @@ def summarize(results: dict, args: argparse.Namespace, methods: list[str]) -> di
     for i, rr in enumerate(reps):
         vals = {
             k: rr.get(k, {}).get("value") if isinstance(rr.get(k), dict) and "value" in rr.get(k, {}) else None
-            for k in ("1", "2n", "2k", "2r", "3", "3u", "3k", "4")
+            for k in ("1", "2n", "2k", "2r", "3", "3u", "3k", "3n", "4")
         }
         vals["2"] = {m: rr.get("2", {}).get(m, {}).get("value") for m in methods}
         vals["5"] = rr.get("5", {}).get("textbook_executemany", {}).get("value")
@@ -1266,7 +1288,7 @@ def summarize(results: dict, args: argparse.Namespace, methods: list[str]) -> di
                 f"  repeat {i + 1}: (1) {fmt_rate(vals['1'])}  (2) "
                 + " ".join(f"{m}={fmt_rate(v)}" for m, v in vals["2"].items())
                 + f"  (2n) {fmt_rate(vals['2n'])}  (2k) {fmt_rate(vals['2k'])}  (2r) {fmt_rate(vals['2r'])}  (3) {fmt_rate(vals['3'])}  (3u) {fmt_rate(vals['3u'])}"
-                + f"  (3k) {fmt_rate(vals['3k'])}  (4) {fmt_rate(vals['4'])}  (5) {fmt_rate(vals['5'])}"
+                + f"  (3k) {fmt_rate(vals['3k'])}  (3n) {fmt_rate(vals['3n'])}  (4) {fmt_rate(vals['4'])}  (5) {fmt_rate(vals['5'])}"
             )
     return {
         "rows": rows,
