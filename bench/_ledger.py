@@ -414,9 +414,9 @@ class NoRegistryLedgerWriterMethod(LedgerWriterMethod):
     def __init__(self, conn: psycopg.Connection) -> None:
         super().__init__(conn)
 
-        def insert(cur: psycopg.Cursor, staged: int) -> int:
+        def insert(cur: psycopg.Cursor, staged: int) -> tuple[int, frozenset[str] | None]:
             cur.execute(_INSERT_BEFORE_0018)
-            return cur.rowcount
+            return cur.rowcount, None
 
         self.writer._insert = insert  # type: ignore[method-assign]
 

@@ -16,9 +16,9 @@ import _ledger
 from spanmeter.billing.ledger.writer import LedgerWriter
 
 
-def _insert(cur: psycopg.Cursor, staged: int) -> int:
+def _insert(cur: psycopg.Cursor, staged: int) -> tuple[int, frozenset[str] | None]:
     cur.execute(_ledger._INSERT_BEFORE_0018)
-    return cur.rowcount
+    return cur.rowcount, None  # None: all new (the bench's rows are)
 
 
 LedgerWriter._insert = staticmethod(_insert)  # type: ignore[method-assign]

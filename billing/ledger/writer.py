@@ -9,8 +9,8 @@ This is the hot path, so it speaks psycopg 3 directly (SQLAlchemy has no COPY):
    staged row (the usual case), every row is new and ``INSERT INTO usage_events SELECT … FROM staging`` takes
    them all; otherwise that INSERT takes only the rows whose key is registered at their own end time, so a
    retried or replayed row is skipped by the primary key ``(occurred_at, idempotency_key)`` and a key held at
-   another end time is not inserted at all. Then the new rows are found as those whose ``xmin`` is this
-   transaction, and the rows whose key is held with other content (another end time, account, job, plan,
+   another end time is not inserted at all; that INSERT returns the new rows' keys. Then the rows whose key
+   is held with other content (another end time, account, job, plan,
    meter version, quantity or producer) come back as :class:`KeyConflict`: retries cost more queries only
    when they happen.
 
@@ -117,6 +117,7 @@ _INSERT_REGISTERED = f"""
 JOIN usage_event_keys k ON k.idempotency_key = s.idempotency_key AND k.occurred_at = t.at
 WHERE {_IS_COVERED}
 ON CONFLICT DO NOTHING
+RETURNING replace(idempotency_key::text, '-', '')
 """
 # Also only then: staged rows of a month without a partition (the INSERT left them out). A month that was
 # archived (``spanmeter db archive``) is ``archived_period``: the ledger no longer holds its keys, so the row
@@ -127,15 +128,6 @@ SELECT replace(s.idempotency_key::text, '-', ''),
 FROM usage_staging s CROSS JOIN usage_event_coverage c
 CROSS JOIN LATERAL (SELECT timestamptz 'epoch' + s.occurred_at_us * interval '1 microsecond' AS at) t
 WHERE (t.at >= c.from_at AND t.at < c.to_at AND (c.archived_to IS NULL OR t.at >= c.archived_to)) IS NOT TRUE
-"""
-# Only when some rows were duplicates: which staged rows did this transaction insert?
-_NEW_KEYS = """
-SELECT replace(u.idempotency_key::text, '-', '')
-FROM usage_staging s
-JOIN usage_events u
-  ON u.occurred_at = timestamptz 'epoch' + s.occurred_at_us * interval '1 microsecond'
- AND u.idempotency_key = s.idempotency_key
-WHERE u.xmin = pg_current_xact_id()::xid
 """
 # Also only then: staged rows (of a covered month) whose key the ledger already holds with other content:
 # registered at another end time, or at the same end time with another account, job, plan, meter version or
@@ -294,11 +286,9 @@ class LedgerWriter:
                     view = memoryview(copy_text)
                     for start in range(0, len(view), _COPY_PIECE_BYTES):
                         copy.write(view[start : start + _COPY_PIECE_BYTES])
-            inserted = self._insert(cur, staged)
-            if inserted == staged:
+            inserted, new_keys = self._insert(cur, staged)
+            if new_keys is None:
                 return UsageWrite(staged, inserted, None)
-            cur.execute(_NEW_KEYS)
-            new_keys = frozenset(key for (key,) in cur.fetchall())
             cur.execute(_CONFLICTS)
             conflicts = tuple(KeyConflict(*row) for row in cur.fetchall())
             cur.execute(_OUTSIDE)
@@ -306,11 +296,19 @@ class LedgerWriter:
             return UsageWrite(staged, inserted, new_keys, conflicts, outside)
 
     @staticmethod
-    def _insert(cur: psycopg.Cursor, staged: int) -> int:
-        """Register the staged rows' keys, then insert the rows that may go in; returns how many went in."""
+    def _insert(cur: psycopg.Cursor, staged: int) -> tuple[int, frozenset[str] | None]:
+        """Register the staged rows' keys, then insert the rows that may go in. Returns how many went in, and
+        which (their keys as 32 hex digits), or None when all of them did."""
         cur.execute(_REGISTER)
-        cur.execute(_INSERT if cur.rowcount == staged else _INSERT_REGISTERED)
-        return cur.rowcount
+        if cur.rowcount == staged:
+            cur.execute(_INSERT)
+            if cur.rowcount == staged:
+                return staged, None
+            # cannot happen (every key was new, so every row is), but never report a row new that is not
+            return cur.rowcount, frozenset()
+        cur.execute(_INSERT_REGISTERED)
+        new_keys = frozenset(key for (key,) in cur.fetchall())
+        return len(new_keys), new_keys
 
     def discard_staged(self) -> None:
         """Empty the staging table before another ``write_usage`` in the same transaction (staged rows live
