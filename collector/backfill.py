@@ -4,7 +4,9 @@
 the same processors and limits as ``spanmeter serve``, and writes each message in its own transaction with
 the same ``INSERT … ON CONFLICT DO NOTHING``. Re-running it, or ingesting spans the collector already
 received live, adds nothing: the idempotency keys are the same. Rejected spans go to ``rejected_spans`` as
-they would live.
+they would live, and so does a span whose key the ledger holds with other content (another end time, account,
+job, plan or quantity: a ``key_conflict``, never counted as a duplicate; the file names no producer, so a row's
+producer is not compared).
 
 Use it after an outage with the files an OpenTelemetry Collector's ``file`` exporter wrote meanwhile. Spans
 that ended longer ago than ``SPANMETER_MAX_SPAN_AGE_SECONDS`` are rejected ``stale_timestamp``; raise it for
@@ -20,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from spanmeter.billing.ledger.database import Database
 from spanmeter.billing.ledger.writer import LedgerWriter
 
+from .exporters.kept import conflict_rejection, conflicting, outside_rejection
 from .exporters.rows import rejected_span_row, usage_event_tuple
 from .otlp_files import read_trace_file
-from .processors.usage import MeteringLimits, MeteringResult, meter_request
+from .processors.usage import MeteringLimits, MeteringResult, SpanPayloads, meter_request
 
 __all__ = ["IngestTotals", "ingest_file", "write_metered"]
 
@@ -61,12 +65,27 @@ class IngestTotals:
         )
 
 
-def write_metered(writer: LedgerWriter, result: MeteringResult) -> tuple[int, int]:
-    """Write one metering result (caller commits); return (new rows, rows already in the ledger)."""
+def write_metered(
+    writer: LedgerWriter, result: MeteringResult, request: ExportTraceServiceRequest | None = None
+) -> tuple[int, int, Counter[str]]:
+    """Write one metering result (caller commits); return (new rows, rows already in the ledger, usage rows kept
+    as rejected spans by reason: ``key_conflict``, ``no_partition``, ``archived_period``). ``request``: the
+    message the result came from (each kept row's span is stored from it)."""
     rows = [usage_event_tuple(row) for row in result.rows]
     written = writer.write_usage(rows)
-    writer.write_rejected_spans(rejected_span_row(r) for r in result.rejections)
-    return written.inserted, written.staged - written.inserted
+    payloads = SpanPayloads(lambda: request if request is not None else ExportTraceServiceRequest())
+    kept = [
+        conflict_rejection(row, held, payloads(row.trace_id, row.span_id), None)
+        for row, held in conflicting(result.rows, written.conflicts, None, any_producer=True)
+    ]
+    reasons = dict(written.outside)
+    kept += [
+        outside_rejection(row, reasons[row.idempotency_key], payloads(row.trace_id, row.span_id))
+        for row in result.rows
+        if row.idempotency_key in reasons
+    ]
+    writer.write_rejected_spans(rejected_span_row(r) for r in (*result.rejections, *kept))
+    return written.inserted, written.staged - written.inserted - len(kept), Counter(r.reason for r in kept)
 
 
 def ingest_file(
@@ -84,13 +103,14 @@ def ingest_file(
         for _number, request in read_trace_file(path, file_format, offset):
             totals.bytes_read = offset[0]
             result = meter_request(request, limits, clock_unix_nano())
-            new, duplicate = write_metered(writer, result)
+            new, duplicate, kept = write_metered(writer, result, request)
             conn.commit()
             totals.messages += 1
             totals.spans += result.spans_received
             totals.new_rows += new
             totals.duplicate_rows += duplicate
             totals.rejected.update(r.reason for r in result.rejections)
+            totals.rejected.update(kept)
             totals.unattributed += sum(result.unattributed.values())
             totals.synthetic += len(result.synthetic_rows)
             if progress is not None:

@@ -10,7 +10,10 @@ metadata (``replay``). Corrections stay append-only: the rejected span is kept a
 Exactly once: a replayed span is recorded in ``dead_letter_replays`` in the same transaction as its
 usage rows, and is not selected again; its usage rows have the idempotency keys the span would have had
 live, so a span that also arrives later (fixed at the source) is not billed twice either. A span that
-fails validation again is left pending and reported with its new reason.
+fails validation again is left pending and reported with its new reason. A span whose key the ledger holds
+with other content (another end time, account, quantity, or another producer than the span's sender) is not
+billed either: it is kept as a ``key_conflict`` rejection of its own, for ``dead-letter resolve``, and the
+replayed span stays pending.
 
 Authorization is checked again. A span that arrived from an authenticated producer (``rejected_spans.producer``)
 is re-metered *as that producer*, with its entry in the producers file as the file is now (``producers``:
@@ -43,8 +46,9 @@ from spanmeter.billing.ledger.database import Database
 from spanmeter.billing.ledger.writer import LedgerWriter
 
 from .auth import ProducerRegistry
-from .exporters.rows import usage_event_tuple
-from .processors.usage import MeteringLimits, meter_request
+from .exporters.kept import conflict_rejection, conflicting
+from .exporters.rows import rejected_span_row, usage_event_tuple
+from .processors.usage import MeteringLimits, UsageEvent, meter_request
 
 __all__ = [
     "DECISIONS",
@@ -230,6 +234,8 @@ def replay(
         report.selected = len(selected)
         rows: list = []
         records: list[replay_store.ReplayRecord] = []
+        # per selected span that bills: its metered rows, its payload as replayed, and its sender
+        metered: list[tuple[list[UsageEvent], bytes, str | None]] = []
         for key, old_reason, payload, sender in selected:
             resource_spans = ResourceSpans.FromString(payload)
             if patch:
@@ -261,6 +267,7 @@ def replay(
             for row in result.rows:
                 row.metadata["replay"] = provenance
             rows.extend(usage_event_tuple(row) for row in result.rows)
+            metered.append((result.rows, resource_spans.SerializeToString(), sender))
             keys = [r.idempotency_key for r in result.rows]
             records.append((key, replayed_by, why, json.dumps(patch), len(result.rows), keys, authorization))
             report.billed_spans += 1
@@ -275,8 +282,24 @@ def replay(
                     report.rejected_again[min(reasons)] += 1
             report.billed_spans -= len(records) - len(kept)
             records = kept
+        conflicted = 0
+        if written.conflicts:  # never a silent duplicate: kept for a decision, the span stays pending
+            refused: set[str] = set()
+            for span_rows, span_payload, sender in metered:
+                found = conflicting(span_rows, written.conflicts, sender)
+                writer.write_rejected_spans(
+                    rejected_span_row(conflict_rejection(row, held, span_payload, sender), sender)
+                    for row, held in found
+                )
+                refused.update(row.idempotency_key for row, _held in found)
+                conflicted += len(found)
+            if refused:
+                kept = [r for r in records if not refused & set(r[5])]
+                report.rejected_again["key_conflict"] += len(records) - len(kept)
+                report.billed_spans -= len(records) - len(kept)
+                records = kept
         report.new_rows = written.inserted
-        report.duplicate_rows = written.staged - written.inserted - len(outside)
+        report.duplicate_rows = written.staged - written.inserted - len(outside) - conflicted
         if records:
             replay_store.record_replays(conn, records)
         conn.commit()

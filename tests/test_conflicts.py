@@ -13,6 +13,7 @@ import time
 from decimal import Decimal
 
 import grpc
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -334,8 +335,9 @@ def test_the_writer_finds_a_key_moved_within_a_month_across_months_and_within_on
 
 def test_keys_billed_twice_before_the_registry_are_registered_once_and_reconcile_lists_them(fresh_db):
     """A ledger from before migration 0018 may hold a key at two end times (the write path could not see it
-    then). The upgrade registers each key once, at the end time received first; reconcile still lists the
-    second row until a correction references it; a third end time is now a conflict at the door."""
+    then). The upgrade registers each key once, at the end time of the row received first (here the later end
+    time arrived first); reconcile still lists the other row until a correction references it; a third end
+    time is now a conflict at the door, and the registry is append-only even for the owner."""
     import uuid
     from datetime import UTC, datetime, timedelta
 
@@ -357,16 +359,15 @@ def test_keys_billed_twice_before_the_registry_are_registered_once_and_reconcile
                                   meter_version, quantity, unit, trace_id, span_id, producer, received_at)
         VALUES (%s, %s, 'acme', 'j1', 'growth', 'worker_seconds', 1, %s, 's', 'ab', 'cd', %s, %s)"""
     with psycopg.connect(fresh_db) as conn:
-        conn.execute(legacy, (first, key, 30, "svc-a", first))
+        later = first + timedelta(hours=3)
+        conn.execute(legacy, (later, key, 30, "svc-b", later))  # received first
         conn.execute(legacy, (first, other, 5, "svc-a", first))
-        conn.execute(legacy, (first + timedelta(hours=3), key, 30, "svc-b", first + timedelta(hours=4)))
+        conn.execute(legacy, (first, key, 30, "svc-a", later + timedelta(hours=1)))  # received second
         conn.commit()
     migrate.upgrade(database)
     with psycopg.connect(fresh_db) as conn:
-        registered = conn.execute(
-            "SELECT idempotency_key::text, occurred_at FROM usage_event_keys ORDER BY 1"
-        ).fetchall()
-        assert sorted(registered) == sorted([(str(uuid.UUID(key)), first), (str(uuid.UUID(other)), first)])
+        registered = conn.execute("SELECT idempotency_key::text, occurred_at FROM usage_event_keys").fetchall()
+        assert sorted(registered) == sorted([(str(uuid.UUID(key)), later), (str(uuid.UUID(other)), first)])
         subscriptions.set_subscription(
             conn, account_id="acme", plan_code="growth", pricing_version="v2_compute",
             valid_from=nov.start, valid_to=None, created_by="test",
@@ -375,18 +376,26 @@ def test_keys_billed_twice_before_the_registry_are_registered_once_and_reconcile
         conn.commit()
         assert result.delta == Decimal(30)
         assert [(d["idempotency_key"], d["occurred_at"], d["first_occurred_at"], d["producer"], d["first_producer"])
-                for d in result.billed_twice] == [(key, "2026-11-10T15:00:00Z", "2026-11-10T12:00:00Z", "svc-b", "svc-a")]  # fmt: skip
+                for d in result.billed_twice] == [(key, "2026-11-10T12:00:00Z", "2026-11-10T15:00:00Z", "svc-a", "svc-b")]  # fmt: skip
         assert "keys billed twice:     1 row(s)" in result.summary()
         # since the registry, a third end time is refused at the door
         written = LedgerWriter(conn).write_usage([_writer_row(key, first + timedelta(hours=5), "30")])
         conn.commit()
-        assert written.inserted == 0 and [c.occurred_at_us for c in written.conflicts] == [
-            int(first.timestamp()) * 10**6
-        ]
+        assert written.inserted == 0
+        assert [c.occurred_at_us for c in written.conflicts] == [int(later.timestamp()) * 10**6]
+        # append-only, for the owner too (the trigger; the writer role has no such privilege at all)
+        for statement in (
+            "DELETE FROM usage_event_keys",
+            "UPDATE usage_event_keys SET occurred_at = now()",
+            "TRUNCATE usage_event_keys",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                conn.execute(statement)
+            conn.rollback()
 
         adjustments.record(
             conn, idempotency_key="double-1", account_id="acme", meter_code="worker_seconds",
-            quantity=Decimal(-30), occurred_at=first + timedelta(hours=3), reason="span re-sent with another end time",
+            quantity=Decimal(-30), occurred_at=first, reason="span re-sent with another end time",
             created_by="test", reference=key,
         )  # fmt: skip
         conn.commit()
@@ -397,3 +406,59 @@ def test_keys_billed_twice_before_the_registry_are_registered_once_and_reconcile
         [SPANMETER, "reconcile", "--period", "2026-11", "--database-url", fresh_db], capture_output=True, text=True
     )
     assert out.returncode == 0 and "keys billed twice:     0 row(s)" in out.stdout, out.stdout + out.stderr
+
+
+def _without_account(body: bytes) -> bytes:
+    request = ExportTraceServiceRequest.FromString(body)
+    for span in request.resource_spans[0].scope_spans[0].spans:
+        kept = [kv for kv in span.attributes if kv.key != "account_id"]
+        del span.attributes[:]
+        span.attributes.extend(kept)
+    return request.SerializeToString()
+
+
+def test_a_replay_or_a_backfill_of_a_moved_span_keeps_a_conflict_and_bills_nothing(tmp_path, fresh_db):
+    """Replay and file backfill write through the same ledger path: a span whose key the ledger holds at
+    another end time is kept as key_conflict (with its span, for dead-letter resolve), never counted as a
+    duplicate, and the replayed dead letter stays pending."""
+    import gzip
+    import struct
+
+    collector = Collector(fresh_db).start()
+    try:
+        ids = (os.urandom(16), os.urandom(8))
+        genuine = _request([(*ids, "acct-m", 2 * SECOND)], "svc-m")
+        assert raw_export(collector.endpoint, genuine).code == grpc.StatusCode.OK
+        # the same span re-created an hour earlier, without its account: rejected at the door, unattributed
+        moved = _without_account(_moved(genuine, -3600))
+        answer = raw_export(collector.endpoint, moved)
+        assert "unattributed" in answer.response.partial_success.error_message
+    finally:
+        collector.kill()
+    [(pending_id,)] = ledger(fresh_db, "SELECT rejection_key FROM rejected_spans WHERE reason = 'unattributed'")
+
+    out = _cli(fresh_db, "dead-letter", "replay", "--reason", "unattributed", "--patch", "account_id=acct-m",
+               "--why", "INC-9")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "0 billed" in out.stdout and "key_conflict x1" in out.stdout, out.stdout
+    assert totals(fresh_db, "acct-m") == {"worker_seconds": Decimal("2.0")}  # billed once
+    kept = ledger(fresh_db, "SELECT rejection_key, octet_length(payload) > 0, error_message FROM rejected_spans"
+                  " WHERE reason = 'key_conflict'")  # fmt: skip
+    assert len(kept) == 1 and kept[0][1] and "ended" in kept[0][2]
+    listed = json.loads(_cli(fresh_db, "dead-letter", "list", "--format", "json").stdout)
+    assert {d["id"]: d["status"] for d in listed}[str(pending_id)] == "pending"
+    # the conflict is decided like one found live
+    done = _cli(fresh_db, "dead-letter", "resolve", str(kept[0][0]), "--decision", "keep-ledger", "--why", "moved")
+    assert done.returncode == 0, done.stderr
+
+    # a file of the moved span with its account (a Collector's file exporter): kept, not a duplicate
+    with_account = _moved(genuine, -7200)
+    path = tmp_path / "moved.binpb.gz"
+    with gzip.open(path, "wb") as out_file:
+        out_file.write(struct.pack(">I", len(with_account)) + with_account)
+    ingested = _cli(fresh_db, "ingest", "--otlp-file", str(path))
+    assert ingested.returncode == 0, ingested.stderr
+    assert "0 new usage rows, 0 already in the ledger, 1 rejected" in ingested.stdout, ingested.stdout
+    assert "key_conflict" in ingested.stdout, ingested.stdout
+    assert ledger(fresh_db, "SELECT count(*) FROM rejected_spans WHERE reason = 'key_conflict'") == [(2,)]
+    assert totals(fresh_db, "acct-m") == {"worker_seconds": Decimal("2.0")}

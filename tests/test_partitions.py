@@ -427,6 +427,14 @@ def test_closed_months_are_archived_to_checked_files_and_restored_exactly(db, tm
     # a span of an archived month again: never billed twice, kept for a decision
     again = write(db, [old[0], usage("acme", 9, datetime(2026, 10, 6, tzinfo=UTC))])
     assert again.inserted == 0 and {reason for _key, reason in again.outside} == {"archived_period"}
+    # ... nor at an end time in a live month: its key stays in the key registry after the archive
+    live = partitions.months_after(cutover, 1) + timedelta(days=1)
+    moved = write(db, [(int(live.timestamp()) * 1_000_000, *old[0][1:])])
+    assert moved.inserted == 0 and moved.outside == ()
+    [held] = moved.conflicts
+    assert (held.idempotency_key, held.account_id, held.occurred_at_us) == (old[0][1], None, old[0][0])
+    assert held.differs("acme", None, "growth", 1, old[0][7], None, int(live.timestamp()) * 1_000_000)
+    assert "archived month" in held.describe()
     with psycopg.connect(db) as conn, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="archived"):
         partitions.ensure(conn, back_to=datetime(2026, 10, 1, tzinfo=UTC))
 

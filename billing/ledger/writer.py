@@ -28,6 +28,7 @@ so the conversion is exact and identical at every receiver (nanoseconds are trun
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ __all__ = [
     "UsageWrite",
     "encode_copy",
 ]
+
+log = logging.getLogger(__name__)
 
 # A usage event (collector.processors.UsageEvent) in the COPY encoding of usage_events
 # (collector.exporters.rows.usage_event_tuple makes it; models.UsageEventRecord reads the row back):
@@ -119,9 +122,20 @@ WHERE {_IS_COVERED}
 ON CONFLICT DO NOTHING
 RETURNING replace(idempotency_key::text, '-', '')
 """
+# Only when rows already in the ledger were missing from the key registry (see LedgerWriter._insert): which
+# staged rows did this transaction insert? (A row inserted under a savepoint carries the savepoint's xid and is
+# missed here: only the new/duplicate counters can be off, never the ledger.)
+_NEW_KEYS = """
+SELECT replace(u.idempotency_key::text, '-', '')
+FROM usage_staging s
+JOIN usage_events u
+  ON u.occurred_at = timestamptz 'epoch' + s.occurred_at_us * interval '1 microsecond'
+ AND u.idempotency_key = s.idempotency_key
+WHERE u.xmin = pg_current_xact_id()::xid
+"""
 # Also only then: staged rows of a month without a partition (the INSERT left them out). A month that was
-# archived (``spanmeter db archive``) is ``archived_period``: the ledger no longer holds its keys, so the row
-# cannot be told from a duplicate.
+# archived (``spanmeter db archive``) is ``archived_period``: its rows are no longer in the ledger, so the row
+# cannot be compared with them.
 _OUTSIDE = """
 SELECT replace(s.idempotency_key::text, '-', ''),
        CASE WHEN t.at < c.archived_to THEN 'archived_period' ELSE 'no_partition' END
@@ -304,8 +318,18 @@ class LedgerWriter:
             cur.execute(_INSERT)
             if cur.rowcount == staged:
                 return staged, None
-            # cannot happen (every key was new, so every row is), but never report a row new that is not
-            return cur.rowcount, frozenset()
+            # every key was new to the registry, yet the ledger held some rows: rows written without their
+            # keys (a receiver older than migration 0018 still running after the upgrade). Billed once all
+            # the same (the primary key); said, and the new ones found by their transaction.
+            log.warning(
+                "%d of %d staged rows were already in the ledger but not in its key registry: rows written "
+                "without registering their keys (stop every older `spanmeter serve` before `db upgrade`)",
+                staged - cur.rowcount,
+                staged,
+            )
+            cur.execute(_NEW_KEYS)
+            new_keys = frozenset(key for (key,) in cur.fetchall())
+            return len(new_keys), new_keys
         cur.execute(_INSERT_REGISTERED)
         new_keys = frozenset(key for (key,) in cur.fetchall())
         return len(new_keys), new_keys

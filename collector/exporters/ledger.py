@@ -29,13 +29,11 @@ then stops them.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -49,6 +47,7 @@ from ..consumer import CompactRow, PendingWrite, RetryableError
 from ..metrics import CollectorMetrics, observe_many
 from ..processors.meters import ALL_METERS, MeterDefinition
 from ..processors.usage import Rejection, UsageEvent
+from .kept import conflict_rejection, conflicting, kept_rejection, outside_rejection
 from .rows import compact_row, rejected_span_row, usage_event_tuple
 
 
@@ -71,18 +70,7 @@ log = logging.getLogger(__name__)
 def _kept_row(pending: PendingWrite, row: UsageEvent, reason: str, message: str, salt: bytes = b"") -> Rejection:
     """A usage row kept as a rejected span of its request (its span's payload, for a later decision)."""
     payload = pending.span_payload(row) if pending.span_payload is not None else b""
-    return Rejection(
-        reason=reason,
-        message=message[:1000],
-        rejection_key=hashlib.blake2b(payload + row.idempotency_key.encode() + salt, digest_size=16).hexdigest(),
-        trace_id=row.trace_id,
-        span_id=row.span_id,
-        meter_codes=(row.meter.code,),
-        account_id=row.account_id,
-        service_name=row.metadata.get("service.name"),
-        end_time_unix_nano=row.end_time_unix_nano,
-        payload=payload,
-    )
+    return kept_rejection(row, reason, message, payload, salt)
 
 
 def _refusal(pending: PendingWrite, row: UsageEvent, message: str) -> Rejection:
@@ -90,22 +78,8 @@ def _refusal(pending: PendingWrite, row: UsageEvent, message: str) -> Rejection:
     return _kept_row(pending, row, "ledger_refused", f"the ledger refused {row.meter.code}: {message}")
 
 
-def _ended(end_time_unix_nano: int) -> str:
-    """A span's end time as the ledger keeps it (microseconds, UTC), in ISO 8601."""
-    us = end_time_unix_nano // 1000
-    moment = datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def _conflict(pending: PendingWrite, row: UsageEvent, held: KeyConflict) -> Rejection:
-    """A row whose key the ledger already holds with other content: kept, counted, never a silent duplicate."""
-    message = (
-        f"{row.meter.code} usage with this span's key is already billed with other content ({held.describe()}); "
-        f"this span says account {row.account_id!r}, quantity {row.quantity}, producer {pending.producer!r}, "
-        f"ended {_ended(row.end_time_unix_nano)}: "
-        "kept for review, not billed"
-    )
-    return _kept_row(pending, row, "key_conflict", message, salt=b"/conflict")
+def _payload(pending: PendingWrite, row: UsageEvent) -> bytes:
+    return pending.span_payload(row) if pending.span_payload is not None else b""
 
 
 def _refuse_conflicts(batch: list[PendingWrite], conflicts: tuple[KeyConflict, ...]) -> set[str]:
@@ -120,37 +94,14 @@ def _refuse_conflicts(batch: list[PendingWrite], conflicts: tuple[KeyConflict, .
             keys = {row.idempotency_key for row in pending.rows}
         if keys.isdisjoint(held):
             continue
-        for row in pending.usage_rows():
-            c = held.get(row.idempotency_key)
-            if c is not None and c.differs(
-                row.account_id,
-                row.job_id,
-                row.plan_code,
-                row.meter.version,
-                str(row.quantity),
-                pending.producer,
-                row.end_time_unix_nano // 1000,
-            ):
-                pending.refused.append(_conflict(pending, row, c))
-                found.add(row.idempotency_key)
+        for row, c in conflicting(pending.usage_rows(), conflicts, pending.producer):
+            pending.refused.append(conflict_rejection(row, c, _payload(pending, row), pending.producer))
+            found.add(row.idempotency_key)
     if found:
         log.warning(
             "%d usage rows arrived with a key the ledger holds with other content; kept as key_conflict", len(found)
         )
     return found
-
-
-_OUTSIDE_MESSAGES = {
-    "no_partition": (
-        "the ledger has no partition for the month this {meter} usage ended in ({ended}): kept, not billed; "
-        "create it with `spanmeter db partitions --create`, then `spanmeter dead-letter replay --reason no_partition`"
-    ),
-    "archived_period": (
-        "this {meter} usage ended in a month that was archived ({ended}): the ledger no longer holds that month's "
-        "keys, so it cannot tell this span from a duplicate; kept, not billed (restore the month with "
-        "`spanmeter db restore` before replaying it)"
-    ),
-}
 
 
 def _refuse_outside(batch: list[PendingWrite], outside: tuple[tuple[str, str], ...]) -> set[str]:
@@ -163,9 +114,7 @@ def _refuse_outside(batch: list[PendingWrite], outside: tuple[tuple[str, str], .
             reason = reasons.get(row.idempotency_key)
             if reason is None:
                 continue
-            ended = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(row.end_time_unix_nano // 10**9))
-            message = _OUTSIDE_MESSAGES[reason].format(meter=row.meter.code, ended=ended)
-            pending.refused.append(_kept_row(pending, row, reason, message, salt=b"/" + reason.encode()))
+            pending.refused.append(outside_rejection(row, reason, _payload(pending, row)))
             found.add(row.idempotency_key)
     if found:
         log.warning(

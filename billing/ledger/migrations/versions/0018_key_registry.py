@@ -7,18 +7,21 @@ partition key). Until this migration the same key re-sent with another end time 
 twice, and only ``spanmeter reconcile`` found it. ``usage_event_keys`` holds each key once, with the end time
 of the row that holds it:
 
-- ``LedgerWriter`` registers every staged row's key in the statement that inserts the rows, and inserts only
-  the rows whose key it registered (``INSERT … ON CONFLICT DO NOTHING RETURNING``, one statement); a row whose
-  key is registered at another end time is a ``key_conflict`` (kept, counted, alerted, answered in
-  ``partial_success``), like a row whose key is held with other content at the same end time.
+- ``LedgerWriter`` registers every staged row's key first (``INSERT … ON CONFLICT DO NOTHING`` on the registry's
+  primary key), then inserts every row when all keys were new (the usual case), or only the rows registered at
+  their own end time, in the same transaction; a row whose key is registered at another end time is a
+  ``key_conflict`` (kept, counted, alerted, answered in ``partial_success``), like a row whose key is held with
+  other content at the same end time.
 - Append-only (``spanmeter_refuse_change``); ``spanmeter_writer`` may INSERT and SELECT.
   Not partitioned and never archived: a key stays registered after ``spanmeter db archive`` takes its month
-  away, so the span cannot come back at another end time either. ``db restore`` registers the keys of a month
-  archived before this migration.
+  away, so the span cannot come back at another end time either. A month archived before this migration has
+  no keys here until ``db restore`` brings it back (which registers them).
 - The upgrade fills it from the attached ledger: per key, the end time of the row received first (the one
   ``reconcile`` keeps; rows already billed twice stay listed by ``reconcile``). Built unindexed, then the
-  primary key in one sort: 10M rows took about a minute on the bench machine. The ledger is locked against
-  writes meanwhile (SHARE), so no row is inserted unregistered; ingest waits and retries.
+  primary key in one sort. The ledger is locked against writes meanwhile (SHARE). **Stop every ``spanmeter
+  serve`` before this upgrade** (as for any upgrade: a receiver checks the schema only at start): one still
+  running the previous version would go on inserting rows without registering their keys. Spans wait in the
+  Collector's persistent queue meanwhile.
 
 What it costs (``bench/README.md``, "The key registry on the write path"): one random-page B-tree insert per
 row, measured side by side in the ingest bench.
