@@ -6,7 +6,8 @@ behave like a durable queue: a request is re-sent, alternating receivers, until 
 window ends the clients stop taking new requests and drain what they hold. Then:
 
 - exactness: the ledger holds exactly one row per billable span acknowledged (``count(*)`` = the clients'
-  sum, ``count(DISTINCT trace_id, span_id)`` = ``count(*)``), and the rollups, folded, equal the ledger
+  sum, ``count(DISTINCT trace_id, span_id)`` = ``count(*)``), each registered at its end time in the key
+  registry and nothing else registered, and the rollups, folded, equal the ledger
   (``rollup_store.check`` finds nothing);
 - ``--mode soak``: a steady load (``--rate`` requests/s), the receivers' RSS sampled every 10 s;
 - ``--mode chaos``: as fast as the clients go, ``--kills`` SIGKILLs of a random receiver spread over the
@@ -245,6 +246,12 @@ def main() -> int:
         rows, distinct = conn.execute(
             "SELECT count(*), count(DISTINCT (trace_id, span_id, meter_code)) FROM usage_events"
         ).fetchone()
+        # the key registry (migration 0018): every row's key once, at the row's own end time
+        registered = conn.execute(
+            "SELECT count(*) FROM usage_events u JOIN usage_event_keys k"
+            " ON k.idempotency_key = u.idempotency_key AND k.occurred_at = u.occurred_at"
+        ).fetchone()[0]
+        keys = conn.execute("SELECT count(*) FROM usage_event_keys").fetchone()[0]
         while rollup_store.fold(conn).deltas:
             pass
         differences = rollup_store.check(conn)
@@ -252,7 +259,7 @@ def main() -> int:
     for c in clients:
         for k, v in c.codes.items():
             codes[k] = codes.get(k, 0) + v
-    exact = rows == expected == distinct and not differences
+    exact = rows == expected == distinct == registered == keys and not differences
     result = {
         "mode": a.mode,
         "minutes": a.minutes,
@@ -261,6 +268,8 @@ def main() -> int:
         "spans_acknowledged": expected,
         "ledger_rows": rows,
         "ledger_distinct_spans": distinct,
+        "registry_keys": keys,
+        "rows_registered": registered,
         "rollup_differences": len(differences),
         "answers": codes,
         "receiver_restarts": [r.restarts for r in receivers],
@@ -279,7 +288,8 @@ def main() -> int:
         peak = [max(s[1][i] for s in rss) for i in range(len(receivers))]
         print(f"  receiver RSS MiB: first {first}, last {last}, max {peak} ({len(rss)} samples)")
     print(
-        f"  ledger: {rows:,} rows, {distinct:,} distinct spans, rollups vs ledger differences: {len(differences)}"
+        f"  ledger: {rows:,} rows, {distinct:,} distinct spans, {registered:,} registered at their end time "
+        f"({keys:,} keys), rollups vs ledger differences: {len(differences)}"
         f" -> {'EXACT' if exact else 'NOT EXACT'}"
     )
     out = BENCH_DIR / "results" / f"chaos-{a.mode}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
