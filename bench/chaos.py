@@ -80,6 +80,7 @@ class Receiver:
             [
                 *(SPANMETER, "serve", "--database-url", self.database_url),
                 *("--otlp-endpoint", self.endpoint, "--metrics-port", str(self.metrics_port)),
+                *("--otlp-http-endpoint", "none"),  # the clients speak gRPC; two receivers cannot share 4318
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
