@@ -195,8 +195,14 @@ def main() -> int:
     logs = a.data_dir / "logs" / name
     logs.mkdir(parents=True, exist_ok=True)
     receivers = [Receiver(n, writer.conninfo, logs) for n in range(2)]
-    for r in receivers:
-        r.start()
+    try:
+        for r in receivers:
+            r.start()
+    except BaseException:  # one that did start must not outlive the run
+        for r in receivers:
+            if r.proc is not None:
+                r.stop()
+        raise
     stop = threading.Event()
     rate = a.rate if a.mode == "soak" else None
     clients = [Client(n, receivers, stop, rate, a.spans_per_request) for n in range(a.clients)]
