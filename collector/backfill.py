@@ -69,14 +69,16 @@ def write_metered(
     writer: LedgerWriter, result: MeteringResult, request: ExportTraceServiceRequest | None = None
 ) -> tuple[int, int, Counter[str]]:
     """Write one metering result (caller commits); return (new rows, rows already in the ledger, usage rows kept
-    as rejected spans by reason: ``key_conflict``, ``no_partition``, ``archived_period``). ``request``: the
+    as rejected spans, in spans by reason: ``key_conflict``, ``no_partition``, ``archived_period``). ``request``: the
     message the result came from (each kept row's span is stored from it)."""
     rows = [usage_event_tuple(row) for row in result.rows]
     written = writer.write_usage(rows)
     payloads = SpanPayloads(lambda: request if request is not None else ExportTraceServiceRequest())
     kept = [
         conflict_rejection(row, held, payloads(row.trace_id, row.span_id), None)
-        for row, held in conflicting(result.rows, written.conflicts, None, any_producer=True)
+        for row, held in conflicting(
+            result.rows, {c.idempotency_key: c for c in written.conflicts}, None, any_producer=True
+        )
     ]
     reasons = dict(written.outside)
     kept += [
@@ -85,7 +87,8 @@ def write_metered(
         if row.idempotency_key in reasons
     ]
     writer.write_rejected_spans(rejected_span_row(r) for r in (*result.rejections, *kept))
-    return written.inserted, written.staged - written.inserted - len(kept), Counter(r.reason for r in kept)
+    spans_kept = Counter(reason for reason, _ids in {(r.reason, (r.trace_id, r.span_id)) for r in kept})
+    return written.inserted, written.staged - written.inserted - len(kept), spans_kept
 
 
 def ingest_file(

@@ -43,7 +43,7 @@ from spanmeter import attributes as A
 from spanmeter.billing import adjustments as adjustments_module
 from spanmeter.billing.ledger import adjustment_store, replay_store
 from spanmeter.billing.ledger.database import Database
-from spanmeter.billing.ledger.writer import LedgerWriter
+from spanmeter.billing.ledger.writer import KeyConflict, LedgerWriter, UsageEventTuple, UsageWrite, encode_copy
 
 from .auth import ProducerRegistry
 from .exporters.kept import conflict_rejection, conflicting
@@ -200,6 +200,64 @@ def patch_span(resource_spans: ResourceSpans, patch: dict[str, str]) -> None:
         span.attributes.append(KeyValue(key=key, value=AnyValue(string_value=value)))
 
 
+_Replayed = tuple[replay_store.ReplayRecord, list[UsageEvent], bytes, str | None]
+
+
+def _write(writer: LedgerWriter, spans: list[_Replayed]) -> UsageWrite:
+    """Stage and insert the spans' rows, each recording its sender as its producer (the caller commits)."""
+    by_sender: dict[str | None, list[UsageEventTuple]] = {}
+    for _record, rows, _payload, sender in spans:
+        by_sender.setdefault(sender, []).extend(map(usage_event_tuple, rows))
+    writer.discard_staged()
+    staged = sum(len(rows) for rows in by_sender.values())
+    return writer.write_copies([(sender, encode_copy(rows)) for sender, rows in by_sender.items()], staged)
+
+
+def _write_replayed(
+    conn: psycopg.Connection, writer: LedgerWriter, spans: list[_Replayed], report: ReplayReport
+) -> list[replay_store.ReplayRecord]:
+    """Bill the replayed spans; returns the records of those billed. All at once when no row of them conflicts
+    or falls outside the ledger's months (the usual case); otherwise span by span under savepoints, so a span is
+    billed whole or not at all: one whose key the ledger holds with other content is kept as a ``key_conflict``
+    rejected span and stays pending, like one of a month without a partition (reported with that reason)."""
+    if not spans:
+        return []
+    with conn.transaction() as everything:
+        written = _write(writer, spans)
+        if not written.outside and not any(conflicting(rows, _held(written), sender) for _r, rows, _p, sender in spans):
+            report.billed_spans += len(spans)
+            report.new_rows += written.inserted
+            report.duplicate_rows += written.staged - written.inserted
+            return [record for record, _rows, _payload, _sender in spans]
+        raise psycopg.Rollback(everything)
+    records = []
+    for span in spans:
+        record, rows, payload, sender = span
+        with conn.transaction() as one:
+            written = _write(writer, [span])
+            outside = sorted({reason for _key, reason in written.outside})
+            found = conflicting(rows, _held(written), sender)
+            if not outside and not found:
+                report.billed_spans += 1
+                report.new_rows += written.inserted
+                report.duplicate_rows += written.staged - written.inserted
+                records.append(record)
+                continue
+            raise psycopg.Rollback(one)
+        if outside:  # a month without a partition: not billed, the span stays pending
+            report.rejected_again[outside[0]] += 1
+            continue
+        report.rejected_again["key_conflict"] += 1  # kept for a decision; the span stays pending
+        writer.write_rejected_spans(
+            rejected_span_row(conflict_rejection(row, held, payload, sender), sender) for row, held in found
+        )
+    return records
+
+
+def _held(written: UsageWrite) -> dict[str, KeyConflict]:
+    return {c.idempotency_key: c for c in written.conflicts}
+
+
 def replay(
     database: Database,
     *,
@@ -232,10 +290,8 @@ def replay(
         writer = LedgerWriter(conn)
         selected = replay_store.select_pending(conn, reason, rejection_key)
         report.selected = len(selected)
-        rows: list = []
-        records: list[replay_store.ReplayRecord] = []
-        # per selected span that bills: its metered rows, its payload as replayed, and its sender
-        metered: list[tuple[list[UsageEvent], bytes, str | None]] = []
+        # per selected span that bills: its replay record, its rows, its payload as replayed, and its sender
+        spans: list[tuple[replay_store.ReplayRecord, list[UsageEvent], bytes, str | None]] = []
         for key, old_reason, payload, sender in selected:
             resource_spans = ResourceSpans.FromString(payload)
             if patch:
@@ -266,40 +322,10 @@ def replay(
                 provenance["authorization"] = "override"
             for row in result.rows:
                 row.metadata["replay"] = provenance
-            rows.extend(usage_event_tuple(row) for row in result.rows)
-            metered.append((result.rows, resource_spans.SerializeToString(), sender))
             keys = [r.idempotency_key for r in result.rows]
-            records.append((key, replayed_by, why, json.dumps(patch), len(result.rows), keys, authorization))
-            report.billed_spans += 1
-        # one COPY for every replayed span (the staging table empties only at commit)
-        written = writer.write_usage(rows)
-        outside = dict(written.outside)  # a month without a partition: not billed, the span stays pending
-        if outside:
-            kept = [r for r in records if not outside.keys() & set(r[5])]
-            for record in records:
-                reasons = {outside[k] for k in record[5] if k in outside}
-                if reasons:
-                    report.rejected_again[min(reasons)] += 1
-            report.billed_spans -= len(records) - len(kept)
-            records = kept
-        conflicted = 0
-        if written.conflicts:  # never a silent duplicate: kept for a decision, the span stays pending
-            refused: set[str] = set()
-            for span_rows, span_payload, sender in metered:
-                found = conflicting(span_rows, written.conflicts, sender)
-                writer.write_rejected_spans(
-                    rejected_span_row(conflict_rejection(row, held, span_payload, sender), sender)
-                    for row, held in found
-                )
-                refused.update(row.idempotency_key for row, _held in found)
-                conflicted += len(found)
-            if refused:
-                kept = [r for r in records if not refused & set(r[5])]
-                report.rejected_again["key_conflict"] += len(records) - len(kept)
-                report.billed_spans -= len(records) - len(kept)
-                records = kept
-        report.new_rows = written.inserted
-        report.duplicate_rows = written.staged - written.inserted - len(outside) - conflicted
+            record = (key, replayed_by, why, json.dumps(patch), len(result.rows), keys, authorization)
+            spans.append((record, result.rows, resource_spans.SerializeToString(), sender))
+        records = _write_replayed(conn, writer, spans, report)
         if records:
             replay_store.record_replays(conn, records)
         conn.commit()

@@ -462,3 +462,59 @@ def test_a_replay_or_a_backfill_of_a_moved_span_keeps_a_conflict_and_bills_nothi
     assert "key_conflict" in ingested.stdout, ingested.stdout
     assert ledger(fresh_db, "SELECT count(*) FROM rejected_spans WHERE reason = 'key_conflict'") == [(2,)]
     assert totals(fresh_db, "acct-m") == {"worker_seconds": Decimal("2.0")}
+
+
+def test_the_same_span_pending_twice_at_two_end_times_is_billed_once_by_a_replay(fresh_db):
+    """Two dead letters of one span (re-created with another end time, both without an account): a replay bills
+    the first whole, keeps the second as a key_conflict and leaves it pending."""
+    collector = Collector(fresh_db).start()
+    try:
+        ids = (os.urandom(16), os.urandom(8))
+        first = _without_account(_request([(*ids, "x", 2 * SECOND)], "svc-t"))
+        for body in (first, _moved(first, -60)):
+            assert "unattributed" in raw_export(collector.endpoint, body).response.partial_success.error_message
+    finally:
+        collector.kill()
+    out = _cli(fresh_db, "dead-letter", "replay", "--reason", "unattributed", "--patch", "account_id=acct-t",
+               "--why", "INC-10")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "2 rejected spans selected: 1 billed (1 new usage rows, 0 already in the ledger)" in out.stdout, out.stdout
+    assert "key_conflict x1" in out.stdout, out.stdout
+    assert totals(fresh_db, "acct-t") == {"worker_seconds": Decimal("2.0")}
+    statuses = sorted(d["status"] for d in json.loads(_cli(fresh_db, "dead-letter", "list", "--format", "json").stdout))
+    assert statuses == ["pending", "pending", "replayed"]  # the second copy, and its key_conflict
+    assert ledger(fresh_db, "SELECT count(*) FROM rejected_spans WHERE reason = 'key_conflict'") == [(1,)]
+    assert ledger(fresh_db, "SELECT count(*) FROM dead_letter_replays") == [(1,)]
+
+
+def test_rows_already_in_the_ledger_but_not_registered_are_counted_exactly_even_under_a_savepoint(fresh_db):
+    """A row written without its key (a receiver older than migration 0018 still running after the upgrade):
+    the registry takes its key, the primary key still skips the row, and the write says which row was new."""
+    import uuid
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from spanmeter.billing.ledger import migrate
+    from spanmeter.billing.ledger.database import resolve_database
+    from spanmeter.billing.ledger.writer import LedgerWriter
+
+    migrate.upgrade(resolve_database(fresh_db, data_dir=None))
+    at = datetime.now(UTC).replace(microsecond=0)
+    old, new = uuid.uuid4().hex, uuid.uuid4().hex
+    with psycopg.connect(fresh_db) as conn:
+        conn.execute(
+            "INSERT INTO usage_events (occurred_at, idempotency_key, account_id, job_id, plan_code, meter_code,"
+            " meter_version, quantity, unit, trace_id, span_id)"
+            " VALUES (%s, %s, 'acme', 'j1', 'growth', 'worker_seconds', 1, 30, 's', 'ab', 'cd')",
+            (at, old),
+        )
+        conn.commit()
+        writer = LedgerWriter(conn)
+        conn.execute("SELECT 1")  # in a transaction, so the block below is a savepoint
+        with conn.transaction():  # as the exporter's isolating path writes
+            written = writer.write_usage([_writer_row(old, at, "30"), _writer_row(new, at, "1")])
+        conn.commit()
+        assert written.inserted == 1 and written.inserted_keys == frozenset({new}) and written.conflicts == ()
+        assert conn.execute("SELECT count(*) FROM usage_event_keys").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM usage_events").fetchone()[0] == 2

@@ -433,7 +433,6 @@ def test_closed_months_are_archived_to_checked_files_and_restored_exactly(db, tm
     assert moved.inserted == 0 and moved.outside == ()
     [held] = moved.conflicts
     assert (held.idempotency_key, held.account_id, held.occurred_at_us) == (old[0][1], None, old[0][0])
-    assert held.differs("acme", None, "growth", 1, old[0][7], None, int(live.timestamp()) * 1_000_000)
     assert "archived month" in held.describe()
     with psycopg.connect(db) as conn, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="archived"):
         partitions.ensure(conn, back_to=datetime(2026, 10, 1, tzinfo=UTC))

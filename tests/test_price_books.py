@@ -253,10 +253,21 @@ def _row(account, meter, quantity, when, *, model=None, gpu=None, plan="growth",
     return (micros, key, account, None, plan, meter, 1, str(quantity), unit, "ab" * 16, "cd" * 8, metadata)
 
 
-def _write(db, rows):
+def _write(db, rows, writer_class=LedgerWriter):
     with psycopg.connect(db) as conn:
-        LedgerWriter(conn).write_usage(rows)
+        writer_class(conn).write_usage(rows)
         conn.commit()
+
+
+class _WriterBefore0018(LedgerWriter):
+    """The writer on a ledger older than migration 0018 (no key registry yet): rows straight into the ledger."""
+
+    @staticmethod
+    def _insert(cur, staged):
+        from spanmeter.billing.ledger import writer
+
+        cur.execute(writer._INSERT)
+        return cur.rowcount, None
 
 
 @pytest.fixture
@@ -793,7 +804,7 @@ def test_migration_0014_recomputes_existing_rollups_with_their_provider_and_goes
         _row("acme", "input_tokens", 100, day, model="gpt-4o-mini", provider="openai"),
         _row("acme", "input_tokens", 40, day, model="gpt-4o-mini", provider="azure"),
         _row("acme", "input_tokens", 5, day + timedelta(hours=1), model="gpt-4o-mini", provider="azure"),
-    ])  # fmt: skip
+    ], _WriterBefore0018)  # fmt: skip
     with psycopg.connect(fresh_db) as conn:  # some folded, one still a pending delta
         conn.execute("SELECT * FROM spanmeter_fold_rollups(1)")
         conn.commit()

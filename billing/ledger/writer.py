@@ -123,15 +123,16 @@ ON CONFLICT DO NOTHING
 RETURNING replace(idempotency_key::text, '-', '')
 """
 # Only when rows already in the ledger were missing from the key registry (see LedgerWriter._insert): which
-# staged rows did this transaction insert? (A row inserted under a savepoint carries the savepoint's xid and is
-# missed here: only the new/duplicate counters can be off, never the ledger.)
+# staged rows did this transaction insert? Those received at this transaction's start (``received_at``
+# defaults to ``now()``), which also holds under a savepoint, where ``xmin`` is the savepoint's own xid.
+# Only the new/duplicate counters depend on it, never the ledger.
 _NEW_KEYS = """
 SELECT replace(u.idempotency_key::text, '-', '')
 FROM usage_staging s
 JOIN usage_events u
   ON u.occurred_at = timestamptz 'epoch' + s.occurred_at_us * interval '1 microsecond'
  AND u.idempotency_key = s.idempotency_key
-WHERE u.xmin = pg_current_xact_id()::xid
+WHERE u.received_at = now()
 """
 # Also only then: staged rows of a month without a partition (the INSERT left them out). A month that was
 # archived (``spanmeter db archive``) is ``archived_period``: its rows are no longer in the ledger, so the row

@@ -16,7 +16,7 @@ archived one (``archived_period``), each kept with a message that names the fix 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 from spanmeter.billing.ledger.writer import KeyConflict
@@ -47,16 +47,16 @@ def ended(end_time_unix_nano: int) -> str:
 
 def conflicting(
     rows: Iterable[UsageEvent],
-    conflicts: Iterable[KeyConflict],
+    held: Mapping[str, KeyConflict],
     producer: str | None,
     *,
     any_producer: bool = False,
 ) -> list[tuple[UsageEvent, KeyConflict]]:
-    """The rows that conflict with what the ledger holds under their key, each with what it holds.
+    """The rows that conflict with what the ledger holds under their key, each with what it holds (``held``: by
+    key, from ``UsageWrite.conflicts``; built once per write, not per request).
 
     ``producer``: who sent the rows (the authenticated producer; None: no authentication). ``any_producer``:
     the rows name no producer of their own (a file backfill), so only their content and end time count."""
-    held = {c.idempotency_key: c for c in conflicts}
     if not held:
         return []
     found = []

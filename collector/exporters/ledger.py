@@ -94,7 +94,7 @@ def _refuse_conflicts(batch: list[PendingWrite], conflicts: tuple[KeyConflict, .
             keys = {row.idempotency_key for row in pending.rows}
         if keys.isdisjoint(held):
             continue
-        for row, c in conflicting(pending.usage_rows(), conflicts, pending.producer):
+        for row, c in conflicting(pending.usage_rows(), held, pending.producer):
             pending.refused.append(conflict_rejection(row, c, _payload(pending, row), pending.producer))
             found.add(row.idempotency_key)
     if found:
