@@ -88,12 +88,13 @@ class UsageEventRecord(Base):
     span_id: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default="{}")
-    # the authenticated producer whose Export carried the row (None: no authentication, backfill, replay)
+    # the authenticated producer whose Export carried the row (a replay: the rejected span's; None: no
+    # authentication, file backfill)
     producer: Mapped[str | None] = mapped_column(
         Text,
         nullable=True,
-        comment="The authenticated producer whose Export carried the row; NULL without producer authentication, "
-        "for backfills, replays and rows older than the column",
+        comment="The authenticated producer whose Export carried the row (for a replay, that of the rejected span); "
+        "NULL without producer authentication, for file backfills and rows older than the column",
     )
 
     __table_args__ = (

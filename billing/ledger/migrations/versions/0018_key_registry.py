@@ -24,6 +24,10 @@ of the row that holds it:
   running the previous version would go on inserting rows without registering their keys. Spans wait in the
   Collector's persistent queue meanwhile.
 
+Also: ``usage_events.producer``'s comment says that a replay records the rejected span's producer (since this
+revision ``spanmeter dead-letter replay`` writes it, so a replayed row meets the registry's conflict check as
+its producer's live row would).
+
 What it costs (``bench/README.md``, "The key registry on the write path"): one random-page B-tree insert per
 row and ~126 B per key on disk; side by side in the ingest bench, serve commits 0.78 of what it does without.
 
@@ -43,8 +47,20 @@ depends_on = None
 WRITER_ROLE = "spanmeter_writer"
 
 
+PRODUCER_COMMENT = (
+    "The authenticated producer whose Export carried the row (for a replay, that of the rejected span); NULL without "
+    "producer authentication, for file backfills and rows older than the column"
+)
+OLD_PRODUCER_COMMENT = (
+    "The authenticated producer whose Export carried the row; NULL without producer authentication, for backfills, "
+    "replays and rows older than the column"
+)
+
+
 def upgrade() -> None:
     op.execute("LOCK TABLE usage_events IN SHARE MODE")
+    # replays record the rejected span's producer since this revision (their rows meet the registry as it did)
+    op.execute(f"COMMENT ON COLUMN usage_events.producer IS '{PRODUCER_COMMENT}'")
     op.execute("""
         CREATE TABLE usage_event_keys (
             idempotency_key uuid NOT NULL,
@@ -78,5 +94,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute(f"COMMENT ON COLUMN usage_events.producer IS '{OLD_PRODUCER_COMMENT}'")
     op.execute("DROP TRIGGER usage_event_keys_append_only ON usage_event_keys")
     op.execute("DROP TABLE usage_event_keys")
