@@ -391,18 +391,13 @@ class LedgerWriterMethod:
         return result.inserted if hasattr(result, "inserted") else len(result)
 
 
-# The writer's statement before the key registry (migration 0018): rows straight into usage_events.
-_INSERT_BEFORE_0018 = """
-INSERT INTO usage_events (occurred_at, idempotency_key, account_id, job_id, plan_code, meter_code,
-                          meter_version, quantity, unit, trace_id, span_id, metadata, producer)
-SELECT timestamptz 'epoch' + occurred_at_us * interval '1 microsecond', idempotency_key, account_id, job_id,
-       plan_code, meter_code, meter_version, quantity, unit, trace_id, span_id, metadata::jsonb, producer
-FROM usage_staging, usage_event_coverage c
-WHERE timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' >= c.from_at
-  AND timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' < c.to_at
-  AND (c.archived_to IS NULL OR timestamptz 'epoch' + occurred_at_us * interval '1 microsecond' >= c.archived_to)
-ON CONFLICT DO NOTHING
-"""
+def insert_without_registry(cur: psycopg.Cursor, staged: int) -> tuple[int, frozenset[str] | None]:
+    """LedgerWriter's insert as before the key registry (migration 0018): the writer's own fast-path statement,
+    every covered staged row straight into usage_events, no key registered. Bench ledgers only."""
+    from spanmeter.billing.ledger import writer
+
+    cur.execute(writer._INSERT)
+    return cur.rowcount, None
 
 
 class NoRegistryLedgerWriterMethod(LedgerWriterMethod):
@@ -414,11 +409,7 @@ class NoRegistryLedgerWriterMethod(LedgerWriterMethod):
     def __init__(self, conn: psycopg.Connection) -> None:
         super().__init__(conn)
 
-        def insert(cur: psycopg.Cursor, staged: int) -> tuple[int, frozenset[str] | None]:
-            cur.execute(_INSERT_BEFORE_0018)
-            return cur.rowcount, None
-
-        self.writer._insert = insert  # type: ignore[method-assign]
+        self.writer._insert = insert_without_registry  # type: ignore[method-assign]
 
 
 class CopyBinaryMethod:

@@ -7,18 +7,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import psycopg
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _ledger
 
 from spanmeter.billing.ledger.writer import LedgerWriter
 
-
-def _insert(cur: psycopg.Cursor, staged: int) -> tuple[int, frozenset[str] | None]:
-    cur.execute(_ledger._INSERT_BEFORE_0018)
-    return cur.rowcount, None  # None: all new (the bench's rows are)
-
-
-LedgerWriter._insert = staticmethod(_insert)  # type: ignore[method-assign]
+LedgerWriter._insert = staticmethod(_ledger.insert_without_registry)  # type: ignore[method-assign]

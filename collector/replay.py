@@ -224,7 +224,8 @@ def _write_replayed(
         return []
     with conn.transaction() as everything:
         written = _write(writer, spans)
-        if not written.outside and not any(conflicting(rows, _held(written), sender) for _r, rows, _p, sender in spans):
+        held = _held(written)
+        if not written.outside and not any(conflicting(rows, held, sender) for _r, rows, _p, sender in spans):
             report.billed_spans += len(spans)
             report.new_rows += written.inserted
             report.duplicate_rows += written.staged - written.inserted

@@ -46,6 +46,7 @@ __all__ = [
     "UsageEventTuple",
     "UsageWrite",
     "encode_copy",
+    "iso_utc_us",
 ]
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,12 @@ def encode_copy(rows: Iterable[UsageEventTuple]) -> bytes:
     ).encode()
 
 
+def iso_utc_us(us: int) -> str:
+    """An end time as the ledger keeps it (microseconds since the epoch, UTC) in ISO 8601, ``…Z``."""
+    moment = datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 @dataclass(frozen=True, slots=True)
 class KeyConflict:
     """A staged row whose key the ledger already holds with other content: what the ledger holds. ``account_id``
@@ -224,12 +231,7 @@ class KeyConflict:
         return self.producer is not None and self.producer != producer
 
     def describe(self) -> str:
-        ended = ""
-        if self.occurred_at_us is not None:
-            moment = datetime.fromtimestamp(self.occurred_at_us // 1_000_000, UTC).replace(
-                microsecond=self.occurred_at_us % 1_000_000
-            )
-            ended = f", ended {moment.isoformat().replace('+00:00', 'Z')}"
+        ended = f", ended {iso_utc_us(self.occurred_at_us)}" if self.occurred_at_us is not None else ""
         if self.account_id is None:
             return f"a row of an archived month{ended}"
         return (

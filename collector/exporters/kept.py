@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
-from spanmeter.billing.ledger.writer import KeyConflict
+from spanmeter.billing.ledger.writer import KeyConflict, iso_utc_us
 
 from ..processors.usage import Rejection, UsageEvent
 
@@ -40,9 +40,7 @@ OUTSIDE_MESSAGES = {
 
 def ended(end_time_unix_nano: int) -> str:
     """A span's end time as the ledger keeps it (microseconds, UTC), in ISO 8601."""
-    us = end_time_unix_nano // 1000
-    moment = datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
-    return moment.isoformat().replace("+00:00", "Z")
+    return iso_utc_us(end_time_unix_nano // 1000)
 
 
 def conflicting(

@@ -67,19 +67,19 @@ __all__ = ["LedgerExporter", "LedgerUnavailable", "PendingWrite"]
 log = logging.getLogger(__name__)
 
 
+def _payload(pending: PendingWrite, row: UsageEvent) -> bytes:
+    """The row's span as its request carried it (empty when the request kept no payloads)."""
+    return pending.span_payload(row) if pending.span_payload is not None else b""
+
+
 def _kept_row(pending: PendingWrite, row: UsageEvent, reason: str, message: str, salt: bytes = b"") -> Rejection:
     """A usage row kept as a rejected span of its request (its span's payload, for a later decision)."""
-    payload = pending.span_payload(row) if pending.span_payload is not None else b""
-    return kept_rejection(row, reason, message, payload, salt)
+    return kept_rejection(row, reason, message, _payload(pending, row), salt)
 
 
 def _refusal(pending: PendingWrite, row: UsageEvent, message: str) -> Rejection:
     """A usage row the ledger refused permanently, kept like a span rejected at validation."""
     return _kept_row(pending, row, "ledger_refused", f"the ledger refused {row.meter.code}: {message}")
-
-
-def _payload(pending: PendingWrite, row: UsageEvent) -> bytes:
-    return pending.span_payload(row) if pending.span_payload is not None else b""
 
 
 def _refuse_conflicts(batch: list[PendingWrite], conflicts: tuple[KeyConflict, ...]) -> set[str]:
