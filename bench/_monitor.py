@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import re
+import threading
+import time
 import urllib.request
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import _ledger
@@ -120,6 +122,47 @@ def pg_snapshot(conninfo: str, dbname: str) -> dict:
 
 def pg_delta(a: dict, b: dict) -> dict:
     return {k: b[k] - a[k] for k in a}
+
+
+class ActivitySampler:
+    """Where a database's backends spend their time, without pg_stat_statements (the embedded server has no
+    contrib modules): every ``interval`` s it reads pg_stat_activity and counts each active backend's statement
+    (whitespace collapsed, its first 60 characters) with its wait event. Samples x interval = backend-seconds
+    active in that statement, CPU or waiting; the sampling connection's own query is left out."""
+
+    def __init__(self, conninfo: str, dbname: str, interval: float = 0.02) -> None:
+        self.conninfo, self.dbname, self.interval = conninfo, dbname, interval
+        self.samples: Counter[str] = Counter()
+        self.ticks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="activity-sampler", daemon=True)
+
+    def start(self) -> ActivitySampler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with _ledger.connect(self.conninfo, autocommit=True) as conn:
+            while not self._stop.is_set():
+                rows = conn.execute(
+                    "SELECT query, wait_event_type, wait_event FROM pg_stat_activity"
+                    " WHERE datname = %s AND state = 'active' AND pid <> pg_backend_pid()",
+                    (self.dbname,),
+                ).fetchall()
+                self.ticks += 1
+                for query, wtype, wevent in rows:
+                    label = " ".join((query or "").split())[:60]
+                    self.samples[f"{label}  [{wtype}:{wevent}]" if wtype else label] += 1
+                time.sleep(self.interval)
+
+    def stop(self) -> dict:
+        """{"seconds": sampled wall, "active": {statement [wait]: backend-seconds active}}."""
+        self._stop.set()
+        self._thread.join(5)
+        return {
+            "seconds": self.ticks * self.interval,
+            "active": {k: v * self.interval for k, v in self.samples.most_common()},
+        }
 
 
 # -- Prometheus text -----------------------------------------------------------------------------------

@@ -4,13 +4,17 @@
     .venv/bin/python bench/receivers_bench.py                          # 1 vs 3 receivers, medians of 3
     .venv/bin/python bench/receivers_bench.py --repeat 1 --seconds 5   # quick
 
-The load is what the gateway of deploy/otelcol-gateway.yaml would send (no Collector binary can be had here):
-client processes replay pre-encoded app batches (``_loadgen`` templates: every span a billable Celery run), and
-each batch is cut by trace id over the Collector's consistent hash ring (``_trace_routing``): with N receivers a
-batch of --spans-per-batch spans becomes N requests of spans/N, each holding only traces that the ring gives
-its receiver (the trace ids are drawn so, which costs no decode), sent together; a batch is done when every
-part is answered, as the exporter waits for every sub-exporter. --inflight batches per client process are
-outstanding (closed loop), the same offered load whatever N.
+The load is what the gateway of deploy/otelcol-gateway.yaml sends under load (no Collector binary can be had
+here): its persistent queue merges app batches into batches of ``sending_queue.batch.min_size`` spans (8,192)
+and exports ``num_consumers`` (4) of them at once, each cut by trace id over the Collector's consistent hash
+ring (``_trace_routing``) into one request per replica. So by default one client process (the gateway) keeps
+``num_consumers`` batches of ``min_size`` spans in flight (closed loop), read from --gateway; with N receivers
+a batch becomes N requests of about spans/N, each holding only traces that the ring gives its receiver (the
+trace ids are drawn so, which costs no decode), sent together; a batch is done when every part is answered,
+as the exporter waits for every sub-exporter. The same offered load whatever N. Client processes replay
+pre-encoded batches (``_loadgen`` templates: every span a billable Celery run). --spans-per-batch, --inflight
+and --clients replace the gateway's figures: ``--spans-per-batch 512 --inflight 8 --clients 2`` is a gateway
+that forwards app batches as they come (the shipped one before it batched).
 
 Figures per configuration (1 receiver, N receivers; alternated each repeat, medians of --repeat): committed
 spans/s (a receiver answers OK only after COMMIT, so acknowledged = committed; each phase ends by checking
@@ -22,12 +26,14 @@ deferred upkeep is not charged to the next), and each window samples the pending
 once a second: a lag at issue 1/7's bound (p99 10 s) or a backlog that grows by more than two folds means the
 fold did not keep up and the rate overstates what is sustained (the summary warns). Results: bench/results/receivers-*.json.
 
-Two diagnostics (deploy/README.md, "The split itself"): ``--split-control`` adds a third configuration, one
-receiver fed exactly what each of the N gets (spans/N per request, as many in flight), which separates the
-cost of smaller requests from the cost of more processes; ``--inflight-many K`` gives the N receivers K
-batches in flight per client (a gateway with more queue consumers), so each holds as many spans as one would;
-``--spans-per-batch-many M`` gives them app batches of M spans (M = N x --spans-per-batch: each receiver gets
-requests as large as the single one does, as a gateway that batches again per replica would send).
+Diagnostics (deploy/README.md, "The split itself"): ``--profile-statements`` samples pg_stat_activity every
+20 ms over each window and prints where the database's backends spend their time, by statement and wait event;
+``--split-control`` adds a third configuration, one receiver fed exactly what each of the N gets (spans/N per
+request, as many in flight), which separates the cost of smaller requests from the cost of more processes;
+``--inflight-many K`` gives the N receivers K batches in flight per client (a gateway with more queue
+consumers), so each holds as many spans as one would; ``--spans-per-batch-many M`` gives them batches of M
+spans (M = N x --spans-per-batch: each receiver gets requests as large as the single one does, as a gateway
+that batches again per replica would send).
 """
 
 from __future__ import annotations
@@ -409,6 +415,7 @@ def run_phase(
             _sleep_until(t0)
             s0 = _monitor.cpu_snapshot(components, db.postmaster_pid, _monitor.pg_labels(db.admin))
             c0 = db.counts()
+            sampler = _monitor.ActivitySampler(db.admin, db.name).start() if args.profile_statements else None
             w0 = time.time()
             backlog: list[tuple[int, float]] = []  # (pending deltas, fold lag s) once a second, as serve exports them
             while time.time() < t1 - 0.5:
@@ -417,6 +424,7 @@ def run_phase(
             _sleep_until(t1)
             s1 = _monitor.cpu_snapshot(components, db.postmaster_pid, _monitor.pg_labels(db.admin))
             c1 = db.counts()
+            activity = sampler.stop() if sampler else None
             cpu = _monitor.cpu_delta(s0, s1, time.time() - w0)
             results = []
             for pipe in pipes:
@@ -461,6 +469,7 @@ def run_phase(
         "pending_deltas": [n for n, _ in backlog],
         "fold_lag_s": [lag for _, lag in backlog],
         "seconds": args.seconds,
+        "activity": activity,
     }
 
 
@@ -516,6 +525,15 @@ def report_phase(res: dict) -> None:
         "      database work per committed span: "
         + "; ".join(f"{k} {v / spans:.3f}" for k, v in res["db_work"].items() if v)
     )
+    if res.get("activity"):
+        act = res["activity"]
+        total_active = sum(act["active"].values())
+        log(
+            f"      statements active (pg_stat_activity every 20 ms, {act['seconds']:.1f} s): "
+            f"{total_active / max(act['seconds'], 1e-9):.2f} backends on average"
+        )
+        for label, secs in list(act["active"].items())[:12]:
+            log(f"        {secs / max(act['seconds'], 1e-9):5.2f}  {1e6 * secs / spans:6.1f} µs/span  {label}")
     pending, lags = res["pending_deltas"], sorted(res["fold_lag_s"])
     if pending:
         log(
@@ -544,9 +562,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="measure both configurations N times; medians reported")
     p.add_argument("--seconds", type=float, default=10.0, help="measurement window per configuration")
     p.add_argument("--warmup", type=float, default=3.0, help="load before each window, not counted")
-    p.add_argument("--clients", type=int, default=2, help="load-generator processes")
-    p.add_argument("--inflight", type=int, default=8, help="outstanding batches per client process")
-    p.add_argument("--spans-per-batch", type=int, default=512, help="an app batch, split by trace id over receivers")
+    p.add_argument(
+        "--gateway",
+        type=Path,
+        default=BENCH_DIR.parent / "deploy" / "otelcol-gateway.yaml",
+        help="the gateway whose load is sent: its sending_queue.batch.min_size spans per batch, num_consumers "
+        "batches in flight, from one client process",
+    )
+    p.add_argument("--clients", type=int, default=None, help="load-generator processes (default: 1, the gateway)")
+    p.add_argument(
+        "--inflight", type=int, default=None, help="outstanding batches per client process (default: the gateway's)"
+    )
+    p.add_argument(
+        "--spans-per-batch",
+        type=int,
+        default=None,
+        help="spans per batch, split by trace id over the receivers (default: the gateway's)",
+    )
     p.add_argument("--data-dir", type=Path, default=BENCH_DIR / ".data-receivers", help="embedded PostgreSQL and logs")
     p.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for serve")
     p.add_argument(
@@ -576,11 +608,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also measure 1 receiver fed what each of the N receivers gets (spans/N per request, as many in "
         "flight): what the smaller requests cost without more processes",
     )
+    p.add_argument(
+        "--profile-statements",
+        action="store_true",
+        help="sample pg_stat_activity every 20 ms over each window: backend-seconds per statement and wait event",
+    )
     p.add_argument("--results", type=Path, default=BENCH_DIR / "results")
     args = p.parse_args(argv)
     if args.receivers < 2:
         p.error("--receivers must be at least 2 (it is compared with 1)")
+    try:
+        spans, consumers = gateway_load(args.gateway)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        p.error(f"--gateway {args.gateway}: {exc}")
+    args.clients = 1 if args.clients is None else args.clients
+    args.inflight = consumers if args.inflight is None else args.inflight
+    args.spans_per_batch = spans if args.spans_per_batch is None else args.spans_per_batch
     return args
+
+
+def gateway_load(path: Path) -> tuple[int, int]:
+    """(spans per merged batch, batches exported at once) of a gateway file: its loadbalancing exporter's
+    top-level ``sending_queue``, ``batch.min_size`` (the size a batch reaches under load) and
+    ``num_consumers`` (with ``batch``, the batches in flight)."""
+    import yaml
+
+    config = yaml.safe_load(path.read_text())
+    [name] = config["service"]["pipelines"]["traces"]["exporters"]
+    queue = config["exporters"][name]["sending_queue"]
+    batch = queue.get("batch")
+    if not batch or batch.get("sizer") != "items":
+        raise ValueError("its sending_queue has no batch sized in items (spans)")
+    return int(batch["min_size"]), int(queue["num_consumers"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -600,10 +659,12 @@ def main(argv: list[str] | None = None) -> int:
     log(f"spanmeter receivers bench  {datetime.now(UTC).isoformat(timespec='seconds')}")
     log(f"  machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; code under test: {head[:70]}")
     log(
-        f"  load: {args.clients} client processes x {args.inflight} batches in flight x {args.spans_per_batch} "
-        f"spans/batch, split by trace id (the Collector's hash ring); windows {args.seconds:g} s after "
-        f"{args.warmup:g} s warm-up; repeat {args.repeat}"
+        f"  load: {args.clients} client process{'es' if args.clients != 1 else ''} x {args.inflight} batches in "
+        f"flight x {args.spans_per_batch} spans/batch, split by trace id (the Collector's hash ring); windows "
+        f"{args.seconds:g} s after {args.warmup:g} s warm-up; repeat {args.repeat}"
     )
+    if (args.spans_per_batch, args.inflight, args.clients) == (*gateway_load(args.gateway), 1):
+        log(f"    = what {args.gateway.name} sends under load: merged batches of batch.min_size, num_consumers at once")
     if args.inflight_many or args.spans_per_batch_many:
         spans, inflight = _client_load(args, True)
         log(f"  the {args.receivers} receivers: {inflight} batches in flight x {spans} spans/batch per client")

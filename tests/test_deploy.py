@@ -319,6 +319,18 @@ LOADBALANCING_KEYS = {
 }
 ROUTING_KEYS = {"service", "traceID", "resource", "metric", "streamID", "attributes"}
 RESOLVER_KEYS = {"static": {"hostnames"}, "dns": {"hostname", "port", "interval", "timeout"}}
+# exporterhelper's QueueBatchConfig (`sending_queue`) and its BatchConfig (`sending_queue.batch`), v0.152
+QUEUE_KEYS = {
+    "enabled",
+    "wait_for_result",
+    "block_on_overflow",
+    "sizer",
+    "queue_size",
+    "num_consumers",
+    "storage",
+    "batch",
+}
+BATCH_KEYS = {"flush_timeout", "min_size", "max_size", "sizer", "partition"}
 RESOLVERS = {"static", "dns", "k8s", "aws_cloud_map"}
 
 
@@ -388,12 +400,35 @@ def test_the_gateway_routes_by_trace_id_over_a_persistent_queue_in_front_of_the_
         storage = queue["storage"]
         assert _component_type(storage) == "file_storage" and storage in gateway["service"]["extensions"]
         assert gateway["extensions"][storage]["fsync"] is True
+        assert set(queue) <= QUEUE_KEYS, f"{name}: unknown queue keys {set(queue) - QUEUE_KEYS}"
+        assert "wait_for_result" not in queue  # refused with `storage` (exporterhelper's Validate)
+        assert queue["num_consumers"] > 0 and queue["queue_size"] > 0
         assert lb["retry_on_failure"]["enabled"] is True
         assert _go_seconds(lb["retry_on_failure"]["max_elapsed_time"]) == 0  # never give up
         # exactly one resolver, with the fields that resolver has
         [resolver] = lb["resolver"]
         assert resolver in RESOLVERS
         assert set(lb["resolver"][resolver]) <= RESOLVER_KEYS[resolver], name
+
+
+def test_the_gateway_merges_app_batches_before_the_routing_into_requests_spanmeter_takes_whole():
+    """Each replica gets about 1/N of a merged batch per request, so its group commits do not shrink with N
+    (deploy/README.md, "Throughput"); one replica alone may get a whole batch, which must fit one request."""
+    from spanmeter.collector.config import load_config
+
+    max_spans = load_config({}).max_spans_per_request
+    for name in GATEWAYS:
+        queue = _loadbalancing(_gateway(name))["sending_queue"]
+        batch = queue["batch"]
+        assert set(batch) <= BATCH_KEYS, f"{name}: unknown batch keys {set(batch) - BATCH_KEYS}"
+        # batching accepts only `items` or `bytes`; left out, it would take the queue's `requests` and fail
+        # validation, so it is written out, and in spans: the unit spanmeter's per-request cap counts
+        assert queue["sizer"] == "requests" and batch["sizer"] == "items", name
+        assert _go_seconds(batch["flush_timeout"]) > 0  # must be non-zero
+        assert 0 < batch["min_size"] <= batch["max_size"] <= max_spans, name
+        # even when every batch in flight goes to one replica, it fits that replica's in-flight budget (past
+        # it the replica answers UNAVAILABLE and the gateway only retries)
+        assert queue["num_consumers"] * batch["max_size"] <= load_config({}).max_inflight_spans, name
 
 
 def test_the_static_and_dns_gateways_differ_only_in_their_resolver_and_both_reach_every_replica():
