@@ -10,8 +10,10 @@ and exports ``num_consumers`` (4) of them at once, each cut by trace id over the
 ring (``_trace_routing``) into one request per replica. So by default one client process (the gateway) keeps
 ``num_consumers`` batches of ``min_size`` spans in flight (closed loop), read from --gateway; with N receivers
 a batch becomes N requests of about spans/N, each holding only traces that the ring gives its receiver (the
-trace ids are drawn so, which costs no decode), sent together; a batch is done when every part is answered,
-as the exporter waits for every sub-exporter. The same offered load whatever N. Client processes replay
+trace ids are drawn so, which costs no decode), sent one after the other in a random order, each once the
+previous one is answered, as the exporter calls its sub-exporters (contrib's trace exporter ranges over the
+backends of a batch and each sub-exporter, without a queue, returns when its replica answers; --parts-together
+sends them at once instead); a batch is done when every part is answered. The same offered load whatever N. Client processes replay
 pre-encoded batches (``_loadgen`` templates: every span a billable Celery run). --spans-per-batch, --inflight
 and --clients replace the gateway's figures: ``--spans-per-batch 512 --inflight 8 --clients 2`` is a gateway
 that forwards app batches as they come (the shipped one before it batched).
@@ -44,6 +46,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import random
 import signal
 import socket
 import statistics
@@ -153,6 +156,7 @@ def client_main(conf: dict, pipe) -> None:
 
     lock = threading.Lock()
     inflight = threading.Semaphore(conf["inflight"])
+    rng = random.Random(conf["client"] * 1000 + conf["phase"])
     result = {"window_spans": 0, "acked_spans": 0, "codes": Counter(), "latencies": [], "per_receiver": Counter()}
 
     def send_batch() -> None:
@@ -177,8 +181,25 @@ def client_main(conf: dict, pipe) -> None:
             if last:
                 inflight.release()
 
-        for endpoint in endpoints:
-            body = factory.next_with_traces(pools.take(endpoint, traces_per_part))
+        parts = [(e, factory.next_with_traces(pools.take(e, traces_per_part))) for e in endpoints]
+        if not conf["parts_together"]:
+            # the loadbalancing exporter sends a batch's parts one after the other, each waiting for its
+            # replica's answer (sub-exporters without a queue; ranging over a Go map: in no fixed order)
+            rng.shuffle(parts)
+
+            def send_from(i: int) -> None:
+                endpoint, body = parts[i]
+
+                def answered(f, e=endpoint) -> None:
+                    done(f, e, part)
+                    if i + 1 < len(parts):
+                        send_from(i + 1)
+
+                calls[endpoint].future(body, timeout=30).add_done_callback(answered)
+
+            send_from(0)
+            return
+        for endpoint, body in parts:
             fut = calls[endpoint].future(body, timeout=30)
             fut.add_done_callback(lambda f, e=endpoint, n=part: done(f, e, n))
 
@@ -388,6 +409,7 @@ def run_phase(
                 "endpoints": endpoints,
                 "spans": spans,
                 "inflight": inflight,
+                "parts_together": args.parts_together,
             }
             for c in range(args.clients)
         ]
@@ -607,6 +629,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also measure 1 receiver fed what each of the N receivers gets (spans/N per request, as many in "
         "flight): what the smaller requests cost without more processes",
+    )
+    p.add_argument(
+        "--parts-together",
+        action="store_true",
+        help="send a batch's parts to the N receivers at once (default: one after the other, each after the "
+        "previous one's answer, as the loadbalancing exporter does)",
     )
     p.add_argument(
         "--profile-statements",
