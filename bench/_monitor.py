@@ -51,10 +51,16 @@ class CpuSnapshot:
 def pg_labels(admin_conninfo: str) -> dict[int, str]:
     """pid -> label from pg_stat_activity (client backends by database, background processes by type)."""
     with _ledger.connect(admin_conninfo, autocommit=True) as conn:
-        rows = conn.execute("SELECT pid, backend_type, datname FROM pg_stat_activity").fetchall()
+        rows = conn.execute("SELECT pid, backend_type, datname, application_name FROM pg_stat_activity").fetchall()
     return {
-        pid: (f"postgres backends ({db})" if btype == "client backend" else f"postgres: {btype}")
-        for pid, btype, db in rows
+        pid: (
+            "bench activity sampler (a PostgreSQL backend)"
+            if app == SAMPLER_APPLICATION
+            else f"postgres backends ({db})"
+            if btype == "client backend"
+            else f"postgres: {btype}"
+        )
+        for pid, btype, db, app in rows
     }
 
 
@@ -124,45 +130,64 @@ def pg_delta(a: dict, b: dict) -> dict:
     return {k: b[k] - a[k] for k in a}
 
 
+SAMPLER_APPLICATION = "bench-activity-sampler"
+
+
 class ActivitySampler:
     """Where a database's backends spend their time, without pg_stat_statements (the embedded server has no
-    contrib modules): every ``interval`` s it reads pg_stat_activity and counts each active backend's statement
-    (whitespace collapsed, its first 60 characters) with its wait event. Samples x interval = backend-seconds
-    active in that statement, CPU or waiting; the sampling connection's own query is left out."""
+    contrib modules): every ``interval_seconds`` it reads pg_stat_activity and counts each active backend's
+    statement (whitespace collapsed, its first 60 characters) with its wait event. Each sample stands for the
+    window's wall time divided by the number of samples taken, so the figures are backend-seconds active in
+    that statement, on CPU or waiting. Its own connection is left out of the samples, and ``pg_labels`` gives
+    it a label of its own, so its CPU is not counted as the database's."""
 
-    def __init__(self, conninfo: str, dbname: str, interval: float = 0.02) -> None:
-        self.conninfo, self.dbname, self.interval = conninfo, dbname, interval
-        self.samples: Counter[str] = Counter()
-        self.ticks = 0
+    def __init__(self, conninfo: str, dbname: str, interval_seconds: float = 0.02) -> None:
+        self.conninfo, self.dbname, self.interval_seconds = conninfo, dbname, interval_seconds
+        self._samples: Counter[str] = Counter()
+        self._ticks = 0
+        self._error: str | None = None
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="activity-sampler", daemon=True)
+        self._started = self._stopped = 0.0
 
     def start(self) -> ActivitySampler:
+        self._started = time.monotonic()
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        with _ledger.connect(self.conninfo, autocommit=True) as conn:
-            while not self._stop.is_set():
-                rows = conn.execute(
-                    "SELECT query, wait_event_type, wait_event FROM pg_stat_activity"
-                    " WHERE datname = %s AND state = 'active' AND pid <> pg_backend_pid()",
-                    (self.dbname,),
-                ).fetchall()
-                self.ticks += 1
-                for query, wtype, wevent in rows:
-                    label = " ".join((query or "").split())[:60]
-                    self.samples[f"{label}  [{wtype}:{wevent}]" if wtype else label] += 1
-                time.sleep(self.interval)
+        try:
+            with _ledger.connect(self.conninfo, autocommit=True, application_name=SAMPLER_APPLICATION) as conn:
+                while not self._stop.is_set():
+                    rows = conn.execute(
+                        "SELECT query, wait_event_type, wait_event FROM pg_stat_activity"
+                        " WHERE datname = %s AND state = 'active' AND pid <> pg_backend_pid()",
+                        (self.dbname,),
+                    ).fetchall()
+                    with self._lock:
+                        self._ticks += 1
+                        for query, wtype, wevent in rows:
+                            label = " ".join((query or "").split())[:60]
+                            self._samples[f"{label}  [{wtype}:{wevent}]" if wtype else label] += 1
+                    self._stop.wait(self.interval_seconds)
+        except Exception as exc:  # said in the report, never a silent zero
+            self._error = repr(exc)
 
     def stop(self) -> dict:
-        """{"seconds": sampled wall, "active": {statement [wait]: backend-seconds active}}."""
+        """{"seconds": wall time sampled, "samples": n, "active": {statement [wait]: backend-seconds},
+        "error": why sampling stopped early, or None}."""
         self._stop.set()
         self._thread.join(5)
-        return {
-            "seconds": self.ticks * self.interval,
-            "active": {k: v * self.interval for k, v in self.samples.most_common()},
-        }
+        wall = time.monotonic() - self._started
+        with self._lock:
+            per_sample = wall / self._ticks if self._ticks else 0.0
+            return {
+                "seconds": wall,
+                "samples": self._ticks,
+                "active": {k: v * per_sample for k, v in self._samples.most_common()},
+                "error": self._error,
+            }
 
 
 # -- Prometheus text -----------------------------------------------------------------------------------

@@ -30,12 +30,13 @@ fold did not keep up and the rate overstates what is sustained (the summary warn
 
 Diagnostics (deploy/README.md, "The split itself"): ``--profile-statements`` samples pg_stat_activity every
 20 ms over each window and prints where the database's backends spend their time, by statement and wait event;
-``--split-control`` adds a third configuration, one receiver fed exactly what each of the N gets (spans/N per
-request, as many in flight), which separates the cost of smaller requests from the cost of more processes;
+``--split-control`` adds a third configuration, one receiver fed what each of the N gets (requests of spans/N,
+as many in flight as each of the N holds: all the batches' with --parts-together, about 1/N of them when the
+parts go in turn), which separates the cost of smaller requests from the cost of more processes;
 ``--inflight-many K`` gives the N receivers K batches in flight per client (a gateway with more queue
-consumers), so each holds as many spans as one would; ``--spans-per-batch-many M`` gives them batches of M
-spans (M = N x --spans-per-batch: each receiver gets requests as large as the single one does, as a gateway
-that batches again per replica would send).
+consumers; with --parts-together each then holds K parts, in turn about K/N); ``--spans-per-batch-many M``
+gives them batches of M spans (M = N x --spans-per-batch: each receiver gets requests as large as the single
+one does, as a gateway that batches again per replica would send).
 """
 
 from __future__ import annotations
@@ -124,6 +125,17 @@ class TracePools:
         return np.array([pool.popleft() for _ in range(n)], dtype=np.uint64)
 
 
+class _NoAnswer:
+    """A part that could not be sent: no status code (counted as UNKNOWN)."""
+
+    @staticmethod
+    def code() -> None:
+        return None
+
+
+_NO_ANSWER = _NoAnswer()
+
+
 def client_main(conf: dict, pipe) -> None:
     """Process entry: build templates, connect to every receiver, report ready, wait for (t_start, t0, t1), send
     batches split by trace id until t1, report the window's counts."""
@@ -188,14 +200,21 @@ def client_main(conf: dict, pipe) -> None:
             rng.shuffle(parts)
 
             def send_from(i: int) -> None:
-                endpoint, body = parts[i]
+                for j in range(i, len(parts)):
+                    endpoint, body = parts[j]
+                    try:
+                        fut = calls[endpoint].future(body, timeout=30)
+                    except Exception:  # counted as unanswered; the exporter goes on to the next backend
+                        done(_NO_ANSWER, endpoint, part)
+                        continue
+                    fut.add_done_callback(lambda f, e=endpoint, j=j: answered(f, e, j))
+                    return
 
-                def answered(f, e=endpoint) -> None:
-                    done(f, e, part)
-                    if i + 1 < len(parts):
-                        send_from(i + 1)
-
-                calls[endpoint].future(body, timeout=30).add_done_callback(answered)
+            def answered(fut, endpoint: str, j: int) -> None:
+                try:
+                    done(fut, endpoint, part)
+                finally:  # the batch's permit is released only when its last part is done
+                    send_from(j + 1)
 
             send_from(0)
             return
@@ -372,10 +391,14 @@ def _connect(conninfo: str):
 
 # -- one measurement ----------------------------------------------------------------------------------------
 def _client_load(args: argparse.Namespace, many: bool, split: int = 1) -> tuple[int, int]:
-    """(spans per batch, batches in flight) per client process: the N receivers' (``many``) or the one's; a
-    split control sends one receiver ceil(batch / split) spans per request, what each of the N gets."""
+    """(spans per batch, batches in flight) per client process: the N receivers' (``many``) or the one's. A
+    split control sends one receiver what each of the N gets: ceil(batch / split) spans per request, as many
+    requests in flight as the N's batches when the parts go together, about a split-th of them when they go in
+    turn (each of the N then holds one part of about every split-th batch)."""
     spans = args.spans_per_batch_many if many and args.spans_per_batch_many else args.spans_per_batch
     inflight = args.inflight_many if many and args.inflight_many else args.inflight
+    if split > 1 and not args.parts_together:
+        inflight = math.ceil(inflight / split)
     return math.ceil(spans / split), inflight
 
 
@@ -415,6 +438,7 @@ def run_phase(
         ]
         ctx = mp.get_context("spawn")
         pipes, procs, pids = [], [], []
+        sampler: _monitor.ActivitySampler | None = None
         for conf in confs:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=client_main, args=(conf, child), daemon=True)
@@ -457,6 +481,8 @@ def run_phase(
                     raise RuntimeError(value)
                 results.append(value)
         finally:
+            if sampler is not None:
+                sampler.stop()  # a second stop is harmless; this one is for a phase that failed
             for proc in procs:
                 proc.join(10)
                 if proc.is_alive():
@@ -540,7 +566,7 @@ def report_phase(res: dict) -> None:
         + "; ".join(f"{k} {v:.2f}c" for k, v in cpu["cores"].items() if not k.startswith("postgres") and v >= 0.02)
     )
     log("      cpu: " + "; ".join(f"{k} {v:.2f}c" for k, v in pg.items()))
-    total = sum(cpu["cores"].values())
+    total = sum(v for k, v in cpu["cores"].items() if not k.startswith(_SAMPLER))
     log(f"      all bench processes {total:.2f}c = {total * 1e6 / rate:.1f} µs of CPU per committed span")
     spans = max(res["value"] * res["seconds"], 1)
     log(
@@ -551,8 +577,9 @@ def report_phase(res: dict) -> None:
         act = res["activity"]
         total_active = sum(act["active"].values())
         log(
-            f"      statements active (pg_stat_activity every 20 ms, {act['seconds']:.1f} s): "
+            f"      statements active (pg_stat_activity, {act['samples']} samples over {act['seconds']:.1f} s): "
             f"{total_active / max(act['seconds'], 1e-9):.2f} backends on average"
+            + (f"; sampling stopped early: {act['error']}" if act["error"] else "")
         )
         for label, secs in list(act["active"].items())[:12]:
             log(f"        {secs / max(act['seconds'], 1e-9):5.2f}  {1e6 * secs / spans:6.1f} µs/span  {label}")
@@ -615,7 +642,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help="batches in flight per client process for the N receivers only (default: --inflight): a gateway "
-        "with N x the consumers gives each receiver as many spans in flight as one receiver gets",
+        "with more consumers (with --parts-together, N x the consumers gives each receiver as many spans in "
+        "flight as one receiver gets; parts in turn need N^2 x)",
     )
     p.add_argument(
         "--spans-per-batch-many",
@@ -628,7 +656,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--split-control",
         action="store_true",
         help="also measure 1 receiver fed what each of the N receivers gets (spans/N per request, as many in "
-        "flight): what the smaller requests cost without more processes",
+        "flight as each of them holds): what the smaller requests cost without more processes",
     )
     p.add_argument(
         "--parts-together",
@@ -645,29 +673,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.receivers < 2:
         p.error("--receivers must be at least 2 (it is compared with 1)")
-    try:
-        spans, consumers = gateway_load(args.gateway)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        p.error(f"--gateway {args.gateway}: {exc}")
     args.clients = 1 if args.clients is None else args.clients
-    args.inflight = consumers if args.inflight is None else args.inflight
-    args.spans_per_batch = spans if args.spans_per_batch is None else args.spans_per_batch
+    if args.inflight is None or args.spans_per_batch is None:  # the gateway's figures are needed
+        try:
+            spans, consumers = gateway_load(args.gateway)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            p.error(f"--gateway {args.gateway}: {exc} (or give --spans-per-batch and --inflight)")
+        args.inflight = consumers if args.inflight is None else args.inflight
+        args.spans_per_batch = spans if args.spans_per_batch is None else args.spans_per_batch
     return args
+
+
+# the exporter helper's defaults (exporterhelper, v0.152): num_consumers 10, batch.min_size 8192
+_DEFAULT_CONSUMERS, _DEFAULT_MIN_SIZE = 10, 8192
 
 
 def gateway_load(path: Path) -> tuple[int, int]:
     """(spans per merged batch, batches exported at once) of a gateway file: its loadbalancing exporter's
-    top-level ``sending_queue``, ``batch.min_size`` (the size a batch reaches under load) and
-    ``num_consumers`` (with ``batch``, the batches in flight)."""
+    top-level ``sending_queue``, ``batch.min_size`` (the least a batch holds when it leaves under load) and
+    ``num_consumers`` (with ``batch``, the batches exported at once), defaults as the exporter helper's."""
     import yaml
 
     config = yaml.safe_load(path.read_text())
     [name] = config["service"]["pipelines"]["traces"]["exporters"]
-    queue = config["exporters"][name]["sending_queue"]
+    queue = config["exporters"][name].get("sending_queue") or {}
     batch = queue.get("batch")
-    if not batch or batch.get("sizer") != "items":
-        raise ValueError("its sending_queue has no batch sized in items (spans)")
-    return int(batch["min_size"]), int(queue["num_consumers"])
+    if batch is None:
+        raise ValueError("its sending_queue does not batch (it forwards app batches as they come)")
+    # an unset batch sizer takes the queue's when that is set, else items; batching accepts items or bytes
+    sizer = (batch or {}).get("sizer") or queue.get("sizer") or "items"
+    if sizer != "items":
+        raise ValueError(f"its batch is sized in {sizer}, not in spans (items)")
+    return int((batch or {}).get("min_size", _DEFAULT_MIN_SIZE)), int(queue.get("num_consumers", _DEFAULT_CONSUMERS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -691,7 +728,11 @@ def main(argv: list[str] | None = None) -> int:
         f"flight x {args.spans_per_batch} spans/batch, split by trace id (the Collector's hash ring); windows "
         f"{args.seconds:g} s after {args.warmup:g} s warm-up; repeat {args.repeat}"
     )
-    if (args.spans_per_batch, args.inflight, args.clients) == (*gateway_load(args.gateway), 1):
+    try:
+        shipped = (*gateway_load(args.gateway), 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        shipped = None
+    if (args.spans_per_batch, args.inflight, args.clients) == shipped:
         log(f"    = what {args.gateway.name} sends under load: merged batches of batch.min_size, num_consumers at once")
     if args.inflight_many or args.spans_per_batch_many:
         spans, inflight = _client_load(args, True)
@@ -844,11 +885,15 @@ def summarize(results: dict, args: argparse.Namespace) -> None:
     }
 
 
+# --profile-statements' own backend: shown, but left out of the CPU per span (the figures stay comparable)
+_SAMPLER = "bench activity sampler"
+
+
 def _cpu_per_span(res: dict) -> dict[str, float]:
     cores, rate = res["cpu"]["cores"], max(res["value"], 1e-9)
     receivers = sum(v for k, v in cores.items() if k.startswith("receiver "))
     return {
-        "total": 1e6 * sum(cores.values()) / rate,
+        "total": 1e6 * sum(v for k, v in cores.items() if not k.startswith(_SAMPLER)) / rate,
         "receivers": 1e6 * receivers / rate,
         "postgres": 1e6 * res["cpu"]["postgres_cores"] / rate,
     }

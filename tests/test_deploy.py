@@ -412,20 +412,23 @@ def test_the_gateway_routes_by_trace_id_over_a_persistent_queue_in_front_of_the_
 
 
 def test_the_gateway_merges_app_batches_before_the_routing_into_requests_spanmeter_takes_whole():
-    """Each replica gets about 1/N of a merged batch per request, so its group commits do not shrink with N
-    (deploy/README.md, "Throughput"); one replica alone may get a whole batch, which must fit one request."""
-    from spanmeter.collector.config import load_config
-
+    """Each replica gets about 1/N of a merged batch per request, so its group commits do not shrink to 1/N of
+    an app batch (deploy/README.md, "Batching before the routing"); one replica alone may get a whole batch,
+    which must fit one request."""
     max_spans = load_config({}).max_spans_per_request
+    replicas = compose()["services"]["spanmeter"]["deploy"]["replicas"]
     for name in GATEWAYS:
         queue = _loadbalancing(_gateway(name))["sending_queue"]
         batch = queue["batch"]
         assert set(batch) <= BATCH_KEYS, f"{name}: unknown batch keys {set(batch) - BATCH_KEYS}"
-        # batching accepts only `items` or `bytes`; left out, it would take the queue's `requests` and fail
-        # validation, so it is written out, and in spans: the unit spanmeter's per-request cap counts
+        # the queue counts app requests (our choice: its size is an outage budget in app batches); batching
+        # accepts only `items` or `bytes` and would inherit `requests` if left out, so it is written out, and
+        # in spans: the unit spanmeter's per-request cap counts
         assert queue["sizer"] == "requests" and batch["sizer"] == "items", name
         assert _go_seconds(batch["flush_timeout"]) > 0  # must be non-zero
         assert 0 < batch["min_size"] <= batch["max_size"] <= max_spans, name
+        # merging is the point: every replica gets at least one SDK batch's worth (512 spans) per request
+        assert batch["min_size"] >= 512 * replicas, name
         # even when every batch in flight goes to one replica, it fits that replica's in-flight budget (past
         # it the replica answers UNAVAILABLE and the gateway only retries)
         assert queue["num_consumers"] * batch["max_size"] <= load_config({}).max_inflight_spans, name
