@@ -168,7 +168,7 @@ class ActivitySampler:
                     with self._lock:
                         self._ticks += 1
                         for query, wtype, wevent in rows:
-                            label = " ".join((query or "").split())[:60]
+                            label = " ".join((query or "").split())[:60].rstrip()
                             self._samples[f"{label}  [{wtype}:{wevent}]" if wtype else label] += 1
                     self._stop.wait(self.interval_seconds)
         except Exception as exc:  # said in the report, never a silent zero
