@@ -60,6 +60,15 @@ class SpanFactory:
         return finished[-1]
 
 
+def start_from_a_fresh_process(server) -> None:
+    """Start a stopped ``EmbeddedPostgres`` from a Python process that runs no gRPC. pgserver starts
+    PostgreSQL as its own user (``subprocess`` with ``user=``, which rules out vfork), so starting it here
+    forks a test process whose gRPC threads run, and gRPC's fork handler can abort the child (seen once in
+    CI: "Check failed: next_worker->state == KICKED", pg_ctl died with SIGBUS)."""
+    code = "import sys; from spanmeter.billing.ledger.embedded import EmbeddedPostgres as E; E(sys.argv[1]).start()"
+    subprocess.run([sys.executable, "-c", code, str(server.data_dir)], check=True, timeout=120)
+
+
 def wait_until(condition, timeout: float, interval: float = 0.1, what: str = "the condition") -> None:
     """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

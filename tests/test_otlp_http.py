@@ -19,7 +19,16 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from support import SECOND, Collector, SpanFactory, ledger, raw_export, request_bytes, totals
+from support import (
+    SECOND,
+    Collector,
+    SpanFactory,
+    ledger,
+    raw_export,
+    request_bytes,
+    start_from_a_fresh_process,
+    totals,
+)
 
 MS = 1_000_000
 PROTOBUF = "application/x-protobuf"
@@ -199,7 +208,7 @@ def test_ledger_unavailable_is_503_with_retry_after_then_committed(tmp_path):
         refusal = status_pb2.Status.FromString(answer)
         assert refusal.code == grpc.StatusCode.UNAVAILABLE.value[0]
         assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in refusal.details)
-        server.start()
+        start_from_a_fresh_process(server)  # not from this process: see the helper
         deadline = time.monotonic() + 60
         while _post(_http(collector), body)[0] != 200:
             assert time.monotonic() < deadline, "never committed after the database came back"

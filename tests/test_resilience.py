@@ -3,8 +3,6 @@ or doubled; nothing unacknowledged is lost as long as the client retries (as a d
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from decimal import Decimal
@@ -17,7 +15,16 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from psycopg.conninfo import make_conninfo
 
 from spanmeter.billing.ledger.embedded import EmbeddedPostgres
-from support import Collector, SpanFactory, exporter, ledger, raw_export, request_bytes, totals
+from support import (
+    Collector,
+    SpanFactory,
+    exporter,
+    ledger,
+    raw_export,
+    request_bytes,
+    start_from_a_fresh_process,
+    totals,
+)
 
 pytestmark = pytest.mark.integration  # serve and PostgreSQL stopped and started
 
@@ -30,15 +37,6 @@ def _batches(account: str, count: int, size: int) -> list[list]:
         [f.span(f"run/{b}", {"account_id": account, "celery.action": "run"}, (i + 1) * 100 * MS) for i in range(size)]
         for b in range(count)
     ]
-
-
-def _start_from_a_fresh_process(server: EmbeddedPostgres) -> None:
-    """Start the stopped server from a Python process that runs no gRPC. pgserver starts PostgreSQL as its
-    own user (``subprocess`` with ``user=``, which rules out vfork), so starting it here forks this process
-    while the exporter's gRPC threads run, and gRPC's fork handler can abort the child (seen once in CI:
-    "Check failed: next_worker->state == KICKED", pg_ctl died with SIGBUS)."""
-    code = "import sys; from spanmeter.billing.ledger.embedded import EmbeddedPostgres as E; E(sys.argv[1]).start()"
-    subprocess.run([sys.executable, "-c", code, str(server.data_dir)], check=True, timeout=120)
 
 
 def test_database_stopped_mid_stream(tmp_path: Path):
@@ -75,7 +73,7 @@ def test_database_stopped_mid_stream(tmp_path: Path):
         assert status.details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
         assert collector.get("/readyz")[0] == 503
         time.sleep(2)
-        _start_from_a_fresh_process(server)
+        start_from_a_fresh_process(server)
         producer.join(180)
         assert not producer.is_alive()
 
@@ -159,7 +157,7 @@ def test_serve_starts_while_the_database_is_down_and_commits_once_it_appears(tmp
         assert any("ledger not usable yet" in line for line in collector.output)
         assert not any("Traceback" in line for line in collector.output)
 
-        _start_from_a_fresh_process(server)
+        start_from_a_fresh_process(server)
         deadline = time.monotonic() + 60
         while (result := raw_export(collector.endpoint, body)).code != grpc.StatusCode.OK:
             assert result.code == grpc.StatusCode.UNAVAILABLE, result.details
