@@ -674,11 +674,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.receivers < 2:
         p.error("--receivers must be at least 2 (it is compared with 1)")
     args.clients = 1 if args.clients is None else args.clients
-    if args.inflight is None or args.spans_per_batch is None:  # the gateway's figures are needed
-        try:
-            spans, consumers = gateway_load(args.gateway)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+    try:  # read once: the load's defaults, and whether the load given is the gateway's (said in the header)
+        spans, consumers = gateway_load(args.gateway)
+        args.gateway_load = (spans, consumers, 1)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if args.inflight is None or args.spans_per_batch is None:  # the gateway's figures are needed
             p.error(f"--gateway {args.gateway}: {exc} (or give --spans-per-batch and --inflight)")
+        args.gateway_load = None
+    else:
         args.inflight = consumers if args.inflight is None else args.inflight
         args.spans_per_batch = spans if args.spans_per_batch is None else args.spans_per_batch
     return args
@@ -728,11 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         f"flight x {args.spans_per_batch} spans/batch, split by trace id (the Collector's hash ring); windows "
         f"{args.seconds:g} s after {args.warmup:g} s warm-up; repeat {args.repeat}"
     )
-    try:
-        shipped = (*gateway_load(args.gateway), 1)
-    except (OSError, ValueError, KeyError, TypeError):
-        shipped = None
-    if (args.spans_per_batch, args.inflight, args.clients) == shipped:
+    if (args.spans_per_batch, args.inflight, args.clients) == args.gateway_load:
         log(f"    = what {args.gateway.name} sends under load: merged batches of batch.min_size, num_consumers at once")
     if args.inflight_many or args.spans_per_batch_many:
         spans, inflight = _client_load(args, True)

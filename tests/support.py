@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import psycopg
+import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -58,6 +59,15 @@ class SpanFactory:
         finished = self.memory.get_finished_spans()
         self.memory.clear()
         return finished[-1]
+
+
+def assert_append_only(conn: psycopg.Connection, statements) -> None:
+    """Each statement is refused by the append-only trigger (which binds the owner too); the connection is
+    rolled back after each, so it stays usable."""
+    for statement in statements:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute(statement)
+        conn.rollback()
 
 
 def start_from_a_fresh_process(server) -> None:
